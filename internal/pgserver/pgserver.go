@@ -1,0 +1,270 @@
+// Package pgserver starts and stops a throwaway PostgreSQL cluster from the
+// server binaries installed on the machine. The tests (through internal/pgtest)
+// and `paylock demo` use it, so both run against the same kind of server.
+//
+// The cluster lives in a temporary directory, listens on a Unix socket in that
+// directory and on a free TCP port on 127.0.0.1, trusts local connections and is
+// removed by Stop. initdb and postgres refuse to run as root; when the current
+// process is root, both run as the unprivileged "postgres" user (or "nobody").
+package pgserver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ErrNoBinaries is returned by Start when initdb and postgres can't be found.
+var ErrNoBinaries = errors.New("pgserver: initdb and postgres not found on PATH or under /usr/lib/postgresql/*/bin")
+
+// Options tunes the cluster. The zero value is a durable server (fsync on).
+type Options struct {
+	// Fast turns off fsync and full_page_writes: right for unit tests, wrong
+	// for benchmarks that should reflect a real commit.
+	Fast bool
+	// Settings are extra "name=value" server settings passed with -c.
+	Settings []string
+}
+
+// Server is a running throwaway cluster.
+type Server struct {
+	// Dir holds the data directory and the Unix socket.
+	Dir string
+	// Port is the TCP (and socket) port.
+	Port int
+	// User is the cluster's superuser role.
+	User string
+
+	binDir string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	log    *bytes.Buffer
+	cred   *syscall.Credential
+	opts   Options
+}
+
+// FindBinDir returns the directory holding initdb and postgres: the one on
+// PATH, else the newest /usr/lib/postgresql/N/bin.
+func FindBinDir() (string, error) {
+	if p, err := exec.LookPath("initdb"); err == nil {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real
+		}
+		dir := filepath.Dir(p)
+		if _, err := os.Stat(filepath.Join(dir, "postgres")); err == nil {
+			return dir, nil
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool { return version(dirs[i]) > version(dirs[j]) })
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			return d, nil
+		}
+	}
+	return "", ErrNoBinaries
+}
+
+func version(binDir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return n
+}
+
+// Start initialises and starts a cluster. It blocks until the server accepts
+// connections or ctx is done.
+func Start(ctx context.Context, opts Options) (*Server, error) {
+	binDir, err := FindBinDir()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "paylock-pg-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Dir: dir, User: "paylock", binDir: binDir, opts: opts}
+	if err := s.start(ctx); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) start(ctx context.Context) error {
+	if os.Geteuid() == 0 {
+		cred, err := unprivileged()
+		if err != nil {
+			return err
+		}
+		s.cred = cred
+		if err := os.Chown(s.Dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			return err
+		}
+	}
+	initdb := s.command(ctx, "initdb", "-D", s.dataDir(), "-U", s.User, "--auth=trust",
+		"--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions")
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return fmt.Errorf("pgserver: initdb: %w: %s", err, lastLines(out, 5))
+	}
+	var lastErr error
+	for range 3 { // a free port can be taken by someone else before we bind it
+		s.Port, lastErr = freePort()
+		if lastErr != nil {
+			return lastErr
+		}
+		if lastErr = s.run(ctx); lastErr == nil {
+			return nil
+		}
+	}
+	return lastErr
+}
+
+// run starts postgres and waits until it accepts connections.
+func (s *Server) run(ctx context.Context) error {
+	args := []string{"-D", s.dataDir(), "-p", strconv.Itoa(s.Port), "-k", s.Dir,
+		"-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300",
+		"-c", "shared_buffers=128MB", "-c", "max_locks_per_transaction=256"}
+	if s.opts.Fast {
+		args = append(args, "-c", "fsync=off", "-c", "full_page_writes=off")
+	}
+	for _, kv := range s.opts.Settings {
+		args = append(args, "-c", kv)
+	}
+	// Not CommandContext: the server outlives the ctx that started it.
+	s.cmd = s.command(context.Background(), "postgres", args...)
+	s.log = new(bytes.Buffer)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		return fmt.Errorf("pgserver: start postgres: %w", err)
+	}
+	s.exited = make(chan struct{})
+	go func() { s.cmd.Wait(); close(s.exited) }()
+
+	deadline := time.After(60 * time.Second)
+	for {
+		c, err := pgconn.Connect(ctx, s.ConnString("postgres"))
+		if err == nil {
+			c.Close(ctx)
+			return nil
+		}
+		select {
+		case <-s.exited:
+			return fmt.Errorf("pgserver: postgres exited: %s", lastLines(s.log.Bytes(), 5))
+		case <-ctx.Done():
+			s.stop(syscall.SIGQUIT)
+			return ctx.Err()
+		case <-deadline:
+			s.stop(syscall.SIGQUIT)
+			return fmt.Errorf("pgserver: postgres not ready after 60s: %s", lastLines(s.log.Bytes(), 5))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Server) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, filepath.Join(s.binDir, name), args...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
+	// Own process group, so a Ctrl-C meant for the caller does not reach the
+	// server mid-test; and a SIGQUIT (immediate shutdown) if the caller dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGQUIT, Credential: s.cred}
+	return cmd
+}
+
+func (s *Server) dataDir() string { return filepath.Join(s.Dir, "data") }
+
+// ConnString returns a URL for database db over TCP.
+func (s *Server) ConnString(db string) string {
+	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", s.User, s.Port, db)
+}
+
+// SocketConnString returns a keyword/value connection string for database db
+// over the Unix socket.
+func (s *Server) SocketConnString(db string) string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", s.Dir, s.Port, s.User, db)
+}
+
+// Restart stops the server with the given shutdown mode ("fast" or
+// "immediate") and starts it again on the same port and data directory.
+func (s *Server) Restart(ctx context.Context, mode string) error {
+	sig := syscall.SIGINT
+	if mode == "immediate" {
+		sig = syscall.SIGQUIT
+	}
+	if err := s.stop(sig); err != nil {
+		return err
+	}
+	return s.run(ctx)
+}
+
+// Stop shuts the server down (fast shutdown) and removes its directory.
+func (s *Server) Stop() error {
+	err := s.stop(syscall.SIGINT)
+	if rmErr := os.RemoveAll(s.Dir); err == nil {
+		err = rmErr
+	}
+	return err
+}
+
+func (s *Server) stop(sig syscall.Signal) error {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return nil
+	}
+	select {
+	case <-s.exited:
+		return nil
+	default:
+	}
+	s.cmd.Process.Signal(sig)
+	select {
+	case <-s.exited:
+		return nil
+	case <-time.After(15 * time.Second):
+		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+		<-s.exited
+		return errors.New("pgserver: postgres did not stop within 15s; killed")
+	}
+}
+
+// unprivileged returns the credentials of the user initdb and postgres run as
+// when the caller is root.
+func unprivileged() (*syscall.Credential, error) {
+	for _, name := range []string{"postgres", "nobody"} {
+		u, err := user.Lookup(name)
+		if err != nil {
+			continue
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+	}
+	return nil, errors.New("pgserver: running as root and neither a postgres nor a nobody user exists to run the server as")
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}

@@ -1,0 +1,218 @@
+// Package pgtest gives every test a real, fresh PostgreSQL database.
+//
+// A package's TestMain hands m to Main, which finds a server once per test
+// binary, in this order:
+//
+//  1. PAYLOCK_TEST_DATABASE, a connection URL to a server where that role may
+//     CREATE DATABASE;
+//  2. a throwaway cluster started from initdb and postgres found on PATH or
+//     under /usr/lib/postgresql/N/bin (see internal/pgserver), stopped when
+//     the tests end;
+//  3. a postgres container started through github.com/ory/dockertest/v3 when
+//     a Docker engine answers.
+//
+// When none of these works, Main fails with one message naming all three.
+// DB and Pool then create a database per test (CREATE DATABASE ... TEMPLATE),
+// so tests can run with t.Parallel without sharing rows or locks.
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/internal/pgserver"
+)
+
+// EnvDatabase names the variable that points the tests at an existing server.
+const EnvDatabase = "PAYLOCK_TEST_DATABASE"
+
+// envWorker is set in the environment of worker processes (see Workers).
+const envWorker = "PAYLOCK_TEST_WORKER"
+
+const template = "paylock_template"
+
+var (
+	adminURL string           // a URL to the server's maintenance database
+	server   *pgserver.Server // non-nil when this binary started the server
+	counter  atomic.Int64     // database names
+	prefix   = fmt.Sprintf("t%d_", os.Getpid())
+)
+
+// Workers maps a worker name to the function a re-executed test binary runs
+// in place of the tests; see Command.
+type Workers map[string]func(ctx context.Context, args []string) error
+
+// Main runs the tests in m against a PostgreSQL server and exits. When the
+// binary was started by Command as a worker, it runs that worker instead.
+func Main(m *testing.M, workers Workers) {
+	if name := os.Getenv(envWorker); name != "" {
+		os.Exit(runWorker(name, workers))
+	}
+	os.Exit(run(m))
+}
+
+func runWorker(name string, workers Workers) int {
+	fn, ok := workers[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "pgtest: unknown worker %q\n", name)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := fn(ctx, strings.Split(os.Getenv(envWorker+"_ARGS"), "\x1f")); err != nil {
+		fmt.Fprintf(os.Stderr, "worker %s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+func run(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	stop, err := setup(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pgtest:", err)
+		return 1
+	}
+	code := m.Run()
+	if err := stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "pgtest: stop:", err)
+	}
+	return code
+}
+
+// setup finds or starts a server and creates the template database.
+func setup(ctx context.Context) (stop func() error, err error) {
+	var reasons []string
+	switch {
+	case os.Getenv(EnvDatabase) != "":
+		adminURL = os.Getenv(EnvDatabase)
+		stop = func() error { return nil }
+	default:
+		s, err := pgserver.Start(ctx, pgserver.Options{Fast: true})
+		if err == nil {
+			server, adminURL, stop = s, s.ConnString("postgres"), s.Stop
+			break
+		}
+		reasons = append(reasons, "local binaries: "+err.Error())
+		u, dstop, derr := startDocker()
+		if derr != nil {
+			reasons = append(reasons, "docker: "+derr.Error())
+			return nil, fmt.Errorf("no PostgreSQL for the tests. Set %s to a server URL, "+
+				"or install the server (apt-get install -y postgresql) so initdb and postgres are found, "+
+				"or run a Docker engine. Tried: %s", EnvDatabase, strings.Join(reasons, "; "))
+		}
+		adminURL, stop = u, dstop
+	}
+	if err := createTemplate(ctx); err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
+}
+
+func createTemplate(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return fmt.Errorf("connect %s: %w", redact(adminURL), err)
+	}
+	defer conn.Close(ctx)
+	// An earlier run against a shared server may have left it behind.
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", template).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, "CREATE DATABASE "+template+" TEMPLATE template0 ENCODING 'UTF8'"); err != nil &&
+			!strings.Contains(err.Error(), "already exists") {
+			return fmt.Errorf("create template database: %w", err)
+		}
+	}
+	return nil
+}
+
+// DB creates a fresh database for t and returns a connection URL to it. The
+// database is dropped when t ends.
+func DB(t testing.TB) string {
+	t.Helper()
+	if adminURL == "" {
+		t.Fatal("pgtest: no server; call pgtest.Main from TestMain")
+	}
+	name := fmt.Sprintf("%s%d", prefix, counter.Add(1))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		t.Fatalf("pgtest: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+template); err != nil {
+		t.Fatalf("pgtest: create database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, adminURL)
+		if err != nil {
+			t.Errorf("pgtest: connect for drop: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("pgtest: drop database: %v", err)
+		}
+	})
+	return withDatabase(adminURL, name)
+}
+
+// Pool returns a pool on a fresh database (see DB), closed when t ends. The
+// pool's application_name is the test's name, so pg_stat_activity tells the
+// tests apart. configure, when non-nil, may change the config first.
+func Pool(t testing.TB, configure func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(DB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["application_name"] = "pgtest"
+	if configure != nil {
+		configure(cfg)
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// Server returns the cluster this binary started, or nil when the tests run
+// against PAYLOCK_TEST_DATABASE or a container.
+func Server() *pgserver.Server { return server }
+
+func withDatabase(rawURL, db string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme == "" {
+		// keyword/value form
+		return rawURL + " dbname=" + db
+	}
+	u.Path = "/" + db
+	return u.String()
+}
+
+func redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,200 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/paylock/paylock/internal/txn"
+)
+
+// Errors matched with errors.Is. The *pgconn.PgError behind ErrLockTimeout
+// and ErrDeadlock stays reachable with errors.As.
+var (
+	// ErrLockTimeout: the wait exceeded Options.LockTimeout (SQLSTATE 55P03).
+	ErrLockTimeout = txn.ErrLockTimeout
+	// ErrDeadlock: PostgreSQL broke a deadlock by failing this transaction
+	// (SQLSTATE 40P01). Retrying the whole transaction is safe.
+	ErrDeadlock = txn.ErrDeadlock
+	// ErrReentrant: Run (or payment's With) was called, from inside fn, for a
+	// key that the enclosing call already holds. A second transaction would
+	// wait for the first forever, so it is refused; use fn's tx instead.
+	ErrReentrant = txn.ErrReentrant
+	// ErrManaged: fn called Commit or Rollback on the tx that Run manages.
+	ErrManaged = txn.ErrManaged
+)
+
+// Beginner starts a transaction. *pgxpool.Pool, *pgxpool.Conn and *pgx.Conn
+// satisfy it.
+type Beginner interface {
+	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
+}
+
+// DefaultIdleTimeout is the idle_in_transaction_session_timeout Run applies
+// when Options.IdleTimeout is zero.
+const DefaultIdleTimeout = time.Minute
+
+// Options bound how long Run waits for and holds a lock. The zero value is
+// ready to use: wait as long as ctx allows, no statement timeout beyond the
+// server's, and DefaultIdleTimeout.
+type Options struct {
+	// LockTimeout bounds the wait for the lock (SET LOCAL lock_timeout).
+	// Past it Run fails with ErrLockTimeout. Zero: no limit but ctx.
+	LockTimeout time.Duration
+	// IdleTimeout bounds how long the transaction may sit idle between
+	// statements while it holds the lock (SET LOCAL
+	// idle_in_transaction_session_timeout): a hung or partitioned holder is
+	// disconnected by the server and the next waiter proceeds. Zero means
+	// DefaultIdleTimeout; negative leaves the server's setting.
+	IdleTimeout time.Duration
+	// StatementTimeout bounds each statement, including the lock wait (SET
+	// LOCAL statement_timeout). Zero leaves the server's setting.
+	StatementTimeout time.Duration
+}
+
+// Settings returns the per-transaction settings o stands for.
+func (o Options) settings() txn.Settings {
+	idle := o.IdleTimeout
+	switch {
+	case idle == 0:
+		idle = DefaultIdleTimeout
+	case idle < 0:
+		idle = 0
+	}
+	return txn.Settings{LockTimeout: o.LockTimeout, IdleTimeout: idle, StatementTimeout: o.StatementTimeout}
+}
+
+// Acquire takes the transaction-scoped advisory lock for key in tx
+// (pg_advisory_xact_lock) and blocks until it is granted or ctx is done. The
+// lock is held until tx ends; taking it again in the same tx returns at once.
+//
+// When ctx is done first, Acquire returns promptly with an error matching
+// ctx.Err(). pgx then closes the connection (a pool discards it rather than
+// hand it out mid-wait) and tx is unusable: roll it back.
+func Acquire(ctx context.Context, tx pgx.Tx, key Key) error {
+	if err := key.Validate(); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, lockSQL("pg_advisory_xact_lock($1)", key), pgx.QueryExecModeExec, key.ID())
+	if err != nil {
+		return fmt.Errorf("lock: acquire %s: %w", key, txn.Classify(ctx, err))
+	}
+	return nil
+}
+
+// TryAcquire takes the lock for key in tx if it is free
+// (pg_try_advisory_xact_lock) and reports whether it did. It never waits for
+// another holder.
+func TryAcquire(ctx context.Context, tx pgx.Tx, key Key) (bool, error) {
+	if err := key.Validate(); err != nil {
+		return false, err
+	}
+	var ok bool
+	err := tx.QueryRow(ctx, lockSQL("pg_try_advisory_xact_lock($1)", key), pgx.QueryExecModeExec, key.ID()).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("lock: try acquire %s: %w", key, txn.Classify(ctx, err))
+	}
+	return ok, nil
+}
+
+// AcquireAll takes the locks for all keys in tx, in one statement, in
+// ascending order of ID whatever order they are given in, so two callers
+// naming the same keys in different orders cannot deadlock each other.
+// Duplicate keys are taken once. It blocks like Acquire.
+func AcquireAll(ctx context.Context, tx pgx.Tx, keys ...Key) error {
+	ids := make([]int64, 0, len(keys))
+	for _, k := range keys {
+		if err := k.Validate(); err != nil {
+			return err
+		}
+		ids = append(ids, k.ID())
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	// unnest yields the array in order and each row's lock is taken as the
+	// row is produced, so the locks are taken in ascending order.
+	sql := lockSQL("pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys...)
+	if _, err := tx.Exec(ctx, sql, pgx.QueryExecModeExec, ids); err != nil {
+		return fmt.Errorf("lock: acquire %d keys: %w", len(ids), txn.Classify(ctx, err))
+	}
+	return nil
+}
+
+// Run runs fn in a transaction that holds the lock for key, with the zero
+// Options. See Options.Run.
+func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) error {
+	return Options{}.Run(ctx, db, key, fn)
+}
+
+// Run begins a READ COMMITTED transaction on db, takes the lock for key, runs
+// fn and commits. If fn returns an error, Run rolls back and returns that
+// error unchanged; if fn panics, Run rolls back and panics again. Either way
+// the lock ends with the transaction. fn must not commit or roll back tx
+// (those calls return ErrManaged) and must not use tx after it returns.
+//
+// ctx governs the begin, the lock wait, fn and the commit: when it is done
+// first, nothing is committed and the error matches ctx.Err(). A nested Run
+// for the same key from inside fn, given fn's ctx, fails with ErrReentrant.
+// Run is safe for concurrent use.
+func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) (err error) {
+	if fn == nil {
+		return errors.New("lock: Run called with a nil fn")
+	}
+	if err := key.Validate(); err != nil {
+		return err
+	}
+	if txn.Held(ctx, key.ID()) {
+		return fmt.Errorf("lock: run %s: %w", key, ErrReentrant)
+	}
+	tx, err := db.BeginTx(ctx, pgx.TxOptions{BeginQuery: txn.BeginSQL(o.settings())})
+	if err != nil {
+		return fmt.Errorf("lock: run %s: begin: %w", key, txn.Classify(ctx, err))
+	}
+	m := txn.NewManaged(tx.Conn(), tx)
+	done := false
+	defer func() {
+		m.Close()
+		if !done {
+			txn.Rollback(ctx, tx) // fn failed or panicked; a panic continues after this
+		}
+	}()
+	if err := Acquire(ctx, tx, key); err != nil {
+		return err
+	}
+	if err := fn(txn.WithHeld(ctx, key.ID()), m); err != nil {
+		return err
+	}
+	m.Close()
+	done = true
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("lock: run %s: commit: %w", key, txn.Classify(ctx, err))
+	}
+	return nil
+}
+
+// lockSQL returns "SELECT expr" followed by a sqlcommenter-style comment that
+// names the keys, so that `paylock locks` can show them for a waiting
+// backend. Key.String escapes everything but [A-Za-z0-9_.~-], so no key can
+// end the comment or the quoted value.
+func lockSQL(expr string, keys ...Key) string {
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	b.WriteString(expr)
+	b.WriteString(" /*paylock_key='")
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k.String())
+	}
+	b.WriteString("'*/")
+	return b.String()
+}
