@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -37,7 +36,7 @@ type Beginner interface {
 
 // DefaultIdleTimeout is the idle_in_transaction_session_timeout Run applies
 // when Options.IdleTimeout is zero.
-const DefaultIdleTimeout = time.Minute
+const DefaultIdleTimeout = txn.DefaultIdleTimeout
 
 // Options bound how long Run waits for and holds a lock. The zero value is
 // ready to use: wait as long as ctx allows, no statement timeout beyond the
@@ -57,16 +56,9 @@ type Options struct {
 	StatementTimeout time.Duration
 }
 
-// Settings returns the per-transaction settings o stands for.
+// settings returns the per-transaction settings o stands for.
 func (o Options) settings() txn.Settings {
-	idle := o.IdleTimeout
-	switch {
-	case idle == 0:
-		idle = DefaultIdleTimeout
-	case idle < 0:
-		idle = 0
-	}
-	return txn.Settings{LockTimeout: o.LockTimeout, IdleTimeout: idle, StatementTimeout: o.StatementTimeout}
+	return txn.NewSettings(o.LockTimeout, o.IdleTimeout, o.StatementTimeout)
 }
 
 // Acquire takes the transaction-scoped advisory lock for key in tx
@@ -154,7 +146,7 @@ func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx cont
 	if txn.Held(ctx, key.ID()) {
 		return fmt.Errorf("lock: run %s: %w", key, ErrReentrant)
 	}
-	tx, err := db.BeginTx(ctx, pgx.TxOptions{BeginQuery: txn.BeginSQL(o.settings())})
+	tx, err := db.BeginTx(ctx, pgx.TxOptions{BeginQuery: o.settings().BeginSQL()})
 	if err != nil {
 		return fmt.Errorf("lock: run %s: begin: %w", key, txn.Classify(ctx, err))
 	}
@@ -180,21 +172,10 @@ func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx cont
 	return nil
 }
 
-// lockSQL returns "SELECT expr" followed by a sqlcommenter-style comment that
-// names the keys, so that `paylock locks` can show them for a waiting
-// backend. Key.String escapes everything but [A-Za-z0-9_.~-], so no key can
-// end the comment or the quoted value.
 func lockSQL(expr string, keys ...Key) string {
-	var b strings.Builder
-	b.WriteString("SELECT ")
-	b.WriteString(expr)
-	b.WriteString(" /*paylock_key='")
+	names := make([]string, len(keys))
 	for i, k := range keys {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(k.String())
+		names[i] = k.String()
 	}
-	b.WriteString("'*/")
-	return b.String()
+	return txn.LockSQL(expr, names...)
 }

@@ -34,6 +34,7 @@ func lockRows(t *testing.T, pool *pgxpool.Pool, key lock.Key) (granted, waiting 
 	err := pool.QueryRow(context.Background(), `
 		SELECT count(*) FILTER (WHERE granted), count(*) FILTER (WHERE NOT granted)
 		FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1
+		  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 		  AND (classid::bigint << 32 | objid::bigint) = $1`, key.ID()).Scan(&granted, &waiting)
 	if err != nil {
 		t.Fatal(err)

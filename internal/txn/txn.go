@@ -16,23 +16,38 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// Settings are the per-transaction limits applied with SET LOCAL.
+// Settings are the per-transaction limits applied with set_config(..., true),
+// the function form of SET LOCAL.
 type Settings struct {
 	LockTimeout      time.Duration
 	IdleTimeout      time.Duration
 	StatementTimeout time.Duration
 }
 
-// BeginSQL returns the simple-protocol statement that starts a READ COMMITTED
-// transaction with s applied, sent as one message: one round trip.
+// DefaultIdleTimeout is the idle-in-transaction limit when none is given.
+const DefaultIdleTimeout = time.Minute
+
+// NewSettings applies the documented defaults of lock.Options: a zero idle
+// timeout means DefaultIdleTimeout, a negative one the server's setting.
+func NewSettings(lockTimeout, idleTimeout, statementTimeout time.Duration) Settings {
+	switch {
+	case idleTimeout == 0:
+		idleTimeout = DefaultIdleTimeout
+	case idleTimeout < 0:
+		idleTimeout = 0
+	}
+	return Settings{LockTimeout: lockTimeout, IdleTimeout: idleTimeout, StatementTimeout: statementTimeout}
+}
+
+// SetSQL returns one statement that applies s to the current transaction.
 //
 // client_connection_check_interval makes a backend that waits for a lock
 // notice within a second that its client went away (a cancelled caller whose
 // connection pgx closed), so it leaves the lock queue instead of waiting for
 // its turn only to find nobody there.
-func BeginSQL(s Settings) string {
+func (s Settings) SetSQL() string {
 	var b strings.Builder
-	b.WriteString("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL client_connection_check_interval = 1000")
+	b.WriteString("SELECT set_config('client_connection_check_interval', '1000', true)")
 	for _, set := range []struct {
 		name string
 		d    time.Duration
@@ -42,10 +57,27 @@ func BeginSQL(s Settings) string {
 		{"statement_timeout", s.StatementTimeout},
 	} {
 		if set.d > 0 {
-			fmt.Fprintf(&b, "; SET LOCAL %s = %d", set.name, max(set.d.Milliseconds(), 1))
+			fmt.Fprintf(&b, ", set_config('%s', '%d', true)", set.name, max(set.d.Milliseconds(), 1))
 		}
 	}
 	return b.String()
+}
+
+// BeginSQL is the statement that begins a READ COMMITTED transaction with s
+// applied, for the simple protocol: one message, one round trip. READ
+// COMMITTED whatever default_transaction_isolation says: each statement after
+// the lock wait then sees what the previous holder committed.
+func (s Settings) BeginSQL() string { return SQLBegin + "; " + s.SetSQL() }
+
+// SQLBegin begins the transaction.
+const SQLBegin = "BEGIN ISOLATION LEVEL READ COMMITTED"
+
+// LockSQL returns "SELECT expr" followed by a sqlcommenter-style comment that
+// names keys (lock.Key.String values, which escape everything but
+// [A-Za-z0-9_.~-], so no key can end the comment or the quoted value).
+// pg_stat_activity shows it for a waiting backend; `paylock locks` reads it.
+func LockSQL(expr string, keys ...string) string {
+	return "SELECT " + expr + " /*paylock_key='" + strings.Join(keys, ",") + "'*/"
 }
 
 type heldKey struct{}

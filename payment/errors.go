@@ -1,0 +1,35 @@
+package payment
+
+import (
+	"errors"
+
+	"github.com/paylock/paylock/lock"
+)
+
+// Errors matched with errors.Is. Errors from the lock (lock.ErrLockTimeout,
+// lock.ErrDeadlock, lock.ErrReentrant) and from ctx (context.Canceled,
+// context.DeadlineExceeded) pass through With wrapped, and a
+// *pgconn.PgError stays reachable with errors.As.
+var (
+	// ErrInvalidKey: the key can't name a payment; see Key.Validate.
+	ErrInvalidKey = errors.New("payment: invalid key")
+	// ErrUnknownService: no services row has the key's service_id.
+	ErrUnknownService = errors.New("payment: unknown service")
+	// ErrKeyChanged: fn changed ID, ServiceID, LineItemID or CreatedAt.
+	ErrKeyChanged = errors.New("payment: fn changed the payment's identity")
+	// ErrInvalidPayment: fn left a value the table can't store (Data that
+	// is not JSON, text that is not UTF-8).
+	ErrInvalidPayment = errors.New("payment: invalid payment")
+	// ErrTxAborted: a statement fn ran in tx failed and fn returned nil; the
+	// transaction can't commit.
+	ErrTxAborted = errors.New("payment: a statement in fn failed, so the transaction was rolled back")
+	// ErrNotFound: Get found no payment for the key.
+	ErrNotFound = errors.New("payment: not found")
+)
+
+// Re-exported for callers of this package alone.
+var (
+	ErrReentrant   = lock.ErrReentrant
+	ErrLockTimeout = lock.ErrLockTimeout
+	ErrDeadlock    = lock.ErrDeadlock
+)
