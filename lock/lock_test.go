@@ -214,6 +214,25 @@ func TestAcquire(t *testing.T) {
 		}
 	})
 
+	t.Run("PgLocksShowsClassIDAndObjID", func(t *testing.T) {
+		ctx := testCtx(t)
+		key := lock.NewKey("payments", "1", "a") // negative id: classid >= 2^31
+		tx := begin(t, ctx, pool)
+		if err := lock.Acquire(ctx, tx, key); err != nil {
+			t.Fatal(err)
+		}
+		var classid, objid uint32
+		var objsubid int16
+		err := tx.QueryRow(ctx, `SELECT classid::int8, objid::int8, objsubid FROM pg_locks
+			WHERE locktype = 'advisory' AND pid = pg_backend_pid()`).Scan(&classid, &objid, &objsubid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if classid != key.ClassID() || objid != key.ObjID() || objsubid != 1 {
+			t.Fatalf("pg_locks shows %d/%d/%d, want %d/%d/1", classid, objid, objsubid, key.ClassID(), key.ObjID())
+		}
+	})
+
 	t.Run("InvalidKeyRunsNoSQL", func(t *testing.T) {
 		ctx := testCtx(t)
 		tx := begin(t, ctx, pool)

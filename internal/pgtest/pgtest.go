@@ -18,6 +18,7 @@ package pgtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -84,6 +85,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	for _, drop := range exampleDrops {
+		if err := drop(); err != nil {
+			fmt.Fprintln(os.Stderr, "pgtest:", err)
+		}
+	}
 	if err := stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgtest: stop:", err)
 	}
@@ -144,34 +150,60 @@ func createTemplate(ctx context.Context) error {
 // database is dropped when t ends.
 func DB(t testing.TB) string {
 	t.Helper()
+	url, drop, err := newDatabase()
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := drop(); err != nil {
+			t.Errorf("pgtest: %v", err)
+		}
+	})
+	return url
+}
+
+// ExampleURL creates a fresh database for an Example function, which has no
+// *testing.T, and returns its URL. It panics if that fails; the database is
+// dropped when the test binary's tests end.
+func ExampleURL() string {
+	url, drop, err := newDatabase()
+	if err != nil {
+		panic(err)
+	}
+	exampleDrops = append(exampleDrops, drop)
+	return url
+}
+
+var exampleDrops []func() error
+
+func newDatabase() (dbURL string, drop func() error, err error) {
 	if adminURL == "" {
-		t.Fatal("pgtest: no server; call pgtest.Main from TestMain")
+		return "", nil, errors.New("no server; call pgtest.Main from TestMain")
 	}
 	name := fmt.Sprintf("%s%d", prefix, counter.Add(1))
+	if err := admin("CREATE DATABASE " + name + " TEMPLATE " + template); err != nil {
+		return "", nil, fmt.Errorf("create database: %w", err)
+	}
+	drop = func() error {
+		if err := admin("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"); err != nil {
+			return fmt.Errorf("drop database: %w", err)
+		}
+		return nil
+	}
+	return withDatabase(adminURL, name), drop, nil
+}
+
+// admin runs sql on the server's maintenance database.
+func admin(sql string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
-		t.Fatalf("pgtest: connect: %v", err)
+		return err
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+template); err != nil {
-		t.Fatalf("pgtest: create database: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, adminURL)
-		if err != nil {
-			t.Errorf("pgtest: connect for drop: %v", err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("pgtest: drop database: %v", err)
-		}
-	})
-	return withDatabase(adminURL, name)
+	_, err = conn.Exec(ctx, sql)
+	return err
 }
 
 // Pool returns a pool on a fresh database (see DB), closed when t ends. The
