@@ -3,6 +3,7 @@ package payment
 import (
 	"errors"
 
+	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/lock"
 )
 
@@ -20,9 +21,6 @@ var (
 	// ErrInvalidPayment: fn left a value the table can't store (Data that
 	// is not JSON, text that is not UTF-8).
 	ErrInvalidPayment = errors.New("payment: invalid payment")
-	// ErrTxAborted: a statement fn ran in tx failed and fn returned nil; the
-	// transaction can't commit.
-	ErrTxAborted = errors.New("payment: a statement in fn failed, so the transaction was rolled back")
 	// ErrNotFound: Get found no payment for the key.
 	ErrNotFound = errors.New("payment: not found")
 )
@@ -32,4 +30,7 @@ var (
 	ErrReentrant   = lock.ErrReentrant
 	ErrLockTimeout = lock.ErrLockTimeout
 	ErrDeadlock    = lock.ErrDeadlock
+	// ErrTxAborted: a statement fn ran in tx failed and fn returned nil; the
+	// transaction can't commit, so With rolled it back.
+	ErrTxAborted = entity.ErrTxAborted
 )

@@ -121,7 +121,11 @@ func TestWith(t *testing.T) {
 				return nil
 			})
 		}()
-		<-inFn
+		select {
+		case <-inFn:
+		case err := <-first:
+			t.Fatalf("first With returned before running fn: %v", err)
+		}
 		second := make(chan int64, 1)
 		go func() {
 			var amount int64 = -1
@@ -238,7 +242,11 @@ func TestWith(t *testing.T) {
 				return nil
 			})
 		}()
-		<-inFn
+		select {
+		case <-inFn:
+		case err := <-first:
+			t.Fatalf("first With returned before running fn: %v", err)
+		}
 		waitCtx, cancel := context.WithCancel(ctx)
 		second := make(chan error, 1)
 		go func() {

@@ -1,0 +1,340 @@
+package entity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/internal/txn"
+	"github.com/paylock/paylock/lock"
+)
+
+// Table tells a Repository how to find, create and save one kind of entity
+// keyed by a logical key of type K and held in memory as a V. Each method
+// returns SQL and its arguments; they are sent as unnamed statements with
+// text-format parameters whose types the server infers, so pass Go values
+// that print as PostgreSQL input (json.RawMessage for jsonb, not []byte) or
+// cast the parameter in the SQL.
+type Table[K, V any] interface {
+	// LockKey validates k and returns the lock it is serialized by. An error
+	// is returned by With unchanged, before any SQL runs.
+	LockKey(k K) (lock.Key, error)
+	// Ensure returns the statement that inserts k's row if it is missing and
+	// reports a creation as one affected row, without ever failing on a
+	// unique violation, e.g.
+	//	INSERT INTO t (a, b) SELECT $1, $2
+	//	WHERE NOT EXISTS (SELECT FROM t WHERE a = $1 AND b = $2)
+	//	ON CONFLICT DO NOTHING
+	Ensure(k K) (sql string, args []any)
+	// Find returns the statement that reads k's row, locked against writers
+	// that don't take the advisory lock: SELECT ... FOR NO KEY UPDATE. With
+	// the RowLock strategy that row lock is what serializes callers.
+	Find(k K) (sql string, args []any)
+	// Scan reads the row Find returned. created reports whether this call's
+	// Ensure inserted it. Scan is called twice per With, once for the copy
+	// fn gets and once for the copy Save compares it with.
+	Scan(row pgx.Row, created bool) (*V, error)
+	// Save returns the statement that writes what fn changed in after, as
+	// compared with before, or "" when nothing changed. An error (fn changed
+	// the key, say) makes With roll back and return it.
+	Save(before, after *V) (sql string, args []any, err error)
+}
+
+// ErrorClassifier may be implemented by a Table to add its own sentinels to
+// the errors With returns from SQL (a foreign-key violation as "unknown
+// parent", say). It gets the error already wrapped and returns it wrapped
+// further, or unchanged.
+type ErrorClassifier interface {
+	ClassifyError(err error) error
+}
+
+// Strategy is how a Repository serializes callers for one key.
+type Strategy int
+
+const (
+	// Advisory takes a transaction-scoped advisory lock on the key before
+	// anything else, so callers serialize even before the row exists. The
+	// default.
+	Advisory Strategy = iota
+	// RowLock takes no advisory lock: the unique index makes the insert of a
+	// new row wait for a concurrent one, and Find's FOR NO KEY UPDATE
+	// serializes callers on the row. For engines whose advisory locks are
+	// missing, no-ops or node-local (CockroachDB, Citus workers); it
+	// requires the unique index.
+	RowLock
+)
+
+func (s Strategy) String() string {
+	if s == RowLock {
+		return "rowlock"
+	}
+	return "advisory"
+}
+
+// Errors matched with errors.Is.
+var (
+	// ErrTxAborted: a statement fn ran in tx failed and fn returned nil; the
+	// transaction can't commit, so With rolled it back.
+	ErrTxAborted = errors.New("entity: a statement in fn failed, so the transaction was rolled back")
+	// ErrNotFound: Find returned no row right after Ensure: the table's
+	// statements don't agree with each other.
+	ErrNotFound = errors.New("entity: Find returned no row after Ensure")
+)
+
+// Repository finds, creates and updates the entities of one Table, one
+// caller per key at a time. It is safe for concurrent use.
+type Repository[K, V any] struct {
+	pool     *pgxpool.Pool
+	table    Table[K, V]
+	setSQL   string
+	strategy Strategy
+	hooks    Hooks
+}
+
+// Option configures a Repository.
+type Option func(*config)
+
+type config struct {
+	lock     lock.Options
+	strategy Strategy
+	hooks    Hooks
+}
+
+// WithLockOptions bounds how long With waits for and holds a key; see
+// lock.Options for the fields and their defaults.
+func WithLockOptions(o lock.Options) Option { return func(c *config) { c.lock = o } }
+
+// WithStrategy selects how callers are serialized; Advisory by default.
+func WithStrategy(s Strategy) Option { return func(c *config) { c.strategy = s } }
+
+// WithHooks reports every With call to h.
+func WithHooks(h Hooks) Option { return func(c *config) { c.hooks = h } }
+
+// New returns a Repository for table on pool.
+func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repository[K, V] {
+	var c config
+	for _, o := range opts {
+		o(&c)
+	}
+	return &Repository[K, V]{
+		pool:     pool,
+		table:    table,
+		setSQL:   txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout).SetSQL(),
+		strategy: c.strategy,
+		hooks:    c.hooks,
+	}
+}
+
+// With runs fn on the entity for k, creating its row if it does not exist,
+// while no other With call for the same key — in this process or any other —
+// runs. fn gets the row as the previous caller committed it. With saves what
+// fn changed (Table.Save) and commits; fn may use tx for its own statements,
+// which commit or roll back with the entity.
+//
+// If fn returns an error, With rolls back and returns that error unchanged;
+// if fn panics, With rolls back and panics again. Either way nothing is
+// written and the lock is released. fn must not commit or roll back tx
+// (lock.ErrManaged) and must not keep tx after it returns.
+//
+// With blocks until the key is free. ctx governs the wait, fn (it is passed
+// on) and the commit: once ctx is done nothing more is committed and the
+// error matches ctx.Err(). A With for the same key from inside fn, given
+// fn's ctx, fails with lock.ErrReentrant instead of waiting for itself.
+//
+// With runs the transaction at READ COMMITTED whatever the server's default
+// and makes two round trips when fn does none: BEGIN, the lock, Ensure and
+// Find go together; Save, if anything changed, goes with COMMIT.
+func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (err error) {
+	if fn == nil {
+		return errors.New("entity: With called with a nil fn")
+	}
+	lk, err := r.table.LockKey(k)
+	if err != nil {
+		return err
+	}
+	if err := lk.Validate(); err != nil {
+		return err
+	}
+	if txn.Held(ctx, lk.ID()) {
+		return fmt.Errorf("entity: with %s: %w", lk, lock.ErrReentrant)
+	}
+	ev := Event{Namespace: lk.Namespace(), Key: lk, Strategy: r.strategy, Start: time.Now()}
+	defer r.report(&ev, &err)
+
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err))
+	}
+	defer conn.Release() // a connection left in a transaction is destroyed, not reused
+	pc := conn.Conn().PgConn()
+	defer func() {
+		if pc.TxStatus() != 'I' { // failed, or fn panicked
+			rollback(ctx, pc)
+		}
+	}()
+
+	before, v, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, &ev)
+	if err != nil {
+		return r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
+	}
+	tx := txn.NewManaged(conn.Conn(), nil)
+	defer tx.Close()
+	ev.stage = stageFn
+	if err := fn(txn.WithHeld(ctx, lk.ID()), tx, v); err != nil {
+		return err
+	}
+	tx.Close()
+	ev.stage = stageCommit
+	if pc.TxStatus() != 'T' {
+		return fmt.Errorf("entity: with %s: %w", lk, ErrTxAborted)
+	}
+	sql, args, err := r.table.Save(before, v)
+	if err != nil {
+		return err
+	}
+	if err := r.save(ctx, conn.Conn(), sql, args); err != nil {
+		return r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
+	}
+	ev.stage = stageDone
+	return nil
+}
+
+func (r *Repository[K, V]) classify(err error) error {
+	if c, ok := r.table.(ErrorClassifier); ok {
+		return c.ClassifyError(err)
+	}
+	return err
+}
+
+// lockAndLoad sends BEGIN, the settings, the lock, Ensure and Find in one
+// round trip and scans the row twice: the copy for fn and the one Save
+// compares it with.
+func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K, lk lock.Key, ev *Event) (before, v *V, err error) {
+	var b batch
+	b.add(conn, txn.SQLBegin)
+	b.add(conn, r.setSQL)
+	if r.strategy == Advisory {
+		// statement_timestamp() is when the lock statement started and
+		// clock_timestamp(), evaluated after the lock, when it was granted.
+		b.add(conn, txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
+	}
+	ensureSQL, ensureArgs := r.table.Ensure(k)
+	b.add(conn, ensureSQL, ensureArgs...)
+	findSQL, findArgs := r.table.Find(k)
+	b.add(conn, findSQL, findArgs...)
+	if b.err != nil {
+		return nil, nil, b.err
+	}
+	sent := time.Now()
+	results, err := conn.PgConn().ExecBatch(ctx, &b.Batch).ReadAll()
+	ev.Granted = time.Now()
+	ev.RoundTrip = ev.Granted.Sub(sent)
+	if err != nil {
+		return nil, nil, txn.Classify(ctx, err)
+	}
+	if len(results) != b.n {
+		return nil, nil, fmt.Errorf("%d results for %d statements", len(results), b.n)
+	}
+	if r.strategy == Advisory {
+		var wait pgtype.Interval
+		if err := scanRow(conn.TypeMap(), results[2], &wait); err != nil {
+			return nil, nil, fmt.Errorf("read lock wait: %w", err)
+		}
+		ev.Wait = time.Duration(wait.Microseconds) * time.Microsecond
+	}
+	ensured, found := results[len(results)-2], results[len(results)-1]
+	if len(found.Rows) == 0 {
+		return nil, nil, ErrNotFound
+	}
+	ev.Created = ensured.CommandTag.RowsAffected() == 1
+	row := &resultRow{m: conn.TypeMap(), res: found}
+	if before, err = r.table.Scan(row, ev.Created); err != nil {
+		return nil, nil, err
+	}
+	if v, err = r.table.Scan(row, ev.Created); err != nil {
+		return nil, nil, err
+	}
+	return before, v, nil
+}
+
+// save sends sql, if any, and COMMIT in one round trip.
+func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string, args []any) error {
+	var b batch
+	if sql != "" {
+		b.add(conn, sql, args...)
+	}
+	b.add(conn, "COMMIT")
+	if b.err != nil {
+		return b.err
+	}
+	results, err := conn.PgConn().ExecBatch(ctx, &b.Batch).ReadAll()
+	if err != nil {
+		return txn.Classify(ctx, err)
+	}
+	if tag := results[len(results)-1].CommandTag; tag.String() != "COMMIT" {
+		return fmt.Errorf("commit ended in %s", tag)
+	}
+	return nil
+}
+
+// batch builds a pgconn.Batch of unnamed statements.
+type batch struct {
+	pgconn.Batch
+	eqb pgx.ExtendedQueryBuilder
+	n   int
+	err error
+}
+
+func (b *batch) add(conn *pgx.Conn, sql string, args ...any) {
+	if b.err != nil {
+		return
+	}
+	if b.err = b.eqb.Build(conn.TypeMap(), nil, args); b.err != nil {
+		return
+	}
+	b.ExecParams(sql, b.eqb.ParamValues, nil, b.eqb.ParamFormats, b.eqb.ResultFormats)
+	b.n++
+}
+
+// resultRow is a pgx.Row over the first row of a pgconn result.
+type resultRow struct {
+	m   *pgtype.Map
+	res *pgconn.Result
+}
+
+func (r *resultRow) Scan(dest ...any) error { return scanRow(r.m, r.res, dest...) }
+
+func scanRow(m *pgtype.Map, res *pgconn.Result, dest ...any) error {
+	if len(res.Rows) == 0 {
+		return pgx.ErrNoRows
+	}
+	values := res.Rows[0]
+	if len(dest) != len(values) {
+		return fmt.Errorf("scan: %d destinations for %d columns", len(dest), len(values))
+	}
+	for i, fd := range res.FieldDescriptions {
+		if err := m.Scan(fd.DataTypeOID, fd.Format, values[i], dest[i]); err != nil {
+			return fmt.Errorf("scan column %s: %w", fd.Name, err)
+		}
+	}
+	return nil
+}
+
+// rollback ends a failed transaction even when ctx is done; if that fails the
+// connection is closed, so the pool destroys it.
+func rollback(ctx context.Context, pc *pgconn.PgConn) {
+	if pc.IsClosed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := pc.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+		pc.Close(ctx)
+	}
+}
