@@ -2,7 +2,6 @@ package payment_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,168 +14,73 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/racetest"
 	"github.com/paylock/paylock/payment"
 )
 
-// raceKeys are the payments every racer updates.
-var raceKeys = func() []payment.Key {
-	keys := make([]payment.Key, 5)
-	for i := range keys {
-		keys[i] = payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("li_%d", i)}
-	}
-	return keys
-}()
+const raceKeys = 5
 
-// increment is the fn of the race: add 1 to the amount and append the
-// operation's id to the JSON array in Data. A lost update shows as a missing
-// id and a short sum; a duplicate row as two rows.
-func increment(op string, sawNew *bool) func(context.Context, pgx.Tx, *payment.Payment) error {
-	return func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-		var ops []string
-		if p.Data != nil {
-			if err := json.Unmarshal(p.Data, &ops); err != nil {
-				return err
-			}
-		}
-		b, err := json.Marshal(append(ops, op))
-		if err != nil {
+func raceKey(k int) payment.Key {
+	return payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("li_%d", k)}
+}
+
+// withDo is the race's operation through With: add 1, append the op id.
+func withDo(repo *payment.Repository) racetest.Do {
+	return func(ctx context.Context, k int, op string) (racetest.Call, error) {
+		c := racetest.Call{Key: raceKey(k).String(), Op: op}
+		err := repo.With(ctx, raceKey(k), func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			data, err := racetest.AppendOp(p.Data, op)
+			p.Data, p.AmountCents = data, p.AmountCents+1
+			c.Created, c.ID = p.IsNew(), p.ID
 			return err
-		}
-		p.Data, p.AmountCents = b, p.AmountCents+1
-		*sawNew = p.IsNew()
-		return nil
-	}
-}
-
-// outcome is what one successful call reports.
-type outcome struct {
-	key    payment.Key
-	op     string
-	isNew  bool
-	idSeen int64
-}
-
-// hammer runs workers x calls With calls spread over raceKeys, all starting
-// at once, and returns the successful ones.
-func hammer(ctx context.Context, repo *payment.Repository, prefix string, workers, calls int) ([]outcome, error) {
-	var mu sync.Mutex
-	var out []outcome
-	start := make(chan struct{})
-	g, ctx := errgroup.WithContext(ctx)
-	for w := range workers {
-		g.Go(func() error {
-			<-start
-			for i := range calls {
-				key := raceKeys[(w+i)%len(raceKeys)]
-				op := fmt.Sprintf("%s%d.%d", prefix, w, i)
-				var isNew bool
-				var id int64
-				fn := increment(op, &isNew)
-				err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-					id = p.ID
-					return fn(ctx, tx, p)
-				})
-				if err != nil {
-					return fmt.Errorf("op %s: %w", op, err)
-				}
-				mu.Lock()
-				out = append(out, outcome{key, op, isNew, id})
-				mu.Unlock()
-			}
-			return nil
 		})
+		return c, err
 	}
-	close(start)
-	return out, g.Wait()
 }
 
-// naiveIncrement is the code paylock replaces: find, else insert, then
+// naiveDo is the code paylock replaces: find, else insert, then
 // read-modify-write, with no lock, on a table without the unique index.
-func naiveIncrement(ctx context.Context, pool *pgxpool.Pool, key payment.Key, op string) error {
-	var id, amount int64
-	var data []byte
-	err := pool.QueryRow(ctx, `SELECT id, amount_cents, data FROM naive_payments
-		WHERE service_id = $1 AND line_item_id = $2 ORDER BY id LIMIT 1`, key.ServiceID, key.LineItemID).Scan(&id, &amount, &data)
-	if errors.Is(err, pgx.ErrNoRows) {
-		err = pool.QueryRow(ctx, `INSERT INTO naive_payments (service_id, line_item_id) VALUES ($1, $2)
-			RETURNING id, amount_cents, data`, key.ServiceID, key.LineItemID).Scan(&id, &amount, &data)
+func naiveDo(pool *pgxpool.Pool) racetest.Do {
+	return func(ctx context.Context, k int, op string) (racetest.Call, error) {
+		key := raceKey(k)
+		c := racetest.Call{Key: key.String(), Op: op}
+		var amount int64
+		var data []byte
+		err := pool.QueryRow(ctx, `SELECT id, amount_cents, data FROM naive_payments
+			WHERE service_id = $1 AND line_item_id = $2 ORDER BY id LIMIT 1`, key.ServiceID, key.LineItemID).Scan(&c.ID, &amount, &data)
+		if errors.Is(err, pgx.ErrNoRows) {
+			c.Created = true
+			err = pool.QueryRow(ctx, `INSERT INTO naive_payments (service_id, line_item_id) VALUES ($1, $2)
+				RETURNING id, amount_cents, data`, key.ServiceID, key.LineItemID).Scan(&c.ID, &amount, &data)
+		}
+		if err != nil {
+			return c, err
+		}
+		if data, err = racetest.AppendOp(data, op); err != nil {
+			return c, err
+		}
+		_, err = pool.Exec(ctx, "UPDATE naive_payments SET amount_cents = $2, data = $3 WHERE id = $1", c.ID, amount+1, data)
+		return c, err
 	}
-	if err != nil {
-		return err
-	}
-	var ops []string
-	if data != nil {
-		json.Unmarshal(data, &ops)
-	}
-	b, _ := json.Marshal(append(ops, op))
-	_, err = pool.Exec(ctx, "UPDATE naive_payments SET amount_cents = $2, data = $3 WHERE id = $1", id, amount+1, b)
-	return err
 }
 
-// audit checks the payments table against the successful calls: one row per
-// key, the sum equal to the number of calls, every op id exactly once, one
-// creator per key and one id seen by all. It returns what it found wrong.
-func audit(ctx context.Context, pool *pgxpool.Pool, table string, done []outcome) (problems []string, err error) {
-	type row struct {
-		rows   int
-		amount int64
-		ops    map[string]int
-	}
-	found := map[payment.Key]*row{}
-	rows, err := pool.Query(ctx, "SELECT service_id, line_item_id, amount_cents, data FROM "+table)
+// audit reads table and checks it against calls.
+func audit(t *testing.T, ctx context.Context, pool *pgxpool.Pool, table string, calls []racetest.Call, creators bool) racetest.Report {
+	t.Helper()
+	rows, err := pool.Query(ctx, "SELECT service_id || '/' || line_item_id, amount_cents, data FROM "+table)
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	var k payment.Key
-	var amount int64
-	var data []byte
-	_, err = pgx.ForEachRow(rows, []any{&k.ServiceID, &k.LineItemID, &amount, &data}, func() error {
-		r := found[k]
-		if r == nil {
-			r = &row{ops: map[string]int{}}
-			found[k] = r
-		}
-		r.rows++
-		r.amount += amount
-		var ops []string
-		json.Unmarshal(data, &ops)
-		for _, op := range ops {
-			r.ops[op]++
-		}
-		return nil
+	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (racetest.Row, error) {
+		var row racetest.Row
+		return row, r.Scan(&row.Key, &row.Amount, &row.Ops)
 	})
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	calls, creators, ids := map[payment.Key]int{}, map[payment.Key]int{}, map[payment.Key]map[int64]bool{}
-	for _, o := range done {
-		calls[o.key]++
-		if o.isNew {
-			creators[o.key]++
-		}
-		if ids[o.key] == nil {
-			ids[o.key] = map[int64]bool{}
-		}
-		ids[o.key][o.idSeen] = true
-		if n := found[o.key].ops[o.op]; n != 1 {
-			problems = append(problems, fmt.Sprintf("op %s appears %d times", o.op, n))
-		}
-	}
-	for key, r := range found {
-		if r.rows != 1 {
-			problems = append(problems, fmt.Sprintf("%s: %d rows", key, r.rows))
-		}
-		if r.amount != int64(calls[key]) {
-			problems = append(problems, fmt.Sprintf("%s: amount %d after %d calls", key, r.amount, calls[key]))
-		}
-	}
-	for key := range calls {
-		if table == "payments" && (creators[key] != 1 || len(ids[key]) != 1) {
-			problems = append(problems, fmt.Sprintf("%s: %d creators, %d ids seen", key, creators[key], len(ids[key])))
-		}
-	}
-	return problems, nil
+	return racetest.Audit(calls, got, creators)
 }
 
 func setupRace(t *testing.T, ctx context.Context) *pgxpool.Pool {
@@ -192,65 +96,47 @@ func setupRace(t *testing.T, ctx context.Context) *pgxpool.Pool {
 	return pool
 }
 
+// TestRace: 32 goroutines x 200 calls on 5 keys, with the naive strategy as
+// the proof that the race is strong enough to fail, then with each strategy.
 func TestRace(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, 3)
 	pool := setupRace(t, ctx)
 	const workers, calls = 32, 200
 
-	t.Run("Goroutines", func(t *testing.T) {
-		// The naive strategy, same workload: proof that the audit can fail.
-		var naive []outcome
-		var mu sync.Mutex
-		var g errgroup.Group
-		start := make(chan struct{})
-		for w := range workers {
-			g.Go(func() error {
-				<-start
-				for i := range calls / 4 {
-					key, op := raceKeys[(w+i)%len(raceKeys)], fmt.Sprintf("n%d.%d", w, i)
-					if err := naiveIncrement(ctx, pool, key, op); err != nil {
-						return err
-					}
-					mu.Lock()
-					naive = append(naive, outcome{key: key, op: op})
-					mu.Unlock()
-				}
-				return nil
-			})
-		}
-		close(start)
-		if err := g.Wait(); err != nil {
-			t.Fatal(err)
-		}
-		naiveProblems, err := audit(ctx, pool, "naive_payments", naive)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(naiveProblems) == 0 {
-			t.Fatal("the naive strategy showed neither duplicates nor lost updates: the race is too weak to prove anything")
-		}
-		t.Logf("naive: %d calls, %s", len(naive), summarize(ctx, t, pool, "naive_payments"))
+	naive, err := racetest.Hammer(ctx, "n", workers, calls/4, raceKeys, naiveDo(pool))
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := audit(t, ctx, pool, "naive_payments", naive, false)
+	if report.Duplicates == 0 && report.LostUpdates == 0 {
+		t.Fatalf("the naive strategy showed neither duplicates nor lost updates (%v): the race is too weak to prove anything", report)
+	}
+	t.Logf("naive: %v", report)
 
-		done, err := hammer(ctx, payment.NewRepository(pool), "g", workers, calls)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(done) != workers*calls {
-			t.Fatalf("%d calls succeeded, want %d", len(done), workers*calls)
-		}
-		problems, err := audit(ctx, pool, "payments", done)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range problems {
-			t.Error(p)
-		}
-		t.Logf("paylock: %d calls, %s", len(done), summarize(ctx, t, pool, "payments"))
-	})
+	for _, strategy := range []entity.Strategy{entity.Advisory, entity.RowLock} {
+		t.Run(strategy.String(), func(t *testing.T) {
+			if _, err := pool.Exec(ctx, "TRUNCATE payments"); err != nil {
+				t.Fatal(err)
+			}
+			repo := payment.NewRepository(pool, entity.WithStrategy(strategy))
+			done, err := racetest.Hammer(ctx, "g", workers, calls, raceKeys, withDo(repo))
+			if err != nil {
+				t.Fatal(err)
+			}
+			report := audit(t, ctx, pool, "payments", done, true)
+			for _, p := range report.Problems {
+				t.Error(p)
+			}
+			if report.Calls != workers*calls {
+				t.Errorf("%d calls succeeded, want %d", report.Calls, workers*calls)
+			}
+			t.Logf("%s: %v", strategy, report)
+		})
+	}
 }
 
-// TestRaceProcesses runs the race across separate OS processes.
+// TestRaceProcesses runs the race across 4 OS processes.
 func TestRaceProcesses(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, 3)
@@ -259,7 +145,7 @@ func TestRaceProcesses(t *testing.T) {
 	dsn := pool.Config().ConnString()
 
 	var mu sync.Mutex
-	var done []outcome
+	var done []racetest.Call
 	var g errgroup.Group
 	for p := range procs {
 		g.Go(func() error {
@@ -269,14 +155,12 @@ func TestRaceProcesses(t *testing.T) {
 				return fmt.Errorf("worker %d: %w", p, err)
 			}
 			for line := range strings.Lines(string(out)) {
-				var o outcome
-				var isNew int
-				if _, err := fmt.Sscanf(line, "%d %s %s %d %d", &o.key.ServiceID, &o.key.LineItemID, &o.op, &isNew, &o.idSeen); err != nil {
+				var c racetest.Call
+				if _, err := fmt.Sscanf(line, "%s %s %t %d", &c.Key, &c.Op, &c.Created, &c.ID); err != nil {
 					return fmt.Errorf("worker %d printed %q: %w", p, line, err)
 				}
-				o.isNew = isNew == 1
 				mu.Lock()
-				done = append(done, o)
+				done = append(done, c)
 				mu.Unlock()
 			}
 			return nil
@@ -285,17 +169,14 @@ func TestRaceProcesses(t *testing.T) {
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	if len(done) != procs*workers*calls {
-		t.Fatalf("%d calls succeeded, want %d", len(done), procs*workers*calls)
-	}
-	problems, err := audit(ctx, pool, "payments", done)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
+	report := audit(t, ctx, pool, "payments", done, true)
+	for _, p := range report.Problems {
 		t.Error(p)
 	}
-	t.Logf("paylock, %d processes: %d calls, %s", procs, len(done), summarize(ctx, t, pool, "payments"))
+	if report.Calls != procs*workers*calls {
+		t.Errorf("%d calls succeeded, want %d", report.Calls, procs*workers*calls)
+	}
+	t.Logf("%d processes: %v", procs, report)
 }
 
 // raceWorker is TestRaceProcesses' worker process: args are the database
@@ -312,24 +193,9 @@ func raceWorker(ctx context.Context, args []string) error {
 		return err
 	}
 	defer pool.Close()
-	done, err := hammer(ctx, payment.NewRepository(pool), args[1], workers, calls)
-	for _, o := range done {
-		isNew := 0
-		if o.isNew {
-			isNew = 1
-		}
-		fmt.Fprintf(os.Stdout, "%d %s %s %d %d\n", o.key.ServiceID, o.key.LineItemID, o.op, isNew, o.idSeen)
+	done, err := racetest.Hammer(ctx, args[1], workers, calls, raceKeys, withDo(payment.NewRepository(pool)))
+	for _, c := range done {
+		fmt.Fprintf(os.Stdout, "%s %s %t %d\n", c.Key, c.Op, c.Created, c.ID)
 	}
 	return err
-}
-
-// summarize returns rows, keys and amounts of a table, for the log.
-func summarize(ctx context.Context, t *testing.T, pool *pgxpool.Pool, table string) string {
-	var rows, keys, sum int64
-	err := pool.QueryRow(ctx, "SELECT count(*), count(DISTINCT (service_id, line_item_id)), coalesce(sum(amount_cents), 0) FROM "+table).
-		Scan(&rows, &keys, &sum)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("%d rows for %d keys, amounts sum to %d", rows, keys, sum)
 }

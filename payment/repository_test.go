@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/racetest"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -430,17 +431,11 @@ func TestWithIgnoresServerIsolationDefault(t *testing.T) {
 		c.ConnConfig.RuntimeParams["default_transaction_isolation"] = "serializable"
 	})
 	ctx := testCtx(t, 1)
-	key := payment.Key{ServiceID: 1, LineItemID: "li_iso"}
-	done, err := hammer(ctx, repo, "iso", 8, 20)
-	_ = key
+	done, err := racetest.Hammer(ctx, "iso", 8, 20, raceKeys, withDo(repo))
 	if err != nil {
 		t.Fatal(err)
 	}
-	problems, err := audit(ctx, pool, "payments", done)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
+	for _, p := range audit(t, ctx, pool, "payments", done, true).Problems {
 		t.Error(p)
 	}
 }
