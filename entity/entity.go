@@ -165,7 +165,18 @@ func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Co
 		return fmt.Errorf("entity: with %s: %w", lk, lock.ErrReentrant)
 	}
 	ev := Event{Namespace: lk.Namespace(), Key: lk, Strategy: r.strategy, Start: time.Now()}
-	defer r.report(&ev, &err)
+	if !r.hooks.none() {
+		if r.hooks.Start != nil {
+			ctx = r.hooks.Start(ctx, lk.Namespace(), lk)
+		}
+		defer func() {
+			p := recover()
+			r.hooks.finish(ctx, &ev, err, p)
+			if p != nil {
+				panic(p)
+			}
+		}()
+	}
 
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {

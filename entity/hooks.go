@@ -66,6 +66,10 @@ const (
 // synchronously on the caller's goroutine after the transaction ended, so
 // they must be quick; they must be safe for concurrent use.
 type Hooks struct {
+	// Start is called when With begins, after the key was validated. The
+	// ctx it returns is the one With uses from then on: fn and Done get it
+	// (a tracing span, say). nil leaves ctx as it is.
+	Start func(ctx context.Context, namespace string, key lock.Key) context.Context
 	// Done is called once per With call, after it ended.
 	Done func(ctx context.Context, ev Event)
 	// Logger, if set, gets a debug record for every call and a warning for
@@ -73,45 +77,51 @@ type Hooks struct {
 	Logger *slog.Logger
 }
 
-// Chain returns Hooks that call each of hs in turn.
+// Chain returns Hooks that call each of hs in turn (Start in order, each
+// given the ctx the previous one returned).
 func Chain(hs ...Hooks) Hooks {
-	return Hooks{Done: func(ctx context.Context, ev Event) {
-		for _, h := range hs {
-			h.call(ctx, ev)
-		}
-	}}
+	return Hooks{
+		Start: func(ctx context.Context, ns string, key lock.Key) context.Context {
+			for _, h := range hs {
+				if h.Start != nil {
+					ctx = h.Start(ctx, ns, key)
+				}
+			}
+			return ctx
+		},
+		Done: func(ctx context.Context, ev Event) {
+			for _, h := range hs {
+				h.call(ctx, ev)
+			}
+		},
+	}
 }
 
-// report fills in the end of ev and hands it to the hooks. It runs deferred
-// in With, so it also sees a panic, which it re-raises.
-func (r *Repository[K, V]) report(ev *Event, errp *error) {
-	if r.hooks.Done == nil && r.hooks.Logger == nil {
-		return
-	}
-	p := recover()
+func (h Hooks) none() bool { return h.Start == nil && h.Done == nil && h.Logger == nil }
+
+// finish fills in the end of ev and hands it to the hooks. panicked is what
+// With's deferred function recovered, if anything; the caller re-raises it.
+func (h Hooks) finish(ctx context.Context, ev *Event, err error, panicked any) {
 	if !ev.Granted.IsZero() {
 		ev.Hold = time.Since(ev.Granted)
 	}
-	ev.Err = *errp
+	ev.Err = err
 	switch {
-	case p != nil:
+	case panicked != nil:
 		ev.Outcome = OutcomePanic
-		ev.Err = fmt.Errorf("entity: fn panicked: %v", p)
-	case ev.Err == nil:
+		ev.Err = fmt.Errorf("entity: fn panicked: %v", panicked)
+	case err == nil:
 		ev.Outcome = OutcomeOK
 	case ev.stage == stageFn:
 		ev.Outcome = OutcomeFnError
-	case errors.Is(ev.Err, lock.ErrLockTimeout), errors.Is(ev.Err, context.DeadlineExceeded):
+	case errors.Is(err, lock.ErrLockTimeout), errors.Is(err, context.DeadlineExceeded):
 		ev.Outcome = OutcomeTimeout
-	case errors.Is(ev.Err, context.Canceled):
+	case errors.Is(err, context.Canceled):
 		ev.Outcome = OutcomeCanceled
 	default:
 		ev.Outcome = OutcomeError
 	}
-	r.hooks.call(context.Background(), *ev)
-	if p != nil {
-		panic(p)
-	}
+	h.call(ctx, *ev)
 }
 
 func (h Hooks) call(ctx context.Context, ev Event) {

@@ -1,0 +1,192 @@
+package entity_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/lock"
+	"github.com/paylock/paylock/payment"
+)
+
+// recorder keeps the events its hooks see.
+type recorder struct {
+	mu     sync.Mutex
+	events []entity.Event
+	ctxOK  []bool
+}
+
+type ctxKey struct{}
+
+func (r *recorder) hooks() entity.Hooks {
+	return entity.Hooks{
+		Start: func(ctx context.Context, ns string, key lock.Key) context.Context {
+			return context.WithValue(ctx, ctxKey{}, key.String())
+		},
+		Done: func(ctx context.Context, ev entity.Event) {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			r.events = append(r.events, ev)
+			r.ctxOK = append(r.ctxOK, ctx.Value(ctxKey{}) == ev.Key.String())
+		},
+	}
+}
+
+func (r *recorder) last(t *testing.T) entity.Event {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.events) == 0 {
+		t.Fatal("no event")
+	}
+	if !r.ctxOK[len(r.ctxOK)-1] {
+		t.Error("Done did not get the ctx Start returned")
+	}
+	return r.events[len(r.events)-1]
+}
+
+func setup(t *testing.T) (*pgxpool.Pool, context.Context) {
+	pool := pgtest.Pool(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	if err := payment.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
+		t.Fatal(err)
+	}
+	return pool, ctx
+}
+
+func TestHooks(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setup(t)
+	var rec recorder
+	repo := entity.New(pool, payment.Table{}, entity.WithHooks(rec.hooks()),
+		entity.WithLockOptions(lock.Options{LockTimeout: 100 * time.Millisecond}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_hooks"}
+	noop := func(context.Context, pgx.Tx, *payment.Payment) error { return nil }
+
+	t.Run("CreatedThenFound", func(t *testing.T) {
+		fnSawStartCtx := false
+		err := repo.With(ctx, key, func(ctx context.Context, _ pgx.Tx, p *payment.Payment) error {
+			fnSawStartCtx = ctx.Value(ctxKey{}) == key.LockKey().String()
+			p.AmountCents = 5
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !fnSawStartCtx {
+			t.Error("fn did not get the ctx Start returned")
+		}
+		ev := rec.last(t)
+		if ev.Outcome != entity.OutcomeOK || !ev.Created || ev.Namespace != "payments" || ev.Key != key.LockKey() ||
+			ev.Strategy != entity.Advisory || ev.Hold <= 0 || ev.Granted.Before(ev.Start) || ev.Err != nil {
+			t.Fatalf("event %+v", ev)
+		}
+		if err := repo.With(ctx, key, noop); err != nil {
+			t.Fatal(err)
+		}
+		if ev := rec.last(t); ev.Created || ev.Outcome != entity.OutcomeOK {
+			t.Fatalf("second call's event %+v, want not created, ok", ev)
+		}
+	})
+
+	t.Run("WaitIsMeasuredByTheServer", func(t *testing.T) {
+		const held = 300 * time.Millisecond
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := lock.Acquire(ctx, tx, key.LockKey()); err != nil {
+			t.Fatal(err)
+		}
+		time.AfterFunc(held, func() { tx.Commit(context.Background()) })
+		slow := entity.New(pool, payment.Table{}, entity.WithHooks(rec.hooks()))
+		if err := slow.With(ctx, key, noop); err != nil {
+			t.Fatal(err)
+		}
+		// A lower bound only: the lock was held that long after With asked.
+		if ev := rec.last(t); ev.Wait < held/2 || ev.RoundTrip < ev.Wait {
+			t.Fatalf("wait %v, round trip %v; want the wait of about %v, within the round trip", ev.Wait, ev.RoundTrip, held)
+		}
+	})
+
+	t.Run("Outcomes", func(t *testing.T) {
+		boom := errors.New("boom")
+		if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { return boom }); err != boom {
+			t.Fatal(err)
+		}
+		if ev := rec.last(t); ev.Outcome != entity.OutcomeFnError || ev.Err != boom {
+			t.Fatalf("fn error: %+v", ev)
+		}
+
+		func() {
+			defer func() {
+				if p := recover(); p != "hooked" {
+					t.Fatalf("recovered %v, want the panic re-raised", p)
+				}
+			}()
+			repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { panic("hooked") })
+		}()
+		if ev := rec.last(t); ev.Outcome != entity.OutcomePanic || !strings.Contains(ev.Err.Error(), "hooked") {
+			t.Fatalf("panic: %+v", ev)
+		}
+
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		if err := lock.Acquire(ctx, tx, key.LockKey()); err != nil {
+			t.Fatal(err)
+		}
+		if err := repo.With(ctx, key, noop); !errors.Is(err, lock.ErrLockTimeout) {
+			t.Fatalf("With = %v, want a lock timeout", err)
+		}
+		if ev := rec.last(t); ev.Outcome != entity.OutcomeTimeout {
+			t.Fatalf("lock timeout: %+v", ev)
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		repo.With(cctx, key, noop)
+		if ev := rec.last(t); ev.Outcome != entity.OutcomeCanceled {
+			t.Fatalf("canceled: %+v", ev)
+		}
+		repo.With(ctx, payment.Key{}, noop)
+		if n := len(rec.events); rec.events[n-1].Outcome == entity.OutcomeError {
+			t.Fatal("an invalid key was reported: hooks see only calls past validation")
+		}
+	})
+}
+
+func TestLoggerIsSilentByDefaultAndWarnsOnFailure(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setup(t)
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	repo := entity.New(pool, payment.Table{}, entity.WithHooks(entity.Hooks{Logger: logger}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_log"}
+	if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if buf.Len() != 0 {
+		t.Fatalf("a successful call logged at warn level: %s", buf.String())
+	}
+	repo.With(ctx, payment.Key{ServiceID: 2, LineItemID: "li_log"}, func(context.Context, pgx.Tx, *payment.Payment) error { return nil })
+	if out := buf.String(); !strings.Contains(out, "level=WARN") || !strings.Contains(out, "outcome=error") ||
+		!strings.Contains(out, "payments/2/li_log") {
+		t.Fatalf("unknown service logged %q, want a warning with outcome and key", out)
+	}
+}
