@@ -66,7 +66,7 @@ func mask(s string, extra ...string) string {
 	for _, r := range []struct{ re, with string }{
 		{`\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ`, "TIME"},
 		{`\bpid \d+`, "pid PID"},
-		{`\[[\d ]+\]`, "[PIDS]"},
+		{`blocked by \[[\d ]+\]`, "blocked by [PIDS]"},
 		{`\b\d+(\.\d+)?(ns|µs|ms|s|m)\b`, "DUR"},
 		{`\bt\d+_\d+\b`, "DB"},
 		{`\d+(\.\d+)? ops/s`, "N ops/s"},

@@ -50,8 +50,9 @@ func (o Options) withDefaults() Options {
 // LineItemID is the line_item_id of the i-th payment.
 func LineItemID(i int) string { return fmt.Sprintf("li_%07d", i) }
 
-// ServiceID is the service of the i-th payment.
-func ServiceID(i, services int) int64 { return int64(i%services + 1) }
+// ServiceID is the service of the i-th payment: runs of three payments per
+// service, round robin.
+func ServiceID(i, services int) int64 { return int64(i/3%services + 1) }
 
 // Copies returns how many rows the i-th duplicated key gets: mostly 2, every
 // fifth 3, every twentieth 5.
