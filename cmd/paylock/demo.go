@@ -404,4 +404,3 @@ func money(cents int64) string {
 	}
 	return fmt.Sprintf("%s%d.%02d", sign, cents/100, cents%100)
 }
-
