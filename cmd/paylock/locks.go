@@ -253,10 +253,15 @@ func runLocks(ctx context.Context, c *call) error {
 	}
 }
 
-// commentKey finds the keys in a lock statement's sqlcommenter comment.
-var commentKey = regexp.MustCompile(`/\*paylock_key='([A-Za-z0-9_.~%/,-]*)'\*/`)
+// commentKey finds the keys in a lock statement's sqlcommenter comment. The
+// closing "'*/" may be missing: pg_stat_activity cuts a query at
+// track_activity_query_size (1kB by default), which a long AcquireAll
+// comment exceeds.
+var commentKey = regexp.MustCompile(`/\*paylock_key='([A-Za-z0-9_.~%/,-]*)('\*/)?`)
 
-// keysInQuery returns the keys named by query's paylock comment, if any.
+// keysInQuery returns the keys named by query's paylock comment, and whether
+// it has one. A key cut short by the truncation parses to another id, which
+// the caller's id check rejects.
 func keysInQuery(query string) (keys []lock.Key, tagged bool) {
 	m := commentKey.FindStringSubmatch(query)
 	if m == nil {

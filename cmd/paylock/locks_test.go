@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"slices"
 	"strconv"
@@ -233,6 +234,53 @@ func TestLocks(t *testing.T) {
 		if err := <-doneHolder; err != nil {
 			t.Fatal(err)
 		}
+	})
+
+	t.Run("AcquireAllWaiterNamesItsKeys", func(t *testing.T) {
+		// A waiter in AcquireAll names all its keys in one comment; with 60
+		// keys the comment is longer than pg_stat_activity keeps (1kB), and
+		// the key it waits for has no other waiter to name it.
+		first := lock.NewKey("payments", "9", "x")
+		holderX := openSession(t, ctx, url, "holder-x")
+		if err := lock.Acquire(ctx, holderX.tx, first); err != nil {
+			t.Fatal(err)
+		}
+		keys := []lock.Key{first}
+		for i := range 59 {
+			keys = append(keys, lock.NewKey("payments", "7", "li_many_"+strconv.Itoa(i)))
+		}
+		all := openSession(t, ctx, url, "acquire-all")
+		allCtx, cancelAll := context.WithCancel(ctx)
+		defer cancelAll()
+		doneAll := make(chan error, 1)
+		go func() { doneAll <- lock.AcquireAll(allCtx, all.tx, keys...) }()
+		waitWaiters(t, ctx, monitor, first.ID(), 1)
+		r := decodeLocks(t, mustRun(t, ctx, "locks", "--json", "--database-url", url))
+		l := findLock(r, first.ID(), 1)
+		if l == nil || l.Origin != "paylock" || l.Key != first.String() || l.KeyFrom != "waiter" ||
+			len(l.Waiters) != 1 || l.Waiters[0].PID != all.pid || len(l.Waiters[0].Query) > 1100 {
+			t.Fatalf("lock %s with a truncated AcquireAll waiter = %+v", first, l)
+		}
+		// The keys AcquireAll already holds (those with a lower id) are
+		// named by its own, still running, statement as far as the cut
+		// comment goes; none is taken for another program's.
+		held := 0
+		for _, l := range r.Locks {
+			if len(l.Holders) == 1 && l.Holders[0].PID == all.pid {
+				held++
+				if l.Origin == "other" || (l.Key != "" && l.KeyFrom != "holder") {
+					t.Errorf("lock held by AcquireAll = %+v", l)
+				}
+			}
+		}
+		if held == 0 {
+			t.Fatalf("AcquireAll holds no lock yet; the test needs keys below %s", first)
+		}
+		cancelAll() // pgx cancels the wait
+		if err := <-doneAll; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled AcquireAll = %v", err)
+		}
+		holderX.tx.Rollback(ctx)
 	})
 
 	t.Run("Watch", func(t *testing.T) {

@@ -23,8 +23,8 @@ const (
 	exitUsage   = 2
 )
 
-// command is one subcommand. Its run gets the arguments after its name and
-// writes only to the writers in io.
+// command is one subcommand. Its run gets the parsed call and writes only to
+// the call's writers.
 type command struct {
 	name    string
 	usage   string // the arguments, for the usage line
