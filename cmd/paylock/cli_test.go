@@ -7,9 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/paylock/paylock/internal/dedupe"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -112,3 +115,9 @@ func TestUsage(t *testing.T) {
 func contains(s, sub string) bool            { return strings.Contains(s, sub) }
 func joinWords(w []string) string            { return strings.Join(w, " ") }
 func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func dedupeProgress(pass, done, total int) dedupe.Progress {
+	return dedupe.Progress{Pass: pass, KeysDone: done, KeysTotal: total, RowsMoved: int64(done), Batches: done}
+}

@@ -88,3 +88,67 @@ func TestMigrateFreshDatabase(t *testing.T) { // not parallel: it sets DATABASE_
 	t.Setenv("DATABASE_URL", url)
 	mustRun(t, ctx, "migrate")
 }
+
+// Ctrl-C in the middle of the merge: exit 1 with one line saying how to go
+// on; the next run finishes the job and the counts add up.
+func TestDedupeInterruptedThenResumed(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, time.Minute)
+	url, pool, st := liveDB(t, ctx)
+	runCtx, cancel := context.WithCancel(ctx)
+	type result struct {
+		code        int
+		out, errOut string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errOut := paylock(runCtx, "dedupe", "--batch", "1", "--database-url", url)
+		done <- result{code, out, errOut}
+	}()
+	for { // cancel as soon as the first batch is committed
+		var n int
+		if pool.QueryRow(ctx, "SELECT count(*) FROM payment_duplicates").Scan(&n); n > 0 {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	cancel()
+	r := <-done
+	if r.code != 1 || !strings.HasPrefix(r.errOut, "paylock dedupe: interrupted after ") ||
+		!strings.HasSuffix(r.errOut, "run 'paylock dedupe' again to continue\n") {
+		t.Fatalf("interrupted dedupe = %d\nstdout:\n%s\nstderr:\n%s", r.code, r.out, r.errOut)
+	}
+	moved := rowCount(t, pool, "payment_duplicates")
+	if moved == 0 || moved >= st.ExtraRows || rowCount(t, pool, "payments")+moved != st.Rows {
+		t.Fatalf("after the interruption %d rows quarantined of %d; counts must add up to %d", moved, st.ExtraRows, st.Rows)
+	}
+	out := mustRun(t, ctx, "dedupe", "--database-url", url)
+	if !strings.Contains(out, "quarantine payment_duplicates: "+itoa(moved)+" rows") {
+		t.Errorf("the second run's report does not show the %d rows already moved:\n%s", moved, out)
+	}
+	if rows, q := rowCount(t, pool, "payments"), rowCount(t, pool, "payment_duplicates"); rows != st.Keys || q != st.ExtraRows {
+		t.Fatalf("after the second run: %d payments, %d quarantined; want %d and %d", rows, q, st.Keys, st.ExtraRows)
+	}
+}
+
+func TestProgressBar(t *testing.T) {
+	var b strings.Builder
+	bar := newProgressBar(&b, true)
+	bar.update(dedupeProgress(1, 25, 100))
+	bar.update(dedupeProgress(1, 100, 100))
+	got := b.String()
+	if want := "\r\x1b[2Kpass 1 [#######.......................]  25%  25/100 keys"; !strings.HasPrefix(got, want) {
+		t.Errorf("terminal bar = %q, want it to start with %q", got, want)
+	}
+	if !strings.Contains(got, "[##############################] 100%") || !strings.HasSuffix(got, "\n") {
+		t.Errorf("finished bar = %q, want a full bar and a newline", got)
+	}
+	b.Reset()
+	plain := newProgressBar(&b, false)
+	plain.update(dedupeProgress(1, 25, 100))
+	plain.update(dedupeProgress(1, 50, 100)) // within the second: not printed
+	plain.update(dedupeProgress(1, 100, 100))
+	if lines := strings.Count(b.String(), "\n"); lines != 2 || strings.Contains(b.String(), "\r") {
+		t.Errorf("plain progress = %q, want 2 plain lines", b.String())
+	}
+}
