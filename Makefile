@@ -16,4 +16,7 @@ fmt-check: ## fail if gofmt would change a file
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-.PHONY: help test vet fmt-check
+demo: ## the race and the cure side by side (starts a throwaway PostgreSQL unless DATABASE_URL is set)
+	$(GO) run ./cmd/paylock demo
+
+.PHONY: help test vet fmt-check demo

@@ -1,0 +1,498 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/lock"
+)
+
+var cmdLocks = &command{
+	name:    "locks",
+	usage:   "[--key NAMESPACE PART...]",
+	summary: "show advisory locks held and awaited in the database, with their keys, holders and waiters",
+	help: `
+For each advisory lock in the current database: its id as the library builds
+it and as pg_locks shows it (classid, objid, objsubid), the entity and key
+when they can be known, every holder (pid, application_name, client address,
+state, transaction age, current query) and the queue of waiters with how long
+each has waited. A holder that itself waits for another lock is followed to
+the end of its blocking chain.
+
+How the key is known: every lock statement the library sends carries a
+comment, /*paylock_key='payments/7/li_1'*/, escaped so no input can leave it.
+A waiting backend's current query is that statement, so the key of every lock
+someone waits for is read from the waiter and verified by recomputing its id.
+A holder that has moved on to other statements no longer shows it: its lock is
+listed with origin "unknown" until someone waits for it, which is exactly when
+the key matters. Locks taken with two int4 keys, or waited for by statements
+without the comment, are marked origin "other" (not taken by paylock).
+
+--watch refreshes every interval (default 2s) until Ctrl-C; --watch 5s or
+--watch=500ms sets it. Seeing other sessions' queries needs the
+pg_read_all_stats role (or superuser); without it PostgreSQL shows
+"<insufficient privilege>".
+
+JSON (--json) fields: database, taken_at, locks[]: id, classid, objid,
+objsubid, origin (paylock|other|unknown), key, key_from (waiter|holder|argument),
+namespace, parts, fields, holders[], waiters[]; each holder or waiter: pid,
+mode, application_name, client_addr, state, xact_age_s, waiting_s,
+blocked_by, wait_event, query, and for holders waits_for[] (the chain).`,
+	flags: func(fs *flag.FlagSet) {
+		fs.Bool("json", false, "print JSON (one compact document per refresh with --watch)")
+		fs.Bool("key", false, "show only the lock of the key given as arguments: NAMESPACE PART...")
+		fs.Var(&watchFlag{}, "watch", "refresh every `interval` (default 2s) until Ctrl-C")
+	},
+	rewrite: joinWatchInterval,
+	run:     runLocks,
+}
+
+// watchFlag is --watch with an optional interval.
+type watchFlag struct {
+	on       bool
+	interval time.Duration
+}
+
+func (w *watchFlag) IsBoolFlag() bool { return true }
+func (w *watchFlag) String() string {
+	if w == nil || !w.on {
+		return ""
+	}
+	return w.interval.String()
+}
+func (w *watchFlag) Set(s string) error {
+	switch s {
+	case "true":
+		w.on, w.interval = true, 2*time.Second
+		return nil
+	case "false":
+		w.on = false
+		return nil
+	}
+	d, err := parseInterval(s)
+	if err != nil {
+		return err
+	}
+	w.on, w.interval = true, d
+	return nil
+}
+
+func parseInterval(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		f, ferr := strconv.ParseFloat(s, 64)
+		if ferr != nil {
+			return 0, fmt.Errorf("interval %q: want a duration like 2s or 500ms", s)
+		}
+		d = time.Duration(f * float64(time.Second))
+	}
+	if d < 100*time.Millisecond {
+		return 0, fmt.Errorf("interval %s: at least 100ms", d)
+	}
+	return d, nil
+}
+
+// joinWatchInterval turns "--watch 5s" into "--watch=5s" so that the optional
+// interval is not taken for a key part.
+func joinWatchInterval(args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if (a == "--watch" || a == "-watch") && i+1 < len(args) {
+			if _, err := parseInterval(args[i+1]); err == nil {
+				out = append(out, a+"="+args[i+1])
+				i++
+				continue
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// locksReport is the JSON form of `paylock locks`. Field names are stable.
+type locksReport struct {
+	Database string     `json:"database"`
+	TakenAt  time.Time  `json:"taken_at"`
+	Locks    []lockInfo `json:"locks"`
+}
+
+type lockInfo struct {
+	ID        int64             `json:"id"`
+	ClassID   uint32            `json:"classid"`
+	ObjID     uint32            `json:"objid"`
+	ObjSubID  int               `json:"objsubid"`
+	Origin    string            `json:"origin"` // paylock, other or unknown
+	Key       string            `json:"key,omitempty"`
+	KeyFrom   string            `json:"key_from,omitempty"` // waiter, holder or argument
+	Namespace string            `json:"namespace,omitempty"`
+	Parts     []string          `json:"parts,omitempty"`
+	Fields    map[string]string `json:"fields,omitempty"`
+	Holders   []backend         `json:"holders"`
+	Waiters   []backend         `json:"waiters"`
+}
+
+type backend struct {
+	PID             int         `json:"pid"`
+	Mode            string      `json:"mode"`
+	ApplicationName string      `json:"application_name"`
+	ClientAddr      string      `json:"client_addr"`
+	State           string      `json:"state"`
+	XactAgeS        float64     `json:"xact_age_s"`
+	WaitingS        float64     `json:"waiting_s"` // 0 for a holder
+	BlockedBy       []int       `json:"blocked_by"`
+	WaitEvent       string      `json:"wait_event,omitempty"`
+	Query           string      `json:"query"`
+	WaitsFor        []chainLink `json:"waits_for,omitempty"` // holders: what this holder itself waits for
+}
+
+// chainLink is one backend a holder waits for, directly or through others.
+type chainLink struct {
+	PID             int    `json:"pid"`
+	BlockedBy       []int  `json:"blocked_by"`
+	ApplicationName string `json:"application_name"`
+	State           string `json:"state"`
+	WaitEvent       string `json:"wait_event,omitempty"`
+	Query           string `json:"query"`
+}
+
+const sqlLocks = `
+SELECT coalesce(l.pid, 0), l.granted, l.mode, l.classid::bigint, l.objid::bigint, l.objsubid::int,
+       coalesce(a.application_name, ''), coalesce(host(a.client_addr), ''), coalesce(a.state, ''),
+       coalesce(extract(epoch FROM now() - a.xact_start), 0)::float8,
+       CASE WHEN l.granted THEN 0
+            ELSE coalesce(extract(epoch FROM now() - coalesce(l.waitstart, a.query_start)), 0) END::float8,
+       coalesce(a.wait_event_type || ':' || a.wait_event, ''), coalesce(a.query, ''),
+       CASE WHEN l.granted THEN '{}'::int[] ELSE pg_blocking_pids(l.pid) END
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory'
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY l.classid, l.objid, l.objsubid, l.granted DESC, l.waitstart NULLS FIRST, l.pid`
+
+// sqlBackends lists the client backends of the cluster, with who blocks
+// those that wait for a lock, to follow a holder's own blocking chain.
+const sqlBackends = `
+SELECT a.pid, CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) ELSE '{}'::int[] END,
+       coalesce(a.application_name, ''), coalesce(a.state, ''),
+       coalesce(a.wait_event_type || ':' || a.wait_event, ''), coalesce(a.query, '')
+FROM pg_stat_activity a WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()`
+
+func runLocks(ctx context.Context, c *call) error {
+	var only *lock.Key
+	if c.bool("key") {
+		k, err := keyFromArgs(c.args)
+		if err != nil {
+			return err
+		}
+		only = &k
+	} else if len(c.args) > 0 {
+		return usagef("unexpected argument %q (did you mean --key %s?)", c.args[0], strings.Join(c.args, " "))
+	}
+	watch := c.fs.Lookup("watch").Value.(*watchFlag)
+	asJSON := c.bool("json")
+
+	pool, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	render := func(w io.Writer) error {
+		r, err := readLocks(ctx, pool, only)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			enc := json.NewEncoder(w)
+			if !watch.on {
+				enc.SetIndent("", "  ")
+			}
+			return enc.Encode(r)
+		}
+		writeLocks(w, r, only)
+		return nil
+	}
+	if !watch.on {
+		return render(c.stdout)
+	}
+	tty := isTerminal(c.stdout)
+	t := time.NewTicker(watch.interval)
+	defer t.Stop()
+	for {
+		var buf bytes.Buffer
+		if err := render(&buf); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if tty {
+			io.WriteString(c.stdout, "\x1b[H\x1b[2J") // home, clear: refresh in place like top
+		}
+		if !asJSON {
+			fmt.Fprintf(&buf, "\n(refreshing every %s; Ctrl-C to stop)\n", watch.interval)
+		}
+		c.stdout.Write(buf.Bytes())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// commentKey finds the keys in a lock statement's sqlcommenter comment. The
+// closing "'*/" may be missing: pg_stat_activity cuts a query at
+// track_activity_query_size (1kB by default), which a long AcquireAll
+// comment exceeds.
+var commentKey = regexp.MustCompile(`/\*paylock_key='([A-Za-z0-9_.~%/,-]*)('\*/)?`)
+
+// keysInQuery returns the keys named by query's paylock comment, and whether
+// it has one. A key cut short by the truncation parses to another id, which
+// the caller's id check rejects.
+func keysInQuery(query string) (keys []lock.Key, tagged bool) {
+	m := commentKey.FindStringSubmatch(query)
+	if m == nil {
+		return nil, false
+	}
+	for _, s := range strings.Split(m[1], ",") {
+		if k, err := lock.ParseKey(s); err == nil {
+			keys = append(keys, k)
+		}
+	}
+	return keys, true
+}
+
+// readLocks reads the advisory locks of the current database, grouped per
+// lock, and resolves their keys.
+func readLocks(ctx context.Context, pool *pgxpool.Pool, only *lock.Key) (*locksReport, error) {
+	r := &locksReport{Locks: []lockInfo{}}
+	err := pool.QueryRow(ctx, "SELECT current_database(), now()").Scan(&r.Database, &r.TakenAt)
+	if err != nil {
+		return nil, fmt.Errorf("read locks: %w", err)
+	}
+	r.TakenAt = r.TakenAt.UTC()
+	rows, err := pool.Query(ctx, sqlLocks)
+	if err != nil {
+		return nil, fmt.Errorf("read locks: %w", err)
+	}
+	var (
+		b              backend
+		granted        bool
+		classID, objID int64
+		sub            int
+	)
+	_, err = pgx.ForEachRow(rows, []any{&b.PID, &granted, &b.Mode, &classID, &objID, &sub,
+		&b.ApplicationName, &b.ClientAddr, &b.State, &b.XactAgeS, &b.WaitingS, &b.WaitEvent, &b.Query, &b.BlockedBy},
+		func() error {
+			id := int64(uint64(classID)<<32 | uint64(objID))
+			if n := len(r.Locks); n == 0 || r.Locks[n-1].ID != id || r.Locks[n-1].ObjSubID != sub {
+				r.Locks = append(r.Locks, lockInfo{ID: id, ClassID: uint32(classID), ObjID: uint32(objID),
+					ObjSubID: sub, Holders: []backend{}, Waiters: []backend{}})
+			}
+			l := &r.Locks[len(r.Locks)-1]
+			b.XactAgeS, b.WaitingS = round(b.XactAgeS), round(b.WaitingS)
+			if b.BlockedBy == nil {
+				b.BlockedBy = []int{}
+			}
+			if granted {
+				l.Holders = append(l.Holders, b)
+			} else {
+				l.Waiters = append(l.Waiters, b)
+			}
+			b = backend{}
+			return nil
+		})
+	if err != nil {
+		return nil, fmt.Errorf("read locks: %w", err)
+	}
+	if only != nil {
+		r.Locks = slices.DeleteFunc(r.Locks, func(l lockInfo) bool { return l.ObjSubID != 1 || l.ID != only.ID() })
+	}
+	for i := range r.Locks {
+		resolveKey(&r.Locks[i], only)
+	}
+	if err := addChains(ctx, pool, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func round(s float64) float64 { return float64(int64(s*1000)) / 1000 }
+
+// resolveKey sets the lock's origin and key from the comments of its
+// waiters' and holders' statements, each verified by its id.
+func resolveKey(l *lockInfo, only *lock.Key) {
+	if l.ObjSubID != 1 { // two int4 keys: the library never takes those
+		l.Origin = "other"
+		return
+	}
+	l.Origin = "unknown"
+	var found *lock.Key
+	from := ""
+	untagged := false
+	for _, group := range []struct {
+		name string
+		bs   []backend
+	}{{"waiter", l.Waiters}, {"holder", l.Holders}} {
+		for _, b := range group.bs {
+			keys, tagged := keysInQuery(b.Query)
+			if group.name == "waiter" && !tagged {
+				untagged = true
+			}
+			for _, k := range keys {
+				if k.ID() == l.ID && found == nil {
+					found, from = &k, group.name
+				}
+			}
+		}
+	}
+	switch {
+	case found != nil:
+		l.Origin = "paylock"
+	case untagged:
+		l.Origin = "other" // someone waits for it with a statement paylock doesn't send
+	}
+	if found == nil && only != nil && only.ID() == l.ID {
+		found, from = only, "argument"
+	}
+	if found != nil {
+		l.Key, l.KeyFrom, l.Namespace, l.Parts, l.Fields = found.String(), from, found.Namespace(), found.Parts(), keyFields(*found)
+	}
+}
+
+// addChains follows, for each holder that itself waits for a lock, who
+// blocks it, and who blocks that one, to the end or a cycle.
+func addChains(ctx context.Context, pool *pgxpool.Pool, r *locksReport) error {
+	rows, err := pool.Query(ctx, sqlBackends)
+	if err != nil {
+		return fmt.Errorf("read backends: %w", err)
+	}
+	backends := map[int]chainLink{}
+	var cl chainLink
+	_, err = pgx.ForEachRow(rows, []any{&cl.PID, &cl.BlockedBy, &cl.ApplicationName, &cl.State, &cl.WaitEvent, &cl.Query},
+		func() error {
+			backends[cl.PID] = cl
+			cl = chainLink{}
+			return nil
+		})
+	if err != nil {
+		return fmt.Errorf("read backends: %w", err)
+	}
+	for i := range r.Locks {
+		for j := range r.Locks[i].Holders {
+			h := &r.Locks[i].Holders[j]
+			seen := map[int]bool{h.PID: true}
+			for pid := h.PID; ; {
+				link, ok := backends[pid]
+				if !ok || len(link.BlockedBy) == 0 {
+					break
+				}
+				next := link.BlockedBy[0]
+				if pid == h.PID {
+					h.BlockedBy = link.BlockedBy
+					h.WaitEvent = link.WaitEvent
+				}
+				nl, ok := backends[next]
+				if !ok { // not a client backend
+					nl = chainLink{PID: next, BlockedBy: []int{}}
+				}
+				h.WaitsFor = append(h.WaitsFor, nl)
+				if seen[next] { // a cycle: PostgreSQL's deadlock detector will break it
+					break
+				}
+				seen[next] = true
+				pid = next
+			}
+		}
+	}
+	return nil
+}
+
+// writeLocks renders r for people.
+func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
+	counts := map[string]int{}
+	for _, l := range r.Locks {
+		counts[l.Origin]++
+	}
+	fmt.Fprintf(w, "database %s at %s: %d advisory locks (%d paylock, %d other, %d unknown)\n",
+		r.Database, r.TakenAt.Format("2006-01-02 15:04:05Z07:00"), len(r.Locks), counts["paylock"], counts["other"], counts["unknown"])
+	if len(r.Locks) == 0 {
+		if only != nil {
+			fmt.Fprintf(w, "nobody holds or waits for %s (id %d)\n", only, only.ID())
+		}
+		return
+	}
+	for _, l := range r.Locks {
+		fmt.Fprintln(w)
+		entity := "key unknown until someone waits for it"
+		if l.Key != "" {
+			k, _ := lock.ParseKey(l.Key)
+			entity = humanKey(k)
+		} else if l.Origin == "other" {
+			entity = "not taken by paylock"
+		}
+		fmt.Fprintf(w, "%s  [%s]\n", entity, l.Origin)
+		if l.ObjSubID == 1 {
+			fmt.Fprintf(w, "  id %d  classid %d  objid %d  objsubid 1", l.ID, l.ClassID, l.ObjID)
+		} else {
+			fmt.Fprintf(w, "  int4 keys (%d, %d)  classid %d  objid %d  objsubid %d", int32(l.ClassID), int32(l.ObjID), l.ClassID, l.ObjID, l.ObjSubID)
+		}
+		if l.Key != "" {
+			fmt.Fprintf(w, "  key %s (from %s)", l.Key, l.KeyFrom)
+		}
+		fmt.Fprintln(w)
+		for _, h := range l.Holders {
+			fmt.Fprintf(w, "  held by  %s  xact %s\n", describeBackend(h), seconds(h.XactAgeS))
+			fmt.Fprintf(w, "           query: %s\n", shorten(h.Query, 100))
+			if len(h.WaitsFor) > 0 {
+				fmt.Fprintf(w, "           itself waits (%s):", h.WaitEvent)
+				for _, cl := range h.WaitsFor {
+					fmt.Fprintf(w, " -> pid %d (%q, %s: %s)", cl.PID, cl.ApplicationName, cl.State, shorten(cl.Query, 40))
+				}
+				fmt.Fprintln(w)
+			}
+		}
+		if len(l.Holders) == 0 {
+			fmt.Fprintln(w, "  held by  nobody (granted next)")
+		}
+		if len(l.Waiters) > 0 {
+			fmt.Fprintf(w, "  waiting  %d\n", len(l.Waiters))
+		}
+		for i, wt := range l.Waiters {
+			fmt.Fprintf(w, "    %d. %s  waiting %s  blocked by %v\n", i+1, describeBackend(wt), seconds(wt.WaitingS), wt.BlockedBy)
+		}
+	}
+}
+
+func describeBackend(b backend) string {
+	client := b.ClientAddr
+	if client == "" {
+		client = "local"
+	}
+	return fmt.Sprintf("pid %d  app %q  client %s  %s  %s", b.PID, b.ApplicationName, client, b.State, b.Mode)
+}
+
+func seconds(s float64) string {
+	return (time.Duration(s * float64(time.Second))).Round(time.Millisecond).String()
+}
+
+func shorten(s string, n int) string {
+	s = oneLine(s)
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}

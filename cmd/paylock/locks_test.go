@@ -1,0 +1,313 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/lock"
+)
+
+// session is one connection with its own application_name, in a transaction.
+type session struct {
+	conn *pgx.Conn
+	tx   pgx.Tx
+	pid  int
+}
+
+func openSession(t *testing.T, ctx context.Context, url, app string) *session {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = app
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	s := &session{conn: conn, pid: int(conn.PgConn().PID())}
+	if s.tx, err = conn.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// acquireAsync takes key in s's transaction in the background.
+func (s *session) acquireAsync(ctx context.Context, key lock.Key) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- lock.Acquire(ctx, s.tx, key) }()
+	return done
+}
+
+// waitWaiters blocks until n backends wait for the lock with id.
+func waitWaiters(t *testing.T, ctx context.Context, conn *pgx.Conn, id int64, n int) {
+	t.Helper()
+	for {
+		var got int
+		err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = $1`, id).Scan(&got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got == n {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d waiters for lock %d never appeared (%d)", n, id, got)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func decodeLocks(t *testing.T, out string) locksReport {
+	t.Helper()
+	var r locksReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("--json output is not a report: %v\n%s", err, out)
+	}
+	return r
+}
+
+func findLock(r locksReport, id int64, sub int) *lockInfo {
+	for i := range r.Locks {
+		if r.Locks[i].ID == id && r.Locks[i].ObjSubID == sub {
+			return &r.Locks[i]
+		}
+	}
+	return nil
+}
+
+func pids(bs []backend) (p []int) {
+	for _, b := range bs {
+		p = append(p, b.PID)
+	}
+	return p
+}
+
+// TestLocks takes locks on other connections — a holder and two waiters on a
+// payment's key, a lock held with nobody waiting, and another program's int4
+// lock — and checks what `paylock locks` reports.
+func TestLocks(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, time.Minute)
+	url := pgtest.DB(t)
+	key := lock.NewKey("payments", "7", "li_1")
+	quiet := lock.NewKey("payments", "8", "li 'x'*/")
+
+	monitor := openSession(t, ctx, url, "monitor").conn
+	holder := openSession(t, ctx, url, "holder")
+	if err := lock.Acquire(ctx, holder.tx, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := lock.Acquire(ctx, holder.tx, quiet); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.tx.Exec(ctx, "SELECT 'moved on'"); err != nil {
+		t.Fatal(err)
+	}
+	other := openSession(t, ctx, url, "other-program")
+	if _, err := other.tx.Exec(ctx, "SELECT pg_advisory_xact_lock(42, 7)"); err != nil {
+		t.Fatal(err)
+	}
+	w1 := openSession(t, ctx, url, "waiter-1")
+	done1 := w1.acquireAsync(ctx, key)
+	waitWaiters(t, ctx, monitor, key.ID(), 1)
+	w2 := openSession(t, ctx, url, "waiter-2")
+	done2 := w2.acquireAsync(ctx, key)
+	waitWaiters(t, ctx, monitor, key.ID(), 2)
+	time.Sleep(20 * time.Millisecond) // a visible wait time
+
+	t.Run("JSON", func(t *testing.T) {
+		r := decodeLocks(t, mustRun(t, ctx, "locks", "--json", "--database-url", url))
+		if len(r.Locks) != 3 {
+			t.Fatalf("%d locks, want 3: %+v", len(r.Locks), r.Locks)
+		}
+		l := findLock(r, key.ID(), 1)
+		if l == nil {
+			t.Fatalf("no lock with id %d", key.ID())
+		}
+		if l.Origin != "paylock" || l.Key != "payments/7/li_1" || l.KeyFrom != "waiter" || l.Namespace != "payments" ||
+			!slices.Equal(l.Parts, []string{"7", "li_1"}) || l.Fields["service_id"] != "7" || l.Fields["line_item_id"] != "li_1" {
+			t.Errorf("key fields = %+v", l)
+		}
+		if l.ClassID != key.ClassID() || l.ObjID != key.ObjID() {
+			t.Errorf("classid/objid = %d/%d, want %d/%d", l.ClassID, l.ObjID, key.ClassID(), key.ObjID())
+		}
+		if len(l.Holders) != 1 || l.Holders[0].PID != holder.pid || l.Holders[0].ApplicationName != "holder" ||
+			l.Holders[0].State != "idle in transaction" || l.Holders[0].Query != "SELECT 'moved on'" ||
+			l.Holders[0].Mode != "ExclusiveLock" || l.Holders[0].XactAgeS <= 0 || l.Holders[0].ClientAddr != "127.0.0.1" {
+			t.Errorf("holders = %+v, want pid %d idle in transaction", l.Holders, holder.pid)
+		}
+		if got := pids(l.Waiters); !slices.Equal(got, []int{w1.pid, w2.pid}) {
+			t.Fatalf("waiters = %v, want %v in queue order", got, []int{w1.pid, w2.pid})
+		}
+		for i, w := range l.Waiters {
+			if w.ApplicationName != "waiter-"+strconv.Itoa(i+1) || w.WaitingS <= 0 || w.State != "active" ||
+				!slices.Contains(w.BlockedBy, holder.pid) || w.WaitEvent != "Lock:advisory" {
+				t.Errorf("waiter %d = %+v", i+1, w)
+			}
+		}
+		if l.Waiters[0].WaitingS < l.Waiters[1].WaitingS {
+			t.Errorf("first waiter waited %vs, less than the second's %vs", l.Waiters[0].WaitingS, l.Waiters[1].WaitingS)
+		}
+		if q := findLock(r, quiet.ID(), 1); q == nil || q.Origin != "unknown" || q.Key != "" || len(q.Waiters) != 0 {
+			t.Errorf("lock held with nobody waiting = %+v, want origin unknown, no key", q)
+		}
+		if o := findLock(r, 42<<32|7, 2); o == nil || o.Origin != "other" || o.Holders[0].PID != other.pid {
+			t.Errorf("int4 lock = %+v, want origin other held by %d", o, other.pid)
+		}
+	})
+
+	t.Run("StableJSONFieldNames", func(t *testing.T) {
+		var raw struct {
+			Locks []map[string]json.RawMessage `json:"locks"`
+		}
+		out := mustRun(t, ctx, "locks", "--json", "--database-url", url, "--key", "payments", "7", "li_1")
+		if err := json.Unmarshal([]byte(out), &raw); err != nil || len(raw.Locks) != 1 {
+			t.Fatalf("%v: %s", err, out)
+		}
+		var lockFields, backendFields []string
+		for k := range raw.Locks[0] {
+			lockFields = append(lockFields, k)
+		}
+		var holders []map[string]json.RawMessage
+		json.Unmarshal(raw.Locks[0]["holders"], &holders)
+		for k := range holders[0] {
+			backendFields = append(backendFields, k)
+		}
+		slices.Sort(lockFields)
+		slices.Sort(backendFields)
+		golden(t, "locks-json-fields.golden", "lock: "+joinWords(lockFields)+"\nholder: "+joinWords(backendFields)+"\n")
+	})
+
+	t.Run("Text", func(t *testing.T) {
+		out := mustRun(t, ctx, "locks", "--database-url", url)
+		golden(t, "locks.golden", mask(out,
+			strconv.Itoa(holder.pid), "HOLDER", strconv.Itoa(w1.pid), "WAITER1", strconv.Itoa(w2.pid), "WAITER2",
+			strconv.Itoa(other.pid), "OTHER"))
+	})
+
+	t.Run("OnlyKey", func(t *testing.T) {
+		r := decodeLocks(t, mustRun(t, ctx, "locks", "--json", "--key", "payments", "8", "li 'x'*/", "--database-url", url))
+		if len(r.Locks) != 1 || r.Locks[0].ID != quiet.ID() || r.Locks[0].Key != quiet.String() || r.Locks[0].KeyFrom != "argument" {
+			t.Fatalf("--key = %+v, want only %s with its key from the argument", r.Locks, quiet)
+		}
+		out := mustRun(t, ctx, "locks", "--key", "payments/9/none", "--database-url", url)
+		if want := "nobody holds or waits for payments/9/none"; !contains(out, want) {
+			t.Fatalf("--key of a free lock:\n%s\nwant %q", out, want)
+		}
+	})
+
+	t.Run("HolderThatWaitsShowsItsChain", func(t *testing.T) {
+		// The holder now waits for a key a fourth session holds.
+		blocker := openSession(t, ctx, url, "blocker")
+		next := lock.NewKey("payments", "7", "li_2")
+		if err := lock.Acquire(ctx, blocker.tx, next); err != nil {
+			t.Fatal(err)
+		}
+		doneHolder := holder.acquireAsync(ctx, next)
+		waitWaiters(t, ctx, monitor, next.ID(), 1)
+		r := decodeLocks(t, mustRun(t, ctx, "locks", "--json", "--database-url", url))
+		l := findLock(r, key.ID(), 1)
+		if l == nil || len(l.Holders) != 1 || len(l.Holders[0].WaitsFor) != 1 || l.Holders[0].WaitsFor[0].PID != blocker.pid ||
+			l.Holders[0].WaitsFor[0].ApplicationName != "blocker" || !slices.Equal(l.Holders[0].BlockedBy, []int{blocker.pid}) {
+			t.Fatalf("holder of %s = %+v, want it shown waiting for the blocker (pid %d)", key, l, blocker.pid)
+		}
+		if n := findLock(r, next.ID(), 1); n == nil || n.Key != next.String() || n.Waiters[0].PID != holder.pid {
+			t.Fatalf("lock %s = %+v, want the holder among its waiters", next, n)
+		}
+		text := mustRun(t, ctx, "locks", "--database-url", url, "--key", "payments", "7", "li_1")
+		if want := "itself waits (Lock:advisory): -> pid " + strconv.Itoa(blocker.pid) + ` ("blocker"`; !contains(text, want) {
+			t.Errorf("text output lacks %q:\n%s", want, text)
+		}
+		blocker.tx.Rollback(ctx)
+		if err := <-doneHolder; err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("AcquireAllWaiterNamesItsKeys", func(t *testing.T) {
+		// A waiter in AcquireAll names all its keys in one comment; with 60
+		// keys the comment is longer than pg_stat_activity keeps (1kB), and
+		// the key it waits for has no other waiter to name it.
+		first := lock.NewKey("payments", "9", "x")
+		holderX := openSession(t, ctx, url, "holder-x")
+		if err := lock.Acquire(ctx, holderX.tx, first); err != nil {
+			t.Fatal(err)
+		}
+		keys := []lock.Key{first}
+		for i := range 59 {
+			keys = append(keys, lock.NewKey("payments", "7", "li_many_"+strconv.Itoa(i)))
+		}
+		all := openSession(t, ctx, url, "acquire-all")
+		allCtx, cancelAll := context.WithCancel(ctx)
+		defer cancelAll()
+		doneAll := make(chan error, 1)
+		go func() { doneAll <- lock.AcquireAll(allCtx, all.tx, keys...) }()
+		waitWaiters(t, ctx, monitor, first.ID(), 1)
+		r := decodeLocks(t, mustRun(t, ctx, "locks", "--json", "--database-url", url))
+		l := findLock(r, first.ID(), 1)
+		if l == nil || l.Origin != "paylock" || l.Key != first.String() || l.KeyFrom != "waiter" ||
+			len(l.Waiters) != 1 || l.Waiters[0].PID != all.pid || len(l.Waiters[0].Query) > 1100 {
+			t.Fatalf("lock %s with a truncated AcquireAll waiter = %+v", first, l)
+		}
+		// The keys AcquireAll already holds (those with a lower id) are
+		// named by its own, still running, statement as far as the cut
+		// comment goes; none is taken for another program's.
+		held := 0
+		for _, l := range r.Locks {
+			if len(l.Holders) == 1 && l.Holders[0].PID == all.pid {
+				held++
+				if l.Origin == "other" || (l.Key != "" && l.KeyFrom != "holder") {
+					t.Errorf("lock held by AcquireAll = %+v", l)
+				}
+			}
+		}
+		if held == 0 {
+			t.Fatalf("AcquireAll holds no lock yet; the test needs keys below %s", first)
+		}
+		cancelAll() // pgx cancels the wait
+		if err := <-doneAll; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled AcquireAll = %v", err)
+		}
+		holderX.tx.Rollback(ctx)
+	})
+
+	t.Run("Watch", func(t *testing.T) {
+		wctx, cancel := context.WithTimeout(ctx, 350*time.Millisecond)
+		defer cancel()
+		code, out, errOut := paylock(wctx, "locks", "--watch", "100ms", "--json", "--database-url", url)
+		if code != 0 {
+			t.Fatalf("--watch exit %d: %s", code, errOut)
+		}
+		docs := 0
+		for dec := json.NewDecoder(stringsReader(out)); dec.More(); docs++ {
+			var r locksReport
+			if err := dec.Decode(&r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if docs < 2 {
+			t.Fatalf("--watch 100ms for 350ms printed %d reports, want at least 2", docs)
+		}
+	})
+
+	holder.tx.Rollback(ctx)
+	if err := <-done1; err != nil {
+		t.Fatal(err)
+	}
+	w1.tx.Rollback(ctx)
+	if err := <-done2; err != nil {
+		t.Fatal(err)
+	}
+}

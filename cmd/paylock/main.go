@@ -1,0 +1,19 @@
+// Command paylock inspects and prepares a database for the paylock library:
+// it shows advisory locks and who waits for them, prints a key's lock id,
+// applies the schema, merges duplicate payments and runs a demo. Run
+// `paylock help` for the commands; docs/CLI.md shows each with real output.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

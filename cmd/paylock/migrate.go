@@ -1,0 +1,48 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/paylock/paylock/payment"
+)
+
+var cmdMigrate = &command{
+	name:    "migrate",
+	summary: "create the services and payments tables and the unique index, idempotently",
+	help: `
+Safe to run again and from several processes at once (it holds the advisory
+lock paylock.migrate). On a payments table that already holds duplicate
+(service_id, line_item_id) rows it changes nothing, lists the worst groups and
+exits 1: run 'paylock dedupe' to merge them, then migrate again.`,
+	run: runMigrate,
+}
+
+func runMigrate(ctx context.Context, c *call) error {
+	if len(c.args) > 0 {
+		return usagef("unexpected argument %q", c.args[0])
+	}
+	pool, err := c.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	err = payment.Migrate(ctx, pool)
+	var dup *payment.DuplicatesError
+	if errors.As(err, &dup) {
+		fmt.Fprintf(c.stdout, "payments holds duplicates: %d keys have %d extra rows; the unique index %s was not created.\n",
+			dup.Groups, dup.Extra, payment.UniqueIndex)
+		fmt.Fprintln(c.stdout, "worst keys:")
+		for i, k := range dup.Worst {
+			fmt.Fprintf(c.stdout, "  service_id=%d line_item_id=%q  %d rows\n", k.ServiceID, k.LineItemID, dup.Counts[i])
+		}
+		fmt.Fprintln(c.stdout, "run 'paylock dedupe --dry-run' to see the plan, then 'paylock dedupe' and migrate again.")
+		return fmt.Errorf("%d duplicate groups; run 'paylock dedupe' first", dup.Groups)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "schema is up to date: services, payments, unique index %s valid\n", payment.UniqueIndex)
+	return nil
+}

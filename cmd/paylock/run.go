@@ -1,0 +1,338 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/lock"
+	"github.com/paylock/paylock/payment"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// command is one subcommand. Its run gets the parsed call and writes only to
+// the call's writers.
+type command struct {
+	name    string
+	usage   string // the arguments, for the usage line
+	summary string // one line for `paylock help`
+	help    string // the rest of --help, after the flags
+	hidden  bool
+	raw     bool                    // the command parses its own arguments: c.args holds them all
+	flags   func(fs *flag.FlagSet)  // defines the command's flags, may be nil
+	rewrite func([]string) []string // adjusts the arguments before parsing, may be nil
+	run     func(ctx context.Context, c *call) error
+}
+
+// call is one invocation of a command: its parsed flags and positional
+// arguments, and where it writes.
+type call struct {
+	cmd         *command
+	fs          *flag.FlagSet
+	args        []string // positional arguments
+	databaseURL string
+	stdout      io.Writer
+	stderr      io.Writer
+}
+
+// commands lists the subcommands in the order `paylock help` shows them.
+var commands []*command
+
+func init() {
+	commands = []*command{cmdLocks, cmdKey, cmdMigrate, cmdDedupe, cmdDemo, cmdBench, cmdDemoWorker}
+}
+
+// usageError is a mistake in the command line: exit code 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// exitCode ends a command with that code; the command has already said why.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit code %d", int(e)) }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+// run runs the command line args (without the program name) and returns the
+// exit code: 0 ok, 1 failure, 2 usage. Errors are one line on stderr.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		printHelp(stderr)
+		return exitUsage
+	}
+	name := args[0]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		if len(args) > 1 {
+			if cmd := lookup(args[1]); cmd != nil {
+				printCommandHelp(stdout, cmd, newFlagSet(cmd))
+				return exitOK
+			}
+			fmt.Fprintf(stderr, "paylock: unknown command %q; run 'paylock help'\n", args[1])
+			return exitUsage
+		}
+		printHelp(stdout)
+		return exitOK
+	}
+	cmd := lookup(name)
+	if cmd == nil {
+		fmt.Fprintf(stderr, "paylock: unknown command %q; run 'paylock help'\n", name)
+		return exitUsage
+	}
+	c := &call{cmd: cmd, stdout: stdout, stderr: stderr}
+	c.fs = newFlagSet(cmd)
+	c.fs.StringVar(&c.databaseURL, "database-url", "",
+		"PostgreSQL connection URL or keyword/value string (default: $DATABASE_URL, else the PG* variables)")
+	rest := args[1:]
+	if cmd.raw {
+		c.args = rest
+		return exitFor(cmd.run(ctx, c), c)
+	}
+	if cmd.rewrite != nil {
+		rest = cmd.rewrite(rest)
+	}
+	pos, err := parseInterspersed(c.fs, rest)
+	if errors.Is(err, flag.ErrHelp) {
+		printCommandHelp(stdout, cmd, c.fs)
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "paylock %s: %v; run 'paylock %s --help'\n", name, err, name)
+		return exitUsage
+	}
+	c.args = pos
+	return exitFor(cmd.run(ctx, c), c)
+}
+
+// exitFor reports err in one line on stderr and returns the exit code.
+func exitFor(err error, c *call) int {
+	name := c.cmd.name
+	var ue usageError
+	var code exitCode
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &code):
+		return int(code)
+	case errors.As(err, &ue):
+		fmt.Fprintf(c.stderr, "paylock %s: %v; run 'paylock %s --help'\n", name, err, name)
+		return exitUsage
+	default:
+		fmt.Fprintf(c.stderr, "paylock %s: %s\n", name, oneLine(err.Error()))
+		return exitFailure
+	}
+}
+
+func lookup(name string) *command {
+	for _, c := range commands {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+func newFlagSet(cmd *command) *flag.FlagSet {
+	fs := flag.NewFlagSet("paylock "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported by run, in one line
+	fs.Usage = func() {}
+	if cmd.flags != nil {
+		cmd.flags(fs)
+	}
+	return fs
+}
+
+// parseInterspersed parses flags anywhere among the positional arguments
+// (`paylock locks --key payments 7 li_1 --json`); "--" ends the flags.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	return pos, nil
+}
+
+func printHelp(w io.Writer) {
+	fmt.Fprint(w, `paylock: serialize find-or-create-then-update of PostgreSQL rows with advisory locks.
+
+Usage: paylock COMMAND [flags] [args]
+
+Commands:
+`)
+	for _, c := range commands {
+		if !c.hidden {
+			fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		}
+	}
+	fmt.Fprint(w, `
+Every command takes --database-url; without it DATABASE_URL, else the usual
+PG* variables (PGHOST, PGPORT, PGUSER, PGDATABASE, ...) say where to connect.
+Exit codes: 0 ok, 1 failure, 2 usage. Run 'paylock COMMAND --help' for more.
+`)
+}
+
+func printCommandHelp(w io.Writer, cmd *command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: paylock %s [flags]", cmd.name)
+	if cmd.usage != "" {
+		fmt.Fprintf(w, " %s", cmd.usage)
+	}
+	fmt.Fprintf(w, "\n\n%s\n\nFlags:\n", cmd.summary)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	if cmd.help != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(cmd.help))
+	}
+}
+
+// connString returns the connection string: --database-url, else
+// DATABASE_URL, else "" (pgx then reads the PG* variables).
+func (c *call) connString() string {
+	if c.databaseURL != "" {
+		return c.databaseURL
+	}
+	return os.Getenv("DATABASE_URL")
+}
+
+// databaseConfigured reports whether anything says where a database is.
+func (c *call) databaseConfigured() bool {
+	if c.connString() != "" {
+		return true
+	}
+	for _, v := range []string{"PGHOST", "PGPORT", "PGDATABASE", "PGSERVICE", "PGUSER"} {
+		if os.Getenv(v) != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// poolConfig parses the connection string and names the application, so
+// pg_stat_activity shows the CLI for what it is.
+func (c *call) poolConfig() (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(c.connString())
+	if err != nil {
+		return nil, usagef("database: %v", err)
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "paylock " + c.cmd.name
+	}
+	return cfg, nil
+}
+
+// connect opens a pool and checks that the server answers.
+func (c *call) connect(ctx context.Context) (*pgxpool.Pool, error) {
+	cfg, err := c.poolConfig()
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to %s: %w", describe(cfg), err)
+	}
+	return pool, nil
+}
+
+func describe(cfg *pgxpool.Config) string {
+	cc := cfg.ConnConfig
+	return fmt.Sprintf("%s@%s:%d/%s", cc.User, cc.Host, cc.Port, cc.Database)
+}
+
+// oneLine folds a multi-line message onto one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// flag values, by name, of the call's flag set.
+func (c *call) bool(name string) bool { return c.fs.Lookup(name).Value.(flag.Getter).Get().(bool) }
+func (c *call) int(name string) int   { return c.fs.Lookup(name).Value.(flag.Getter).Get().(int) }
+func (c *call) string(name string) string {
+	return c.fs.Lookup(name).Value.(flag.Getter).Get().(string)
+}
+func (c *call) duration(name string) time.Duration {
+	return c.fs.Lookup(name).Value.(flag.Getter).Get().(time.Duration)
+}
+
+// keyFromArgs reads NAMESPACE PART... or one "namespace/part/part" string
+// (lock.Key.String: a namespace can't hold a '/').
+func keyFromArgs(args []string) (lock.Key, error) {
+	if len(args) == 0 {
+		return lock.Key{}, usagef("missing NAMESPACE [PART...]")
+	}
+	var k lock.Key
+	if len(args) == 1 && strings.Contains(args[0], "/") {
+		var err error
+		if k, err = lock.ParseKey(args[0]); err != nil {
+			return lock.Key{}, usagef("%v", err)
+		}
+		return k, nil
+	}
+	k = lock.NewKey(args[0], args[1:]...)
+	if err := k.Validate(); err != nil {
+		return lock.Key{}, usagef("%v", err)
+	}
+	return k, nil
+}
+
+// keyFields labels a key's parts where the namespace is known: a payment's
+// are service_id and line_item_id.
+func keyFields(k lock.Key) map[string]string {
+	parts := k.Parts()
+	if k.Namespace() == payment.Namespace && len(parts) == 2 {
+		return map[string]string{"service_id": parts[0], "line_item_id": parts[1]}
+	}
+	return nil
+}
+
+// humanKey renders a key for people: "payments service_id=7 line_item_id=li_1".
+func humanKey(k lock.Key) string {
+	parts := k.Parts()
+	if f := keyFields(k); f != nil {
+		return fmt.Sprintf("%s service_id=%s line_item_id=%q", k.Namespace(), f["service_id"], f["line_item_id"])
+	}
+	var b strings.Builder
+	b.WriteString(k.Namespace())
+	for _, p := range parts {
+		fmt.Fprintf(&b, " %q", p)
+	}
+	return b.String()
+}
