@@ -17,7 +17,9 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
 
-func key(k int) invoices.Key { return invoices.Key{AccountID: "acct-1", ExternalRef: fmt.Sprintf("ref/%d", k)} }
+func key(k int) invoices.Key {
+	return invoices.Key{AccountID: "acct-1", ExternalRef: fmt.Sprintf("ref/%d", k)}
+}
 
 // TestRace is the payments race, on invoices, with both strategies.
 func TestRace(t *testing.T) {
