@@ -190,3 +190,13 @@ func TestLoggerIsSilentByDefaultAndWarnsOnFailure(t *testing.T) {
 		t.Fatalf("unknown service logged %q, want a warning with outcome and key", out)
 	}
 }
+
+func TestCheckAcceptsPostgreSQL(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setup(t)
+	for _, s := range []entity.Strategy{entity.Advisory, entity.RowLock} {
+		if err := entity.New(pool, payment.Table{}, entity.WithStrategy(s)).Check(ctx); err != nil {
+			t.Errorf("Check(%v) on PostgreSQL: %v", s, err)
+		}
+	}
+}
