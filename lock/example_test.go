@@ -2,6 +2,8 @@ package lock_test
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"log"
 	"sync"
@@ -92,4 +94,44 @@ func ExampleKey() {
 	// payments/7/li_123
 	// 1856902557913729806
 	// 432343817 3270920974
+}
+
+// RunDB serves callers that hold a *sql.DB (sqlx, sqlc, GORM underneath),
+// here through pgx's database/sql driver.
+func ExampleRunDB() {
+	ctx := context.Background()
+	db, err := sql.Open("pgx", pgtest.ExampleURL()) // your DATABASE_URL
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	db.ExecContext(ctx, "CREATE TABLE balances (account text PRIMARY KEY, cents bigint NOT NULL)")
+
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			err := lock.RunDB(ctx, db, lock.NewKey("balances", "alice"), func(ctx context.Context, tx *sql.Tx) error {
+				var cents int64
+				err := tx.QueryRowContext(ctx, "SELECT cents FROM balances WHERE account = 'alice'").Scan(&cents)
+				if errors.Is(err, sql.ErrNoRows) {
+					_, err = tx.ExecContext(ctx, "INSERT INTO balances VALUES ('alice', 100)")
+					return err
+				}
+				if err != nil {
+					return err
+				}
+				_, err = tx.ExecContext(ctx, "UPDATE balances SET cents = $1 WHERE account = 'alice'", cents+100)
+				return err
+			})
+			if err != nil {
+				log.Fatal(err)
+			}
+		})
+	}
+	wg.Wait()
+
+	var cents int64
+	db.QueryRowContext(ctx, "SELECT cents FROM balances").Scan(&cents)
+	fmt.Println("alice:", cents)
+	// Output: alice: 500
 }
