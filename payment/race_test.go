@@ -69,14 +69,7 @@ func naiveDo(pool *pgxpool.Pool) racetest.Do {
 // audit reads table and checks it against calls.
 func audit(t *testing.T, ctx context.Context, pool *pgxpool.Pool, table string, calls []racetest.Call, creators bool) racetest.Report {
 	t.Helper()
-	rows, err := pool.Query(ctx, "SELECT service_id || '/' || line_item_id, amount_cents, data FROM "+table)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (racetest.Row, error) {
-		var row racetest.Row
-		return row, r.Scan(&row.Key, &row.Amount, &row.Ops)
-	})
+	got, err := racetest.Rows(ctx, pool, "SELECT service_id || '/' || line_item_id, amount_cents, data FROM "+table)
 	if err != nil {
 		t.Fatal(err)
 	}

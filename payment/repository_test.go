@@ -101,7 +101,7 @@ func TestWith(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, err := repo.Get(ctx, key)
-		if err != nil || got.ID != first.ID || got.AmountCents != 1250 || !got.UpdatedAt.After(got.CreatedAt) == got.UpdatedAt.Equal(got.CreatedAt) && false {
+		if err != nil || got.ID != first.ID || got.AmountCents != 1250 {
 			t.Fatalf("Get = %+v, %v", got, err)
 		}
 		if countRows(t, pool, "payments") != 1 {
@@ -112,21 +112,7 @@ func TestWith(t *testing.T) {
 
 	t.Run("SecondCallerSeesFirstCallersCommit", func(t *testing.T) {
 		key := payment.Key{ServiceID: 1, LineItemID: "li_wait"}
-		inFn, release := make(chan struct{}), make(chan struct{})
-		first := make(chan error, 1)
-		go func() {
-			first <- repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-				close(inFn)
-				<-release
-				p.AmountCents = 42
-				return nil
-			})
-		}()
-		select {
-		case <-inFn:
-		case err := <-first:
-			t.Fatalf("first With returned before running fn: %v", err)
-		}
+		release := holdInFn(t, ctx, repo, key, func(p *payment.Payment) { p.AmountCents = 42 })
 		second := make(chan int64, 1)
 		go func() {
 			var amount int64 = -1
@@ -137,8 +123,7 @@ func TestWith(t *testing.T) {
 			second <- amount
 		}()
 		waitWaiting(t, pool, 1)
-		close(release)
-		if err := <-first; err != nil {
+		if err := release(); err != nil {
 			t.Fatal(err)
 		}
 		if got := <-second; got != 42 {
@@ -234,20 +219,7 @@ func TestWith(t *testing.T) {
 
 	t.Run("CtxCancelledWhileWaiting", func(t *testing.T) {
 		key := payment.Key{ServiceID: 1, LineItemID: "li_cancel"}
-		inFn, release := make(chan struct{}), make(chan struct{})
-		first := make(chan error, 1)
-		go func() {
-			first <- repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-				close(inFn)
-				<-release
-				return nil
-			})
-		}()
-		select {
-		case <-inFn:
-		case err := <-first:
-			t.Fatalf("first With returned before running fn: %v", err)
-		}
+		release := holdInFn(t, ctx, repo, key, func(*payment.Payment) {})
 		waitCtx, cancel := context.WithCancel(ctx)
 		second := make(chan error, 1)
 		go func() {
@@ -266,13 +238,37 @@ func TestWith(t *testing.T) {
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("With = %v, want context.Canceled", err)
 		}
-		close(release)
-		if err := <-first; err != nil {
+		if err := release(); err != nil {
 			t.Fatal(err)
 		}
 		waitWaiting(t, pool, 0)
 		assertHealthy(t, pool)
 	})
+}
+
+// holdInFn starts a With on key whose fn stops until release is called, and
+// returns once fn runs. release lets fn apply edit and returns With's error.
+func holdInFn(t *testing.T, ctx context.Context, repo *payment.Repository, key payment.Key, edit func(*payment.Payment)) (release func() error) {
+	t.Helper()
+	inFn, proceed := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			close(inFn)
+			<-proceed
+			edit(p)
+			return nil
+		})
+	}()
+	select {
+	case <-inFn:
+	case err := <-first:
+		t.Fatalf("With returned before running fn: %v", err)
+	}
+	return func() error {
+		close(proceed)
+		return <-first
+	}
 }
 
 // waitWaiting waits until n backends wait for an advisory lock.

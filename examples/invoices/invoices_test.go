@@ -46,14 +46,7 @@ func TestRace(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rows, err := pool.Query(ctx, "SELECT account_id || '/' || external_ref, total_cents, lines FROM invoices")
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (racetest.Row, error) {
-				var row racetest.Row
-				return row, r.Scan(&row.Key, &row.Amount, &row.Ops)
-			})
+			got, err := racetest.Rows(ctx, pool, "SELECT account_id || '/' || external_ref, total_cents, lines FROM invoices")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -142,4 +143,22 @@ func Audit(calls []Call, rows []Row, creators bool) Report {
 		}
 	}
 	return r
+}
+
+// Querier runs a query: a pool, a connection, a transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// Rows reads a table's rows with sql, which must select the key (as text),
+// the amount and the JSON array of op ids.
+func Rows(ctx context.Context, q Querier, sql string) ([]Row, error) {
+	rows, err := q.Query(ctx, sql)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Row, error) {
+		var row Row
+		return row, r.Scan(&row.Key, &row.Amount, &row.Ops)
+	})
 }
