@@ -32,4 +32,7 @@ var (
 	ErrReentrant   = lock.ErrReentrant
 	ErrLockTimeout = lock.ErrLockTimeout
 	ErrDeadlock    = lock.ErrDeadlock
+	// ErrCommitUnknown: the connection failed after COMMIT was sent; the
+	// call may or may not have committed. See lock.ErrCommitUnknown.
+	ErrCommitUnknown = lock.ErrCommitUnknown
 )

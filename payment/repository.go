@@ -21,7 +21,8 @@ import (
 // time. It is safe for concurrent use.
 type Repository struct {
 	pool   *pgxpool.Pool
-	setSQL string // applies the lock.Options to each transaction
+	setSQL string     // applies the lock.Options to each transaction
+	retry  lock.Retry // lock.Options.Retry
 }
 
 // Option configures a Repository.
@@ -32,6 +33,7 @@ type Option func(*Repository)
 func WithLockOptions(o lock.Options) Option {
 	return func(r *Repository) {
 		r.setSQL = txn.NewSettings(o.LockTimeout, o.IdleTimeout, o.StatementTimeout).SetSQL()
+		r.retry = o.Retry
 	}
 }
 
@@ -104,7 +106,17 @@ var (
 // With runs the transaction at READ COMMITTED whatever the server's default
 // and makes two round trips to PostgreSQL: BEGIN, the lock, the insert if
 // missing and the read go together; the update, if any, goes with COMMIT.
-func (r *Repository) With(ctx context.Context, key Key, fn func(ctx context.Context, tx pgx.Tx, p *Payment) error) (err error) {
+//
+// When the connection fails after COMMIT was sent, the outcome is unknown and
+// the error matches ErrCommitUnknown; it is never retried. The lock.Options'
+// Retry may run the whole call, fn included, again after a failure that left
+// nothing committed; see lock.Retry.
+func (r *Repository) With(ctx context.Context, key Key, fn func(ctx context.Context, tx pgx.Tx, p *Payment) error) error {
+	return r.retry.Do(ctx, func() error { return r.with(ctx, key, fn) })
+}
+
+// with is one attempt of With.
+func (r *Repository) with(ctx context.Context, key Key, fn func(ctx context.Context, tx pgx.Tx, p *Payment) error) (err error) {
 	if fn == nil {
 		return errors.New("payment: With called with a nil fn")
 	}
@@ -117,7 +129,7 @@ func (r *Repository) With(ctx context.Context, key Key, fn func(ctx context.Cont
 	}
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("payment: with %s: acquire connection: %w", key, txn.Classify(ctx, err))
+		return txn.BeginFailed(fmt.Errorf("payment: with %s: acquire connection: %w", key, txn.Classify(ctx, err)))
 	}
 	defer conn.Release() // a connection left in a transaction is destroyed, not reused
 	pc := conn.Conn().PgConn()
@@ -129,14 +141,14 @@ func (r *Repository) With(ctx context.Context, key Key, fn func(ctx context.Cont
 
 	p, err := r.lockAndLoad(ctx, pc, key, lk)
 	if err != nil {
-		return fmt.Errorf("payment: with %s: %w", key, err)
+		return txn.BeforeCommit(fmt.Errorf("payment: with %s: %w", key, err), pc.IsClosed())
 	}
 	before := *p
 	before.Data = bytes.Clone(p.Data)
 	tx := txn.NewManaged(conn.Conn(), nil)
 	defer tx.Close()
 	if err := fn(txn.WithHeld(ctx, lk.ID()), tx, p); err != nil {
-		return err
+		return txn.BeforeCommit(err, pc.IsClosed())
 	}
 	tx.Close()
 	if pc.TxStatus() != 'T' {
@@ -192,7 +204,7 @@ func (r *Repository) save(ctx context.Context, pc *pgconn.PgConn, p *Payment, ch
 	b.ExecParams("COMMIT", nil, nil, nil, nil)
 	results, err := pc.ExecBatch(ctx, &b).ReadAll()
 	if err != nil {
-		return classify(ctx, err)
+		return txn.AfterCommit(classify(ctx, err))
 	}
 	if changed && results[0].CommandTag.RowsAffected() != 1 {
 		return fmt.Errorf("payment: update of id %d changed %d rows", p.ID, results[0].CommandTag.RowsAffected())
