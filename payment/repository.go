@@ -203,7 +203,7 @@ func (r *Repository) save(ctx context.Context, pc *pgconn.PgConn, p *Payment, ch
 	}
 	b.ExecParams("COMMIT", nil, nil, nil, nil)
 	results, err := pc.ExecBatch(ctx, &b).ReadAll()
-	if err != nil {
+	if err != nil && !committed(results) {
 		return txn.AfterCommit(classify(ctx, err))
 	}
 	if changed && results[0].CommandTag.RowsAffected() != 1 {
@@ -213,6 +213,13 @@ func (r *Repository) save(ctx context.Context, pc *pgconn.PgConn, p *Payment, ch
 		return fmt.Errorf("payment: commit ended in %s", tag)
 	}
 	return nil
+}
+
+// committed reports whether results hold COMMIT's completion: an error after
+// it (a FATAL as the server shuts down) can't undo the commit.
+func committed(results []*pgconn.Result) bool {
+	n := len(results)
+	return n > 0 && results[n-1].Err == nil && results[n-1].CommandTag.String() == "COMMIT"
 }
 
 // Get reads the payment for key without taking its lock: it sees the last

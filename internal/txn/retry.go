@@ -46,7 +46,9 @@ func BeginFailed(err error) error {
 
 // AfterCommit classifies err, the failure of a round trip that carried
 // COMMIT. An ERROR from the server (a deferred constraint, say) or a failure
-// to send anything, or pgx.ErrTxCommitRollback, means the transaction did not commit; anything else — the
+// to send anything, pgx.ErrTxCommitRollback, or the session ended by
+// idle_in_transaction_session_timeout (25P03) means the transaction did not
+// commit; anything else — the
 // connection broke, ctx ended the wait, a FATAL arrived — leaves the outcome
 // unknown, and err is wrapped in ErrCommitUnknown.
 func AfterCommit(err error) error {
@@ -56,6 +58,11 @@ func AfterCommit(err error) error {
 	var pgErr *pgconn.PgError
 	if (errors.As(err, &pgErr) && pgErr.Severity == "ERROR") || errors.Is(err, pgx.ErrTxCommitRollback) {
 		return err
+	}
+	if pgErr != nil && pgErr.Code == "25P03" {
+		// idle_in_transaction_session_timeout: the server ended the session
+		// while it waited for a command, so before COMMIT arrived.
+		return &lostError{err}
 	}
 	if pgconn.SafeToRetry(err) { // nothing was written: COMMIT never left
 		return &lostError{err}
