@@ -27,7 +27,12 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 // newPool returns a pool on a fresh migrated database with service 1.
 func newPool(t *testing.T, configure func(*pgxpool.Config)) *pgxpool.Pool {
 	t.Helper()
-	pool := pgtest.Pool(t, configure)
+	pool := pgtest.Pool(t, func(c *pgxpool.Config) {
+		c.MaxConns = 32 // room for the tests' observers beside the callers
+		if configure != nil {
+			configure(c)
+		}
+	})
 	ctx := testCtx(t, time.Minute)
 	if err := payment.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
@@ -202,7 +207,8 @@ func (l *ledger) check(t *testing.T, pool *pgxpool.Pool) map[string]int {
 // advisory lock.
 func lockHolders(ctx context.Context, pool *pgxpool.Pool, k payment.Key) (holders, waiters []int32, err error) {
 	rows, err := pool.Query(ctx, `SELECT pid, granted FROM pg_locks
-		WHERE locktype = 'advisory' AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = $1`, k.LockKey().ID())
+		WHERE locktype = 'advisory' AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = $1
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`, k.LockKey().ID())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -239,12 +245,15 @@ func waitFor(ctx context.Context, what string, cond func() (bool, error)) error 
 
 // waitWaiters waits until n backends wait for k's lock.
 func waitWaiters(ctx context.Context, pool *pgxpool.Pool, k payment.Key, n int) ([]int32, error) {
-	var w []int32
+	var h, w []int32
 	err := waitFor(ctx, fmt.Sprintf("%d waiters", n), func() (bool, error) {
 		var err error
-		_, w, err = lockHolders(ctx, pool, k)
+		h, w, err = lockHolders(ctx, pool, k)
 		return len(w) == n, err
 	})
+	if err != nil {
+		err = fmt.Errorf("%w (last seen: holders %v, waiters %v)", err, h, w)
+	}
 	return w, err
 }
 
