@@ -177,6 +177,9 @@ func (o Options) run(ctx context.Context, db Beginner, key Key, fn func(ctx cont
 		return txn.BeforeCommit(err, tx.Conn().IsClosed())
 	}
 	m.Close()
+	if err := txn.ReadyToCommit(ctx, tx.Conn().IsClosed()); err != nil {
+		return fmt.Errorf("lock: run %s: %w", key, err)
+	}
 	done = true
 	if err := tx.Commit(ctx); err != nil {
 		return txn.AfterCommit(fmt.Errorf("lock: run %s: commit: %w", key, txn.Classify(ctx, err)))

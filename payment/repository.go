@@ -157,6 +157,9 @@ func (r *Repository) with(ctx context.Context, key Key, fn func(ctx context.Cont
 	if err := p.validate(&before); err != nil {
 		return err
 	}
+	if err := txn.ReadyToCommit(ctx, pc.IsClosed()); err != nil {
+		return fmt.Errorf("payment: with %s: %w", key, err)
+	}
 	if err := r.save(ctx, pc, p, p.changed(&before)); err != nil {
 		return fmt.Errorf("payment: with %s: %w", key, err)
 	}

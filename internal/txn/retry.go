@@ -44,13 +44,29 @@ func BeginFailed(err error) error {
 	return BeforeCommit(err, !errors.As(err, &pgErr) || pgErr.Severity != "ERROR")
 }
 
+// ReadyToCommit returns the error to return instead of sending COMMIT when
+// that can't succeed: ctx is done, or the connection is closed (closed).
+// Nothing was committed then, and the caller rolls back.
+func ReadyToCommit(ctx context.Context, closed bool) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("commit not sent: %w", err)
+	}
+	if closed {
+		return &lostError{errors.New("commit not sent: connection closed")}
+	}
+	return nil
+}
+
 // AfterCommit classifies err, the failure of a round trip that carried
-// COMMIT. An ERROR from the server (a deferred constraint, say) or a failure
-// to send anything, pgx.ErrTxCommitRollback, or the session ended by
-// idle_in_transaction_session_timeout (25P03) means the transaction did not
-// commit; anything else — the
-// connection broke, ctx ended the wait, a FATAL arrived — leaves the outcome
-// unknown, and err is wrapped in ErrCommitUnknown.
+// COMMIT, sent on a connection that was open (see ReadyToCommit). An ERROR
+// from the server (a deferred constraint, say), pgx.ErrTxCommitRollback, or
+// the session ended by idle_in_transaction_session_timeout (25P03, which only
+// fires while the server waits for a command) means the transaction did not
+// commit. Anything else — the connection broke, ctx ended the wait, a FATAL
+// arrived — leaves the outcome unknown, and err is wrapped in
+// ErrCommitUnknown. (pgconn's SafeToRetry can't tell here: once the COMMIT
+// was written, a read on a connection closed meanwhile reports "conn closed"
+// as safe to retry.)
 func AfterCommit(err error) error {
 	if err == nil {
 		return nil
@@ -60,11 +76,6 @@ func AfterCommit(err error) error {
 		return err
 	}
 	if pgErr != nil && pgErr.Code == "25P03" {
-		// idle_in_transaction_session_timeout: the server ended the session
-		// while it waited for a command, so before COMMIT arrived.
-		return &lostError{err}
-	}
-	if pgconn.SafeToRetry(err) { // nothing was written: COMMIT never left
 		return &lostError{err}
 	}
 	return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
