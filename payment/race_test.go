@@ -10,11 +10,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/paylock/paylock/internal/history"
 	"github.com/paylock/paylock/internal/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -49,12 +51,26 @@ func increment(op string, sawNew *bool) func(context.Context, pgx.Tx, *payment.P
 	}
 }
 
-// outcome is what one successful call reports.
+// outcome is what one successful call reports: its key and op id, whether
+// it created the row, the row id and amount its fn saw, and when it was
+// called and returned (Unix nanoseconds) for the history check.
 type outcome struct {
-	key    payment.Key
-	op     string
-	isNew  bool
-	idSeen int64
+	key       payment.Key
+	op        string
+	isNew     bool
+	idSeen    int64
+	read      int64
+	call, ret int64
+}
+
+// linearizable checks the outcomes, all successful calls that added 1 to
+// their key's amount, with internal/history's porcupine model.
+func linearizable(done []outcome) (bool, string) {
+	ops := make([]history.Op, len(done))
+	for i, o := range done {
+		ops[i] = history.Op{Key: o.key.String(), Call: o.call, Return: o.ret, Ran: true, Read: o.read, Outcome: history.OK}
+	}
+	return history.Check(ops, time.Minute)
 }
 
 // hammer runs workers x calls With calls spread over raceKeys, all starting
@@ -71,17 +87,19 @@ func hammer(ctx context.Context, repo *payment.Repository, prefix string, worker
 				key := raceKeys[(w+i)%len(raceKeys)]
 				op := fmt.Sprintf("%s%d.%d", prefix, w, i)
 				var isNew bool
-				var id int64
+				var id, read int64
 				fn := increment(op, &isNew)
+				call := time.Now().UnixNano()
 				err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-					id = p.ID
+					id, read = p.ID, p.AmountCents
 					return fn(ctx, tx, p)
 				})
 				if err != nil {
 					return fmt.Errorf("op %s: %w", op, err)
 				}
+				ret := time.Now().UnixNano()
 				mu.Lock()
-				out = append(out, outcome{key, op, isNew, id})
+				out = append(out, outcome{key, op, isNew, id, read, call, ret})
 				mu.Unlock()
 			}
 			return nil
@@ -93,17 +111,17 @@ func hammer(ctx context.Context, repo *payment.Repository, prefix string, worker
 
 // naiveIncrement is the code paylock replaces: find, else insert, then
 // read-modify-write, with no lock, on a table without the unique index.
-func naiveIncrement(ctx context.Context, pool *pgxpool.Pool, key payment.Key, op string) error {
+func naiveIncrement(ctx context.Context, pool *pgxpool.Pool, key payment.Key, op string) (read int64, err error) {
 	var id, amount int64
 	var data []byte
-	err := pool.QueryRow(ctx, `SELECT id, amount_cents, data FROM naive_payments
+	err = pool.QueryRow(ctx, `SELECT id, amount_cents, data FROM naive_payments
 		WHERE service_id = $1 AND line_item_id = $2 ORDER BY id LIMIT 1`, key.ServiceID, key.LineItemID).Scan(&id, &amount, &data)
 	if errors.Is(err, pgx.ErrNoRows) {
 		err = pool.QueryRow(ctx, `INSERT INTO naive_payments (service_id, line_item_id) VALUES ($1, $2)
 			RETURNING id, amount_cents, data`, key.ServiceID, key.LineItemID).Scan(&id, &amount, &data)
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var ops []string
 	if data != nil {
@@ -111,7 +129,7 @@ func naiveIncrement(ctx context.Context, pool *pgxpool.Pool, key payment.Key, op
 	}
 	b, _ := json.Marshal(append(ops, op))
 	_, err = pool.Exec(ctx, "UPDATE naive_payments SET amount_cents = $2, data = $3 WHERE id = $1", id, amount+1, b)
-	return err
+	return amount, err
 }
 
 // audit checks the payments table against the successful calls: one row per
@@ -209,11 +227,14 @@ func TestRace(t *testing.T) {
 				<-start
 				for i := range calls / 4 {
 					key, op := raceKeys[(w+i)%len(raceKeys)], fmt.Sprintf("n%d.%d", w, i)
-					if err := naiveIncrement(ctx, pool, key, op); err != nil {
+					call := time.Now().UnixNano()
+					read, err := naiveIncrement(ctx, pool, key, op)
+					if err != nil {
 						return err
 					}
+					ret := time.Now().UnixNano()
 					mu.Lock()
-					naive = append(naive, outcome{key: key, op: op})
+					naive = append(naive, outcome{key: key, op: op, read: read, call: call, ret: ret})
 					mu.Unlock()
 				}
 				return nil
@@ -231,6 +252,9 @@ func TestRace(t *testing.T) {
 			t.Fatal("the naive strategy showed neither duplicates nor lost updates: the race is too weak to prove anything")
 		}
 		t.Logf("naive: %d calls, %s", len(naive), summarize(ctx, t, pool, "naive_payments"))
+		if ok, _ := linearizable(naive); ok {
+			t.Error("the history checker accepted the naive strategy's history, lost updates and all")
+		}
 
 		done, err := hammer(ctx, payment.NewRepository(pool), "g", workers, calls)
 		if err != nil {
@@ -246,7 +270,10 @@ func TestRace(t *testing.T) {
 		for _, p := range problems {
 			t.Error(p)
 		}
-		t.Logf("paylock: %d calls, %s", len(done), summarize(ctx, t, pool, "payments"))
+		if ok, why := linearizable(done); !ok {
+			t.Error("history:", why)
+		}
+		t.Logf("paylock: %d calls, %s; history linearizable per key", len(done), summarize(ctx, t, pool, "payments"))
 	})
 }
 
@@ -271,7 +298,8 @@ func TestRaceProcesses(t *testing.T) {
 			for line := range strings.Lines(string(out)) {
 				var o outcome
 				var isNew int
-				if _, err := fmt.Sscanf(line, "%d %s %s %d %d", &o.key.ServiceID, &o.key.LineItemID, &o.op, &isNew, &o.idSeen); err != nil {
+				if _, err := fmt.Sscanf(line, "%d %s %s %d %d %d %d %d", &o.key.ServiceID, &o.key.LineItemID, &o.op, &isNew, &o.idSeen,
+					&o.read, &o.call, &o.ret); err != nil {
 					return fmt.Errorf("worker %d printed %q: %w", p, line, err)
 				}
 				o.isNew = isNew == 1
@@ -294,6 +322,9 @@ func TestRaceProcesses(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Error(p)
+	}
+	if ok, why := linearizable(done); !ok {
+		t.Error("history:", why)
 	}
 	t.Logf("paylock, %d processes: %d calls, %s", procs, len(done), summarize(ctx, t, pool, "payments"))
 }
@@ -318,7 +349,7 @@ func raceWorker(ctx context.Context, args []string) error {
 		if o.isNew {
 			isNew = 1
 		}
-		fmt.Fprintf(os.Stdout, "%d %s %s %d %d\n", o.key.ServiceID, o.key.LineItemID, o.op, isNew, o.idSeen)
+		fmt.Fprintf(os.Stdout, "%d %s %s %d %d %d %d %d\n", o.key.ServiceID, o.key.LineItemID, o.op, isNew, o.idSeen, o.read, o.call, o.ret)
 	}
 	return err
 }
