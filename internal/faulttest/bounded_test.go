@@ -31,7 +31,8 @@ func TestLockTimeoutAsTheLockIsGranted(t *testing.T) {
 	l := newLedger()
 	k := key(1)
 	var ok, timedOut int
-	for i := range 30 {
+	trials := 30 * *rounds
+	for i := range trials {
 		locked, release := make(chan struct{}), make(chan struct{})
 		holder := holdThrough(ctx, l, repo, k, fmt.Sprint("holder.", i), locked, release, nil)
 		<-locked
@@ -60,7 +61,7 @@ func TestLockTimeoutAsTheLockIsGranted(t *testing.T) {
 			t.Fatalf("waiter %d: %v (fn ran: %v); want success or ErrLockTimeout before fn", i, err, ran)
 		}
 	}
-	t.Logf("FIGURE lock_timeout race: 30 waiters released within ±15ms of a 50ms lock_timeout: %d succeeded, %d timed out", ok, timedOut)
+	t.Logf("FIGURE lock_timeout race: %d waiters released within ±15ms of a 50ms lock_timeout: %d succeeded, %d timed out", trials, ok, timedOut)
 	if err := l.call(ctx, impatient, k, "after", nil); err != nil {
 		t.Fatalf("the next caller: %v", err)
 	}

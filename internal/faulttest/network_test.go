@@ -209,9 +209,12 @@ func TestNetworkResetAroundCommit(t *testing.T) {
 }
 
 // TestNetworkStall: the holder's network goes silent (no FIN, no RST) while
-// it holds the lock. Without help the server would wait for it forever;
-// IdleTimeout (and StatementTimeout, for a statement that was running) make
-// the server end the transaction, and the waiter proceeds.
+// it holds the lock. Without help the server would wait for it forever.
+// IdleTimeout makes the server end an idle transaction; StatementTimeout
+// cancels a statement that was running, and the error aborts the
+// transaction, which releases its locks at once (PostgreSQL releases them at
+// the abort, not at the ROLLBACK that the client will never send). Either way
+// the waiter proceeds.
 func TestNetworkStall(t *testing.T) {
 	t.Parallel()
 	t.Run("IdleInFn", func(t *testing.T) {
@@ -270,7 +273,8 @@ func TestNetworkStall(t *testing.T) {
 		sleepStart := make(chan time.Time, 1)
 		holder := holdThrough(holdCtx, l, stalling, k, "holder", locked, release, func(ctx context.Context, tx pgx.Tx) error {
 			sleepStart <- time.Now()
-			_, err := tx.Exec(ctx, "SELECT pg_sleep(30)")
+			// One message, so the statement is running when the stall begins.
+			_, err := tx.Exec(ctx, "SELECT pg_sleep(30)", pgx.QueryExecModeSimpleProtocol)
 			return err
 		})
 		<-locked
@@ -278,7 +282,7 @@ func TestNetworkStall(t *testing.T) {
 		if err := waitFor(ctx, "pg_sleep running", func() (bool, error) {
 			var n int
 			err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-				WHERE datname = current_database() AND state = 'active' AND query LIKE 'SELECT pg_sleep%'`).Scan(&n)
+				WHERE datname = current_database() AND state = 'active' AND wait_event = 'PgSleep'`).Scan(&n)
 			return n == 1, err
 		}); err != nil {
 			t.Fatal(err)

@@ -3,6 +3,7 @@ package faulttest_test
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"sort"
 	"sync"
@@ -19,6 +20,10 @@ import (
 	"github.com/paylock/paylock/payment"
 )
 
+// rounds repeats the restart and lock_timeout tests, for a soak run:
+// make soak, or go test ./internal/faulttest/ -faulttest.rounds=20.
+var rounds = flag.Int("faulttest.rounds", 1, "repeat the restart and lock_timeout fault tests this many times")
+
 // TestRestart restarts PostgreSQL (fast, then immediate shutdown) while 16
 // workers update 4 payments: every call returns, success or error; work
 // continues after the restart; the invariants and the history hold. Half the
@@ -33,7 +38,11 @@ func TestRestart(t *testing.T) {
 	}
 	t.Cleanup(func() { srv.Stop() })
 
-	for i, mode := range []string{"fast", "immediate"} {
+	var modes []string
+	for range *rounds {
+		modes = append(modes, "fast", "immediate")
+	}
+	for i, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
 			db := fmt.Sprintf("restart_%d", i)
 			admin, err := pgx.Connect(ctx, srv.ConnString("postgres"))
