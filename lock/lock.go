@@ -131,7 +131,9 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 
 // Run begins a READ COMMITTED transaction on db, takes the lock for key, runs
 // fn and commits. If fn returns an error, Run rolls back and returns that
-// error unchanged; if fn panics, Run rolls back and panics again. Either way
+// error unchanged (unless the connection was lost meanwhile: then it is
+// wrapped, so Retry can tell, and errors.Is and errors.As still find it); if
+// fn panics, Run rolls back and panics again. Either way
 // the lock ends with the transaction. fn must not commit or roll back tx
 // (those calls return ErrManaged) and must not use tx after it returns.
 //

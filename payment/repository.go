@@ -92,8 +92,10 @@ var (
 // its own statements (a ledger row, say), which commit or roll back with the
 // payment.
 //
-// If fn returns an error, With rolls back and returns that error unchanged;
-// if fn panics, With rolls back and panics again. Either way nothing is
+// If fn returns an error, With rolls back and returns that error unchanged
+// (unless the connection was lost meanwhile: then it is wrapped, so that
+// lock.Retry can tell, and errors.Is and errors.As still find it); if fn
+// panics, With rolls back and panics again. Either way nothing is
 // written and the lock is released. fn must not change the payment's identity
 // (ErrKeyChanged), must not commit or roll back tx (lock.ErrManaged) and must
 // not keep tx after it returns.
