@@ -35,6 +35,9 @@ var ErrCommitUnknown = txn.ErrCommitUnknown
 // outside the database (a message sent, a file written) are not, so either
 // keep them out of fn or make them idempotent.
 //
+// A lost connection is worth retrying only when Run's db is a pool, which
+// hands the next attempt a new connection; a single *pgx.Conn stays closed.
+//
 // The zero value does not retry.
 type Retry struct {
 	// Attempts is the number of attempts in all; 0 and 1 mean one.
