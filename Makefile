@@ -16,12 +16,14 @@ fmt-check: ## fail if gofmt would change a file
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-soak: ## the fault tests, 20 rounds of the restart and lock_timeout faults, plus 2 minutes of fuzzing
-	$(GO) test -race -count=1 -timeout 30m -v -run . ./internal/faulttest/ -faulttest.rounds=20 | grep -E 'FIGURE|^(---|ok|FAIL)'
+soak: ## the fault tests with 20 rounds of the restart and lock_timeout faults, then 2 minutes of fuzzing
+	@$(GO) test -race -count=1 -timeout 30m -v ./internal/faulttest/ -faulttest.rounds=20 > $${TMPDIR:-/tmp}/paylock-soak.log 2>&1; st=$$?; \
+	grep -E 'FIGURE|^(--- FAIL|ok|FAIL)' $${TMPDIR:-/tmp}/paylock-soak.log; echo "full log: $${TMPDIR:-/tmp}/paylock-soak.log"; exit $$st
 	$(GO) test -run '^$$' -fuzz FuzzPaymentKey -fuzztime 1m ./payment/
 	$(GO) test -run '^$$' -fuzz FuzzKey -fuzztime 1m ./lock/
 
-faults: ## the fault tests once, with their figures (docs/RELIABILITY.md)
-	$(GO) test -race -count=1 -v ./internal/faulttest/ | grep -E 'FIGURE|^(---|ok|FAIL)'
+faults: ## the fault tests once, printing their figures (docs/RELIABILITY.md)
+	@$(GO) test -race -count=1 -v ./internal/faulttest/ > $${TMPDIR:-/tmp}/paylock-faults.log 2>&1; st=$$?; \
+	grep -E 'FIGURE|^(--- FAIL|ok|FAIL)' $${TMPDIR:-/tmp}/paylock-faults.log; echo "full log: $${TMPDIR:-/tmp}/paylock-faults.log"; exit $$st
 
 .PHONY: help test vet fmt-check soak faults
