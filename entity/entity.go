@@ -93,6 +93,7 @@ type Repository[K, V any] struct {
 	pool     *pgxpool.Pool
 	table    Table[K, V]
 	setSQL   string
+	retry    lock.Retry
 	strategy Strategy
 	hooks    Hooks
 }
@@ -106,8 +107,8 @@ type config struct {
 	hooks    Hooks
 }
 
-// WithLockOptions bounds how long With waits for and holds a key; see
-// lock.Options for the fields and their defaults.
+// WithLockOptions bounds how long With waits for and holds a key, and
+// whether it retries; see lock.Options for the fields and their defaults.
 func WithLockOptions(o lock.Options) Option { return func(c *config) { c.lock = o } }
 
 // WithStrategy selects how callers are serialized; Advisory by default.
@@ -126,6 +127,7 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 		pool:     pool,
 		table:    table,
 		setSQL:   txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout).SetSQL(),
+		retry:    c.lock.Retry,
 		strategy: c.strategy,
 		hooks:    c.hooks,
 	}
@@ -150,7 +152,18 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // With runs the transaction at READ COMMITTED whatever the server's default
 // and makes two round trips when fn does none: BEGIN, the lock, Ensure and
 // Find go together; Save, if anything changed, goes with COMMIT.
-func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (err error) {
+//
+// When the connection fails after COMMIT was sent, the outcome is unknown and
+// the error matches lock.ErrCommitUnknown; it is never retried. The Retry of
+// WithLockOptions may run the whole call, fn included, again after a failure
+// that left nothing committed (fn's error then comes back wrapped if the
+// connection was lost meanwhile; errors.Is and errors.As still find it).
+func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) error {
+	return r.retry.Do(ctx, func() error { return r.with(ctx, k, fn) })
+}
+
+// with is one attempt of With.
+func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (err error) {
 	if fn == nil {
 		return errors.New("entity: With called with a nil fn")
 	}
@@ -180,7 +193,7 @@ func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Co
 
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err))
+		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err)))
 	}
 	defer conn.Release() // a connection left in a transaction is destroyed, not reused
 	pc := conn.Conn().PgConn()
@@ -192,13 +205,13 @@ func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Co
 
 	before, v, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, &ev)
 	if err != nil {
-		return r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
+		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed())
 	}
 	tx := txn.NewManaged(conn.Conn(), nil)
 	defer tx.Close()
 	ev.stage = stageFn
 	if err := fn(txn.WithHeld(ctx, lk.ID()), tx, v); err != nil {
-		return err
+		return txn.BeforeCommit(err, pc.IsClosed())
 	}
 	tx.Close()
 	ev.stage = stageCommit
@@ -208,6 +221,9 @@ func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Co
 	sql, args, err := r.table.Save(before, v)
 	if err != nil {
 		return err
+	}
+	if err := txn.ReadyToCommit(ctx, pc.IsClosed()); err != nil {
+		return fmt.Errorf("entity: with %s: %w", lk, err)
 	}
 	if err := r.save(ctx, conn.Conn(), sql, args); err != nil {
 		return r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
@@ -285,13 +301,20 @@ func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string,
 		return b.err
 	}
 	results, err := conn.PgConn().ExecBatch(ctx, &b.Batch).ReadAll()
-	if err != nil {
-		return txn.Classify(ctx, err)
+	if err != nil && !committed(results) {
+		return txn.AfterCommit(txn.Classify(ctx, err))
 	}
 	if tag := results[len(results)-1].CommandTag; tag.String() != "COMMIT" {
 		return fmt.Errorf("commit ended in %s", tag)
 	}
 	return nil
+}
+
+// committed reports whether results hold COMMIT's completion: an error after
+// it (a FATAL as the server shuts down) can't undo the commit.
+func committed(results []*pgconn.Result) bool {
+	n := len(results)
+	return n > 0 && results[n-1].Err == nil && results[n-1].CommandTag.String() == "COMMIT"
 }
 
 // batch builds a pgconn.Batch of unnamed statements.

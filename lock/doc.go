@@ -40,6 +40,21 @@
 // abandoned wait within a second. Options bounds the wait (LockTimeout, which
 // fails with ErrLockTimeout) and the hold (IdleTimeout, StatementTimeout).
 //
+// # Retries and unknown outcomes
+//
+// Options.Retry runs the whole transaction again, fn included, after a
+// failure that left nothing committed: a serialization failure, a deadlock,
+// or a connection lost before COMMIT was sent (a restart, a reset, a
+// terminated or timed-out backend). It never retries ErrCommitUnknown, the
+// error for a connection that failed after COMMIT was sent: then the
+// transaction may or may not have committed. Make fn safe to run again by
+// writing an operation id in the same transaction and skipping work whose id
+// is already there; after ErrCommitUnknown, run again and look.
+//
+// A statement that fails inside the transaction aborts it, and PostgreSQL
+// releases its locks at that moment, before the client rolls back: nothing
+// can commit afterwards, so the next waiter may proceed.
+//
 // # Savepoints
 //
 // Advisory transaction locks are not released by ROLLBACK TO SAVEPOINT: a lock

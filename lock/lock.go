@@ -54,6 +54,9 @@ type Options struct {
 	// StatementTimeout bounds each statement, including the lock wait (SET
 	// LOCAL statement_timeout). Zero leaves the server's setting.
 	StatementTimeout time.Duration
+	// Retry runs the transaction again after a failure that left nothing
+	// committed; see Retry. The zero value makes one attempt.
+	Retry Retry
 }
 
 // settings returns the per-transaction settings o stands for.
@@ -128,7 +131,9 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 
 // Run begins a READ COMMITTED transaction on db, takes the lock for key, runs
 // fn and commits. If fn returns an error, Run rolls back and returns that
-// error unchanged; if fn panics, Run rolls back and panics again. Either way
+// error unchanged (unless the connection was lost meanwhile: then it is
+// wrapped, so Retry can tell, and errors.Is and errors.As still find it); if
+// fn panics, Run rolls back and panics again. Either way
 // the lock ends with the transaction. fn must not commit or roll back tx
 // (those calls return ErrManaged) and must not use tx after it returns.
 //
@@ -136,7 +141,16 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 // first, nothing is committed and the error matches ctx.Err(). A nested Run
 // for the same key from inside fn, given fn's ctx, fails with ErrReentrant.
 // Run is safe for concurrent use.
-func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) (err error) {
+//
+// When the connection fails after COMMIT was sent, the outcome is unknown and
+// the error matches ErrCommitUnknown. o.Retry may run the whole transaction,
+// fn included, again; see Retry.
+func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) error {
+	return o.Retry.Do(ctx, func() error { return o.run(ctx, db, key, fn) })
+}
+
+// run is one attempt of Run.
+func (o Options) run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) (err error) {
 	if fn == nil {
 		return errors.New("lock: Run called with a nil fn")
 	}
@@ -148,7 +162,7 @@ func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx cont
 	}
 	tx, err := db.BeginTx(ctx, pgx.TxOptions{BeginQuery: o.settings().BeginSQL()})
 	if err != nil {
-		return fmt.Errorf("lock: run %s: begin: %w", key, txn.Classify(ctx, err))
+		return txn.BeginFailed(fmt.Errorf("lock: run %s: begin: %w", key, txn.Classify(ctx, err)))
 	}
 	m := txn.NewManaged(tx.Conn(), tx)
 	done := false
@@ -159,15 +173,18 @@ func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx cont
 		}
 	}()
 	if err := Acquire(ctx, tx, key); err != nil {
-		return err
+		return txn.BeforeCommit(err, tx.Conn().IsClosed())
 	}
 	if err := fn(txn.WithHeld(ctx, key.ID()), m); err != nil {
-		return err
+		return txn.BeforeCommit(err, tx.Conn().IsClosed())
 	}
 	m.Close()
+	if err := txn.ReadyToCommit(ctx, tx.Conn().IsClosed()); err != nil {
+		return fmt.Errorf("lock: run %s: %w", key, err)
+	}
 	done = true
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("lock: run %s: commit: %w", key, txn.Classify(ctx, err))
+		return txn.AfterCommit(fmt.Errorf("lock: run %s: commit: %w", key, txn.Classify(ctx, err)))
 	}
 	return nil
 }

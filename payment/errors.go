@@ -33,4 +33,7 @@ var (
 	// ErrTxAborted: a statement fn ran in tx failed and fn returned nil; the
 	// transaction can't commit, so With rolled it back.
 	ErrTxAborted = entity.ErrTxAborted
+	// ErrCommitUnknown: the connection failed after COMMIT was sent; the
+	// call may or may not have committed. See lock.ErrCommitUnknown.
+	ErrCommitUnknown = lock.ErrCommitUnknown
 )

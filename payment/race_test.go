@@ -32,8 +32,8 @@ func withDo(repo *payment.Repository) racetest.Do {
 		c := racetest.Call{Key: raceKey(k).String(), Op: op}
 		err := repo.With(ctx, raceKey(k), func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
 			data, err := racetest.AppendOp(p.Data, op)
+			c.Created, c.ID, c.Read = p.IsNew(), p.ID, p.AmountCents
 			p.Data, p.AmountCents = data, p.AmountCents+1
-			c.Created, c.ID = p.IsNew(), p.ID
 			return err
 		})
 		return c, err
@@ -61,6 +61,7 @@ func naiveDo(pool *pgxpool.Pool) racetest.Do {
 		if data, err = racetest.AppendOp(data, op); err != nil {
 			return c, err
 		}
+		c.Read = amount
 		_, err = pool.Exec(ctx, "UPDATE naive_payments SET amount_cents = $2, data = $3 WHERE id = $1", c.ID, amount+1, data)
 		return c, err
 	}
@@ -105,6 +106,9 @@ func TestRace(t *testing.T) {
 	if report.Duplicates == 0 && report.LostUpdates == 0 {
 		t.Fatalf("the naive strategy showed neither duplicates nor lost updates (%v): the race is too weak to prove anything", report)
 	}
+	if ok, _ := racetest.Linearizable(naive); ok {
+		t.Error("the history checker accepted the naive strategy's history, lost updates and all")
+	}
 	t.Logf("naive: %v", report)
 
 	for _, strategy := range []entity.Strategy{entity.Advisory, entity.RowLock} {
@@ -124,7 +128,10 @@ func TestRace(t *testing.T) {
 			if report.Calls != workers*calls {
 				t.Errorf("%d calls succeeded, want %d", report.Calls, workers*calls)
 			}
-			t.Logf("%s: %v", strategy, report)
+			if ok, why := racetest.Linearizable(done); !ok {
+				t.Error("history:", why)
+			}
+			t.Logf("%s: %v; history linearizable per key", strategy, report)
 		})
 	}
 }
@@ -149,7 +156,7 @@ func TestRaceProcesses(t *testing.T) {
 			}
 			for line := range strings.Lines(string(out)) {
 				var c racetest.Call
-				if _, err := fmt.Sscanf(line, "%s %s %t %d", &c.Key, &c.Op, &c.Created, &c.ID); err != nil {
+				if _, err := fmt.Sscanf(line, "%s %s %t %d %d %d %d", &c.Key, &c.Op, &c.Created, &c.ID, &c.Read, &c.CallAt, &c.ReturnAt); err != nil {
 					return fmt.Errorf("worker %d printed %q: %w", p, line, err)
 				}
 				mu.Lock()
@@ -169,7 +176,10 @@ func TestRaceProcesses(t *testing.T) {
 	if report.Calls != procs*workers*calls {
 		t.Errorf("%d calls succeeded, want %d", report.Calls, procs*workers*calls)
 	}
-	t.Logf("%d processes: %v", procs, report)
+	if ok, why := racetest.Linearizable(done); !ok {
+		t.Error("history:", why)
+	}
+	t.Logf("%d processes: %v; history linearizable per key", procs, report)
 }
 
 // raceWorker is TestRaceProcesses' worker process: args are the database
@@ -188,7 +198,7 @@ func raceWorker(ctx context.Context, args []string) error {
 	defer pool.Close()
 	done, err := racetest.Hammer(ctx, args[1], workers, calls, raceKeys, withDo(payment.NewRepository(pool)))
 	for _, c := range done {
-		fmt.Fprintf(os.Stdout, "%s %s %t %d\n", c.Key, c.Op, c.Created, c.ID)
+		fmt.Fprintf(os.Stdout, "%s %s %t %d %d %d %d\n", c.Key, c.Op, c.Created, c.ID, c.Read, c.CallAt, c.ReturnAt)
 	}
 	return err
 }

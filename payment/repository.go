@@ -55,6 +55,11 @@ func NewRepository(pool *pgxpool.Pool, opts ...Option) *Repository {
 // With runs the transaction at READ COMMITTED whatever the server's default
 // and makes two round trips to PostgreSQL: BEGIN, the lock, the insert if
 // missing and the read go together; the update, if any, goes with COMMIT.
+//
+// When the connection fails after COMMIT was sent, the outcome is unknown and
+// the error matches ErrCommitUnknown; it is never retried. The Retry in
+// WithLockOptions may run the whole call, fn included, again after a failure
+// that left nothing committed; see lock.Retry.
 func (r *Repository) With(ctx context.Context, key Key, fn func(ctx context.Context, tx pgx.Tx, p *Payment) error) error {
 	return r.r.With(ctx, key, fn)
 }

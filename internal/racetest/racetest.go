@@ -13,9 +13,12 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/paylock/paylock/internal/history"
 )
 
 // Call is one successful operation.
@@ -24,6 +27,10 @@ type Call struct {
 	Op      string // unique per call
 	Created bool   // the call reported creating the row
 	ID      int64  // the row id the call saw
+	Read    int64  // the amount the call read (and wrote plus 1)
+	// CallAt and ReturnAt are when do was called and returned, in Unix
+	// nanoseconds; Hammer sets them.
+	CallAt, ReturnAt int64
 }
 
 // Do performs operation op on key k: add 1 and append op. It returns what it
@@ -43,10 +50,12 @@ func Hammer(ctx context.Context, prefix string, workers, calls, nkeys int, do Do
 			<-start
 			for i := range calls {
 				op := fmt.Sprintf("%s%d.%d", prefix, w, i)
+				at := time.Now().UnixNano()
 				c, err := do(ctx, (w+i)%nkeys, op)
 				if err != nil {
 					return fmt.Errorf("op %s: %w", op, err)
 				}
+				c.CallAt, c.ReturnAt = at, time.Now().UnixNano()
 				mu.Lock()
 				out = append(out, c)
 				mu.Unlock()
@@ -143,6 +152,18 @@ func Audit(calls []Call, rows []Row, creators bool) Report {
 		}
 	}
 	return r
+}
+
+// Linearizable checks with internal/history (porcupine) that the calls,
+// each of which read its key's amount and wrote it plus 1, have an order per
+// key consistent with their real-time order that explains every value read.
+// A lost update has none.
+func Linearizable(calls []Call) (bool, string) {
+	ops := make([]history.Op, len(calls))
+	for i, c := range calls {
+		ops[i] = history.Op{Key: c.Key, Call: c.CallAt, Return: c.ReturnAt, Ran: true, Read: c.Read, Outcome: history.OK}
+	}
+	return history.Check(ops, time.Minute)
 }
 
 // Querier runs a query: a pool, a connection, a transaction.

@@ -6,7 +6,7 @@ import (
 )
 
 func TestAuditCatchesWhatItMustCatch(t *testing.T) {
-	calls := []Call{{"k0", "a", true, 1}, {"k0", "b", false, 1}, {"k1", "c", true, 2}}
+	calls := []Call{{Key: "k0", Op: "a", Created: true, ID: 1}, {Key: "k0", Op: "b", Created: false, ID: 1}, {Key: "k1", Op: "c", Created: true, ID: 2}}
 	for _, tt := range []struct {
 		name string
 		rows []Row
@@ -26,7 +26,7 @@ func TestAuditCatchesWhatItMustCatch(t *testing.T) {
 			}
 		})
 	}
-	two := append(calls, Call{"k1", "d", true, 3})
+	two := append(calls, Call{Key: "k1", Op: "d", Created: true, ID: 3})
 	if r := Audit(two, []Row{{"k0", 2, []byte(`["a","b"]`)}, {"k1", 2, []byte(`["c","d"]`)}}, true); len(r.Problems) != 1 ||
 		!strings.Contains(r.Problems[0], "k1: 2 creators, 2 row ids seen") {
 		t.Fatalf("two creators: problems %q", r.Problems)

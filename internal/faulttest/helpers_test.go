@@ -1,0 +1,284 @@
+package faulttest_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/internal/history"
+	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/payment"
+)
+
+func testCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// newPool returns a pool on a fresh migrated database with service 1.
+func newPool(t *testing.T, configure func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
+	pool := pgtest.Pool(t, func(c *pgxpool.Config) {
+		c.MaxConns = 32 // room for the tests' observers beside the callers
+		if configure != nil {
+			configure(c)
+		}
+	})
+	ctx := testCtx(t, time.Minute)
+	if err := payment.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
+// poolOn returns a second pool on pool's database, through addr
+// ("host:port") when it is not empty.
+func poolOn(t *testing.T, pool *pgxpool.Pool, addr string, configure func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
+	cfg := pool.Config().Copy()
+	if addr != "" {
+		host, port, _ := net.SplitHostPort(addr)
+		p, _ := strconv.Atoi(port)
+		cfg.ConnConfig.Host, cfg.ConnConfig.Port = host, uint16(p)
+		cfg.ConnConfig.Fallbacks = nil
+	}
+	if configure != nil {
+		configure(cfg)
+	}
+	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// serverAddr returns the "host:port" pool connects to.
+func serverAddr(pool *pgxpool.Pool) string {
+	c := pool.Config().ConnConfig
+	return net.JoinHostPort(c.Host, strconv.Itoa(int(c.Port)))
+}
+
+func key(i int) payment.Key { return payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("li_%d", i)} }
+
+// ledger is the record of a run: every call's op id and outcome, and the
+// history for the linearizability check.
+type ledger struct {
+	rec      history.Recorder
+	mu       sync.Mutex
+	outcomes map[string]history.Outcome // op id → outcome
+}
+
+func newLedger() *ledger { return &ledger{outcomes: map[string]history.Outcome{}} }
+
+// increment is the workload's fn: add 1 to the amount and append op to the
+// JSON array in Data.
+func increment(p *payment.Payment, op string) error {
+	var ops []string
+	if p.Data != nil {
+		if err := json.Unmarshal(p.Data, &ops); err != nil {
+			return err
+		}
+	}
+	b, err := json.Marshal(append(ops, op))
+	if err != nil {
+		return err
+	}
+	p.Data, p.AmountCents = b, p.AmountCents+1
+	return nil
+}
+
+// call runs one recorded increment of k with op id op. during, when not
+// nil, runs inside fn after the increment, with fn's ctx and tx.
+func (l *ledger) call(ctx context.Context, repo *payment.Repository, k payment.Key, op string,
+	during func(ctx context.Context, tx pgx.Tx) error) error {
+	c := l.rec.Begin(k.String())
+	err := repo.With(ctx, k, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		c.Read(p.AmountCents)
+		if err := increment(p, op); err != nil {
+			return err
+		}
+		if during != nil {
+			return during(ctx, tx)
+		}
+		return nil
+	})
+	o := c.End(err)
+	l.mu.Lock()
+	l.outcomes[op] = o.Outcome
+	l.mu.Unlock()
+	return err
+}
+
+// counts returns how many calls ended in each outcome.
+func (l *ledger) counts() (ok, failed, unknown int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, o := range l.outcomes {
+		switch o {
+		case history.OK:
+			ok++
+		case history.Failed:
+			failed++
+		default:
+			unknown++
+		}
+	}
+	return ok, failed, unknown
+}
+
+// check asserts the invariants on pool's payments table against l: one row
+// per key; the amount equals the number of ops in Data; every acknowledged op
+// applied exactly once, no failed op applied, none of unknown outcome twice;
+// and the history linearizable per key. It returns the ops found applied.
+func (l *ledger) check(t *testing.T, pool *pgxpool.Pool) map[string]int {
+	t.Helper()
+	ctx := testCtx(t, time.Minute)
+	rows, err := pool.Query(ctx, "SELECT service_id, line_item_id, amount_cents, data FROM payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := map[string]int{}
+	perKey := map[payment.Key]int{}
+	var k payment.Key
+	var amount int64
+	var data []byte
+	_, err = pgx.ForEachRow(rows, []any{&k.ServiceID, &k.LineItemID, &amount, &data}, func() error {
+		perKey[k]++
+		var ops []string
+		if data != nil {
+			if err := json.Unmarshal(data, &ops); err != nil {
+				return err
+			}
+		}
+		if int64(len(ops)) != amount {
+			t.Errorf("%s: amount %d but %d ops recorded", k, amount, len(ops))
+		}
+		for _, op := range ops {
+			applied[op]++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, n := range perKey {
+		if n != 1 {
+			t.Errorf("%s: %d rows", k, n)
+		}
+	}
+	l.mu.Lock()
+	for op, o := range l.outcomes {
+		n := applied[op]
+		switch {
+		case o == history.OK && n != 1:
+			t.Errorf("op %s acknowledged, applied %d times", op, n)
+		case o == history.Failed && n != 0:
+			t.Errorf("op %s failed, applied %d times", op, n)
+		case o == history.Unknown && n > 1:
+			t.Errorf("op %s of unknown outcome applied %d times", op, n)
+		}
+	}
+	for op, n := range applied {
+		if _, ok := l.outcomes[op]; !ok {
+			t.Errorf("op %s applied %d times but never called", op, n)
+		}
+	}
+	l.mu.Unlock()
+	if ok, why := history.Check(l.rec.Ops(), 30*time.Second); !ok {
+		t.Error("history:", why)
+	}
+	return applied
+}
+
+// lockHolders returns the backend pids that hold and that wait for k's
+// advisory lock.
+func lockHolders(ctx context.Context, pool *pgxpool.Pool, k payment.Key) (holders, waiters []int32, err error) {
+	rows, err := pool.Query(ctx, `SELECT pid, granted FROM pg_locks
+		WHERE locktype = 'advisory' AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = $1
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`, k.LockKey().ID())
+	if err != nil {
+		return nil, nil, err
+	}
+	var pid int32
+	var granted bool
+	_, err = pgx.ForEachRow(rows, []any{&pid, &granted}, func() error {
+		if granted {
+			holders = append(holders, pid)
+		} else {
+			waiters = append(waiters, pid)
+		}
+		return nil
+	})
+	return holders, waiters, err
+}
+
+// waitFor polls cond every 5ms until it is true or ctx is done.
+func waitFor(ctx context.Context, what string, cond func() (bool, error)) error {
+	for {
+		ok, err := cond()
+		if err != nil {
+			return fmt.Errorf("wait for %s: %w", what, err)
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %s: %w", what, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// waitWaiters waits until n backends wait for k's lock.
+func waitWaiters(ctx context.Context, pool *pgxpool.Pool, k payment.Key, n int) ([]int32, error) {
+	var h, w []int32
+	err := waitFor(ctx, fmt.Sprintf("%d waiters", n), func() (bool, error) {
+		var err error
+		h, w, err = lockHolders(ctx, pool, k)
+		return len(w) == n, err
+	})
+	if err != nil {
+		err = fmt.Errorf("%w (last seen: holders %v, waiters %v)", err, h, w)
+	}
+	return w, err
+}
+
+// assertHealthy checks that no advisory lock is left in pool's database, no
+// connection of pool stays acquired, and no backend of this database is
+// left beyond the connections the pools hold.
+func assertHealthy(t *testing.T, pool *pgxpool.Pool, pools ...*pgxpool.Pool) {
+	t.Helper()
+	ctx := testCtx(t, 10*time.Second)
+	var locks, backends int
+	var conns, acquired int32
+	err := waitFor(ctx, "a healthy pool", func() (bool, error) {
+		err := pool.QueryRow(ctx, `SELECT
+			(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+				AND database = (SELECT oid FROM pg_database WHERE datname = current_database())),
+			(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database())`).Scan(&locks, &backends)
+		conns, acquired = 0, 0
+		for _, p := range append(pools, pool) {
+			conns += p.Stat().TotalConns()
+			acquired += p.Stat().AcquiredConns()
+		}
+		return locks == 0 && acquired == 0 && backends <= int(conns), err
+	})
+	if err != nil {
+		t.Fatalf("%v: %d advisory locks, %d connections acquired, %d backends for %d pooled connections",
+			err, locks, acquired, backends, conns)
+	}
+}

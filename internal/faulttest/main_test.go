@@ -1,0 +1,9 @@
+package faulttest_test
+
+import (
+	"testing"
+
+	"github.com/paylock/paylock/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m, pgtest.Workers{"hold": holdWorker}) }

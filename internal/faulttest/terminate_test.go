@@ -1,0 +1,178 @@
+package faulttest_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/paylock/paylock/internal/txn"
+	"github.com/paylock/paylock/lock"
+	"github.com/paylock/paylock/payment"
+)
+
+func terminate(ctx context.Context, t *testing.T, pool interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, pid int32) {
+	t.Helper()
+	if _, err := pool.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTerminateHolder: pg_terminate_backend on the backend that holds a
+// payment. The server rolls it back and the waiter proceeds; the holder's
+// With fails with an error that is safe to retry (nothing was committed).
+func TestTerminateHolder(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, time.Minute)
+	pool := newPool(t, nil)
+	repo := payment.NewRepository(pool)
+	l := newLedger()
+	k := key(1)
+	if err := l.call(ctx, repo, k, "before", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	locked, release := make(chan struct{}), releaser(t)
+	holderDone := make(chan error, 1)
+	go func() {
+		holderDone <- l.call(ctx, repo, k, "holder", func(ctx context.Context, tx pgx.Tx) error {
+			close(locked)
+			<-release
+			_, err := tx.Exec(ctx, "UPDATE payments SET status = 'partial'")
+			return err
+		})
+	}()
+	<-locked
+	granted := make(chan time.Time, 1)
+	waiterDone := make(chan error, 1)
+	go func() {
+		waiterDone <- l.call(ctx, repo, k, "waiter", func(context.Context, pgx.Tx) error {
+			granted <- time.Now()
+			return nil
+		})
+	}()
+	if _, err := waitWaiters(ctx, pool, k, 1); err != nil {
+		t.Fatal(err)
+	}
+	holders, _, err := lockHolders(ctx, pool, k)
+	if err != nil || len(holders) != 1 {
+		t.Fatalf("holders %v, %v", holders, err)
+	}
+	start := time.Now()
+	terminate(ctx, t, pool, holders[0])
+	select {
+	case at := <-granted:
+		t.Logf("FIGURE terminate holder: the waiter got the lock %v after pg_terminate_backend", at.Sub(start).Round(time.Microsecond))
+		if at.Sub(start) > time.Second {
+			t.Errorf("the waiter waited %v, want within 1s", at.Sub(start))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter did not get the lock within 5s")
+	}
+	release <- struct{}{}
+	err = <-holderDone
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || errors.Is(err, lock.ErrCommitUnknown) || !txn.Retryable(ctx, err) {
+		t.Errorf("holder: %v; want 57P01 (admin shutdown), retryable, not ErrCommitUnknown", err)
+	}
+	if err := <-waiterDone; err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, pool)
+	assertHealthy(t, pool)
+}
+
+// TestTerminateWaiter: pg_terminate_backend on backends waiting for a
+// payment. A waiter without Retry fails at once with an error safe to retry;
+// one with Retry queues again and succeeds; the other callers don't notice.
+func TestTerminateWaiter(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, time.Minute)
+	pool := newPool(t, nil)
+	repo := payment.NewRepository(pool)
+	retrying := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
+	l := newLedger()
+	k := key(1)
+
+	locked, release := make(chan struct{}), releaser(t)
+	done := make(chan error, 4)
+	go func() {
+		done <- l.call(ctx, repo, k, "holder", func(context.Context, pgx.Tx) error {
+			close(locked)
+			<-release
+			return nil
+		})
+	}()
+	<-locked
+	// Start the waiters one at a time to know their pids.
+	var pids []int32
+	attemptsB := 0
+	var errA error
+	var endedA time.Time
+	doneA := make(chan struct{})
+	for i, w := range []func(){
+		func() { errA = l.call(ctx, repo, k, "waiterA", nil); endedA = time.Now(); close(doneA) },
+		func() {
+			done <- l.call(ctx, retrying, k, "waiterB", func(context.Context, pgx.Tx) error { attemptsB++; return nil })
+		},
+		func() { done <- l.call(ctx, repo, k, "waiterC", nil) },
+	} {
+		go w()
+		w, err := waitWaiters(ctx, pool, k, i+1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pid := range w {
+			if !contains(pids, pid) {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	start := time.Now()
+	terminate(ctx, t, pool, pids[0])
+	terminate(ctx, t, pool, pids[1])
+	<-doneA
+	var pgErr *pgconn.PgError
+	if !errors.As(errA, &pgErr) || pgErr.Code != "57P01" || !txn.Retryable(ctx, errA) {
+		t.Errorf("waiter A: %v; want 57P01, retryable", errA)
+	}
+	t.Logf("FIGURE terminate waiter: With returned %v after pg_terminate_backend", endedA.Sub(start).Round(time.Microsecond))
+	// B queues again, behind C.
+	if _, err := waitWaiters(ctx, pool, k, 2); err != nil {
+		t.Fatal(err)
+	}
+	release <- struct{}{}
+	for range 3 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	if attemptsB != 1 {
+		t.Errorf("waiter B's fn ran %d times, want 1 (it was terminated before the lock was granted)", attemptsB)
+	}
+	l.check(t, pool)
+	assertHealthy(t, pool)
+}
+
+func contains(s []int32, v int32) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// releaser returns a channel a holder's fn waits on: a send releases it,
+// and so does the end of the test, so a failing test doesn't leave a
+// holder that blocks the pool's Close forever.
+func releaser(t *testing.T) chan struct{} {
+	ch := make(chan struct{})
+	t.Cleanup(func() { close(ch) })
+	return ch
+}

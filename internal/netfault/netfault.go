@@ -1,0 +1,175 @@
+// Package netfault is a small in-process TCP proxy that injects network
+// faults between a client and a server, for tests: added latency, a
+// connection reset (RST), and a silent stall in which no byte moves and no
+// FIN is sent, as when a cable is cut or a host freezes.
+//
+// Faults apply to every connection the proxy holds at the time; give each
+// client that a test wants to treat differently its own Proxy.
+package netfault
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Proxy forwards TCP connections from its own address to a target. It is
+// safe for concurrent use.
+type Proxy struct {
+	ln      net.Listener
+	target  string
+	latency atomic.Int64 // nanoseconds added before each chunk is forwarded
+
+	mu      sync.Mutex
+	links   map[*link]struct{}
+	stalled chan struct{} // non-nil while stalled; closed by Resume
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+type link struct {
+	client, server *net.TCPConn
+	stalled        atomic.Pointer[chan struct{}] // while set, wait for it to close before writing
+}
+
+func (l *link) stall(ch chan struct{}) { l.stalled.Store(&ch) }
+
+// Start listens on a free port of 127.0.0.1 and forwards to target
+// ("host:port").
+func Start(target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{ln: ln, target: target, links: map[*link]struct{}{}}
+	p.wg.Add(1)
+	go p.accept()
+	return p, nil
+}
+
+// Addr returns the proxy's "host:port".
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// Port returns the proxy's port.
+func (p *Proxy) Port() int { return p.ln.Addr().(*net.TCPAddr).Port }
+
+// SetLatency delays every chunk of bytes, in each direction, by d: a round
+// trip takes at least 2d longer. Zero removes the delay.
+func (p *Proxy) SetLatency(d time.Duration) { p.latency.Store(int64(d)) }
+
+// Reset aborts every open connection with a TCP RST on both sides, as a
+// middlebox that lost its state would. New connections are still accepted.
+func (p *Proxy) Reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for l := range p.links {
+		for _, c := range []*net.TCPConn{l.client, l.server} {
+			c.SetLinger(0) // close sends RST, not FIN
+			c.Close()
+		}
+		delete(p.links, l)
+	}
+}
+
+// Stall stops moving bytes on every connection open now, in both
+// directions, without closing anything: each side sees silence, no FIN and
+// no RST. Connections opened later are not stalled. Resume ends the stall.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stalled == nil {
+		p.stalled = make(chan struct{})
+	}
+	for l := range p.links {
+		l.stall(p.stalled)
+	}
+}
+
+// Resume lets stalled connections move bytes again.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stalled != nil {
+		close(p.stalled)
+		p.stalled = nil
+	}
+}
+
+// Close stops accepting, closes every connection and waits for the
+// proxy's goroutines.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	err := p.ln.Close()
+	for l := range p.links {
+		l.client.Close()
+		l.server.Close()
+	}
+	if p.stalled != nil {
+		close(p.stalled)
+		p.stalled = nil
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	return err
+}
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		l := &link{client: c.(*net.TCPConn), server: s.(*net.TCPConn)}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			c.Close()
+			s.Close()
+			return
+		}
+		p.links[l] = struct{}{}
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go p.pipe(l, l.server, l.client)
+		go p.pipe(l, l.client, l.server)
+	}
+}
+
+// pipe copies from src to dst, honouring latency and stalls, until either
+// side ends; then it closes both, which passes the end on.
+func (p *Proxy) pipe(l *link, dst, src *net.TCPConn) {
+	defer p.wg.Done()
+	defer func() {
+		p.mu.Lock()
+		delete(p.links, l)
+		p.mu.Unlock()
+		src.Close()
+		dst.Close()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if d := time.Duration(p.latency.Load()); d > 0 {
+				time.Sleep(d)
+			}
+			if ch := l.stalled.Load(); ch != nil {
+				<-*ch
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return // EOF or error: closing both passes it on
+		}
+	}
+}

@@ -1,0 +1,111 @@
+package netfault_test
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/paylock/paylock/internal/netfault"
+)
+
+// echo starts a line echo server and returns its address.
+func echo(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func dial(t *testing.T, p *netfault.Proxy) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
+func roundTrip(c net.Conn, r *bufio.Reader, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	c.SetDeadline(start.Add(timeout))
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		return 0, err
+	}
+	line, err := r.ReadString('\n')
+	if err == nil && line != "ping\n" {
+		err = errors.New("got " + line)
+	}
+	return time.Since(start), err
+}
+
+func TestProxy(t *testing.T) {
+	p, err := netfault.Start(echo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	t.Run("Forwards", func(t *testing.T) {
+		c, r := dial(t, p)
+		if _, err := roundTrip(c, r, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("Latency", func(t *testing.T) {
+		c, r := dial(t, p)
+		p.SetLatency(50 * time.Millisecond)
+		defer p.SetLatency(0)
+		d, err := roundTrip(c, r, 2*time.Second)
+		if err != nil || d < 100*time.Millisecond {
+			t.Fatalf("round trip %v, %v; want at least 100ms", d, err)
+		}
+	})
+	t.Run("ResetIsAnRST", func(t *testing.T) {
+		c, r := dial(t, p)
+		if _, err := roundTrip(c, r, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		p.Reset()
+		_, err := roundTrip(c, r, time.Second)
+		if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+			t.Fatalf("after Reset: %v, want a connection reset", err)
+		}
+	})
+	t.Run("StallIsSilentUntilResume", func(t *testing.T) {
+		c, r := dial(t, p)
+		if _, err := roundTrip(c, r, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		p.Stall()
+		fresh, freshR := dial(t, p) // opened after the stall: not stalled
+		_, err := roundTrip(c, r, 300*time.Millisecond)
+		if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+			t.Fatalf("stalled round trip: %v, want a timeout (no FIN, no RST)", err)
+		}
+		if _, err := roundTrip(fresh, freshR, time.Second); err != nil {
+			t.Fatalf("a connection opened after Stall: %v", err)
+		}
+		p.Resume()
+		c.SetDeadline(time.Now().Add(time.Second))
+		if line, err := r.ReadString('\n'); err != nil || line != "ping\n" {
+			t.Fatalf("after Resume: %q, %v", line, err)
+		}
+	})
+}

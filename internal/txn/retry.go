@@ -1,0 +1,150 @@
+package txn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ErrCommitUnknown is what lock.ErrCommitUnknown and payment's With return
+// (wrapped) when the connection failed after COMMIT was sent and before its
+// answer arrived: the transaction may or may not have committed.
+var ErrCommitUnknown = errors.New("lock: connection lost after COMMIT was sent: the transaction may or may not have committed")
+
+// errConnLost marks an error after which the connection was gone before
+// COMMIT was sent: the server rolled the transaction back (it never commits
+// without a COMMIT), so running it again is safe.
+var errConnLost = errors.New("connection lost before commit")
+
+// BeforeCommit marks err, which ended a transaction before its COMMIT was
+// sent, as safe to retry when the connection is gone: closed is whether the
+// connection was closed by then. A failed dial (*pgconn.ConnectError) counts
+// as gone. Otherwise err is returned as it is.
+func BeforeCommit(err error, closed bool) error {
+	if err == nil || errors.Is(err, errConnLost) {
+		return err
+	}
+	var connectErr *pgconn.ConnectError
+	if closed || errors.As(err, &connectErr) {
+		return &lostError{err}
+	}
+	return err
+}
+
+// BeginFailed marks err, the failure of BEGIN (and of getting a connection
+// for it), as safe to retry unless the server answered it with an ERROR:
+// nothing that could commit was sent.
+func BeginFailed(err error) error {
+	var pgErr *pgconn.PgError
+	return BeforeCommit(err, !errors.As(err, &pgErr) || pgErr.Severity != "ERROR")
+}
+
+// ReadyToCommit returns the error to return instead of sending COMMIT when
+// that can't succeed: ctx is done, or the connection is closed (closed).
+// Nothing was committed then, and the caller rolls back.
+func ReadyToCommit(ctx context.Context, closed bool) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("commit not sent: %w", err)
+	}
+	if closed {
+		return &lostError{errors.New("commit not sent: connection closed")}
+	}
+	return nil
+}
+
+// AfterCommit classifies err, the failure of a round trip that carried
+// COMMIT, sent on a connection that was open (see ReadyToCommit). An ERROR
+// from the server (a deferred constraint, say), pgx.ErrTxCommitRollback, or
+// the session ended by idle_in_transaction_session_timeout (25P03, which only
+// fires while the server waits for a command) means the transaction did not
+// commit. Anything else — the connection broke, ctx ended the wait, a FATAL
+// arrived — leaves the outcome unknown, and err is wrapped in
+// ErrCommitUnknown. (pgconn's SafeToRetry can't tell here: once the COMMIT
+// was written, a read on a connection closed meanwhile reports "conn closed"
+// as safe to retry.)
+func AfterCommit(err error) error {
+	if err == nil {
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	if (errors.As(err, &pgErr) && pgErr.Severity == "ERROR") || errors.Is(err, pgx.ErrTxCommitRollback) {
+		return err
+	}
+	if pgErr != nil && pgErr.Code == "25P03" {
+		return &lostError{err}
+	}
+	return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
+}
+
+type lostError struct{ err error }
+
+func (e *lostError) Error() string { return e.err.Error() }
+func (e *lostError) Unwrap() []error {
+	return []error{e.err, errConnLost}
+}
+
+// Retryable reports whether a transaction that failed with err may be run
+// again: a serialization failure (40001), a deadlock (40P01), or a connection
+// lost before COMMIT was sent. Never after ErrCommitUnknown, never once ctx is
+// done, never for a lock or statement timeout (the caller's own bound).
+func Retryable(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil || errors.Is(err, ErrCommitUnknown) {
+		return false
+	}
+	if errors.Is(err, errConnLost) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+}
+
+// Retry is the policy of lock.Retry: Attempts in all, waiting a random time
+// in [Backoff/2, Backoff] before the second, doubling up to MaxBackoff.
+type Retry struct {
+	Attempts   int
+	Backoff    time.Duration
+	MaxBackoff time.Duration
+}
+
+// Default backoffs of lock.Retry.
+const (
+	DefaultBackoff    = 50 * time.Millisecond
+	DefaultMaxBackoff = 2 * time.Second
+)
+
+// Do calls attempt until it succeeds, fails with an error Retryable refuses,
+// or r.Attempts calls have been made. It returns the last error; when an
+// attempt was retried, the error says how many were made. The wait between
+// attempts honours ctx.
+func (r Retry) Do(ctx context.Context, attempt func() error) error {
+	backoff, maxBackoff := r.Backoff, r.MaxBackoff
+	if backoff <= 0 {
+		backoff = DefaultBackoff
+	}
+	if maxBackoff <= 0 {
+		maxBackoff = DefaultMaxBackoff
+	}
+	for n := 1; ; n++ {
+		err := attempt()
+		if err == nil || n >= r.Attempts || !Retryable(ctx, err) {
+			if err != nil && n > 1 {
+				err = fmt.Errorf("after %d attempts: %w", n, err)
+			}
+			return err
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("after %d attempts: %w", n, Classify(ctx, err))
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
