@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/keyqueue"
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
 )
@@ -21,7 +22,8 @@ import (
 // time. It is safe for concurrent use.
 type Repository struct {
 	pool   *pgxpool.Pool
-	setSQL string // applies the lock.Options to each transaction
+	setSQL string          // applies the lock.Options to each transaction
+	queue  *keyqueue.Queue // callers of this Repository per key; nil: none
 }
 
 // Option configures a Repository.
@@ -37,7 +39,7 @@ func WithLockOptions(o lock.Options) Option {
 
 // NewRepository returns a Repository on pool. Run Migrate once first.
 func NewRepository(pool *pgxpool.Pool, opts ...Option) *Repository {
-	r := &Repository{pool: pool}
+	r := &Repository{pool: pool, queue: keyqueue.New(connsPerKey)}
 	WithLockOptions(lock.Options{})(r)
 	for _, o := range opts {
 		o(r)
@@ -96,8 +98,11 @@ var (
 // (ErrKeyChanged), must not commit or roll back tx (lock.ErrManaged) and must
 // not keep tx after it returns.
 //
-// With blocks until the lock is granted. ctx governs the wait, fn (it is
-// passed on) and the commit: once ctx is done nothing more is committed and
+// With blocks until the lock is granted. Calls of one Repository for the
+// same key first wait their turn in process, in arrival order and without a
+// pool connection, so that one key holds at most two of the pool's
+// connections (see WithoutKeyQueue). ctx governs the wait in that queue,
+// the lock wait, fn (it is passed on) and the commit: once ctx is done nothing more is committed and
 // the error matches ctx.Err(). A With for the same key from inside fn, given
 // fn's ctx, fails with ErrReentrant instead of waiting for itself forever.
 //
@@ -115,6 +120,11 @@ func (r *Repository) With(ctx context.Context, key Key, fn func(ctx context.Cont
 	if txn.Held(ctx, lk.ID()) {
 		return fmt.Errorf("payment: with %s: %w", key, ErrReentrant)
 	}
+	release, err := r.enqueue(ctx, lk)
+	if err != nil {
+		return fmt.Errorf("payment: with %s: wait in queue: %w", key, txn.Classify(ctx, err))
+	}
+	defer release() // after conn.Release: the next in line may take its place
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("payment: with %s: acquire connection: %w", key, txn.Classify(ctx, err))
