@@ -1,12 +1,5 @@
 package payment
 
-import (
-	"context"
-
-	"github.com/paylock/paylock/internal/txn"
-	"github.com/paylock/paylock/lock"
-)
-
 // connsPerKey is how many With calls of one Repository may hold a pool
 // connection for the same key at once: the one holding the key's lock, and
 // the next in line, already waiting for the lock at PostgreSQL so that it
@@ -22,15 +15,4 @@ const connsPerKey = 2
 // queue buys; there is no other reason to use it.
 func WithoutKeyQueue() Option {
 	return func(r *Repository) { r.queue = nil }
-}
-
-// enqueue waits, honouring ctx, for lk's turn in r's queue. A call nested
-// in another With or lock.Run (ctx holds a lock) skips the queue: its wait
-// belongs at PostgreSQL, whose deadlock detector sees a cycle of nested
-// calls that an in-process queue would hide.
-func (r *Repository) enqueue(ctx context.Context, lk lock.Key) (release func(), err error) {
-	if txn.HoldsAny(ctx) {
-		return func() {}, nil
-	}
-	return r.queue.Acquire(ctx, lk.ID())
 }

@@ -333,4 +333,3 @@ func summarize(ctx context.Context, t *testing.T, pool *pgxpool.Pool, table stri
 	}
 	return fmt.Sprintf("%d rows for %d keys, amounts sum to %d", rows, keys, sum)
 }
-

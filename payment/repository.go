@@ -120,7 +120,7 @@ func (r *Repository) With(ctx context.Context, key Key, fn func(ctx context.Cont
 	if txn.Held(ctx, lk.ID()) {
 		return fmt.Errorf("payment: with %s: %w", key, ErrReentrant)
 	}
-	release, err := r.enqueue(ctx, lk)
+	release, err := r.queue.Acquire(ctx, lk.ID())
 	if err != nil {
 		return fmt.Errorf("payment: with %s: wait in queue: %w", key, txn.Classify(ctx, err))
 	}
