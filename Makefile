@@ -16,4 +16,10 @@ fmt-check: ## fail if gofmt would change a file
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-.PHONY: help test vet fmt-check
+bench: ## Go benchmarks: With beside rowlock, hot-key queue and storm (test server, fsync off)
+	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./...
+
+bench-smoke: ## every benchmark once, so they can't rot (about 20 s)
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 5m ./...
+
+.PHONY: help test vet fmt-check bench bench-smoke

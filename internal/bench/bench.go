@@ -185,7 +185,7 @@ func run(ctx context.Context, opts options, args []string, stdout, stderr io.Wri
 		defer s.Stop()
 		adminURL = s.ConnString("postgres")
 	}
-	db := fmt.Sprintf("paylock_bench_%d", os.Getpid())
+	db := fmt.Sprintf("paylock_bench_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
 	connString, drop, err := createDatabase(ctx, adminURL, db)
 	if err != nil {
 		return err
@@ -225,6 +225,7 @@ func run(ctx context.Context, opts options, args []string, stdout, stderr io.Wri
 		names = append(names, pgbenchName)
 	}
 	runNo := 0
+	progress := isTerminal(stderr)
 	for _, w := range opts.workloads {
 		rows := make(map[string]*Row)
 		for _, s := range names {
@@ -236,7 +237,7 @@ func run(ctx context.Context, opts options, args []string, stdout, stderr io.Wri
 			order := append(slices.Clone(names[round%len(names):]), names[:round%len(names)]...)
 			for _, s := range order {
 				runNo++
-				if !opts.json {
+				if progress {
 					fmt.Fprintf(stderr, "\r%-60s", fmt.Sprintf("run %d: %s %s, round %d", runNo, w, s, round+1))
 				}
 				res, dup, lost, err := runOne(ctx, opts, pool, connString, s, w, fmt.Sprintf("r%d-", runNo))
@@ -251,7 +252,7 @@ func run(ctx context.Context, opts options, args []string, stdout, stderr io.Wri
 			}
 		}
 	}
-	if !opts.json {
+	if progress {
 		fmt.Fprintf(stderr, "\r%-60s\r", "")
 	}
 	finish(rep.Rows)
@@ -515,4 +516,14 @@ func workerMain(ctx context.Context, specJSON string, stdin io.Reader, stdout io
 	}
 	res := runLoad(ctx, spec, do)
 	return json.NewEncoder(stdout).Encode(res)
+}
+
+// isTerminal reports whether w is a terminal, for the progress line.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
