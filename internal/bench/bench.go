@@ -53,6 +53,7 @@ type options struct {
 	latency    time.Duration
 	json       bool
 	pgbench    string // path, "" for none
+	pgbenchM   string // pgbench's query mode
 }
 
 // Row is one line of the result: a strategy on a workload, over all rounds.
@@ -135,13 +136,18 @@ func parse(args []string, stderr io.Writer) (opts options, worker string, err er
 	fs.DurationVar(&opts.latency, "latency", 0, "round-trip time to add between client and server, through an in-process TCP proxy")
 	fs.BoolVar(&opts.json, "json", false, "print the report as JSON")
 	fs.BoolVar(&noPgbench, "no-pgbench", false, "leave out the pgbench row")
+	fs.StringVar(&opts.pgbenchM, "pgbench-mode", "extended", "pgbench's query mode: extended (unnamed statements, as paylock sends them) or prepared")
 	fs.StringVar(&worker, "worker", "", "internal: run one process's share of a run")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: paylock bench [flags]\n\nRuns the strategies side by side on one server:")
 		for _, s := range strategies {
 			fmt.Fprintf(stderr, "  %-13s %s\n", s.name, s.doc)
 		}
-		fmt.Fprintf(stderr, "  %-13s %s\n\nflags:\n", pgbenchName, "paylock's statements run by pgbench in pipeline mode, when pgbench is found")
+		fmt.Fprintf(stderr, "  %-13s %s\n", pgbenchName, "paylock's statements run by pgbench in pipeline mode, when pgbench is found")
+		for _, s := range extraStrategies {
+			fmt.Fprintf(stderr, "  %-13s %s (only when named)\n", s.name, s.doc)
+		}
+		fmt.Fprintln(stderr, "\nflags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -150,11 +156,18 @@ func parse(args []string, stderr io.Writer) (opts options, worker string, err er
 	if fs.NArg() > 0 {
 		return opts, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	known := slices.Clone(names)
+	for _, s := range extraStrategies {
+		known = append(known, s.name)
+	}
+	if opts.pgbenchM != "extended" && opts.pgbenchM != "prepared" {
+		return opts, "", fmt.Errorf("--pgbench-mode %q: want extended or prepared", opts.pgbenchM)
+	}
 	for _, s := range strings.Split(strategyList, ",") {
 		if s = strings.TrimSpace(s); s == pgbenchName {
 			continue
-		} else if !slices.Contains(names, s) {
-			return opts, "", fmt.Errorf("unknown strategy %q (want one of %s)", s, strings.Join(names, ", "))
+		} else if !slices.Contains(known, s) {
+			return opts, "", fmt.Errorf("unknown strategy %q (want one of %s, %s)", s, strings.Join(known, ", "), pgbenchName)
 		}
 		opts.strategies = append(opts.strategies, strings.TrimSpace(s))
 	}
@@ -278,7 +291,7 @@ func runOne(ctx context.Context, opts options, pool *pgxpool.Pool, connString, s
 		Duration: opts.duration, KeyPrefix: prefix}
 	switch {
 	case s == pgbenchName:
-		res, err = runPgbench(ctx, opts.pgbench, connString, w, opts.workers, opts.duration)
+		res, err = runPgbench(ctx, opts.pgbench, opts.pgbenchM, connString, w, opts.workers, opts.duration)
 	case opts.processes > 1:
 		res, err = runProcesses(ctx, spec, opts.processes)
 	default:

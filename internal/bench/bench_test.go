@@ -27,6 +27,7 @@ func TestMainUsage(t *testing.T) {
 		{"--workers", "0"},
 		{"--workers", "2", "--processes", "3"},
 		{"extra"},
+		{"--pgbench-mode", "simple"},
 	} {
 		code, _, stderr := runMain(t, args...)
 		if code != 2 || !strings.Contains(stderr, "paylock bench:") {

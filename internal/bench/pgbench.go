@@ -73,7 +73,7 @@ var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection t
 
 // runPgbench runs the script with workers clients for d (rounded up to whole
 // seconds, pgbench's unit) and reads every transaction's latency from its log.
-func runPgbench(ctx context.Context, path, connString, workload string, workers int, d time.Duration) (loadResult, error) {
+func runPgbench(ctx context.Context, path, mode, connString, workload string, workers int, d time.Duration) (loadResult, error) {
 	cfg, err := pgconn.ParseConfig(connString)
 	if err != nil {
 		return loadResult{}, err
@@ -88,7 +88,7 @@ func runPgbench(ctx context.Context, path, connString, workload string, workers 
 		return loadResult{}, err
 	}
 	secs := max(int(math.Ceil(d.Seconds())), 1)
-	cmd := exec.CommandContext(ctx, path, "-n", "-M", "extended", "-f", script,
+	cmd := exec.CommandContext(ctx, path, "-n", "-M", mode, "-f", script,
 		"-c", strconv.Itoa(workers), "-j", strconv.Itoa(min(workers, runtime.NumCPU())),
 		"-T", strconv.Itoa(secs), "-l", "--log-prefix", filepath.Join(dir, "log"),
 		"-h", cfg.Host, "-p", strconv.Itoa(int(cfg.Port)), "-U", cfg.User, cfg.Database)

@@ -30,6 +30,15 @@ var strategies = []struct {
 	{"paylock", "payment.Repository.With", paylock},
 }
 
+// extraStrategies run only when named in --strategies.
+var extraStrategies = []struct {
+	name string
+	doc  string
+	new  func(pool *pgxpool.Pool) op
+}{
+	{"paylock-noqueue", "payment.Repository.With without the per-key queue (payment.WithoutKeyQueue)", paylockNoQueue},
+}
+
 const (
 	sqlEnsure = `INSERT INTO payments (service_id, line_item_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`
 	sqlUpdate = `UPDATE payments SET amount_cents = $2, updated_at = now() WHERE id = $1`
@@ -135,9 +144,19 @@ func paylock(pool *pgxpool.Pool) op {
 	}
 }
 
+// paylockNoQueue is the library without its per-key queue: every caller
+// waits at PostgreSQL.
+func paylockNoQueue(pool *pgxpool.Pool) op {
+	repo := payment.NewRepository(pool, payment.WithoutKeyQueue())
+	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	return func(ctx context.Context, key payment.Key) (int, error) {
+		return 0, repo.With(ctx, key, bump)
+	}
+}
+
 // newOp returns the op of the named strategy.
 func newOp(name string, pool *pgxpool.Pool) (op, error) {
-	for _, s := range strategies {
+	for _, s := range append(strategies[:len(strategies):len(strategies)], extraStrategies...) {
 		if s.name == name {
 			return s.new(pool), nil
 		}
