@@ -52,6 +52,7 @@ type options struct {
 	rounds     int
 	latency    time.Duration
 	json       bool
+	waitEvents bool
 	pgbench    string // path, "" for none
 	pgbenchM   string // pgbench's query mode
 }
@@ -71,8 +72,10 @@ type Row struct {
 	FirstError  string  `json:"first_error,omitempty"`
 	VsRowlock   float64 `json:"vs_rowlock,omitempty"`
 	VsPgbench   float64 `json:"vs_pgbench,omitempty"`
+	Waits       string  `json:"busy_backends,omitempty"` // with --wait-events
 	result      loadResult
 	elapsedRuns time.Duration
+	waits       waits
 }
 
 // Report is the --json output.
@@ -135,6 +138,7 @@ func parse(args []string, stderr io.Writer) (opts options, worker string, err er
 	fs.IntVar(&opts.rounds, "rounds", 2, "runs of each strategy per workload, in rotating order")
 	fs.DurationVar(&opts.latency, "latency", 0, "round-trip time to add between client and server, through an in-process TCP proxy")
 	fs.BoolVar(&opts.json, "json", false, "print the report as JSON")
+	fs.BoolVar(&opts.waitEvents, "wait-events", false, "sample pg_stat_activity every 10ms during each run and report what its busy backends (on a hot key: the lock holder) were doing")
 	fs.BoolVar(&noPgbench, "no-pgbench", false, "leave out the pgbench row")
 	fs.StringVar(&opts.pgbenchM, "pgbench-mode", "extended", "pgbench's query mode: extended (unnamed statements, as paylock sends them) or prepared")
 	fs.StringVar(&worker, "worker", "", "internal: run one process's share of a run")
@@ -253,11 +257,22 @@ func run(ctx context.Context, opts options, args []string, stdout, stderr io.Wri
 				if progress {
 					fmt.Fprintf(stderr, "\r%-60s", fmt.Sprintf("run %d: %s %s, round %d", runNo, w, s, round+1))
 				}
+				r := rows[s]
+				sctx, stop := context.WithCancel(ctx)
+				sampled := make(chan struct{})
+				go func() {
+					defer close(sampled)
+					if opts.waitEvents {
+						time.Sleep(opts.duration / 10) // past the start
+						sampleWaits(sctx, pool, &r.waits)
+					}
+				}()
 				res, dup, lost, err := runOne(ctx, opts, pool, connString, s, w, fmt.Sprintf("r%d-", runNo))
+				stop()
+				<-sampled
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", w, s, err)
 				}
-				r := rows[s]
 				r.result.merge(&res)
 				r.elapsedRuns += res.Elapsed
 				r.Duplicates += dup
@@ -330,6 +345,7 @@ func finish(rows []*Row) {
 		}
 		r.P50Ms = float64(res.Latency.quantile(0.50)) / 1e6
 		r.P99Ms = float64(res.Latency.quantile(0.99)) / 1e6
+		r.Waits = r.waits.top(5)
 		if base[r.Workload] == nil {
 			base[r.Workload] = map[string]float64{}
 		}
@@ -367,6 +383,11 @@ func printTable(w io.Writer, rep *Report) {
 		}
 	}
 	tw.Flush()
+	for _, r := range rep.Rows {
+		if r.Waits != "" {
+			fmt.Fprintf(w, "busy backends, %s %s: %s\n", r.Workload, r.Strategy, r.Waits)
+		}
+	}
 	for _, e := range errs {
 		fmt.Fprintln(w, "first error:", e)
 	}
