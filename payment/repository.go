@@ -102,8 +102,8 @@ var (
 // same key first wait their turn in process, in arrival order and without a
 // pool connection, so that one key holds at most two of the pool's
 // connections (see WithoutKeyQueue). ctx governs the wait in that queue,
-// the lock wait, fn (it is passed on) and the commit: once ctx is done nothing more is committed and
-// the error matches ctx.Err(). A With for the same key from inside fn, given
+// the lock wait, fn (it is passed on) and the commit: once ctx is done
+// nothing more is committed and the error matches ctx.Err(). A With for the same key from inside fn, given
 // fn's ctx, fails with ErrReentrant instead of waiting for itself forever.
 //
 // With runs the transaction at READ COMMITTED whatever the server's default

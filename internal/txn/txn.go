@@ -92,9 +92,6 @@ func Held(ctx context.Context, id int64) bool {
 	return false
 }
 
-// HoldsAny reports whether ctx was passed to fn by a call that holds a lock.
-func HoldsAny(ctx context.Context) bool { return len(heldIDs(ctx)) > 0 }
-
 // WithHeld returns a ctx recording that its caller holds the lock ids.
 func WithHeld(ctx context.Context, ids ...int64) context.Context {
 	held := append(append([]int64(nil), heldIDs(ctx)...), ids...)
