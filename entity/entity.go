@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/keyqueue"
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
 )
@@ -96,6 +97,7 @@ type Repository[K, V any] struct {
 	retry    lock.Retry
 	strategy Strategy
 	hooks    Hooks
+	queue    *keyqueue.Queue // callers per key in this process; nil: none
 }
 
 // Option configures a Repository.
@@ -105,7 +107,22 @@ type config struct {
 	lock     lock.Options
 	strategy Strategy
 	hooks    Hooks
+	noQueue  bool
 }
+
+// ConnsPerKey is how many With calls of one Repository may hold a pool
+// connection for the same key at once: the one holding the key's lock, and
+// the next in line, already waiting for the lock at PostgreSQL so that it
+// runs as soon as the holder commits, with no round trip in between. Later
+// callers wait in the Repository's queue, in arrival order, without a
+// connection, so a hot key leaves the rest of the pool to other keys.
+const ConnsPerKey = 2
+
+// WithoutKeyQueue turns off the per-key queue: every With call takes a pool
+// connection at once and waits for the key's lock at PostgreSQL, so callers
+// of one hot key can take the whole pool. It exists to measure what the
+// queue buys; there is no other reason to use it.
+func WithoutKeyQueue() Option { return func(c *config) { c.noQueue = true } }
 
 // WithLockOptions bounds how long With waits for and holds a key, and
 // whether it retries; see lock.Options for the fields and their defaults.
@@ -123,7 +140,12 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 	for _, o := range opts {
 		o(&c)
 	}
+	var queue *keyqueue.Queue
+	if !c.noQueue {
+		queue = keyqueue.New(ConnsPerKey)
+	}
 	return &Repository[K, V]{
+		queue:    queue,
 		pool:     pool,
 		table:    table,
 		setSQL:   txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout).SetSQL(),
@@ -144,7 +166,10 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // written and the lock is released. fn must not commit or roll back tx
 // (lock.ErrManaged) and must not keep tx after it returns.
 //
-// With blocks until the key is free. ctx governs the wait, fn (it is passed
+// With blocks until the key is free. Calls of one Repository for the same
+// key first wait their turn in process, in arrival order and without a pool
+// connection, so that one key holds at most ConnsPerKey of the pool's
+// connections (see WithoutKeyQueue). ctx governs both waits, fn (it is passed
 // on) and the commit: once ctx is done nothing more is committed and the
 // error matches ctx.Err(). A With for the same key from inside fn, given
 // fn's ctx, fails with lock.ErrReentrant instead of waiting for itself.
@@ -191,6 +216,11 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 		}()
 	}
 
+	release, err := r.queue.Acquire(ctx, lk.ID())
+	if err != nil {
+		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err))
+	}
+	defer release() // after conn.Release: the next in line may take its place
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err)))

@@ -47,8 +47,11 @@ func NewRepository(pool *pgxpool.Pool, opts ...Option) *Repository {
 // (ErrKeyChanged), must not commit or roll back tx (lock.ErrManaged) and must
 // not keep tx after it returns.
 //
-// With blocks until the lock is granted. ctx governs the wait, fn (it is
-// passed on) and the commit: once ctx is done nothing more is committed and
+// With blocks until the lock is granted. Calls of one Repository for the
+// same payment first wait their turn in process, in arrival order and
+// without a pool connection, so that one hot payment holds at most two of
+// the pool's connections (see WithoutKeyQueue). ctx governs both waits, fn
+// (it is passed on) and the commit: once ctx is done nothing more is committed and
 // the error matches ctx.Err(). A With for the same key from inside fn, given
 // fn's ctx, fails with ErrReentrant instead of waiting for itself forever.
 //

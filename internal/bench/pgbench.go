@@ -1,0 +1,144 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/paylock/paylock/internal/txn"
+	"github.com/paylock/paylock/payment"
+)
+
+// pgbenchName is the row of the server-side limit: paylock's statements run
+// by pgbench, in pipeline mode, with no Go in the way.
+const pgbenchName = "pgbench"
+
+// findPgbench returns pgbench's path: on PATH, or beside the server binaries.
+func findPgbench() string {
+	if p, err := exec.LookPath("pgbench"); err == nil {
+		return p
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pgbench")
+	if len(dirs) > 0 {
+		return dirs[len(dirs)-1]
+	}
+	return ""
+}
+
+// pgbenchScript returns the script of one op: With's two round trips, with
+// the same statements and settings (payment/repository.go), the first five
+// in one pipeline, the update and COMMIT in another. pgbench can't carry a
+// value from a pipelined SELECT to the UPDATE (\gset is refused in a
+// pipeline), so the update adds 1 in SQL and finds the row by its key; it
+// can't compute paylock's xxhash either, so the lock id is the key's number.
+func pgbenchScript(workload string) string {
+	var set, li, lockID string
+	switch workload {
+	case "hot":
+		li, lockID = "'hot'", strconv.FormatInt(payment.Key{ServiceID: 1, LineItemID: "hot"}.LockKey().ID(), 10)
+	case "warm":
+		set = fmt.Sprintf("\\set k random(0, %d)\n", warmKeys-1)
+		li, lockID = "'w' || :k", ":k"
+	default:
+		set = "\\set k random(1, 9000000000000000000)\n"
+		li, lockID = "'pgbench' || :k", ":k"
+	}
+	where := "service_id = 1 AND line_item_id = " + li
+	return set + `\startpipeline
+` + txn.SQLBegin + `;
+` + txn.NewSettings(0, 0, 0).SetSQL() + `;
+` + txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock("+lockID+")", "pgbench") + `;
+INSERT INTO payments (service_id, line_item_id) SELECT 1, ` + li + ` WHERE NOT EXISTS (SELECT FROM payments WHERE ` + where + `) ON CONFLICT DO NOTHING;
+SELECT id, service_id, line_item_id, amount_cents, currency, status, data, created_at, updated_at FROM payments WHERE ` + where + ` ORDER BY id LIMIT 1 FOR NO KEY UPDATE;
+\endpipeline
+\startpipeline
+UPDATE payments SET amount_cents = amount_cents + 1, updated_at = now() WHERE ` + where + `;
+COMMIT;
+\endpipeline
+`
+}
+
+var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+
+// runPgbench runs the script with workers clients for d (rounded up to whole
+// seconds, pgbench's unit) and reads every transaction's latency from its log.
+func runPgbench(ctx context.Context, path, mode, connString, workload string, workers int, d time.Duration) (loadResult, error) {
+	cfg, err := pgconn.ParseConfig(connString)
+	if err != nil {
+		return loadResult{}, err
+	}
+	dir, err := os.MkdirTemp("", "paylock-pgbench-")
+	if err != nil {
+		return loadResult{}, err
+	}
+	defer os.RemoveAll(dir)
+	script := filepath.Join(dir, "op.sql")
+	if err := os.WriteFile(script, []byte(pgbenchScript(workload)), 0o644); err != nil {
+		return loadResult{}, err
+	}
+	secs := max(int(math.Ceil(d.Seconds())), 1)
+	cmd := exec.CommandContext(ctx, path, "-n", "-M", mode, "-f", script,
+		"-c", strconv.Itoa(workers), "-j", strconv.Itoa(min(workers, runtime.NumCPU())),
+		"-T", strconv.Itoa(secs), "-l", "--log-prefix", filepath.Join(dir, "log"),
+		"-h", cfg.Host, "-p", strconv.Itoa(int(cfg.Port)), "-U", cfg.User, cfg.Database)
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+cfg.Password, "PGAPPNAME=paylock bench pgbench")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return loadResult{}, fmt.Errorf("pgbench: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	var r loadResult
+	logs, _ := filepath.Glob(filepath.Join(dir, "log.*"))
+	for _, name := range logs {
+		if err := readPgbenchLog(name, &r); err != nil {
+			return loadResult{}, err
+		}
+	}
+	m := tpsLine.FindSubmatch(out)
+	if m == nil {
+		return loadResult{}, fmt.Errorf("pgbench: no tps in its output: %s", out)
+	}
+	tps, _ := strconv.ParseFloat(string(m[1]), 64)
+	if tps > 0 {
+		r.Elapsed = time.Duration(float64(r.Ops) / tps * float64(time.Second))
+	}
+	return r, nil
+}
+
+// readPgbenchLog adds the transactions of a pgbench log: "client_id
+// transaction_no time script_no time_epoch time_us", time in microseconds.
+func readPgbenchLog(name string, r *loadResult) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 3 {
+			continue
+		}
+		if fields[2] == "failed" || fields[2] == "skipped" {
+			r.Errors++
+			continue
+		}
+		us, err := strconv.ParseInt(fields[2], 10, 64)
+		if err != nil {
+			return fmt.Errorf("pgbench log %s: %q", name, sc.Text())
+		}
+		r.Ops++
+		r.Latency.add(time.Duration(us) * time.Microsecond)
+	}
+	return sc.Err()
+}

@@ -1,0 +1,165 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/payment"
+)
+
+// An op finds or creates the payment for key and adds 1 to its amount, the
+// way one strategy does it. It returns how many times it had to start over.
+type op func(ctx context.Context, key payment.Key) (retries int, err error)
+
+// strategies are the ways to do an op, in the order of the table. pgbench is
+// not among them: it runs outside this process (see pgbench.go).
+var strategies = []struct {
+	name string
+	doc  string
+	new  func(pool *pgxpool.Pool) op
+}{
+	{"naive", "find, then insert if missing, then update; no lock, no unique index", naive},
+	{"rowlock", "INSERT ... ON CONFLICT DO NOTHING, SELECT ... FOR UPDATE, UPDATE: one statement per round trip", rowlock},
+	{"advisory-seq", "BEGIN, pg_advisory_xact_lock, insert if missing, SELECT, UPDATE, COMMIT: one statement per round trip", advisorySeq},
+	{"serializable", "SERIALIZABLE find, insert or update, retried on serialization failures and unique violations", serializable},
+	{"paylock", "payment.Repository.With", paylock},
+}
+
+// extraStrategies run only when named in --strategies.
+var extraStrategies = []struct {
+	name string
+	doc  string
+	new  func(pool *pgxpool.Pool) op
+}{
+	{"paylock-noqueue", "payment.Repository.With without the per-key queue (payment.WithoutKeyQueue)", paylockNoQueue},
+}
+
+const (
+	sqlEnsure = `INSERT INTO payments (service_id, line_item_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`
+	sqlUpdate = `UPDATE payments SET amount_cents = $2, updated_at = now() WHERE id = $1`
+)
+
+// naive is what the pollers did before paylock, on payments_naive, a copy of
+// payments without the unique index: it makes duplicates and loses updates.
+func naive(pool *pgxpool.Pool) op {
+	return func(ctx context.Context, key payment.Key) (int, error) {
+		var id, amount int64
+		err := pool.QueryRow(ctx, `SELECT id, amount_cents FROM payments_naive
+			WHERE service_id = $1 AND line_item_id = $2 ORDER BY id LIMIT 1`, key.ServiceID, key.LineItemID).Scan(&id, &amount)
+		if errors.Is(err, pgx.ErrNoRows) {
+			err = pool.QueryRow(ctx, `INSERT INTO payments_naive (service_id, line_item_id) VALUES ($1, $2)
+				RETURNING id, amount_cents`, key.ServiceID, key.LineItemID).Scan(&id, &amount)
+		}
+		if err != nil {
+			return 0, err
+		}
+		_, err = pool.Exec(ctx, `UPDATE payments_naive SET amount_cents = $2, updated_at = now() WHERE id = $1`, id, amount+1)
+		return 0, err
+	}
+}
+
+// rowlock relies on the unique index and a row lock, as a Go developer
+// without paylock would write it with pgx.
+func rowlock(pool *pgxpool.Pool) op {
+	return func(ctx context.Context, key payment.Key) (int, error) {
+		return 0, pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, sqlEnsure, key.ServiceID, key.LineItemID); err != nil {
+				return err
+			}
+			var id, amount int64
+			if err := tx.QueryRow(ctx, `SELECT id, amount_cents FROM payments
+				WHERE service_id = $1 AND line_item_id = $2 FOR UPDATE`, key.ServiceID, key.LineItemID).Scan(&id, &amount); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, sqlUpdate, id, amount+1)
+			return err
+		})
+	}
+}
+
+// advisorySeq takes the same advisory lock as paylock, but sends one
+// statement per round trip: the lock is held for four of them.
+func advisorySeq(pool *pgxpool.Pool) op {
+	return func(ctx context.Context, key payment.Key) (int, error) {
+		return 0, pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", key.LockKey().ID()); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, sqlEnsure, key.ServiceID, key.LineItemID); err != nil {
+				return err
+			}
+			var id, amount int64
+			if err := tx.QueryRow(ctx, `SELECT id, amount_cents FROM payments
+				WHERE service_id = $1 AND line_item_id = $2`, key.ServiceID, key.LineItemID).Scan(&id, &amount); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, sqlUpdate, id, amount+1)
+			return err
+		})
+	}
+}
+
+// serializable lets SERIALIZABLE find the conflicts and retries.
+func serializable(pool *pgxpool.Pool) op {
+	return func(ctx context.Context, key payment.Key) (int, error) {
+		for retries := 0; ; retries++ {
+			err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.Serializable}, func(tx pgx.Tx) error {
+				var id, amount int64
+				err := tx.QueryRow(ctx, `SELECT id, amount_cents FROM payments
+					WHERE service_id = $1 AND line_item_id = $2`, key.ServiceID, key.LineItemID).Scan(&id, &amount)
+				if errors.Is(err, pgx.ErrNoRows) {
+					_, err = tx.Exec(ctx, `INSERT INTO payments (service_id, line_item_id, amount_cents) VALUES ($1, $2, 1)`,
+						key.ServiceID, key.LineItemID)
+					return err
+				}
+				if err != nil {
+					return err
+				}
+				_, err = tx.Exec(ctx, sqlUpdate, id, amount+1)
+				return err
+			})
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01" || pgErr.Code == "23505") {
+				if ctx.Err() != nil {
+					return retries, ctx.Err()
+				}
+				continue
+			}
+			return retries, err
+		}
+	}
+}
+
+// paylock is the library.
+func paylock(pool *pgxpool.Pool) op {
+	repo := payment.NewRepository(pool)
+	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	return func(ctx context.Context, key payment.Key) (int, error) {
+		return 0, repo.With(ctx, key, bump)
+	}
+}
+
+// paylockNoQueue is the library without its per-key queue: every caller
+// waits at PostgreSQL.
+func paylockNoQueue(pool *pgxpool.Pool) op {
+	repo := payment.NewRepository(pool, payment.WithoutKeyQueue())
+	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	return func(ctx context.Context, key payment.Key) (int, error) {
+		return 0, repo.With(ctx, key, bump)
+	}
+}
+
+// newOp returns the op of the named strategy.
+func newOp(name string, pool *pgxpool.Pool) (op, error) {
+	for _, s := range append(strategies[:len(strategies):len(strategies)], extraStrategies...) {
+		if s.name == name {
+			return s.new(pool), nil
+		}
+	}
+	return nil, fmt.Errorf("unknown strategy %q", name)
+}

@@ -1,0 +1,245 @@
+package keyqueue
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// refs returns how many callers wait for or hold key.
+func (q *Queue) refs(key int64) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if e := q.keys[key]; e != nil {
+		return e.refs
+	}
+	return 0
+}
+
+// waitRefs waits until n callers wait for or hold key.
+func waitRefs(t *testing.T, q *Queue, key int64, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for q.refs(key) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("key %d: %d callers, want %d", key, q.refs(key), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestAcquire(t *testing.T) {
+	t.Run("AtMostWidthCallersPerKey", func(t *testing.T) {
+		q := New(2)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var inside, most atomic.Int32
+		var wg sync.WaitGroup
+		for range 64 {
+			wg.Go(func() {
+				release, err := q.Acquire(ctx, 7)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				n := inside.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				time.Sleep(100 * time.Microsecond)
+				inside.Add(-1)
+				release()
+			})
+		}
+		wg.Wait()
+		if got := most.Load(); got != 2 {
+			t.Errorf("at most %d callers inside at once, want exactly 2", got)
+		}
+		if q.Len() != 0 {
+			t.Errorf("%d keys left in the queue", q.Len())
+		}
+	})
+
+	t.Run("OtherKeysDoNotWait", func(t *testing.T) {
+		q := New(1)
+		ctx := context.Background()
+		release, err := q.Acquire(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		r2, err := q.Acquire(ctx, 2)
+		if err != nil {
+			t.Fatalf("key 2 waited for key 1: %v", err)
+		}
+		r2()
+	})
+
+	t.Run("FIFO", func(t *testing.T) {
+		q := New(1)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		first, err := q.Acquire(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var order []int
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() {
+				release, err := q.Acquire(ctx, 1)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				order = append(order, i)
+				mu.Unlock()
+				release()
+			})
+			waitRefs(t, q, 1, i+2) // the holder and i+1 queued, in order
+		}
+		first()
+		wg.Wait()
+		for i, got := range order {
+			if got != i {
+				t.Fatalf("went through in order %v, want arrival order", order)
+			}
+		}
+	})
+
+	t.Run("CancelWhileQueued", func(t *testing.T) {
+		q := New(1)
+		ctx := context.Background()
+		holder, err := q.Acquire(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			release, err := q.Acquire(cctx, 1)
+			if err == nil {
+				release()
+			}
+			done <- err
+		}()
+		waitRefs(t, q, 1, 2)
+		cancel()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Acquire after cancel: %v, want context.Canceled", err)
+			}
+		case <-time.After(time.Second):
+			t.Fatal("Acquire still waiting 1s after its ctx was cancelled")
+		}
+		if n := q.refs(1); n != 1 {
+			t.Errorf("%d callers on the key after the cancelled one left, want 1 (the holder)", n)
+		}
+		// The cancelled caller took no slot: the next one goes through as
+		// soon as the holder leaves.
+		next := make(chan struct{})
+		go func() {
+			release, err := q.Acquire(ctx, 1)
+			if err == nil {
+				release()
+			}
+			close(next)
+		}()
+		waitRefs(t, q, 1, 2)
+		holder()
+		select {
+		case <-next:
+		case <-time.After(time.Second):
+			t.Fatal("the next caller did not get the key after the holder released it")
+		}
+		if q.Len() != 0 {
+			t.Errorf("%d keys left", q.Len())
+		}
+	})
+
+	t.Run("ReleaseTwiceIsHarmless", func(t *testing.T) {
+		q := New(1)
+		release, err := q.Acquire(context.Background(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		release()
+		release()
+		if q.Len() != 0 {
+			t.Fatalf("%d keys left", q.Len())
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		r, err := q.Acquire(ctx, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r()
+	})
+
+	t.Run("NilQueueLetsEveryoneThrough", func(t *testing.T) {
+		var q *Queue
+		for range 3 {
+			if _, err := q.Acquire(context.Background(), 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+// TestNoLeak passes 100k distinct keys through the queue, some concurrently
+// and some cancelled while queued, and checks that no entry is left behind and
+// the heap does not keep them.
+func TestNoLeak(t *testing.T) {
+	q := New(2)
+	ctx := context.Background()
+	const keys = 100_000
+
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for k := w; k < keys; k += 8 {
+				release, err := q.Acquire(ctx, int64(k))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if k%10 == 0 { // a third caller that gives up while queued
+					a, _ := q.Acquire(ctx, int64(k))
+					cctx, cancel := context.WithCancel(ctx)
+					cancel()
+					if _, err := q.Acquire(cctx, int64(k)); err == nil {
+						t.Error("a third caller on a width-2 key got through")
+					}
+					a()
+				}
+				release()
+			}
+		})
+	}
+	wg.Wait()
+	if n := q.Len(); n != 0 {
+		t.Fatalf("%d of %d keys left in the queue", n, keys)
+	}
+
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	// 100k live entries would be about 15 MB (entry, semaphore, map slot);
+	// allow 4 MB of noise.
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 4<<20 {
+		t.Errorf("heap grew by %d bytes after 100k keys came and went", grew)
+	}
+}

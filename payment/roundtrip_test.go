@@ -1,0 +1,154 @@
+package payment_test
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/payment"
+)
+
+// roundTrips counts client–server round trips on the connections it dials: a
+// write that follows a read (or is the first write) starts a new one.
+type roundTrips struct {
+	mu       sync.Mutex
+	n        int
+	lastRead map[net.Conn]bool
+}
+
+func (r *roundTrips) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n
+}
+
+// configure makes the pool dial through r, on a single connection that is
+// never pinged (a ping would be a round trip With did not make).
+func (r *roundTrips) configure(cfg *pgxpool.Config) {
+	cfg.MaxConns, cfg.MinConns = 1, 0
+	cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+	dial := cfg.ConnConfig.DialFunc
+	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &countingConn{Conn: c, r: r}, nil
+	}
+}
+
+type countingConn struct {
+	net.Conn
+	r *roundTrips
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.r.mu.Lock()
+		c.r.lastRead[c] = true
+		c.r.mu.Unlock()
+	}
+	return n, err
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	c.r.mu.Lock()
+	if read, seen := c.r.lastRead[c]; read || !seen {
+		c.r.n++
+	}
+	c.r.lastRead[c] = false
+	c.r.mu.Unlock()
+	return c.Conn.Write(b)
+}
+
+// TestWithRoundTrips counts the round trips of With when fn does no I/O: at
+// most 2 in all and at most 1 that starts after the lock is granted, whether
+// the row is new or exists and whether fn changes it or not. The same steps
+// written one statement at a time (the rowlock way) count 5, proof that the
+// counter counts.
+func TestWithRoundTrips(t *testing.T) {
+	t.Parallel()
+	rt := &roundTrips{lastRead: map[net.Conn]bool{}}
+	repo, pool := newRepo(t, rt.configure)
+	ctx := testCtx(t, 1)
+
+	// measure runs one With and returns its round trips in all and those
+	// that started once fn was running, so with the lock held.
+	measure := func(t *testing.T, key payment.Key, change bool, wantNew bool) (total, underLock int) {
+		t.Helper()
+		before := rt.count()
+		var atFn int
+		err := repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			atFn = rt.count()
+			if p.IsNew() != wantNew {
+				t.Errorf("IsNew = %v, want %v", p.IsNew(), wantNew)
+			}
+			if change {
+				p.AmountCents++
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		after := rt.count()
+		return after - before, after - atFn
+	}
+
+	// The pool dials its connection (and counts its startup) here.
+	if _, err := pool.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tt := range []struct {
+		name    string
+		key     string
+		change  bool
+		wantNew bool
+	}{
+		{"NewRowChanged", "li_rt_1", true, true},
+		{"NewRowUnchanged", "li_rt_2", false, true},
+		{"ExistingRowChanged", "li_rt_1", true, false},
+		{"ExistingRowUnchanged", "li_rt_1", false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			total, underLock := measure(t, payment.Key{ServiceID: 1, LineItemID: tt.key}, tt.change, tt.wantNew)
+			t.Logf("%d round trips, %d with the lock held", total, underLock)
+			if total > 2 || underLock > 1 {
+				t.Errorf("With made %d round trips, %d with the lock held; want at most 2 and 1", total, underLock)
+			}
+			if total == 0 {
+				t.Error("counted no round trip at all: the counter is broken")
+			}
+		})
+	}
+
+	t.Run("RowLockBaselineCountsFive", func(t *testing.T) {
+		before := rt.count()
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `INSERT INTO payments (service_id, line_item_id) VALUES (1, 'li_rt_3')
+				ON CONFLICT DO NOTHING`, pgx.QueryExecModeExec); err != nil {
+				return err
+			}
+			var id, amount int64
+			if err := tx.QueryRow(ctx, `SELECT id, amount_cents FROM payments
+				WHERE service_id = 1 AND line_item_id = 'li_rt_3' FOR UPDATE`, pgx.QueryExecModeExec).Scan(&id, &amount); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "UPDATE payments SET amount_cents = $2 WHERE id = $1", pgx.QueryExecModeExec, id, amount+1)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// BEGIN, INSERT, SELECT, UPDATE, COMMIT.
+		if got := rt.count() - before; got != 5 {
+			t.Errorf("the rowlock transaction counted %d round trips, want 5", got)
+		}
+	})
+}
