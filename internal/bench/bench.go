@@ -37,8 +37,9 @@ import (
 	"github.com/paylock/paylock/payment"
 )
 
-// EnvDatabase names the variable --db defaults to.
-const EnvDatabase = "PAYLOCK_DATABASE"
+// EnvDatabase names the variable --database-url defaults to, as for every
+// paylock command.
+const EnvDatabase = "DATABASE_URL"
 
 // options are the flags.
 type options struct {
@@ -127,7 +128,7 @@ func parse(args []string, stderr io.Writer) (opts options, worker string, err er
 	for _, s := range strategies {
 		names = append(names, s.name)
 	}
-	fs.StringVar(&opts.db, "db", os.Getenv(EnvDatabase), "PostgreSQL URL of a server where the role may CREATE DATABASE (default $"+
+	fs.StringVar(&opts.db, "database-url", os.Getenv(EnvDatabase), "PostgreSQL URL of a server where the role may CREATE DATABASE (default $"+
 		EnvDatabase+"; none: a throwaway durable server is started)")
 	fs.StringVar(&strategyList, "strategies", strings.Join(names, ","), "strategies to run, comma-separated")
 	fs.StringVar(&workloadList, "workloads", "hot,warm,cold", "workloads to run, comma-separated: hot, warm, cold")
@@ -194,7 +195,7 @@ func parse(args []string, stderr io.Writer) (opts options, worker string, err er
 func run(ctx context.Context, opts options, args []string, stdout, stderr io.Writer) error {
 	adminURL := opts.db
 	if adminURL == "" {
-		fmt.Fprintln(stderr, "paylock bench: no --db or $"+EnvDatabase+": starting a throwaway PostgreSQL (fsync on, synchronous_commit on)")
+		fmt.Fprintln(stderr, "paylock bench: no --database-url or $"+EnvDatabase+": starting a throwaway PostgreSQL (fsync on, synchronous_commit on)")
 		s, err := pgserver.Start(ctx, pgserver.Options{})
 		if err != nil {
 			return err

@@ -41,7 +41,7 @@ func TestMainUsage(t *testing.T) {
 // and finds them for naive — proof that the check can fail.
 func TestMainHot(t *testing.T) {
 	t.Parallel()
-	code, stdout, stderr := runMain(t, "--db", pgtest.DB(t), "--workloads", "hot", "--workers", "6",
+	code, stdout, stderr := runMain(t, "--database-url", pgtest.DB(t), "--workloads", "hot", "--workers", "6",
 		"--duration", "400ms", "--rounds", "1", "--json")
 	if code != 0 {
 		t.Fatalf("Main = %d: %s", code, stderr)
@@ -89,7 +89,7 @@ func TestMainHot(t *testing.T) {
 // proxy and prints the table.
 func TestMainLatencyTable(t *testing.T) {
 	t.Parallel()
-	code, stdout, stderr := runMain(t, "--db", pgtest.DB(t), "--workloads", "cold,warm", "--workers", "4",
+	code, stdout, stderr := runMain(t, "--database-url", pgtest.DB(t), "--workloads", "cold,warm", "--workers", "4",
 		"--strategies", "rowlock,paylock", "--no-pgbench", "--duration", "300ms", "--rounds", "2", "--latency", "1ms")
 	if code != 0 {
 		t.Fatalf("Main = %d: %s", code, stderr)
