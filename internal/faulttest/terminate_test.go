@@ -96,6 +96,10 @@ func TestTerminateWaiter(t *testing.T) {
 	pool := newPool(t, nil)
 	repo := payment.NewRepository(pool)
 	retrying := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
+	// Another poller: a Repository lets only the holder and one waiter per
+	// key reach the server (its in-process queue), so the third waiter at the
+	// server comes from a Repository of its own.
+	other := payment.NewRepository(pool)
 	l := newLedger()
 	k := key(1)
 
@@ -120,7 +124,7 @@ func TestTerminateWaiter(t *testing.T) {
 		func() {
 			done <- l.call(ctx, retrying, k, "waiterB", func(context.Context, pgx.Tx) error { attemptsB++; return nil })
 		},
-		func() { done <- l.call(ctx, repo, k, "waiterC", nil) },
+		func() { done <- l.call(ctx, other, k, "waiterC", nil) },
 	} {
 		go w()
 		w, err := waitWaiters(ctx, pool, k, i+1)
