@@ -11,8 +11,11 @@
 // can't make a duplicate as long as the table has its unique index.
 //
 // A Repository makes two round trips per call: BEGIN, the lock, Ensure and
-// Find go together as a pipeline of unnamed statements, and Save goes with
-// COMMIT. The examples directory holds a second entity, invoices keyed by
+// Find go together as one pipeline, and Save goes with COMMIT. With pgx's
+// default statement cache the constant statements run prepared (prepared
+// once per connection, before the lock is taken); behind a pooler without
+// prepared-statement support (exec or simple-protocol mode) they go
+// unnamed. The examples directory holds a second entity, invoices keyed by
 // (account_id, external_ref), in a few dozen lines.
 //
 // # Strategies

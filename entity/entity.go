@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"sync"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -18,10 +23,12 @@ import (
 
 // Table tells a Repository how to find, create and save one kind of entity
 // keyed by a logical key of type K and held in memory as a V. Each method
-// returns SQL and its arguments; they are sent as unnamed statements with
-// text-format parameters whose types the server infers, so pass Go values
-// that print as PostgreSQL input (json.RawMessage for jsonb, not []byte) or
-// cast the parameter in the SQL.
+// returns SQL and its arguments. Keep the SQL text constant and pass values
+// as arguments: when the pool uses pgx's statement cache (its default
+// mode), With prepares each distinct text once per connection. In any other
+// mode the statements go unnamed, with text-format parameters whose types
+// the server infers, so pass Go values that print as PostgreSQL input
+// (json.RawMessage for jsonb, not []byte) or cast the parameter in the SQL.
 type Table[K, V any] interface {
 	// LockKey validates k and returns the lock it is serialized by. An error
 	// is returned by With unchanged, before any SQL runs.
@@ -98,6 +105,41 @@ type Repository[K, V any] struct {
 	strategy Strategy
 	hooks    Hooks
 	queue    *keyqueue.Queue // callers per key in this process; nil: none
+	// prepare: the pool's connections use pgx's statement cache, so the
+	// statements run as named prepared statements (see batch).
+	prepare bool
+	saves   savedSQL
+}
+
+// maxSaveStatements bounds how many distinct Save statements a Repository
+// prepares; others run as unnamed statements.
+const maxSaveStatements = 16
+
+// savedSQL is the set of statements Table.Save has returned, which With
+// prepares on each connection before it takes the lock.
+type savedSQL struct {
+	mu   sync.RWMutex
+	sqls []string
+}
+
+func (s *savedSQL) has(sql string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Contains(s.sqls, sql)
+}
+
+func (s *savedSQL) add(sql string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.sqls) < maxSaveStatements && !slices.Contains(s.sqls, sql) {
+		s.sqls = append(s.sqls, sql)
+	}
+}
+
+func (s *savedSQL) list() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.sqls
 }
 
 // Option configures a Repository.
@@ -145,6 +187,7 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 		queue = keyqueue.New(ConnsPerKey)
 	}
 	return &Repository[K, V]{
+		prepare:  pool.Config().ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement,
 		queue:    queue,
 		pool:     pool,
 		table:    table,
@@ -273,18 +316,29 @@ func (r *Repository[K, V]) classify(err error) error {
 // round trip and scans the row twice: the copy for fn and the one Save
 // compares it with.
 func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K, lk lock.Key, ev *Event) (before, v *V, err error) {
-	var b batch
-	b.add(conn, txn.SQLBegin)
-	b.add(conn, r.setSQL)
+	ensureSQL, ensureArgs := r.table.Ensure(k)
+	findSQL, findArgs := r.table.Find(k)
+	if r.prepare {
+		// Prepare, before taking the lock, every statement this call may
+		// send: a no-op (pgx's cache) but on a connection's first use.
+		sqls := append([]string{txn.SQLBegin, r.setSQL, ensureSQL, findSQL, "COMMIT"}, r.saves.list()...)
+		for _, sql := range sqls {
+			if _, err := conn.Prepare(ctx, statementName(sql), sql); err != nil {
+				return nil, nil, txn.Classify(ctx, err)
+			}
+		}
+	}
+	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
+	b.add(txn.SQLBegin)
+	b.add(r.setSQL)
 	if r.strategy == Advisory {
 		// statement_timestamp() is when the lock statement started and
 		// clock_timestamp(), evaluated after the lock, when it was granted.
-		b.add(conn, txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
+		// Unnamed, never prepared: its comment names the key.
+		b.addUnnamed(txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
 	}
-	ensureSQL, ensureArgs := r.table.Ensure(k)
-	b.add(conn, ensureSQL, ensureArgs...)
-	findSQL, findArgs := r.table.Find(k)
-	b.add(conn, findSQL, findArgs...)
+	b.add(ensureSQL, ensureArgs...)
+	b.add(findSQL, findArgs...)
 	if b.err != nil {
 		return nil, nil, b.err
 	}
@@ -322,11 +376,20 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 
 // save sends sql, if any, and COMMIT in one round trip.
 func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string, args []any) error {
-	var b batch
-	if sql != "" {
-		b.add(conn, sql, args...)
+	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
+	switch {
+	case sql == "":
+	case r.prepare && r.saves.has(sql):
+		b.add(sql, args...)
+	default:
+		// Not prepared on this connection yet: preparing now would cost a
+		// round trip with the lock held. Later calls prepare it first.
+		b.addUnnamed(sql, args...)
+		if r.prepare {
+			r.saves.add(sql)
+		}
 	}
-	b.add(conn, "COMMIT")
+	b.add("COMMIT")
 	if b.err != nil {
 		return b.err
 	}
@@ -347,23 +410,56 @@ func committed(results []*pgconn.Result) bool {
 	return n > 0 && results[n-1].Err == nil && results[n-1].CommandTag.String() == "COMMIT"
 }
 
-// batch builds a pgconn.Batch of unnamed statements.
+// batch builds a pgconn.Batch. With prepare set, statements go as named
+// prepared statements, prepared on the connection before the lock is taken
+// (one round trip each, once per connection) and cached by pgx; otherwise,
+// and always for the lock statement, as unnamed statements with text
+// parameters whose types the server infers, which is what a pooler without
+// prepared-statement support needs (pgx's exec and simple-protocol modes).
 type batch struct {
 	pgconn.Batch
-	eqb pgx.ExtendedQueryBuilder
-	n   int
-	err error
+	ctx     context.Context
+	conn    *pgx.Conn
+	prepare bool
+	eqb     pgx.ExtendedQueryBuilder
+	n       int
+	err     error
 }
 
-func (b *batch) add(conn *pgx.Conn, sql string, args ...any) {
+func (b *batch) add(sql string, args ...any) {
+	if !b.prepare {
+		b.addUnnamed(sql, args...)
+		return
+	}
 	if b.err != nil {
 		return
 	}
-	if b.err = b.eqb.Build(conn.TypeMap(), nil, args); b.err != nil {
+	sd, err := b.conn.Prepare(b.ctx, statementName(sql), sql)
+	if err != nil {
+		b.err = err
+		return
+	}
+	if b.err = b.eqb.Build(b.conn.TypeMap(), sd, args); b.err != nil {
+		return
+	}
+	b.ExecStatement(sd, b.eqb.ParamValues, b.eqb.ParamFormats, b.eqb.ResultFormats)
+	b.n++
+}
+
+func (b *batch) addUnnamed(sql string, args ...any) {
+	if b.err != nil {
+		return
+	}
+	if b.err = b.eqb.Build(b.conn.TypeMap(), nil, args); b.err != nil {
 		return
 	}
 	b.ExecParams(sql, b.eqb.ParamValues, nil, b.eqb.ParamFormats, b.eqb.ResultFormats)
 	b.n++
+}
+
+// statementName names a prepared statement after its text.
+func statementName(sql string) string {
+	return "paylock_" + strconv.FormatUint(xxhash.Sum64String(sql), 36)
 }
 
 // resultRow is a pgx.Row over the first row of a pgconn result.

@@ -68,13 +68,28 @@ func (c *countingConn) Write(b []byte) (int, error) {
 
 // TestWithRoundTrips counts the round trips of With when fn does no I/O: at
 // most 2 in all and at most 1 that starts after the lock is granted, whether
-// the row is new or exists and whether fn changes it or not. The same steps
-// written one statement at a time (the rowlock way) count 5, proof that the
-// counter counts.
+// the row is new or exists and whether fn changes it or not — with prepared
+// statements (pgx's default statement cache), once a connection has prepared
+// them, and with unnamed statements (exec mode, as behind pgbouncer). A
+// connection's first calls prepare the statements, before the lock is taken,
+// never with it held. The same steps written one statement at a time (the
+// rowlock way) count 5, proof that the counter counts.
 func TestWithRoundTrips(t *testing.T) {
 	t.Parallel()
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			testRoundTrips(t, mode)
+		})
+	}
+}
+
+func testRoundTrips(t *testing.T, mode pgx.QueryExecMode) {
 	rt := &roundTrips{lastRead: map[net.Conn]bool{}}
-	repo, pool := newRepo(t, rt.configure)
+	repo, pool := newRepo(t, func(cfg *pgxpool.Config) {
+		rt.configure(cfg)
+		cfg.ConnConfig.DefaultQueryExecMode = mode
+	})
 	ctx := testCtx(t, 1)
 
 	// measure runs one With and returns its round trips in all and those
@@ -103,6 +118,15 @@ func TestWithRoundTrips(t *testing.T) {
 	// The pool dials its connection (and counts its startup) here.
 	if _, err := pool.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
+	}
+	// A new connection's first two calls prepare With's statements; the
+	// lock is never held across a prepare.
+	for i := range 2 {
+		total, underLock := measure(t, payment.Key{ServiceID: 1, LineItemID: "li_rt_warm"}, true, i == 0)
+		t.Logf("warm-up call %d: %d round trips, %d with the lock held", i+1, total, underLock)
+		if underLock > 1 {
+			t.Errorf("warm-up call %d made %d round trips with the lock held, want at most 1", i+1, underLock)
+		}
 	}
 
 	for _, tt := range []struct {

@@ -42,14 +42,19 @@ func bouncer(t *testing.T, pool *pgxpool.Pool, poolSize int) *pgbouncer.Bouncer 
 func TestPgbouncer(t *testing.T) {
 	t.Parallel()
 
-	// With sends only unnamed statements, so it needs no setting: 8
-	// workers on 2 payments through 4 server connections serialize.
+	// With follows the pool's pgx mode: in exec mode (the setting a pooler
+	// without prepared-statement support needs) it sends only unnamed
+	// statements. 8 workers on 2 payments through 4 server connections
+	// serialize.
 	t.Run("WithSerializes", func(t *testing.T) {
 		t.Parallel()
 		ctx := testCtx(t, time.Minute)
 		pool := newPool(t, nil)
 		b := bouncer(t, pool, 4)
-		viaBouncer := poolOn(t, pool, b.Addr(), func(c *pgxpool.Config) { c.MaxConns = 8 })
+		viaBouncer := poolOn(t, pool, b.Addr(), func(c *pgxpool.Config) {
+			c.MaxConns = 8
+			c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+		})
 		repo := payment.NewRepository(viaBouncer)
 		l := newLedger()
 		const workers, calls = 8, 20
@@ -75,10 +80,10 @@ func TestPgbouncer(t *testing.T) {
 		l.check(t, pool)
 	})
 
-	// fn's own queries go through pgx's default mode, which prepares named
-	// statements. Behind pgbouncer 1.18 a second client that lands on the
-	// same server connection fails to prepare the same statement: a clear
-	// error (42P05 or 26000), not a hang. default_query_exec_mode=exec
+	// pgx's default mode prepares named statements, With's own and fn's.
+	// Behind pgbouncer 1.18 a second client that lands on the same server
+	// connection fails to prepare the same statement: a clear error (42P05
+	// or 26000), not a hang. default_query_exec_mode=exec
 	// (pgx.QueryExecModeExec: unnamed statements, still typed parameters)
 	// works.
 	t.Run("FnQueriesNeedExecMode", func(t *testing.T) {
