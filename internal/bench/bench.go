@@ -141,7 +141,7 @@ func parse(args []string, stderr io.Writer) (opts options, worker string, err er
 	fs.BoolVar(&opts.json, "json", false, "print the report as JSON")
 	fs.BoolVar(&opts.waitEvents, "wait-events", false, "sample pg_stat_activity every 10ms during each run and report what its busy backends (on a hot key: the lock holder) were doing")
 	fs.BoolVar(&noPgbench, "no-pgbench", false, "leave out the pgbench row")
-	fs.StringVar(&opts.pgbenchM, "pgbench-mode", "extended", "pgbench's query mode: extended (unnamed statements, as paylock sends them) or prepared")
+	fs.StringVar(&opts.pgbenchM, "pgbench-mode", "prepared", "pgbench's query mode: prepared (as paylock runs its statements with pgx's default statement cache) or extended (unnamed, as paylock sends them in exec mode)")
 	fs.StringVar(&worker, "worker", "", "internal: run one process's share of a run")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: paylock bench [flags]\n\nRuns the strategies side by side on one server:")
