@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/paylock/paylock/internal/dedupe"
+	"github.com/paylock/paylock/internal/term"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -85,7 +86,7 @@ func runDedupe(ctx context.Context, c *call) error {
 	}
 
 	fmt.Fprintln(w)
-	bar := newProgressBar(w, isTerminal(w))
+	bar := newProgressBar(w, term.IsTerminal(w))
 	res, err := dedupe.Run(ctx, pool, dedupe.Options{Batch: batch, LockTimeout: c.duration("lock-timeout"), Progress: bar.update})
 	bar.done()
 	fmt.Fprintf(w, "merged %d keys: %d rows moved into %s in %s (%s), %s\n",

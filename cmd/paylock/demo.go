@@ -20,6 +20,7 @@ import (
 
 	"github.com/paylock/paylock/internal/demo"
 	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/term"
 )
 
 var cmdDemo = &command{
@@ -229,7 +230,7 @@ func modeTitle(m demo.Mode) string {
 // on a terminal, otherwise a "progress:" line every 5 seconds. The returned
 // func ends it with the final count.
 func showProgress(w io.Writer, title string, handled *atomic.Int64, total int) func(time.Duration) {
-	tty := isTerminal(w)
+	tty := term.IsTerminal(w)
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	start := time.Now()

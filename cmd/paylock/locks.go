@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/term"
 	"github.com/paylock/paylock/lock"
 )
 
@@ -227,7 +228,7 @@ func runLocks(ctx context.Context, c *call) error {
 	if !watch.on {
 		return render(c.stdout)
 	}
-	tty := isTerminal(c.stdout)
+	tty := term.IsTerminal(c.stdout)
 	t := time.NewTicker(watch.interval)
 	defer t.Stop()
 	for {

@@ -272,16 +272,6 @@ func oneLine(s string) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
 }
 
-// isTerminal reports whether w is a character device (a terminal).
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
 // flag values, by name, of the call's flag set.
 func (c *call) bool(name string) bool { return c.fs.Lookup(name).Value.(flag.Getter).Get().(bool) }
 func (c *call) int(name string) int   { return c.fs.Lookup(name).Value.(flag.Getter).Get().(int) }

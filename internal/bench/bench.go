@@ -34,6 +34,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/term"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -243,7 +244,7 @@ func run(ctx context.Context, opts options, args []string, stdout, stderr io.Wri
 		names = append(names, pgbenchName)
 	}
 	runNo := 0
-	progress := isTerminal(stderr)
+	progress := term.IsTerminal(stderr)
 	for _, w := range opts.workloads {
 		rows := make(map[string]*Row)
 		for _, s := range names {
@@ -551,14 +552,4 @@ func workerMain(ctx context.Context, specJSON string, stdin io.Reader, stdout io
 	}
 	res := runLoad(ctx, spec, do)
 	return json.NewEncoder(stdout).Encode(res)
-}
-
-// isTerminal reports whether w is a terminal, for the progress line.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

@@ -6,6 +6,8 @@
 package pgbouncer
 
 import (
+	"github.com/paylock/paylock/internal/pgserver"
+
 	"bytes"
 	"context"
 	"errors"
@@ -13,7 +15,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -112,7 +113,7 @@ server_reset_query =
 	b.cmd.Stdout, b.cmd.Stderr = &b.log, &b.log
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if os.Geteuid() == 0 { // pgbouncer refuses to run as root
-		cred, err := unprivileged()
+		cred, err := pgserver.Unprivileged()
 		if err != nil {
 			return err
 		}
@@ -158,17 +159,4 @@ func (b *Bouncer) Stop() error {
 		}
 	}
 	return os.RemoveAll(b.dir)
-}
-
-func unprivileged() (*syscall.Credential, error) {
-	for _, name := range []string{"postgres", "nobody"} {
-		u, err := user.Lookup(name)
-		if err != nil {
-			continue
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-	}
-	return nil, errors.New("pgbouncer: running as root and neither a postgres nor a nobody user exists to run pgbouncer as")
 }

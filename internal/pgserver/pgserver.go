@@ -104,7 +104,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 
 func (s *Server) start(ctx context.Context) error {
 	if os.Geteuid() == 0 {
-		cred, err := unprivileged()
+		cred, err := Unprivileged()
 		if err != nil {
 			return err
 		}
@@ -237,9 +237,9 @@ func (s *Server) stop(sig syscall.Signal) error {
 	}
 }
 
-// unprivileged returns the credentials of the user initdb and postgres run as
-// when the caller is root.
-func unprivileged() (*syscall.Credential, error) {
+// Unprivileged returns the credentials of the user initdb and postgres (and
+// the tests' pgbouncer) run as when the caller is root: postgres, else nobody.
+func Unprivileged() (*syscall.Credential, error) {
 	for _, name := range []string{"postgres", "nobody"} {
 		u, err := user.Lookup(name)
 		if err != nil {
