@@ -176,7 +176,8 @@ func WithStrategy(s Strategy) Option { return func(c *config) { c.strategy = s }
 // WithHooks reports every With call to h.
 func WithHooks(h Hooks) Option { return func(c *config) { c.hooks = h } }
 
-// New returns a Repository for table on pool.
+// New returns a Repository for table on pool. Make one per pool and table and
+// share it: its per-key queue works among the calls of one Repository.
 func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repository[K, V] {
 	var c config
 	for _, o := range opts {

@@ -28,7 +28,9 @@ type Option = entity.Option
 // see lock.Options for the fields and their defaults.
 func WithLockOptions(o lock.Options) Option { return entity.WithLockOptions(o) }
 
-// NewRepository returns a Repository on pool. Run Migrate once first.
+// NewRepository returns a Repository on pool. Run Migrate once first. Make
+// one Repository per pool and share it: its per-key queue works among the
+// calls of one Repository.
 func NewRepository(pool *pgxpool.Pool, opts ...Option) *Repository {
 	return &Repository{pool: pool, r: entity.New(pool, Table{}, opts...)}
 }
