@@ -15,6 +15,7 @@ import (
 
 	"github.com/paylock/paylock/internal/history"
 	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/racetest"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -281,4 +282,13 @@ func assertHealthy(t *testing.T, pool *pgxpool.Pool, pools ...*pgxpool.Pool) {
 		t.Fatalf("%v: %d advisory locks, %d connections acquired, %d backends for %d pooled connections",
 			err, locks, acquired, backends, conns)
 	}
+}
+
+// runCalls has workers goroutines, released at once, make calls With calls
+// each, alternating between two payments, through l.
+func runCalls(ctx context.Context, l *ledger, repo *payment.Repository, workers, calls int) error {
+	_, err := racetest.Hammer(ctx, "w", workers, calls, 2, func(ctx context.Context, k int, op string) (racetest.Call, error) {
+		return racetest.Call{}, l.call(ctx, repo, key(k), op, nil)
+	})
+	return err
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/paylock/paylock/internal/netfault"
 	"github.com/paylock/paylock/internal/txn"
@@ -40,22 +39,8 @@ func TestNetworkLatency(t *testing.T) {
 	repo := payment.NewRepository(slow)
 	l := newLedger()
 	const workers, calls = 8, 15
-	start := make(chan struct{})
-	var g errgroup.Group
-	for w := range workers {
-		g.Go(func() error {
-			<-start
-			for i := range calls {
-				if err := l.call(ctx, repo, key((w+i)%2), fmt.Sprintf("w%d.%d", w, i), nil); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
 	began := time.Now()
-	close(start)
-	if err := g.Wait(); err != nil {
+	if err := runCalls(ctx, l, repo, workers, calls); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("FIGURE latency: %d calls through 5ms-per-chunk latency in %v", workers*calls, time.Since(began).Round(time.Millisecond))

@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/paylock/paylock/internal/pgbouncer"
 	"github.com/paylock/paylock/payment"
@@ -58,22 +57,8 @@ func TestPgbouncer(t *testing.T) {
 		repo := payment.NewRepository(viaBouncer)
 		l := newLedger()
 		const workers, calls = 8, 20
-		start := make(chan struct{})
-		var g errgroup.Group
-		for w := range workers {
-			g.Go(func() error {
-				<-start
-				for i := range calls {
-					if err := l.call(ctx, repo, key((w+i)%2), fmt.Sprintf("w%d.%d", w, i), nil); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-		}
 		began := time.Now()
-		close(start)
-		if err := g.Wait(); err != nil {
+		if err := runCalls(ctx, l, repo, workers, calls); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("FIGURE pgbouncer: %d calls by 8 workers through 4 server connections in %v", workers*calls, time.Since(began).Round(time.Millisecond))
