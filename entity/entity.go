@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -272,7 +273,13 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 	defer conn.Release() // a connection left in a transaction is destroyed, not reused
 	pc := conn.Conn().PgConn()
 	defer func() {
-		if pc.TxStatus() != 'I' { // failed, or fn panicked
+		switch {
+		case stalePlan(err):
+			// A statement prepared on this connection no longer matches the
+			// table (a column changed type): drop the connection, and its
+			// prepared statements with it; the next call prepares afresh.
+			pc.Close(context.WithoutCancel(ctx))
+		case pc.TxStatus() != 'I': // failed, or fn panicked
 			rollback(ctx, pc)
 		}
 	}()
@@ -485,6 +492,14 @@ func scanRow(m *pgtype.Map, res *pgconn.Result, dest ...any) error {
 		}
 	}
 	return nil
+}
+
+// stalePlan reports whether err is PostgreSQL refusing a prepared statement
+// whose result type changed under it (SQLSTATE 0A000, "cached plan must not
+// change result type").
+func stalePlan(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "0A000" && strings.Contains(pgErr.Message, "cached plan")
 }
 
 // rollback ends a failed transaction even when ctx is done; if that fails the

@@ -479,3 +479,37 @@ func TestMigrate(t *testing.T) {
 		}
 	})
 }
+
+// TestWithAfterAColumnChangesType: With's statements are prepared per
+// connection; when a column they return changes type, the call that meets the
+// stale statement fails (SQLSTATE 0A000) and drops its connection, and the
+// next call prepares afresh and succeeds.
+func TestWithAfterAColumnChangesType(t *testing.T) {
+	t.Parallel()
+	repo, pool := newRepo(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
+	ctx := testCtx(t, 1)
+	key := payment.Key{ServiceID: 1, LineItemID: "li_alter"}
+	set := func(status string) error {
+		return repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			p.Status = status
+			return nil
+		})
+	}
+	if err := set("pending"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "ALTER TABLE payments ALTER COLUMN status TYPE varchar(40)"); err != nil {
+		t.Fatal(err)
+	}
+	var pgErr *pgconn.PgError
+	if err := set("paid"); err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "0A000") {
+		t.Fatalf("first call after the change: %v; want nil or 0A000", err)
+	}
+	if err := set("paid"); err != nil {
+		t.Fatalf("second call after the change: %v", err)
+	}
+	if p, err := repo.Get(ctx, key); err != nil || p.Status != "paid" {
+		t.Fatalf("Get = %+v, %v", p, err)
+	}
+	assertHealthy(t, pool)
+}
