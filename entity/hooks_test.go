@@ -213,3 +213,28 @@ func TestCheckAcceptsPostgreSQL(t *testing.T) {
 		}
 	}
 }
+
+func TestChainCallsEveryHookInOrder(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setup(t)
+	var calls []string
+	hook := func(name string) entity.Hooks {
+		return entity.Hooks{
+			Start: func(ctx context.Context, ns string, key lock.Key) context.Context {
+				calls = append(calls, name+" start")
+				return context.WithValue(ctx, ctxKey{}, name) // the next Start sees it
+			},
+			Done: func(ctx context.Context, ev entity.Event) {
+				calls = append(calls, name+" done after "+ctx.Value(ctxKey{}).(string))
+			},
+		}
+	}
+	repo := entity.New(pool, payment.Table{}, entity.WithHooks(entity.Chain(hook("a"), hook("b"))))
+	if err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_chain"},
+		func(context.Context, pgx.Tx, *payment.Payment) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(calls, ", "), "a start, b start, a done after b, b done after b"; got != want {
+		t.Fatalf("calls: %s; want %s", got, want)
+	}
+}

@@ -189,12 +189,6 @@ func (s *Server) ConnString(db string) string {
 	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", s.User, s.Port, db)
 }
 
-// SocketConnString returns a keyword/value connection string for database db
-// over the Unix socket.
-func (s *Server) SocketConnString(db string) string {
-	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable", s.Dir, s.Port, s.User, db)
-}
-
 // Restart stops the server with the given shutdown mode ("fast" or
 // "immediate") and starts it again on the same port and data directory.
 func (s *Server) Restart(ctx context.Context, mode string) error {

@@ -42,9 +42,8 @@ const envWorker = "PAYLOCK_TEST_WORKER"
 const template = "paylock_template"
 
 var (
-	adminURL string           // a URL to the server's maintenance database
-	server   *pgserver.Server // non-nil when this binary started the server
-	counter  atomic.Int64     // database names
+	adminURL string       // a URL to the server's maintenance database
+	counter  atomic.Int64 // database names
 	prefix   = fmt.Sprintf("t%d_", os.Getpid())
 )
 
@@ -106,7 +105,7 @@ func setup(ctx context.Context) (stop func() error, err error) {
 	default:
 		s, err := pgserver.Start(ctx, pgserver.Options{Fast: true})
 		if err == nil {
-			server, adminURL, stop = s, s.ConnString("postgres"), s.Stop
+			adminURL, stop = s.ConnString("postgres"), s.Stop
 			break
 		}
 		reasons = append(reasons, "local binaries: "+err.Error())
@@ -226,10 +225,6 @@ func Pool(t testing.TB, configure func(*pgxpool.Config)) *pgxpool.Pool {
 	t.Cleanup(pool.Close)
 	return pool
 }
-
-// Server returns the cluster this binary started, or nil when the tests run
-// against PAYLOCK_TEST_DATABASE or a container.
-func Server() *pgserver.Server { return server }
 
 func withDatabase(rawURL, db string) string {
 	u, err := url.Parse(rawURL)
