@@ -66,11 +66,12 @@ const (
 // synchronously on the caller's goroutine after the transaction ended, so
 // they must be quick; they must be safe for concurrent use.
 type Hooks struct {
-	// Start is called when With begins, after the key was validated. The
+	// Start is called when an attempt of With begins (once, unless
+	// lock.Options.Retry runs it again), after the key was validated. The
 	// ctx it returns is the one With uses from then on: fn and Done get it
 	// (a tracing span, say). nil leaves ctx as it is.
 	Start func(ctx context.Context, namespace string, key lock.Key) context.Context
-	// Done is called once per With call, after it ended.
+	// Done is called once per attempt, after it ended.
 	Done func(ctx context.Context, ev Event)
 	// Logger, if set, gets a debug record for every call and a warning for
 	// every failure other than fn's own error. nil logs nothing.

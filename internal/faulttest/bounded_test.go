@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -93,11 +92,7 @@ func TestIdleHolder(t *testing.T) {
 	granted, waiter := waitGranted(t, ctx, l, pool, repo, k)
 	within(t, fmt.Sprintf("idle holder, IdleTimeout %v", idle), granted, <-lockedAt, idle+time.Second)
 	release <- struct{}{}
-	err := <-holder
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "25P03" || errors.Is(err, lock.ErrCommitUnknown) || !txn.Retryable(ctx, err) {
-		t.Errorf("holder: %v; want 25P03 (idle-in-transaction timeout), retryable, not ErrCommitUnknown", err)
-	}
+	assertRolledBack(t, ctx, <-holder, "25P03") // idle-in-transaction timeout
 	if err := <-waiter; err != nil {
 		t.Fatal(err)
 	}

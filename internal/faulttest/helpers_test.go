@@ -3,6 +3,7 @@ package faulttest_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -11,11 +12,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/history"
 	"github.com/paylock/paylock/internal/pgtest"
 	"github.com/paylock/paylock/internal/racetest"
+	"github.com/paylock/paylock/internal/txn"
+	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -291,4 +295,68 @@ func runCalls(ctx context.Context, l *ledger, repo *payment.Repository, workers,
 		return racetest.Call{}, l.call(ctx, repo, key(k), op, nil)
 	})
 	return err
+}
+
+// holdThrough starts a recorded call on k through repo whose fn signals
+// locked, waits for release, then runs after (if not nil) and returns its
+// error. It returns the call's result channel.
+func holdThrough(ctx context.Context, l *ledger, repo *payment.Repository, k payment.Key, op string,
+	locked chan<- struct{}, release <-chan struct{}, after func(ctx context.Context, tx pgx.Tx) error) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		done <- l.call(ctx, repo, k, op, func(ctx context.Context, tx pgx.Tx) error {
+			close(locked)
+			<-release
+			if after != nil {
+				return after(ctx, tx)
+			}
+			return nil
+		})
+	}()
+	return done
+}
+
+// waitGranted starts a waiter on k through repo and returns when it waits;
+// the channel gets the time its fn ran, then the call's error.
+func waitGranted(t *testing.T, ctx context.Context, l *ledger, pool *pgxpool.Pool, repo *payment.Repository, k payment.Key) (<-chan time.Time, <-chan error) {
+	t.Helper()
+	granted, done := make(chan time.Time, 1), make(chan error, 1)
+	go func() {
+		done <- l.call(ctx, repo, k, "waiter", func(context.Context, pgx.Tx) error {
+			granted <- time.Now()
+			return nil
+		})
+	}()
+	if _, err := waitWaiters(ctx, pool, k, 1); err != nil {
+		t.Fatal(err)
+	}
+	return granted, done
+}
+
+func within(t *testing.T, what string, granted <-chan time.Time, since time.Time, limit time.Duration) time.Duration {
+	t.Helper()
+	select {
+	case at := <-granted:
+		d := at.Sub(since)
+		t.Logf("FIGURE %s: the waiter got the lock %v after the fault", what, d.Round(time.Millisecond))
+		if d > limit {
+			t.Errorf("%s: the waiter waited %v, want within %v", what, d, limit)
+		}
+		return d
+	case <-time.After(limit + 5*time.Second):
+		t.Fatalf("%s: the waiter did not get the lock within %v", what, limit+5*time.Second)
+		return 0
+	}
+}
+
+// assertRolledBack checks that err, a holder's error after a fault, says the
+// transaction ended before COMMIT: safe to retry, not ErrCommitUnknown, and
+// with SQLSTATE code unless code is "".
+func assertRolledBack(t *testing.T, ctx context.Context, err error, code string) {
+	t.Helper()
+	var pgErr *pgconn.PgError
+	if err == nil || errors.Is(err, lock.ErrCommitUnknown) || !txn.Retryable(ctx, err) ||
+		(code != "" && (!errors.As(err, &pgErr) || pgErr.Code != code)) {
+		t.Errorf("holder: %v; want an error safe to retry (SQLSTATE %q), not ErrCommitUnknown", err, code)
+	}
 }

@@ -68,36 +68,16 @@ func TestKilledHolder(t *testing.T) {
 		t.Fatalf("worker printed %q, %v", line, err)
 	}
 
-	granted := make(chan time.Time, 1)
-	waiterDone := make(chan error, 1)
-	go func() {
-		waiterDone <- l.call(ctx, repo, k, "waiter", func(context.Context, pgx.Tx) error {
-			granted <- time.Now()
-			return nil
-		})
-	}()
-	if _, err := waitWaiters(ctx, pool, k, 1); err != nil {
-		t.Fatal(err)
-	}
+	granted, waiterDone := waitGranted(t, ctx, l, pool, repo, k)
 	killed := time.Now()
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	cmd.Wait()
-	var wait time.Duration
-	select {
-	case at := <-granted:
-		wait = at.Sub(killed)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the waiter did not get the lock within 5s of the SIGKILL")
-	}
+	within(t, "sigkill", granted, killed, time.Second)
 	if err := <-waiterDone; err != nil {
 		t.Fatal(err)
 	}
-	if wait > time.Second {
-		t.Errorf("the waiter got the lock %v after the SIGKILL, want within 1s", wait)
-	}
-	t.Logf("FIGURE sigkill: the waiter got the lock %v after the SIGKILL", wait.Round(time.Microsecond))
 
 	l.mu.Lock()
 	l.outcomes["killed"] = history.Failed // never acknowledged: must be nowhere

@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/netfault"
-	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -48,58 +47,6 @@ func TestNetworkLatency(t *testing.T) {
 	assertHealthy(t, pool, slow)
 }
 
-// holdThrough starts a recorded call on k through repo whose fn signals
-// locked, waits for release, then runs after (if not nil) and returns its
-// error. It returns the call's result channel.
-func holdThrough(ctx context.Context, l *ledger, repo *payment.Repository, k payment.Key, op string,
-	locked chan<- struct{}, release <-chan struct{}, after func(ctx context.Context, tx pgx.Tx) error) <-chan error {
-	done := make(chan error, 1)
-	go func() {
-		done <- l.call(ctx, repo, k, op, func(ctx context.Context, tx pgx.Tx) error {
-			close(locked)
-			<-release
-			if after != nil {
-				return after(ctx, tx)
-			}
-			return nil
-		})
-	}()
-	return done
-}
-
-// waitGranted starts a waiter on k through repo and returns when it waits;
-// the channel gets the time its fn ran, then the call's error.
-func waitGranted(t *testing.T, ctx context.Context, l *ledger, pool *pgxpool.Pool, repo *payment.Repository, k payment.Key) (<-chan time.Time, <-chan error) {
-	t.Helper()
-	granted, done := make(chan time.Time, 1), make(chan error, 1)
-	go func() {
-		done <- l.call(ctx, repo, k, "waiter", func(context.Context, pgx.Tx) error {
-			granted <- time.Now()
-			return nil
-		})
-	}()
-	if _, err := waitWaiters(ctx, pool, k, 1); err != nil {
-		t.Fatal(err)
-	}
-	return granted, done
-}
-
-func within(t *testing.T, what string, granted <-chan time.Time, since time.Time, limit time.Duration) time.Duration {
-	t.Helper()
-	select {
-	case at := <-granted:
-		d := at.Sub(since)
-		t.Logf("FIGURE %s: the waiter got the lock %v after the fault", what, d.Round(time.Millisecond))
-		if d > limit {
-			t.Errorf("%s: the waiter waited %v, want within %v", what, d, limit)
-		}
-		return d
-	case <-time.After(limit + 5*time.Second):
-		t.Fatalf("%s: the waiter did not get the lock within %v", what, limit+5*time.Second)
-		return 0
-	}
-}
-
 // TestNetworkReset: the holder's connection is reset (RST) in the middle of
 // fn. The server rolls back at once and the waiter proceeds; the holder's
 // With fails with an error safe to retry.
@@ -126,9 +73,7 @@ func TestNetworkReset(t *testing.T) {
 	proxy.Reset()
 	within(t, "reset", granted, reset, time.Second)
 	release <- struct{}{}
-	if err := <-holder; err == nil || errors.Is(err, lock.ErrCommitUnknown) || !txn.Retryable(ctx, err) {
-		t.Errorf("holder: %v; want an error safe to retry", err)
-	}
+	assertRolledBack(t, ctx, <-holder, "")
 	if err := <-waiter; err != nil {
 		t.Fatal(err)
 	}
