@@ -327,10 +327,10 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 	ensureSQL, ensureArgs := r.table.Ensure(k)
 	findSQL, findArgs := r.table.Find(k)
 	if r.prepare {
-		// Prepare, before taking the lock, every statement this call may
-		// send: a no-op (pgx's cache) but on a connection's first use.
-		sqls := append([]string{txn.SQLBegin, r.setSQL, ensureSQL, findSQL, "COMMIT"}, r.saves.list()...)
-		for _, sql := range sqls {
+		// Building the first pipeline prepares its statements, before it is
+		// sent; prepare now, before taking the lock, those of the second
+		// one too: a no-op (pgx's cache) but on a connection's first use.
+		for _, sql := range append([]string{"COMMIT"}, r.saves.list()...) {
 			if _, err := conn.Prepare(ctx, statementName(sql), sql); err != nil {
 				return nil, nil, txn.Classify(ctx, err)
 			}
