@@ -48,6 +48,12 @@ without the comment, are marked origin "other" (not taken by paylock).
 pg_read_all_stats role (or superuser); without it PostgreSQL shows
 "<insufficient privilege>".
 
+Other sessions choose their queries, application names and keys: in the
+text output their control characters, bidi controls and invalid UTF-8 are
+printed as Go escapes (\x1b, \r, \u202e, \xff), and the JSON output
+escapes them as \uXXXX (invalid UTF-8 becomes U+FFFD), so none can act
+on the terminal.
+
 JSON (--json) fields: database, taken_at, locks[]: id, classid, objid,
 objsubid, origin (paylock|other|unknown), key, key_from (waiter|holder|argument),
 namespace, parts, fields, holders[], waiters[]; each holder or waiter: pid,

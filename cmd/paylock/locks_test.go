@@ -462,3 +462,41 @@ func TestLocksEscapesServerStrings(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestVisible(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{`SELECT 'a\b' AS "x"`, `SELECT 'a\b' AS "x"`}, // backslashes and quotes stay
+		{"é ü 日本", "é ü 日本"},
+		{"\x1b[2K\r\t\x00\x7f", `\x1b[2K\r\t\x00\x7f`},
+		{"\u0085\u009b\u200e\u202a\u202e\u2066\u2069\u061c\u2028\ufeff", `\u0085\u009b\u200e\u202a\u202e\u2066\u2069\u061c\u2028\ufeff`},
+		{"\U000e0001", `\U000e0001`},
+		{"a\xffb\xc3", `a\xffb\xc3`},
+	} {
+		if got := visible(tt.in); got != tt.want {
+			t.Errorf("visible(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"SELECT\n  1,\r\n\t2\r3", 100, `SELECT 1, 2\r3`},
+		{"  é日本語 ", 3, "é日本..."}, // whole characters, never half of one
+		{"\x1b\x1bx", 2, `\x1b\x1b...`},
+	} {
+		if got := shorten(tt.in, tt.n); got != tt.want {
+			t.Errorf("shorten(%q, %d) = %s, want %s", tt.in, tt.n, got, tt.want)
+		}
+	}
+	in := map[string]string{"q": "\x1b \x7f \u009b \u202e \U000e0001 é \xff"}
+	doc, _ := json.Marshal(in)
+	out := escapeJSONControls(doc)
+	if want := `{"q":"\u001b \u007f \u009b \u202e \udb40\udc01 é \ufffd"}`; string(out) != want {
+		t.Errorf("escapeJSONControls = %s, want %s", out, want)
+	}
+	var back map[string]string
+	if err := json.Unmarshal(out, &back); err != nil || back["q"] != strings.ToValidUTF8(in["q"], "\ufffd") {
+		t.Errorf("escaped JSON decodes to %q, %v", back, err)
+	}
+}
