@@ -112,7 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "paylock %s: %v; run 'paylock %s --help'\n", name, err, name)
+		fmt.Fprintf(stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, visible(oneLine(err.Error())), name)
 		return exitUsage
 	}
 	c.args = pos
@@ -130,10 +130,10 @@ func exitFor(err error, c *call) int {
 	case errors.As(err, &code):
 		return int(code)
 	case errors.As(err, &ue):
-		fmt.Fprintf(c.stderr, "paylock %s: %v; run 'paylock %s --help'\n", name, err, name)
+		fmt.Fprintf(c.stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, visible(oneLine(err.Error())), name)
 		return exitUsage
 	default:
-		fmt.Fprintf(c.stderr, "paylock %s: %s\n", name, oneLine(err.Error()))
+		fmt.Fprintf(c.stderr, "paylock %s: %s\n", name, visible(oneLine(err.Error())))
 		return exitFailure
 	}
 }
