@@ -4,10 +4,15 @@ GO ?= go
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-test: vet fmt-check ## go vet, gofmt check, then the whole suite with the race detector
+test: check-binaries vet fmt-check ## no tracked binaries, go vet, gofmt check, then the whole suite with the race detector
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+check-binaries: ## fail if git tracks a binary file (a test binary, the built CLI, a profile)
+	@bins=$$(git ls-files --eol 2>/dev/null | awk -F '\t' '$$1 ~ /^i\/-text/ { print $$2 }'); \
+	if [ -n "$$bins" ]; then echo "binary files tracked by git (git rm --cached them; .gitignore lists the usual ones):"; \
+	echo "$$bins"; exit 1; fi
 
 vet: ## go vet
 	$(GO) vet ./...
@@ -35,4 +40,4 @@ bench: ## Go benchmarks: With beside rowlock, hot-key queue and storm (test serv
 bench-smoke: ## every benchmark once, so they can't rot (about 20 s)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 5m ./...
 
-.PHONY: help test vet fmt-check demo soak faults bench bench-smoke
+.PHONY: help test check-binaries vet fmt-check demo soak faults bench bench-smoke

@@ -98,6 +98,10 @@ func TestUsage(t *testing.T) {
 		{[]string{"key"}, 2, "", "missing NAMESPACE"},
 		{[]string{"key", "Payments", "7"}, 2, "", "only a-z"},
 		{[]string{"key", "payments/%zz"}, 2, "", "bad escape"},
+		// An argument's control characters are escaped on stderr, like every
+		// string paylock prints.
+		{[]string{"locks", "--\x1b[2Kx"}, 2, "", `defined: -\x1b[2Kx`},
+		{[]string{"key", "Pay\x1bments", "7"}, 2, "", `Pay\x1bments`},
 		{[]string{"dedupe", "--batch", "0"}, 2, "", "--batch"},
 		{[]string{"migrate", "--database-url", "postgres://nobody@127.0.0.1:1/x?connect_timeout=2"}, 1, "", "paylock migrate: connect"},
 	} {
@@ -105,6 +109,9 @@ func TestUsage(t *testing.T) {
 		if code != tt.code || !strings.Contains(out, tt.out) || !strings.Contains(errOut, tt.err) {
 			t.Errorf("paylock %q = %d\nstdout: %s\nstderr: %s\nwant %d, stdout with %q, stderr with %q",
 				tt.args, code, out, errOut, tt.code, tt.out, tt.err)
+		}
+		if strings.ContainsRune(errOut, 0x1b) {
+			t.Errorf("paylock %q: stderr has a raw ESC: %q", tt.args, errOut)
 		}
 		if tt.code != 0 && strings.Count(strings.TrimSuffix(errOut, "\n"), "\n") > 0 && tt.args != nil {
 			t.Errorf("paylock %q: stderr is not one line: %q", tt.args, errOut)

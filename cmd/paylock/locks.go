@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -45,6 +47,12 @@ without the comment, are marked origin "other" (not taken by paylock).
 --watch=500ms sets it. Seeing other sessions' queries needs the
 pg_read_all_stats role (or superuser); without it PostgreSQL shows
 "<insufficient privilege>".
+
+Other sessions choose their queries, application names and keys: in the
+text output their control characters, bidi controls and invalid UTF-8 are
+printed as Go escapes (\x1b, \r, \u202e, \xff), and the JSON output
+escapes them as \uXXXX (invalid UTF-8 becomes U+FFFD), so none can act
+on the terminal.
 
 JSON (--json) fields: database, taken_at, locks[]: id, classid, objid,
 objsubid, origin (paylock|other|unknown), key, key_from (waiter|holder|argument),
@@ -210,23 +218,36 @@ func runLocks(ctx context.Context, c *call) error {
 	}
 	defer pool.Close()
 
-	render := func(w io.Writer) error {
+	// Every string in a report comes from the server, and many from other
+	// sessions: the text form escapes their control characters
+	// (writeLocks), the JSON form those encoding/json leaves raw.
+	render := func(w *bytes.Buffer) error {
 		r, err := readLocks(ctx, pool, only)
 		if err != nil {
 			return err
 		}
 		if asJSON {
-			enc := json.NewEncoder(w)
+			var doc bytes.Buffer
+			enc := json.NewEncoder(&doc)
 			if !watch.on {
 				enc.SetIndent("", "  ")
 			}
-			return enc.Encode(r)
+			if err := enc.Encode(r); err != nil {
+				return err
+			}
+			w.Write(escapeJSONControls(doc.Bytes()))
+			return nil
 		}
 		writeLocks(w, r, only)
 		return nil
 	}
 	if !watch.on {
-		return render(c.stdout)
+		var buf bytes.Buffer
+		if err := render(&buf); err != nil {
+			return err
+		}
+		_, err := c.stdout.Write(buf.Bytes())
+		return err
 	}
 	tty := term.IsTerminal(c.stdout)
 	t := time.NewTicker(watch.interval)
@@ -422,14 +443,16 @@ func addChains(ctx context.Context, pool *pgxpool.Pool, r *locksReport) error {
 	return nil
 }
 
-// writeLocks renders r for people.
+// writeLocks renders r for people. Every string read from the server goes
+// through visible or %q, so that no session can move the cursor, erase or
+// forge lines, or reorder text on the reader's terminal.
 func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 	counts := map[string]int{}
 	for _, l := range r.Locks {
 		counts[l.Origin]++
 	}
 	fmt.Fprintf(w, "database %s at %s: %d advisory locks (%d paylock, %d other, %d unknown)\n",
-		r.Database, r.TakenAt.Format("2006-01-02 15:04:05Z07:00"), len(r.Locks), counts["paylock"], counts["other"], counts["unknown"])
+		visible(r.Database), r.TakenAt.Format("2006-01-02 15:04:05Z07:00"), len(r.Locks), counts["paylock"], counts["other"], counts["unknown"])
 	if len(r.Locks) == 0 {
 		if only != nil {
 			fmt.Fprintf(w, "nobody holds or waits for %s (id %d)\n", only, only.ID())
@@ -452,16 +475,16 @@ func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 			fmt.Fprintf(w, "  int4 keys (%d, %d)  classid %d  objid %d  objsubid %d", int32(l.ClassID), int32(l.ObjID), l.ClassID, l.ObjID, l.ObjSubID)
 		}
 		if l.Key != "" {
-			fmt.Fprintf(w, "  key %s (from %s)", l.Key, l.KeyFrom)
+			fmt.Fprintf(w, "  key %s (from %s)", visible(l.Key), l.KeyFrom)
 		}
 		fmt.Fprintln(w)
 		for _, h := range l.Holders {
 			fmt.Fprintf(w, "  held by  %s  xact %s\n", describeBackend(h), seconds(h.XactAgeS))
 			fmt.Fprintf(w, "           query: %s\n", shorten(h.Query, 100))
 			if len(h.WaitsFor) > 0 {
-				fmt.Fprintf(w, "           itself waits (%s):", h.WaitEvent)
+				fmt.Fprintf(w, "           itself waits (%s):", visible(h.WaitEvent))
 				for _, cl := range h.WaitsFor {
-					fmt.Fprintf(w, " -> pid %d (%q, %s: %s)", cl.PID, cl.ApplicationName, cl.State, shorten(cl.Query, 40))
+					fmt.Fprintf(w, " -> pid %d (%q, %s: %s)", cl.PID, cl.ApplicationName, visible(cl.State), shorten(cl.Query, 40))
 				}
 				fmt.Fprintln(w)
 			}
@@ -479,21 +502,111 @@ func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 }
 
 func describeBackend(b backend) string {
-	client := b.ClientAddr
+	client := visible(b.ClientAddr)
 	if client == "" {
 		client = "local"
 	}
-	return fmt.Sprintf("pid %d  app %q  client %s  %s  %s", b.PID, b.ApplicationName, client, b.State, b.Mode)
+	return fmt.Sprintf("pid %d  app %q  client %s  %s  %s", b.PID, b.ApplicationName, client, visible(b.State), visible(b.Mode))
 }
 
 func seconds(s float64) string {
 	return (time.Duration(s * float64(time.Second))).Round(time.Millisecond).String()
 }
 
+// shorten folds a query's line breaks, tabs and runs of spaces into single
+// spaces, cuts it after n characters and escapes what is left with visible.
+// A lone \r is not a line break: it is escaped, as the "\r" it is.
 func shorten(s string, n int) string {
-	s = oneLine(s)
-	if len(s) > n {
-		return s[:n] + "..."
+	var b strings.Builder
+	space := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == ' ' || c == '\t' || c == '\n' || (c == '\r' && i+1 < len(s) && s[i+1] == '\n') {
+			space = true
+			continue
+		}
+		if space && b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		space = false
+		b.WriteByte(c)
 	}
-	return s
+	s = b.String()
+	cut := false
+	for i := range s { // i steps over whole runes, and over each invalid byte
+		if n == 0 {
+			s, cut = s[:i], true
+			break
+		}
+		n--
+	}
+	if cut {
+		return visible(s) + "..."
+	}
+	return visible(s)
+}
+
+// visible returns s with every character a terminal could act on, or that
+// could hide or reorder the text around it, replaced by its Go escape:
+// C0 controls including ESC and \r (\x1b, \r), DEL, C1 controls (\u009b),
+// bidi embeddings, overrides and isolates (\u202e, \u2067) and every other
+// character [strconv.IsPrint] rejects, and each byte of invalid UTF-8
+// (\xff). Printable text, backslashes and quotes are left as they are, so a
+// query reads as it was sent. %q applies the same rules to a quoted string.
+func visible(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == utf8.RuneError || !strconv.IsPrint(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case strconv.IsPrint(r):
+			b.WriteString(s[i : i+size])
+		default:
+			q := strconv.QuoteRune(r) // '\x1b', '\r', '\u202e'
+			b.WriteString(q[1 : len(q)-1])
+		}
+		i += size
+	}
+	return b.String()
+}
+
+// escapeJSONControls rewrites, in a document from encoding/json, the
+// characters it leaves raw that a terminal acts on or that reorder text:
+// DEL, C1 controls, bidi controls and the rest of what [strconv.IsPrint]
+// rejects above ASCII, each as a \uXXXX escape (a surrogate pair above
+// U+FFFF). Such characters only occur inside JSON strings, where the escape
+// means the same character, so the document decodes to the same values.
+func escapeJSONControls(doc []byte) []byte {
+	var out []byte
+	for i := 0; i < len(doc); {
+		r, size := utf8.DecodeRune(doc[i:])
+		if r == 0x7f || (r >= 0x80 && r != utf8.RuneError && !strconv.IsPrint(r)) {
+			if out == nil {
+				out = append(make([]byte, 0, len(doc)+32), doc[:i]...)
+			}
+			if r1, r2 := utf16.EncodeRune(r); r1 != utf8.RuneError {
+				out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
+			} else {
+				out = fmt.Appendf(out, `\u%04x`, r)
+			}
+		} else if out != nil {
+			out = append(out, doc[i:i+size]...)
+		}
+		i += size
+	}
+	if out == nil {
+		return doc
+	}
+	return out
 }

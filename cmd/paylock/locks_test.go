@@ -4,10 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	neturl "net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -309,5 +313,190 @@ func TestLocks(t *testing.T) {
 	w1.tx.Rollback(ctx)
 	if err := <-done2; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// sqlASCIIDB creates, next to the database at dbURL, a SQL_ASCII database,
+// dropped when t ends, and returns its URL. The server checks nothing there,
+// so its sessions can send, and pg_stat_activity shows, invalid UTF-8.
+func sqlASCIIDB(t *testing.T, ctx context.Context, dbURL string) string {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	name := conn.Config().Database + "_ascii"
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(context.Background(), dbURL)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
+			t.Error(err)
+		}
+	})
+	u, err := neturl.Parse(dbURL)
+	if err != nil || u.Scheme == "" {
+		t.Fatalf("pgtest URL %q is not a URL: %v", dbURL, err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// rawControls lists, as Go escapes, the characters of s that a terminal
+// acts on or that reorder text around them: C0 controls but the newline,
+// DEL, C1 controls, bidi marks, embeddings, overrides and isolates, and
+// bytes of invalid UTF-8.
+func rawControls(s string) []string {
+	var bad []string
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			bad = append(bad, fmt.Sprintf("byte %#x at %d", s[i], i))
+		case r < 0x20 && r != '\n', r == 0x7f, r >= 0x80 && r <= 0x9f,
+			r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069, r == 0x200e, r == 0x200f, r == 0x061c:
+			bad = append(bad, fmt.Sprintf("%U at %d", r, i))
+		}
+		i += size
+	}
+	return bad
+}
+
+// TestLocksEscapesServerStrings: other sessions choose their
+// application_name, their queries and the keys they lock, and `paylock
+// locks` prints them all on the reader's terminal. None of their control
+// characters (ESC sequences erase and forge lines, \r returns to the start
+// of one, bidi overrides reorder it) may reach it raw, in text, --watch or
+// --json output; in text they show as Go escapes.
+func TestLocksEscapesServerStrings(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, time.Minute)
+	url := sqlASCIIDB(t, ctx, pgtest.DB(t))
+	// What a hostile session puts in a key part, its application_name and a query.
+	part := "li\x1b[2K\r\nFORGED KEY\u202eevil\u2066\x7f\u009b"
+	key := lock.NewKey("payments", "7\x1b[2K", part)
+	query := "SELECT '\x1b[2K\x1b[1A\rFORGED QUERY\nFORGED LINE \u202egnp.exe\u2069 \x7f \u009b31m \x9b31m \xff' AS x"
+
+	holder := openSession(t, ctx, url, "holder\x1b[2K\r\u202e")
+	if err := lock.Acquire(ctx, holder.tx, key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.tx.Exec(ctx, query); err != nil {
+		t.Fatal(err)
+	}
+	monitor := openSession(t, ctx, url, "monitor").conn
+	waiter := openSession(t, ctx, url, "waiter\x1b]0;title\x07")
+	done := waiter.acquireAsync(ctx, key)
+	waitWaiters(t, ctx, monitor, key.ID(), 1)
+
+	check := func(t *testing.T, what, out string) {
+		t.Helper()
+		if bad := rawControls(out); len(bad) > 0 {
+			t.Errorf("%s output has raw control characters %v:\n%q", what, bad, out)
+		}
+	}
+	checkText := func(t *testing.T, what, out string) {
+		t.Helper()
+		check(t, what, out)
+		for _, want := range []string{
+			// the key, from the waiter's comment
+			`payments service_id="7\x1b[2K" line_item_id="li\x1b[2K\r\nFORGED KEY\u202eevil\u2066\x7f\u009b"  [paylock]`,
+			// the holder's query, its line break folded, the rest escaped
+			`query: SELECT '\x1b[2K\x1b[1A\rFORGED QUERY FORGED LINE \u202egnp.exe\u2069 \x7f \u009b31m \x9b31m \xff' AS x`,
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s output lacks %s:\n%s", what, want, out)
+			}
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "FORGED") {
+				t.Errorf("%s output has a forged line %q", what, line)
+			}
+		}
+	}
+
+	t.Run("Text", func(t *testing.T) {
+		out := mustRun(t, ctx, "locks", "--database-url", url)
+		checkText(t, "text", out)
+	})
+	t.Run("Watch", func(t *testing.T) {
+		wctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+		defer cancel()
+		code, out, errOut := paylock(wctx, "locks", "--watch", "100ms", "--database-url", url)
+		if code != 0 || !strings.Contains(out, "refreshing every 100ms") {
+			t.Fatalf("--watch exit %d: %s\n%s", code, errOut, out)
+		}
+		checkText(t, "--watch", out)
+	})
+	t.Run("JSON", func(t *testing.T) {
+		for _, args := range [][]string{{"--json"}, {"--json", "--watch", "100ms"}} {
+			wctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+			code, out, errOut := paylock(wctx, append([]string{"locks", "--database-url", url}, args...)...)
+			cancel()
+			if code != 0 {
+				t.Fatalf("%v exit %d: %s", args, code, errOut)
+			}
+			check(t, strings.Join(args, " "), out)
+			// The escapes decode to the same strings.
+			var r locksReport
+			if err := json.NewDecoder(strings.NewReader(out)).Decode(&r); err != nil {
+				t.Fatal(err)
+			}
+			l := findLock(r, key.ID(), 1)
+			if l == nil || !slices.Equal(l.Parts, key.Parts()) || len(l.Holders) != 1 ||
+				l.Holders[0].Query != strings.ToValidUTF8(query, "\uFFFD") {
+				t.Errorf("%v: lock = %+v, want parts %q and the holder's query", args, l, key.Parts())
+			}
+		}
+	})
+
+	holder.tx.Rollback(ctx)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVisible(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{`SELECT 'a\b' AS "x"`, `SELECT 'a\b' AS "x"`}, // backslashes and quotes stay
+		{"é ü 日本", "é ü 日本"},
+		{"\x1b[2K\r\t\x00\x7f", `\x1b[2K\r\t\x00\x7f`},
+		{"\u0085\u009b\u200e\u202a\u202e\u2066\u2069\u061c\u2028\ufeff", `\u0085\u009b\u200e\u202a\u202e\u2066\u2069\u061c\u2028\ufeff`},
+		{"\U000e0001", `\U000e0001`},
+		{"a\xffb\xc3", `a\xffb\xc3`},
+	} {
+		if got := visible(tt.in); got != tt.want {
+			t.Errorf("visible(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"SELECT\n  1,\r\n\t2\r3", 100, `SELECT 1, 2\r3`},
+		{"  é日本語 ", 3, "é日本..."}, // whole characters, never half of one
+		{"\x1b\x1bx", 2, `\x1b\x1b...`},
+	} {
+		if got := shorten(tt.in, tt.n); got != tt.want {
+			t.Errorf("shorten(%q, %d) = %s, want %s", tt.in, tt.n, got, tt.want)
+		}
+	}
+	in := map[string]string{"q": "\x1b \x7f \u009b \u202e \U000e0001 é \xff"}
+	doc, _ := json.Marshal(in)
+	out := escapeJSONControls(doc)
+	if want := `{"q":"\u001b \u007f \u009b \u202e \udb40\udc01 é \ufffd"}`; string(out) != want {
+		t.Errorf("escapeJSONControls = %s, want %s", out, want)
+	}
+	var back map[string]string
+	if err := json.Unmarshal(out, &back); err != nil || back["q"] != strings.ToValidUTF8(in["q"], "\ufffd") {
+		t.Errorf("escaped JSON decodes to %q, %v", back, err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -111,7 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "paylock %s: %v; run 'paylock %s --help'\n", name, err, name)
+		fmt.Fprintf(stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, visible(oneLine(err.Error())), name)
 		return exitUsage
 	}
 	c.args = pos
@@ -129,10 +130,10 @@ func exitFor(err error, c *call) int {
 	case errors.As(err, &code):
 		return int(code)
 	case errors.As(err, &ue):
-		fmt.Fprintf(c.stderr, "paylock %s: %v; run 'paylock %s --help'\n", name, err, name)
+		fmt.Fprintf(c.stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, visible(oneLine(err.Error())), name)
 		return exitUsage
 	default:
-		fmt.Fprintf(c.stderr, "paylock %s: %s\n", name, oneLine(err.Error()))
+		fmt.Fprintf(c.stderr, "paylock %s: %s\n", name, visible(oneLine(err.Error())))
 		return exitFailure
 	}
 }
@@ -313,11 +314,17 @@ func keyFields(k lock.Key) map[string]string {
 	return nil
 }
 
-// humanKey renders a key for people: "payments service_id=7 line_item_id=li_1".
+// humanKey renders a key for people: payments service_id=7 line_item_id="li_1".
+// Parts are quoted with %q, which escapes control characters; a service_id
+// is left bare only when it is the decimal number payment.Key makes of it.
 func humanKey(k lock.Key) string {
 	parts := k.Parts()
 	if f := keyFields(k); f != nil {
-		return fmt.Sprintf("%s service_id=%s line_item_id=%q", k.Namespace(), f["service_id"], f["line_item_id"])
+		sid := strconv.Quote(f["service_id"])
+		if n, err := strconv.ParseInt(f["service_id"], 10, 64); err == nil && strconv.FormatInt(n, 10) == f["service_id"] {
+			sid = f["service_id"]
+		}
+		return fmt.Sprintf("%s service_id=%s line_item_id=%q", k.Namespace(), sid, f["line_item_id"])
 	}
 	var b strings.Builder
 	b.WriteString(k.Namespace())
