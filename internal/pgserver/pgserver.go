@@ -5,7 +5,12 @@
 // The cluster lives in a temporary directory, listens on a Unix socket in that
 // directory and on a free TCP port on 127.0.0.1, trusts local connections and is
 // removed by Stop. initdb and postgres refuse to run as root; when the current
-// process is root, both run as the unprivileged "postgres" user (or "nobody").
+// process is root, both (and pg_basebackup) run as the unprivileged
+// "postgres" user (or "nobody").
+//
+// For failover tests, Standby clones a running server into a streaming hot
+// standby, Shutdown stops a server as a crash would, and Promote turns the
+// standby into the primary.
 package pgserver
 
 import (
