@@ -372,6 +372,12 @@ func laggingFailover(t *testing.T, sync bool) (l *ledger, problems, lagged []str
 		if err != nil {
 			t.Fatal(err)
 		}
+		// PostgreSQL releases locks after that wait: the key stays held.
+		for i := range 2 {
+			if holders, _, err := lockHolders(ctx, pool, key(2+i)); err != nil || len(holders) != 1 {
+				t.Errorf("%s while its COMMIT waits for the standby: holders %v, %v; want 1", key(2+i), holders, err)
+			}
+		}
 	}
 	if err := primary.Shutdown("immediate"); err != nil {
 		t.Fatal(err)
