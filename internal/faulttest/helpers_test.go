@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/history"
+	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/pgtest"
 	"github.com/paylock/paylock/internal/racetest"
 	"github.com/paylock/paylock/internal/txn"
@@ -38,13 +41,46 @@ func newPool(t *testing.T, configure func(*pgxpool.Config)) *pgxpool.Pool {
 			configure(c)
 		}
 	})
-	ctx := testCtx(t, time.Minute)
+	migrate(t, testCtx(t, time.Minute), pool)
+	return pool
+}
+
+// migrate creates the schema and service 1 through pool.
+func migrate(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {
+	t.Helper()
 	if err := payment.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// serverPool creates database db on srv, a cluster of the test's own, with
+// the schema and service 1, and returns a pool of 20 connections on it,
+// closed when t ends.
+func serverPool(t *testing.T, ctx context.Context, srv *pgserver.Server, db string) *pgxpool.Pool {
+	t.Helper()
+	admin, err := pgx.Connect(ctx, srv.ConnString("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = admin.Exec(ctx, "CREATE DATABASE "+db)
+	admin.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(srv.ConnString(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 20
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	migrate(t, ctx, pool)
 	return pool
 }
 
@@ -144,18 +180,32 @@ func (l *ledger) counts() (ok, failed, unknown int) {
 	return ok, failed, unknown
 }
 
-// check asserts the invariants on pool's payments table against l: one row
-// per key; the amount equals the number of ops in Data; every acknowledged op
-// applied exactly once, no failed op applied, none of unknown outcome twice;
-// and the history linearizable per key. It returns the ops found applied.
+// check asserts the invariants on pool's payments table against l (see
+// audit) and returns the ops found applied.
 func (l *ledger) check(t *testing.T, pool *pgxpool.Pool) map[string]int {
 	t.Helper()
-	ctx := testCtx(t, time.Minute)
-	rows, err := pool.Query(ctx, "SELECT service_id, line_item_id, amount_cents, data FROM payments")
+	problems, applied, err := l.audit(testCtx(t, time.Minute), pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	applied := map[string]int{}
+	for _, p := range problems {
+		t.Error(p)
+	}
+	return applied
+}
+
+// audit checks the invariants on pool's payments table against l: one row
+// per key; the amount equals the number of ops in Data; every acknowledged op
+// applied exactly once, no failed op applied, none of unknown outcome twice;
+// and the history linearizable per key. It returns what does not hold and
+// the ops found applied.
+func (l *ledger) audit(ctx context.Context, pool *pgxpool.Pool) (problems []string, applied map[string]int, err error) {
+	problem := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	rows, err := pool.Query(ctx, "SELECT service_id, line_item_id, amount_cents, data FROM payments")
+	if err != nil {
+		return nil, nil, err
+	}
+	applied = map[string]int{}
 	perKey := map[payment.Key]int{}
 	var k payment.Key
 	var amount int64
@@ -169,7 +219,7 @@ func (l *ledger) check(t *testing.T, pool *pgxpool.Pool) map[string]int {
 			}
 		}
 		if int64(len(ops)) != amount {
-			t.Errorf("%s: amount %d but %d ops recorded", k, amount, len(ops))
+			problem("%s: amount %d but %d ops recorded", k, amount, len(ops))
 		}
 		for _, op := range ops {
 			applied[op]++
@@ -177,11 +227,11 @@ func (l *ledger) check(t *testing.T, pool *pgxpool.Pool) map[string]int {
 		return nil
 	})
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	for k, n := range perKey {
 		if n != 1 {
-			t.Errorf("%s: %d rows", k, n)
+			problem("%s: %d rows", k, n)
 		}
 	}
 	l.mu.Lock()
@@ -189,23 +239,23 @@ func (l *ledger) check(t *testing.T, pool *pgxpool.Pool) map[string]int {
 		n := applied[op]
 		switch {
 		case o == history.OK && n != 1:
-			t.Errorf("op %s acknowledged, applied %d times", op, n)
+			problem("op %s acknowledged, applied %d times", op, n)
 		case o == history.Failed && n != 0:
-			t.Errorf("op %s failed, applied %d times", op, n)
+			problem("op %s failed, applied %d times", op, n)
 		case o == history.Unknown && n > 1:
-			t.Errorf("op %s of unknown outcome applied %d times", op, n)
+			problem("op %s of unknown outcome applied %d times", op, n)
 		}
 	}
 	for op, n := range applied {
 		if _, ok := l.outcomes[op]; !ok {
-			t.Errorf("op %s applied %d times but never called", op, n)
+			problem("op %s applied %d times but never called", op, n)
 		}
 	}
 	l.mu.Unlock()
 	if ok, why := history.Check(l.rec.Ops(), 30*time.Second); !ok {
-		t.Error("history:", why)
+		problem("history: %s", why)
 	}
-	return applied
+	return problems, applied, nil
 }
 
 // lockHolders returns the backend pids that hold and that wait for k's
@@ -359,4 +409,104 @@ func assertRolledBack(t *testing.T, ctx context.Context, err error, code string)
 		(code != "" && (!errors.As(err, &pgErr) || pgErr.Code != code)) {
 		t.Errorf("holder: %v; want an error safe to retry (SQLSTATE %q), not ErrCommitUnknown", err, code)
 	}
+}
+
+// pollRetry is the Retry of the even-numbered pollers (see pollerRepos).
+var pollRetry = lock.Retry{Attempts: 10, Backoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond}
+
+// pollerRepos returns poll's repo for pool: even-numbered workers retry with
+// pollRetry, odd-numbered ones make one attempt.
+func pollerRepos(pool *pgxpool.Pool) func(w int) *payment.Repository {
+	plain := payment.NewRepository(pool)
+	retrying := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{Retry: pollRetry}))
+	return func(w int) *payment.Repository {
+		if w%2 == 0 {
+			return retrying
+		}
+		return plain
+	}
+}
+
+// poll has workers goroutines call With through l in a loop until stop is
+// closed, as pollers do: worker w through repo(w), its i-th call (op id
+// prefix + "w.i") on payment (w+i) % keys, each call bounded by 30 s, with
+// a pause of 10 ms after an error. Once all have returned, it returns the op
+// ids of the calls that ran into that bound.
+func poll(ctx context.Context, l *ledger, repo func(w int) *payment.Repository, prefix string, workers, keys int, stop <-chan struct{}) []string {
+	var mu sync.Mutex
+	var hung []string
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				op := fmt.Sprintf("%s%d.%d", prefix, w, i)
+				callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				err := l.call(callCtx, repo(w), key((w+i)%keys), op, nil)
+				cancel()
+				if errors.Is(err, context.DeadlineExceeded) {
+					mu.Lock()
+					hung = append(hung, op)
+					mu.Unlock()
+				}
+				if err != nil {
+					time.Sleep(10 * time.Millisecond) // a poller's pause after an error
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return hung
+}
+
+// failures counts the failed calls of poll's workers with Retry and without.
+func (l *ledger) failures() (withRetry, without int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for op, o := range l.outcomes {
+		var w, i int
+		if _, err := fmt.Sscanf(op[strings.LastIndexByte(op, 'w')+1:], "%d.%d", &w, &i); err != nil || o != history.Failed {
+			continue
+		}
+		if w%2 == 0 {
+			withRetry++
+		} else {
+			without++
+		}
+	}
+	return withRetry, without
+}
+
+// longestGap returns the longest stretch of time without a successful call
+// in ops, as callers saw it: between the returns of consecutive successes.
+func longestGap(ops []history.Op) time.Duration {
+	var okAt []int64
+	for _, op := range ops {
+		if op.Outcome == history.OK {
+			okAt = append(okAt, op.Return)
+		}
+	}
+	slices.Sort(okAt)
+	var gap int64
+	for i := 1; i < len(okAt); i++ {
+		gap = max(gap, okAt[i]-okAt[i-1])
+	}
+	return time.Duration(gap)
+}
+
+// unknownApplied counts the calls of unknown outcome in l found in applied.
+func (l *ledger) unknownApplied(applied map[string]int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for op, o := range l.outcomes {
+		if o == history.Unknown && applied[op] == 1 {
+			n++
+		}
+	}
+	return n
 }

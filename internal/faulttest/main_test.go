@@ -6,4 +6,6 @@ import (
 	"github.com/paylock/paylock/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m, pgtest.Workers{"hold": holdWorker}) }
+func TestMain(m *testing.M) {
+	pgtest.Main(m, pgtest.Workers{"hold": holdWorker, "failover": failoverWorker})
+}

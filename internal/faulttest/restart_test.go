@@ -2,22 +2,14 @@ package faulttest_test
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"sort"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/history"
 	"github.com/paylock/paylock/internal/pgserver"
-	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // rounds repeats the restart and lock_timeout tests, for a soak run:
@@ -44,32 +36,7 @@ func TestRestart(t *testing.T) {
 	}
 	for i, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
-			db := fmt.Sprintf("restart_%d", i)
-			admin, err := pgx.Connect(ctx, srv.ConnString("postgres"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = admin.Exec(ctx, "CREATE DATABASE "+db)
-			admin.Close(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg, err := pgxpool.ParseConfig(srv.ConnString(db))
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.MaxConns = 20
-			pool, err := pgxpool.NewWithConfig(ctx, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer pool.Close()
-			if err := payment.Migrate(ctx, pool); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
-				t.Fatal(err)
-			}
+			pool := serverPool(t, ctx, srv, fmt.Sprintf("restart_%d", i))
 			restartUnderLoad(t, ctx, srv, pool, mode)
 		})
 	}
@@ -77,65 +44,28 @@ func TestRestart(t *testing.T) {
 
 func restartUnderLoad(t *testing.T, ctx context.Context, srv *pgserver.Server, pool *pgxpool.Pool, mode string) {
 	const workers, keys = 16, 4
-	plain := payment.NewRepository(pool)
-	retrying := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{
-		Retry: lock.Retry{Attempts: 10, Backoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond},
-	}))
 	l := newLedger()
-	var okCount atomic.Int64
-	var mu sync.Mutex
-	var okAt []time.Time
-	var hung []string
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range workers {
-		repo := plain
-		if w%2 == 0 {
-			repo = retrying
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				op := fmt.Sprintf("w%d.%d", w, i)
-				callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				err := l.call(callCtx, repo, key((w+i)%keys), op, nil)
-				cancel()
-				mu.Lock()
-				switch {
-				case err == nil:
-					okCount.Add(1)
-					okAt = append(okAt, time.Now())
-				case errors.Is(err, context.DeadlineExceeded):
-					hung = append(hung, op)
-				}
-				mu.Unlock()
-				if err != nil {
-					time.Sleep(10 * time.Millisecond) // a poller's pause after an error
-				}
-			}
-		}()
-	}
-	waitOK := func(n int64) error {
-		return waitFor(ctx, fmt.Sprintf("%d successful calls", n), func() (bool, error) { return okCount.Load() >= n, nil })
+	hungc := make(chan []string, 1)
+	go func() { hungc <- poll(ctx, l, pollerRepos(pool), "w", workers, keys, stop) }()
+	waitOK := func(n int) error {
+		return waitFor(ctx, fmt.Sprintf("%d successful calls", n), func() (bool, error) {
+			ok, _, _ := l.counts()
+			return ok >= n, nil
+		})
 	}
 	if err := waitOK(200); err != nil {
 		close(stop)
-		wg.Wait()
+		<-hungc
 		t.Fatal(err)
 	}
-	before := okCount.Load()
+	before, _, _ := l.counts()
 	start := time.Now()
 	restartErr := srv.Restart(ctx, mode)
 	restarted := time.Since(start)
 	afterErr := waitOK(before + 200)
 	close(stop)
-	wg.Wait()
+	hung := <-hungc
 	if restartErr != nil {
 		t.Fatal(restartErr)
 	}
@@ -146,34 +76,10 @@ func restartUnderLoad(t *testing.T, ctx context.Context, srv *pgserver.Server, p
 		t.Errorf("%d calls ran into their 30s deadline: %v", len(hung), hung)
 	}
 
-	// The longest stretch without a successful call, as callers saw it.
-	sort.Slice(okAt, func(i, j int) bool { return okAt[i].Before(okAt[j]) })
-	var gap time.Duration
-	for i := 1; i < len(okAt); i++ {
-		gap = max(gap, okAt[i].Sub(okAt[i-1]))
-	}
+	gap := longestGap(l.rec.Ops())
 	ok, failed, unknown := l.counts()
-	var failedRetrying, failedPlain int
-	l.mu.Lock()
-	for op, o := range l.outcomes {
-		var w, i int
-		fmt.Sscanf(op, "w%d.%d", &w, &i)
-		if o == history.Failed {
-			if w%2 == 0 {
-				failedRetrying++
-			} else {
-				failedPlain++
-			}
-		}
-	}
-	l.mu.Unlock()
+	failedRetrying, failedPlain := l.failures()
 	applied := l.check(t, pool)
-	unknownApplied := 0
-	for op, o := range l.outcomes {
-		if o == history.Unknown && applied[op] == 1 {
-			unknownApplied++
-		}
-	}
 	t.Logf("FIGURE restart %s: restart took %v; longest stretch without a success %v; calls: %d ok, %d failed (%d with Retry, %d without), %d unknown (%d of them committed)",
-		mode, restarted.Round(time.Millisecond), gap.Round(time.Millisecond), ok, failed, failedRetrying, failedPlain, unknown, unknownApplied)
+		mode, restarted.Round(time.Millisecond), gap.Round(time.Millisecond), ok, failed, failedRetrying, failedPlain, unknown, l.unknownApplied(applied))
 }

@@ -5,7 +5,12 @@
 // The cluster lives in a temporary directory, listens on a Unix socket in that
 // directory and on a free TCP port on 127.0.0.1, trusts local connections and is
 // removed by Stop. initdb and postgres refuse to run as root; when the current
-// process is root, both run as the unprivileged "postgres" user (or "nobody").
+// process is root, both (and pg_basebackup) run as the unprivileged
+// "postgres" user (or "nobody").
+//
+// For failover tests, Standby clones a running server into a streaming hot
+// standby, Shutdown stops a server as a crash would, and Promote turns the
+// standby into the primary.
 package pgserver
 
 import (
@@ -118,6 +123,11 @@ func (s *Server) start(ctx context.Context) error {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return fmt.Errorf("pgserver: initdb: %w: %s", err, lastLines(out, 5))
 	}
+	return s.listen(ctx)
+}
+
+// listen starts postgres on a free port.
+func (s *Server) listen(ctx context.Context) error {
 	var lastErr error
 	for range 3 { // a free port can be taken by someone else before we bind it
 		s.Port, lastErr = freePort()
@@ -192,14 +202,85 @@ func (s *Server) ConnString(db string) string {
 // Restart stops the server with the given shutdown mode ("fast" or
 // "immediate") and starts it again on the same port and data directory.
 func (s *Server) Restart(ctx context.Context, mode string) error {
+	if err := s.Shutdown(mode); err != nil {
+		return err
+	}
+	return s.run(ctx)
+}
+
+// Shutdown stops the server and keeps its directory: "fast" rolls back open
+// transactions and checkpoints (pg_ctl stop -m fast, SIGINT); "immediate"
+// makes every server process exit at once without a checkpoint, as a crash
+// would (pg_ctl stop -m immediate, SIGQUIT). It blocks until the server has
+// exited. Stop still removes the directory afterwards.
+func (s *Server) Shutdown(mode string) error {
 	sig := syscall.SIGINT
 	if mode == "immediate" {
 		sig = syscall.SIGQUIT
 	}
-	if err := s.stop(sig); err != nil {
-		return err
+	return s.stop(sig)
+}
+
+// Standby clones s with pg_basebackup -R (streaming the WAL it needs and
+// writing primary_conninfo and standby.signal) into a new directory and
+// starts it as a hot standby of s, on a free port, with opts. It blocks until
+// the standby accepts (read-only) connections or ctx is done. opts are the
+// standby's own: they become the settings of the primary it turns into when
+// promoted. Stop it as any Server.
+func (s *Server) Standby(ctx context.Context, opts Options) (*Server, error) {
+	dir, err := os.MkdirTemp("", "paylock-pg-")
+	if err != nil {
+		return nil, err
 	}
-	return s.run(ctx)
+	sb := &Server{Dir: dir, User: s.User, binDir: s.binDir, opts: opts, cred: s.cred}
+	if sb.cred != nil {
+		if err := os.Chown(dir, int(sb.cred.Uid), int(sb.cred.Gid)); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+	backup := sb.command(ctx, "pg_basebackup", "-D", sb.dataDir(), "-R", "-X", "stream",
+		"--checkpoint=fast", "--no-sync", "-h", "127.0.0.1", "-p", strconv.Itoa(s.Port), "-U", s.User)
+	if out, err := backup.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pgserver: pg_basebackup: %w: %s", err, lastLines(out, 5))
+	}
+	if err := sb.listen(ctx); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return sb, nil
+}
+
+// Promote turns a standby into a primary (SELECT pg_promote()) and blocks
+// until it accepts writes, for at most a minute, or ctx is done.
+func (s *Server) Promote(ctx context.Context) error {
+	c, err := pgconn.Connect(ctx, s.ConnString("postgres"))
+	if err != nil {
+		return fmt.Errorf("pgserver: promote: %w", err)
+	}
+	defer c.Close(context.WithoutCancel(ctx))
+	res, err := c.Exec(ctx, "SELECT pg_promote(true, 60)").ReadAll()
+	if err != nil {
+		return fmt.Errorf("pgserver: promote: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != "t" {
+		return errors.New("pgserver: promote: not promoted within 60s")
+	}
+	return nil
+}
+
+// ConnStringFailover returns a URL for database db that names every server
+// in servers, in order, with target_session_attrs=read-write: pgx tries them
+// in turn and keeps the first that accepts writes, so a new connection finds
+// whichever one is the primary.
+func ConnStringFailover(db string, servers ...*Server) string {
+	hosts := make([]string, len(servers))
+	for i, s := range servers {
+		hosts[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
+	}
+	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable&target_session_attrs=read-write",
+		servers[0].User, strings.Join(hosts, ","), db)
 }
 
 // Stop shuts the server down (fast shutdown) and removes its directory.
