@@ -34,10 +34,14 @@ faults: ## the fault tests once, printing their figures (docs/RELIABILITY.md)
 	@$(GO) test -race -count=1 -v ./internal/faulttest/ > $${TMPDIR:-/tmp}/paylock-faults.log 2>&1; st=$$?; \
 	grep -E 'FIGURE|^(--- FAIL|ok|FAIL)' $${TMPDIR:-/tmp}/paylock-faults.log; echo "full log: $${TMPDIR:-/tmp}/paylock-faults.log"; exit $$st
 
+docs: ## rewrite the captured CLI output in README.md and docs/CLI.md where it drifted, then check every command line in the docs
+	$(GO) test -count=1 -run 'TestDocsCaptured' ./cmd/paylock/ -update
+	$(GO) test -count=1 -run 'TestDocsCaptured|TestDocsCommandLines' ./cmd/paylock/
+
 bench: ## Go benchmarks: With beside rowlock, hot-key queue and storm (test server, fsync off)
 	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./...
 
 bench-smoke: ## every benchmark once, so they can't rot (about 20 s)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 5m ./...
 
-.PHONY: help test check-binaries vet fmt-check demo soak faults bench bench-smoke
+.PHONY: help test check-binaries vet fmt-check demo soak faults docs bench bench-smoke

@@ -4,51 +4,103 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"math/rand/v2"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ErrAdvisoryUnsupported is returned by CheckEngine when the server's
 // advisory locks would not serialize callers.
 var ErrAdvisoryUnsupported = errors.New("entity: advisory locks don't serialize callers on this engine; use entity.WithStrategy(entity.RowLock)")
 
-// Querier runs a query returning one row: a pool, a connection, a tx.
-type Querier interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+// Beginner begins a transaction on a connection of its own each time: a
+// *pgxpool.Pool. CheckEngine needs two transactions open at once on two
+// sessions; a single *pgx.Conn or a pgx.Tx can't give that and is refused.
+type Beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
-// CheckEngine reports whether strategy s serializes callers on the server q
-// is connected to. It refuses Advisory, with ErrAdvisoryUnsupported, on
-// CockroachDB (no advisory locks), on YugabyteDB (without them, or with them
-// only behind a flag), and on a Citus worker (the lock would be local to
-// that node). RowLock works wherever the unique index does. Call it once at
-// startup; Repository.Check does it for a repository.
-func CheckEngine(ctx context.Context, q Querier, s Strategy) error {
-	var version string
-	var citus bool
-	err := q.QueryRow(ctx, "SELECT version(), to_regproc('citus_is_coordinator') IS NOT NULL").Scan(&version, &citus)
-	var citusWorker bool
-	if err == nil && citus {
-		err = q.QueryRow(ctx, "SELECT NOT citus_is_coordinator()").Scan(&citusWorker)
-	}
-	if err != nil {
-		return fmt.Errorf("entity: check engine: %w", err)
-	}
-	return engineProblem(version, citusWorker, s)
-}
-
-func engineProblem(version string, citusWorker bool, s Strategy) error {
+// CheckEngine reports whether strategy s serializes callers on the server
+// that b connects to. For Advisory it tries the locks rather than trusting a
+// version string: it opens two transactions on two sessions, takes a
+// transaction-scoped advisory lock on a random id in the first, and requires
+// that the second can't take it while the first holds it and can once the
+// first has rolled back. An engine without advisory locks, one whose locks
+// are no-ops, and sessions that land on different nodes or databases (whose
+// locks don't see each other) fail the probe with ErrAdvisoryUnsupported. A
+// Citus worker is refused as well, because its locks are local to that node
+// even though two sessions on it block each other. RowLock works wherever
+// the unique index does, so CheckEngine accepts it without a probe.
+//
+// CheckEngine holds two of b's connections for a few statements; ctx bounds
+// it. Both transactions are rolled back, so it leaves no lock behind. Call it
+// once at startup; Repository.Check does it for a repository.
+func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 	if s != Advisory {
 		return nil
 	}
-	switch {
-	case strings.Contains(version, "CockroachDB"):
-		return fmt.Errorf("%w (CockroachDB: %s)", ErrAdvisoryUnsupported, version)
-	case strings.Contains(version, "-YB-"):
-		return fmt.Errorf("%w (YugabyteDB: %s)", ErrAdvisoryUnsupported, version)
-	case citusWorker:
-		return fmt.Errorf("%w (a Citus worker node: its advisory locks are local to it; connect to the coordinator or use RowLock)", ErrAdvisoryUnsupported)
+	defer func() {
+		if err != nil && !errors.Is(err, ErrAdvisoryUnsupported) {
+			err = fmt.Errorf("entity: check engine: %w", err)
+		}
+	}()
+	first, err := b.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer first.Rollback(context.WithoutCancel(ctx))
+	second, err := b.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer second.Rollback(context.WithoutCancel(ctx))
+
+	if first.Conn() == second.Conn() {
+		return errors.New("both transactions run on one connection: pass a pool")
+	}
+	var version string
+	var citus bool
+	if err := first.QueryRow(ctx, "SELECT version(), to_regproc('citus_is_coordinator') IS NOT NULL").Scan(&version, &citus); err != nil {
+		return err
+	}
+	if citus {
+		var worker bool
+		if err := first.QueryRow(ctx, "SELECT NOT citus_is_coordinator()").Scan(&worker); err != nil {
+			return err
+		}
+		if worker {
+			return fmt.Errorf("%w (a Citus worker node: its advisory locks are local to it; connect to the coordinator or use RowLock)", ErrAdvisoryUnsupported)
+		}
+	}
+
+	id := rand.Int64()
+	try := func(tx pgx.Tx) (bool, error) {
+		var ok bool
+		err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1::bigint)", id).Scan(&ok)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && (pgErr.Code == "42883" || pgErr.Code == "0A000") { // undefined_function, feature_not_supported
+			return false, fmt.Errorf("%w (%s: %w)", ErrAdvisoryUnsupported, version, err)
+		}
+		return ok, err
+	}
+	if ok, err := try(first); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("probe lock %d is taken by someone else: try again", id)
+	}
+	if ok, err := try(second); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("%w (%s: a lock held by one session did not stop another from taking it)", ErrAdvisoryUnsupported, version)
+	}
+	if err := first.Rollback(ctx); err != nil {
+		return err
+	}
+	if ok, err := try(second); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("%w (%s: a transaction's advisory lock outlived its rollback)", ErrAdvisoryUnsupported, version)
 	}
 	return nil
 }

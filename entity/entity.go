@@ -74,8 +74,8 @@ const (
 	// RowLock takes no advisory lock: the unique index makes the insert of a
 	// new row wait for a concurrent one, and Find's FOR NO KEY UPDATE
 	// serializes callers on the row. For engines whose advisory locks are
-	// missing, no-ops or node-local (CockroachDB, Citus workers); it
-	// requires the unique index.
+	// missing, no-ops or node-local (a Citus worker), where CheckEngine
+	// refuses Advisory; it requires the unique index.
 	RowLock
 )
 

@@ -11,6 +11,7 @@ var cmdBench = &command{
 	usage:   "[bench flags]",
 	summary: "measure paylock against the naive code (see internal/bench)",
 	raw:     true,
+	check:   bench.Parse,
 	run: func(ctx context.Context, c *call) error {
 		// bench parses its own flags, --help and --database-url included.
 		if code := bench.Main(ctx, c.args, c.stdout, c.stderr); code != 0 {

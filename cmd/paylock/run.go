@@ -36,6 +36,7 @@ type command struct {
 	flags   func(fs *flag.FlagSet)  // defines the command's flags, may be nil
 	rewrite func([]string) []string // adjusts the arguments before parsing, may be nil
 	run     func(ctx context.Context, c *call) error
+	check   func(args []string) error // a raw command's parse-only check of its arguments, may be nil
 }
 
 // call is one invocation of a command: its parsed flags and positional
@@ -89,34 +90,70 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		printHelp(stdout)
 		return exitOK
 	}
-	cmd := lookup(name)
-	if cmd == nil {
-		fmt.Fprintf(stderr, "paylock: unknown command %q; run 'paylock help'\n", name)
+	c, err := parseCall(args)
+	if c == nil {
+		fmt.Fprintf(stderr, "paylock: %v; run 'paylock help'\n", err)
 		return exitUsage
 	}
-	c := &call{cmd: cmd, stdout: stdout, stderr: stderr}
-	c.fs = newFlagSet(cmd)
-	c.fs.StringVar(&c.databaseURL, "database-url", "",
-		"PostgreSQL connection URL or keyword/value string (default: $DATABASE_URL, else the PG* variables)")
-	rest := args[1:]
-	if cmd.raw {
-		c.args = rest
-		return exitFor(cmd.run(ctx, c), c)
-	}
-	if cmd.rewrite != nil {
-		rest = cmd.rewrite(rest)
-	}
-	pos, err := parseInterspersed(c.fs, rest)
+	c.stdout, c.stderr = stdout, stderr
 	if errors.Is(err, flag.ErrHelp) {
-		printCommandHelp(stdout, cmd, c.fs)
+		printCommandHelp(stdout, c.cmd, c.fs)
 		return exitOK
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, visible(oneLine(err.Error())), name)
 		return exitUsage
 	}
-	c.args = pos
-	return exitFor(cmd.run(ctx, c), c)
+	return exitFor(c.cmd.run(ctx, c), c)
+}
+
+// parseCall parses a command line (args[0] is the command) without running
+// it: it looks the command up and parses its flags, leaving the positional
+// arguments in c.args; a raw command gets all its arguments there. It returns
+// a nil call for an unknown command, and flag.ErrHelp for --help.
+func parseCall(args []string) (c *call, err error) {
+	cmd := lookup(args[0])
+	if cmd == nil {
+		return nil, fmt.Errorf("unknown command %q", args[0])
+	}
+	c = &call{cmd: cmd, fs: newFlagSet(cmd)}
+	c.fs.StringVar(&c.databaseURL, "database-url", "",
+		"PostgreSQL connection URL or keyword/value string (default: $DATABASE_URL, else the PG* variables)")
+	rest := args[1:]
+	if cmd.raw {
+		c.args = rest
+		return c, nil
+	}
+	if cmd.rewrite != nil {
+		rest = cmd.rewrite(rest)
+	}
+	c.args, err = parseInterspersed(c.fs, rest)
+	return c, err
+}
+
+// checkCommandLine parses a command line as run would, flags included, and
+// runs nothing: docs_test.go checks every command line the docs show with it.
+func checkCommandLine(args []string) error {
+	if len(args) == 0 {
+		return errors.New("no command")
+	}
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		if len(args) > 1 && lookup(args[1]) == nil {
+			return fmt.Errorf("unknown command %q", args[1])
+		}
+		return nil
+	}
+	c, err := parseCall(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return nil
+	case err != nil:
+		return err
+	case c.cmd.check != nil:
+		return c.cmd.check(c.args)
+	}
+	return nil
 }
 
 // exitFor reports err in one line on stderr and returns the exit code.

@@ -120,6 +120,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// Parse parses args as Main would and runs nothing: nil for a valid command
+// line (--help included), else the usage error Main would report.
+func Parse(args []string) error {
+	_, _, err := parse(args, io.Discard)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return err
+}
+
 func parse(args []string, stderr io.Writer) (opts options, worker string, err error) {
 	fs := flag.NewFlagSet("paylock bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
