@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/pgtest"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -307,10 +308,10 @@ func waitForBuild(t *testing.T, ctx context.Context, pool *pgxpool.Pool) (pid ui
 	return pid
 }
 
-// TestMigrateConcurrentlyOnLiveTable: several Migrate calls at once on a
-// live table without the index all succeed, one of them builds it
-// concurrently while With keeps working, and it ends valid.
-func TestMigrateConcurrentlyOnLiveTable(t *testing.T) {
+// TestMigrateConcurrentCallsOnLiveTable: several Migrate calls at once on a
+// live table without the index all succeed, one of them builds it while With
+// keeps working, and it ends valid.
+func TestMigrateConcurrentCallsOnLiveTable(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, 1)
 	repo, pool := liveTable(t)
@@ -331,6 +332,110 @@ func TestMigrateConcurrentlyOnLiveTable(t *testing.T) {
 	}
 	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
 		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
+	}
+	assertHealthy(t, pool)
+}
+
+// TestMigrateBuildOutlastsLockTimeout: a CREATE INDEX CONCURRENTLY waits for
+// every older transaction, and lock_timeout would cut that wait short. The
+// build blocks no writer, so Migrate lifts the session's lock_timeout for it
+// (here 100ms, from the pool's config) and the build waits as long as it
+// must; the timeout is back in force on the connection afterwards.
+func TestMigrateBuildOutlastsLockTimeout(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, 1)
+	pool := pgtest.Pool(t, func(c *pgxpool.Config) {
+		c.ConnConfig.RuntimeParams["lock_timeout"] = "100ms"
+	})
+	if err := payment.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	_, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api'); DROP INDEX "+payment.UniqueIndex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := holdSnapshot(t, ctx, pool)
+	migrated := make(chan error, 1)
+	go func() { migrated <- payment.Migrate(ctx, pool) }()
+	waitForBuild(t, ctx, pool)
+	time.Sleep(300 * time.Millisecond) // past lock_timeout
+	release()
+	if err := <-migrated; err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
+		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
+	}
+	var lt string
+	if err := pool.QueryRow(ctx, "SHOW lock_timeout").Scan(&lt); err != nil || lt != "100ms" {
+		t.Fatalf("lock_timeout after Migrate = %q, %v; want 100ms", lt, err)
+	}
+}
+
+// TestMigrateBuildsConcurrentlyOnLiveTable: on a live table Migrate builds
+// the index with CREATE INDEX CONCURRENTLY. While that build waits for an old
+// snapshot, With keeps completing and no backend waits for a table lock.
+func TestMigrateBuildsConcurrentlyOnLiveTable(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, 1)
+	repo, pool := liveTable(t)
+	release := holdSnapshot(t, ctx, pool)
+	migrated := make(chan error, 1)
+	go func() { migrated <- payment.Migrate(ctx, pool) }()
+	waitForBuild(t, ctx, pool)
+	for i := range 5 {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := repo.With(wctx, payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("during_%d", i)},
+			func(context.Context, pgx.Tx, *payment.Payment) error { return nil })
+		cancel()
+		if err != nil {
+			t.Fatalf("With #%d during Migrate's build: %v", i, err)
+		}
+		if n := relationLockWaits(t, pool); n > 0 {
+			t.Fatalf("%d backends wait for a table or index lock", n)
+		}
+	}
+	release()
+	if err := <-migrated; err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
+		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
+	}
+	assertHealthy(t, pool)
+}
+
+// TestMigrateSchemaLockTimeout: the schema transaction waits at most
+// MigrateLockTimeout for a table lock, then fails with ErrLockTimeout and
+// creates nothing. Here a session holds services, which the new payments
+// table references.
+func TestMigrateSchemaLockTimeout(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, 1)
+	pool := pgtest.Pool(t, nil)
+	if _, err := pool.Exec(ctx, "CREATE TABLE services (id bigint PRIMARY KEY, name text NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "LOCK TABLE services IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = payment.Migrate(ctx, pool)
+	if !errors.Is(err, payment.ErrLockTimeout) {
+		t.Fatalf("Migrate = %v; want ErrLockTimeout", err)
+	}
+	if waited := time.Since(start); waited < payment.MigrateLockTimeout {
+		t.Errorf("Migrate gave up after %v, before MigrateLockTimeout", waited)
+	}
+	tx.Rollback(ctx)
+	var exists bool
+	if err := pool.QueryRow(ctx, "SELECT to_regclass('payments') IS NOT NULL").Scan(&exists); err != nil || exists {
+		t.Fatalf("payments exists = %v (%v) after the failed Migrate; want nothing created", exists, err)
 	}
 	assertHealthy(t, pool)
 }
