@@ -26,8 +26,8 @@ var Schema string
 // line_item_id): the safety net under the advisory lock.
 const UniqueIndex = "payments_service_id_line_item_id_key"
 
-// MigrateKey is the advisory lock Migrate holds, at session level on a
-// connection of its own, from start to end, so concurrent Migrate calls run
+// MigrateKey is the advisory lock Migrate holds from start to end, at
+// session level on a connection of its own, so concurrent Migrate calls run
 // one after another.
 var MigrateKey = lock.NewKey("paylock.migrate")
 
@@ -38,49 +38,59 @@ var MigrateKey = lock.NewKey("paylock.migrate")
 var ErrIndexBuildInProgress = errors.New("payment: migrate: an index on payments is still being built by another session")
 
 // MigrateLockTimeout bounds how long Migrate's schema transaction waits for
-// a table lock (SET LOCAL lock_timeout). A queued lock request makes later
-// readers and writers of that table queue behind it, so Migrate gives up
-// instead, with an error matching ErrLockTimeout, and changes nothing.
+// a table lock (SET LOCAL lock_timeout): while a lock request waits, later
+// readers and writers of that table queue behind it. Past it Migrate gives
+// up, with an error matching ErrLockTimeout, and changes nothing.
 const MigrateLockTimeout = 3 * time.Second
 
 const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (service_id, line_item_id)"
 
-// Migrate creates the schema if it is missing. It is safe to run again and
-// from several processes at once, and while pollers write to payments: it
-// never makes them wait for longer than MigrateLockTimeout.
+// Migrate creates the schema if it is missing. It is safe to run again, from
+// several processes at once, and while pollers read and write payments: no
+// lock it requests makes them queue for longer than MigrateLockTimeout. It
+// blocks until done; ctx governs every step, the waits included.
 //
-// It takes a connection from pool and holds the session-level advisory lock
-// MigrateKey on it until it returns, so concurrent Migrate calls run one
-// after another (the lock doesn't survive pgbouncer's transaction pooling:
-// give Migrate a direct connection). Then, on that connection:
+// It takes a connection of its own from pool and holds the session-level
+// advisory lock MigrateKey on it until it returns, so concurrent Migrate
+// calls run one after another (waiting Migrates poll pg_try_advisory_lock
+// rather than sit in a transaction the running build would wait for). It
+// needs a real session: behind pgbouncer in transaction pooling mode, give it
+// a direct connection. Then, on that connection:
 //
 //  1. It applies Schema in a transaction with lock_timeout set to
-//     MigrateLockTimeout. If that transaction created payments, it also
-//     creates UniqueIndex there with a plain CREATE UNIQUE INDEX: no other
-//     session can see the table before the commit, so nobody waits. Done.
-//  2. On an existing table with a valid UniqueIndex it is done.
-//  3. While another session builds an index on payments (it shows in
-//     pg_stat_progress_create_index and holds the table's
-//     SHARE UPDATE EXCLUSIVE lock) Migrate waits, polling and holding no
-//     table lock, and never drops that session's index. If ctx ends first it
-//     returns an error matching both ErrIndexBuildInProgress and ctx.Err().
+//     MigrateLockTimeout; past it, Migrate fails with an error matching
+//     ErrLockTimeout and changes nothing. If that transaction created
+//     payments, it also creates UniqueIndex in it, with a plain CREATE UNIQUE
+//     INDEX (no other session can see the new table before the commit, so
+//     nobody waits), and Migrate is done.
+//  2. If UniqueIndex exists and is valid, it is done.
+//  3. While another session builds an index on payments (CREATE INDEX
+//     CONCURRENTLY, as `paylock dedupe` runs it, or REINDEX CONCURRENTLY: it
+//     shows in pg_stat_progress_create_index and holds the table's SHARE
+//     UPDATE EXCLUSIVE lock), an INVALID UniqueIndex may still be on its way
+//     to valid: Migrate waits, polling and holding no table lock, and never
+//     drops it. If ctx ends first, the error matches both
+//     ErrIndexBuildInProgress and ctx.Err(). Once the build is over, Migrate
+//     starts again from step 2.
 //  4. If payments holds duplicates it writes nothing and returns a
 //     *DuplicatesError (matching ErrDuplicates) that names them: run
 //     `paylock dedupe` first.
 //  5. Otherwise it drops an INVALID UniqueIndex left by a failed or killed
-//     build (DROP INDEX CONCURRENTLY) and builds UniqueIndex with CREATE
-//     UNIQUE INDEX CONCURRENTLY, outside any transaction: readers and writers
-//     carry on meanwhile. Neither statement gets a lock_timeout (the
-//     session's is lifted to 0 for them): they don't block writers, and the
-//     build waits for every transaction older than it, however long. If a
-//     writer that doesn't take the advisory lock inserts a duplicate during
-//     the build, Migrate drops the INVALID index and returns the
-//     *DuplicatesError.
+//     build with DROP INDEX CONCURRENTLY and builds UniqueIndex with CREATE
+//     UNIQUE INDEX CONCURRENTLY, outside any transaction, as dedupe does:
+//     readers and writers carry on meanwhile. For these two statements the
+//     session's lock_timeout is lifted (their waits block no writer, and the
+//     build must wait for every older transaction, however long it runs); a
+//     statement_timeout still applies. If a writer that doesn't take the
+//     advisory lock inserts a duplicate during the build, Migrate drops the
+//     INVALID index it leaves and returns the *DuplicatesError.
 //
-// ctx governs every step, the waits included. If ctx ends during the build,
-// the server cancels it and leaves an INVALID index; the next Migrate drops
-// and rebuilds it (step 5).
-func Migrate(ctx context.Context, pool *pgxpool.Pool) (err error) {
+// If ctx ends during the build, pgx sends the server a cancel request as it
+// closes the connection: the build stops and leaves an INVALID index, which
+// the next Migrate drops and rebuilds. If the process dies instead, the server
+// usually finishes the build and the next Migrate, waiting for MigrateKey until that
+// session ends, finds the index valid.
+func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	pc, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("payment: migrate: acquire a connection: %w", txn.Classify(ctx, err))
