@@ -439,3 +439,41 @@ func TestMigrateSchemaLockTimeout(t *testing.T) {
 	}
 	assertHealthy(t, pool)
 }
+
+// TestMigrateDuplicateDuringBuild: a writer that doesn't take the advisory
+// lock commits a duplicate while Migrate's build waits for it to finish. The
+// build fails; Migrate drops the INVALID index it left and returns the
+// *DuplicatesError.
+func TestMigrateDuplicateDuringBuild(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, 1)
+	_, pool := liveTable(t)
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "INSERT INTO payments (service_id, line_item_id) VALUES (1, 'li_1')"); err != nil {
+		t.Fatal(err)
+	}
+	migrated := make(chan error, 1)
+	go func() { migrated <- payment.Migrate(ctx, pool) }()
+	waitFor(t, func() bool {
+		var n int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_progress_create_index
+			WHERE phase = 'waiting for writers before build' AND datid = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&n)
+		return err == nil && n == 1
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err = <-migrated
+	var dup *payment.DuplicatesError
+	if !errors.As(err, &dup) || dup.Groups != 1 || dup.Worst[0] != (payment.Key{ServiceID: 1, LineItemID: "li_1"}) {
+		t.Fatalf("Migrate = %v; want a DuplicatesError naming (1, li_1)", err)
+	}
+	if oid, _ := uniqueIndex(t, pool); oid != 0 {
+		t.Fatalf("the failed build's INVALID index %d is still there", oid)
+	}
+	assertHealthy(t, pool)
+}

@@ -226,7 +226,11 @@ func ensureIndex(ctx context.Context, conn *pgx.Conn) error {
 		switch {
 		case errors.As(err, &pgErr) && pgErr.Code == "42P07": // duplicate_table
 			// Another session (not a Migrate) started a build of its own
-			// since indexState looked: wait for it.
+			// since indexState looked: wait for it. Unless the name is
+			// taken by something that is not an index on payments.
+			if st, serr := indexState(ctx, conn); serr != nil || !st.exists {
+				return fmt.Errorf("payment: migrate: create unique index: %w", err)
+			}
 			continue
 		case errors.As(err, &pgErr) && pgErr.Code == "23505": // unique_violation
 			// A writer that doesn't take the lock inserted a duplicate
