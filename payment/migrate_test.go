@@ -477,3 +477,38 @@ func TestMigrateDuplicateDuringBuild(t *testing.T) {
 	}
 	assertHealthy(t, pool)
 }
+
+// TestMigrateWaitsForMigrateKey: Migrate waits while another session holds
+// MigrateKey, ctx bounding the wait, and leaves no lock or connection behind.
+func TestMigrateWaitsForMigrateKey(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, 1)
+	pool := pgtest.Pool(t, nil)
+	holder, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1)", payment.MigrateKey.ID()); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	err = payment.Migrate(short, pool)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Migrate while another session holds MigrateKey = %v; want context.DeadlineExceeded", err)
+	}
+	migrated := make(chan error, 1)
+	go func() { migrated <- payment.Migrate(ctx, pool) }()
+	time.Sleep(100 * time.Millisecond)
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock($1)", payment.MigrateKey.ID()); err != nil {
+		t.Fatal(err)
+	}
+	holder.Release()
+	if err := <-migrated; err != nil {
+		t.Fatalf("Migrate after the holder let go: %v", err)
+	}
+	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
+		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
+	}
+	assertHealthy(t, pool)
+}

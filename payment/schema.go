@@ -95,11 +95,12 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if err != nil {
 		return fmt.Errorf("payment: migrate: acquire a connection: %w", txn.Classify(ctx, err))
 	}
-	defer releaseMigrate(ctx, pc)
 	conn := pc.Conn()
 	if err := lockMigrate(ctx, conn); err != nil {
+		pc.Release() // a connection that failed mid-query is closed, and destroyed
 		return err
 	}
+	defer releaseMigrate(ctx, pc)
 	created, err := applySchema(ctx, conn)
 	if err != nil || created {
 		return err
@@ -128,7 +129,8 @@ func lockMigrate(ctx context.Context, conn *pgx.Conn) error {
 	}
 }
 
-// sleep pauses for d or until ctx is done, and then returns ctx.Err().
+// sleep pauses for d and returns nil, or returns ctx.Err() as soon as ctx is
+// done.
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
