@@ -44,7 +44,9 @@
 //
 // # Schema
 //
-// Migrate creates the services and payments tables and the unique index. On a
-// live table that already holds duplicates it stops with a DuplicatesError;
-// `paylock dedupe` merges them while pollers keep running.
+// Migrate creates the services and payments tables and the unique index; on a
+// live table it builds the index concurrently, without blocking writers, and
+// waits for a build already in progress rather than drop it. On a table that
+// already holds duplicates it stops with a DuplicatesError; `paylock dedupe`
+// merges them while pollers keep running.
 package payment

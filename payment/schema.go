@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
 )
 
@@ -23,58 +26,279 @@ var Schema string
 // line_item_id): the safety net under the advisory lock.
 const UniqueIndex = "payments_service_id_line_item_id_key"
 
-// MigrateKey is the lock Migrate holds, so concurrent Migrate calls run one
-// after another.
+// MigrateKey is the advisory lock Migrate holds from start to end, at
+// session level on a connection of its own, so concurrent Migrate calls run
+// one after another.
 var MigrateKey = lock.NewKey("paylock.migrate")
 
-// Migrate creates the schema if it is missing; it is safe to run again and
-// from several processes at once. On a payments table that already holds
-// duplicates it creates nothing and returns a *DuplicatesError (matching
-// ErrDuplicates) that names them: run `paylock dedupe` first. An INVALID
-// unique index left by an interrupted CREATE INDEX CONCURRENTLY is rebuilt.
+// ErrIndexBuildInProgress: Migrate's ctx ended while another session was
+// still building an index on payments (CREATE INDEX CONCURRENTLY, such as
+// `paylock dedupe`'s, or REINDEX CONCURRENTLY), which Migrate waits for
+// rather than disturb. The error also matches ctx.Err(). Migrate again later.
+var ErrIndexBuildInProgress = errors.New("payment: migrate: an index on payments is still being built by another session")
+
+// MigrateLockTimeout bounds how long Migrate's schema transaction waits for
+// a table lock (SET LOCAL lock_timeout): while a lock request waits, later
+// readers and writers of that table queue behind it. Past it Migrate gives
+// up, with an error matching ErrLockTimeout, and changes nothing.
+const MigrateLockTimeout = 3 * time.Second
+
+const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (service_id, line_item_id)"
+
+// Migrate creates the schema if it is missing. It is safe to run again, from
+// several processes at once, and while pollers read and write payments: no
+// lock it requests makes them queue for longer than MigrateLockTimeout. It
+// blocks until done; ctx governs every step, the waits included.
+//
+// It takes a connection of its own from pool and holds the session-level
+// advisory lock MigrateKey on it until it returns, so concurrent Migrate
+// calls run one after another (waiting Migrates poll pg_try_advisory_lock
+// rather than sit in a transaction the running build would wait for). It
+// needs a real session: behind pgbouncer in transaction pooling mode, give it
+// a direct connection. Then, on that connection:
+//
+//  1. It applies Schema in a transaction with lock_timeout set to
+//     MigrateLockTimeout; past it, Migrate fails with an error matching
+//     ErrLockTimeout and changes nothing. If that transaction created
+//     payments, it also creates UniqueIndex in it, with a plain CREATE UNIQUE
+//     INDEX (no other session can see the new table before the commit, so
+//     nobody waits), and Migrate is done.
+//  2. If UniqueIndex exists and is valid, it is done.
+//  3. While another session builds an index on payments (CREATE INDEX
+//     CONCURRENTLY, as `paylock dedupe` runs it, or REINDEX CONCURRENTLY: it
+//     shows in pg_stat_progress_create_index and holds the table's SHARE
+//     UPDATE EXCLUSIVE lock), an INVALID UniqueIndex may still be on its way
+//     to valid: Migrate waits, polling and holding no table lock, and never
+//     drops it. If ctx ends first, the error matches both
+//     ErrIndexBuildInProgress and ctx.Err(). Once the build is over, Migrate
+//     starts again from step 2.
+//  4. If payments holds duplicates it writes nothing and returns a
+//     *DuplicatesError (matching ErrDuplicates) that names them: run
+//     `paylock dedupe` first.
+//  5. Otherwise it drops an INVALID UniqueIndex left by a failed or killed
+//     build with DROP INDEX CONCURRENTLY and builds UniqueIndex with CREATE
+//     UNIQUE INDEX CONCURRENTLY, outside any transaction, as dedupe does:
+//     readers and writers carry on meanwhile. For these two statements the
+//     session's lock_timeout is lifted (their waits block no writer, and the
+//     build must wait for every older transaction, however long it runs); a
+//     statement_timeout still applies. If a writer that doesn't take the
+//     advisory lock inserts a duplicate during the build, Migrate drops the
+//     INVALID index it leaves and returns the *DuplicatesError.
+//
+// If ctx ends during the build, pgx sends the server a cancel request as it
+// closes the connection: the build stops and leaves an INVALID index, which
+// the next Migrate drops and rebuilds. If the process dies instead, the server
+// usually finishes the build and the next Migrate, waiting for MigrateKey until that
+// session ends, finds the index valid.
 func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
-	err := lock.Run(ctx, pool, MigrateKey, func(ctx context.Context, tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, Schema); err != nil {
-			return fmt.Errorf("payment: migrate: %w", err)
+	pc, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("payment: migrate: acquire a connection: %w", txn.Classify(ctx, err))
+	}
+	conn := pc.Conn()
+	if err := lockMigrate(ctx, conn); err != nil {
+		pc.Release() // a connection that failed mid-query is closed, and destroyed
+		return err
+	}
+	defer releaseMigrate(ctx, pc)
+	created, err := applySchema(ctx, conn)
+	if err != nil || created {
+		return err
+	}
+	return ensureIndex(ctx, conn)
+}
+
+// lockMigrate takes the session-level advisory lock MigrateKey on conn,
+// trying again after a pause while another session holds it. It doesn't wait
+// in pg_advisory_lock: a statement waiting there is a transaction that a
+// CREATE INDEX CONCURRENTLY run by the holder would wait for in turn, and the
+// server would break that deadlock by failing one of them.
+func lockMigrate(ctx context.Context, conn *pgx.Conn) error {
+	sql := txn.LockSQL("pg_try_advisory_lock($1)", MigrateKey.String())
+	for pause := 5 * time.Millisecond; ; pause = min(2*pause, time.Second) {
+		var ok bool
+		if err := conn.QueryRow(ctx, sql, pgx.QueryExecModeExec, MigrateKey.ID()).Scan(&ok); err != nil {
+			return fmt.Errorf("payment: migrate: acquire %s: %w", MigrateKey, txn.Classify(ctx, err))
 		}
-		valid, exists, err := indexState(ctx, tx)
+		if ok {
+			return nil
+		}
+		if err := sleep(ctx, pause); err != nil {
+			return fmt.Errorf("payment: migrate: wait for %s: %w", MigrateKey, err)
+		}
+	}
+}
+
+// sleep pauses for d and returns nil, or returns ctx.Err() as soon as ctx is
+// done.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// releaseMigrate unlocks MigrateKey, restores lock_timeout and returns the
+// connection to the pool; if that fails it closes the connection instead,
+// which ends the session and its lock.
+func releaseMigrate(ctx context.Context, pc *pgxpool.Conn) {
+	defer pc.Release()
+	conn := pc.Conn()
+	if conn.IsClosed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, err := conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", pgx.QueryExecModeExec, MigrateKey.ID())
+	if err == nil {
+		_, err = conn.Exec(ctx, "RESET lock_timeout")
+	}
+	if err != nil {
+		conn.Close(ctx)
+	}
+}
+
+// applySchema runs Schema in a transaction under a bounded lock_timeout and,
+// if that transaction created payments, the unique index as well.
+func applySchema(ctx context.Context, conn *pgx.Conn) (created bool, err error) {
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", fmt.Sprint(MigrateLockTimeout.Milliseconds()))
 		if err != nil {
 			return err
 		}
-		if exists && valid {
+		var existed bool
+		if err := tx.QueryRow(ctx, "SELECT to_regclass('payments') IS NOT NULL").Scan(&existed); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, Schema); err != nil {
+			return err
+		}
+		if existed {
 			return nil
 		}
-		if dup, err := FindDuplicates(ctx, tx, 5); err != nil {
+		created = true
+		_, err = tx.Exec(ctx, fmt.Sprintf(createIndexSQL, ""))
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("payment: migrate: apply schema: %w", txn.Classify(ctx, err))
+	}
+	return created, nil
+}
+
+// ensureIndex is steps 2 to 5 of Migrate, on the connection holding
+// MigrateKey.
+func ensureIndex(ctx context.Context, conn *pgx.Conn) error {
+	// Concurrent builds and drops don't block writers; their waits (for
+	// older transactions) must not be cut short by a lock_timeout.
+	if _, err := conn.Exec(ctx, "SET lock_timeout = 0"); err != nil {
+		return fmt.Errorf("payment: migrate: %w", txn.Classify(ctx, err))
+	}
+	for pause := 5 * time.Millisecond; ; {
+		st, err := indexState(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if st.valid {
+			return nil
+		}
+		if st.building {
+			if err := sleep(ctx, pause); err != nil {
+				return fmt.Errorf("%w: %w", ErrIndexBuildInProgress, err)
+			}
+			pause = min(2*pause, time.Second)
+			continue
+		}
+		if dup, err := FindDuplicates(ctx, conn, 5); err != nil {
 			return err
 		} else if dup.Groups > 0 {
 			return dup
 		}
-		if exists { // INVALID: left by a failed concurrent build
-			if _, err := tx.Exec(ctx, "DROP INDEX "+UniqueIndex); err != nil {
-				return fmt.Errorf("payment: migrate: drop invalid index: %w", err)
+		if st.exists {
+			if err := dropInvalidIndex(ctx, conn); err != nil {
+				return err
 			}
 		}
-		_, err = tx.Exec(ctx, "CREATE UNIQUE INDEX "+UniqueIndex+" ON payments (service_id, line_item_id)")
-		if err != nil {
+		_, err = conn.Exec(ctx, fmt.Sprintf(createIndexSQL, "CONCURRENTLY "))
+		var pgErr *pgconn.PgError
+		switch {
+		case errors.As(err, &pgErr) && pgErr.Code == "42P07": // duplicate_table
+			// Another session (not a Migrate) started a build of its own
+			// since indexState looked: wait for it. Unless the name is
+			// taken by something that is not an index on payments.
+			if st, serr := indexState(ctx, conn); serr != nil || !st.exists {
+				return fmt.Errorf("payment: migrate: create unique index: %w", err)
+			}
+			continue
+		case errors.As(err, &pgErr) && pgErr.Code == "23505": // unique_violation
+			// A writer that doesn't take the lock inserted a duplicate
+			// meanwhile. The failed build left an INVALID index that still
+			// slows writes down.
+			if err := dropInvalidIndex(ctx, conn); err != nil {
+				return err
+			}
+			if dup, derr := FindDuplicates(ctx, conn, 5); derr == nil && dup.Groups > 0 {
+				return dup
+			}
 			return fmt.Errorf("payment: migrate: create unique index: %w", err)
+		case err != nil:
+			return fmt.Errorf("payment: migrate: create unique index: %w", txn.Classify(ctx, err))
+		}
+		if st, err = indexState(ctx, conn); err != nil {
+			return err
+		}
+		if !st.valid {
+			return fmt.Errorf("payment: migrate: index %s is not valid after its build", UniqueIndex)
 		}
 		return nil
-	})
-	return err
+	}
 }
 
-// indexState reports whether UniqueIndex exists on payments and is valid.
-func indexState(ctx context.Context, q pgx.Tx) (valid, exists bool, err error) {
-	err = q.QueryRow(ctx, `
-		SELECT i.indisvalid FROM pg_index i
-		WHERE i.indexrelid = to_regclass($1) AND i.indrelid = to_regclass('payments')`, UniqueIndex).Scan(&valid)
+func dropInvalidIndex(ctx context.Context, conn *pgx.Conn) error {
+	if _, err := conn.Exec(ctx, "DROP INDEX CONCURRENTLY IF EXISTS "+UniqueIndex); err != nil {
+		return fmt.Errorf("payment: migrate: drop invalid index %s: %w", UniqueIndex, txn.Classify(ctx, err))
+	}
+	return nil
+}
+
+// indexStatus is what indexState found.
+type indexStatus struct {
+	exists bool // UniqueIndex exists on payments
+	valid  bool // and is valid: it enforces uniqueness
+	// building: another session is running CREATE INDEX CONCURRENTLY or
+	// REINDEX CONCURRENTLY on payments. Such a build shows in
+	// pg_stat_progress_create_index and holds the table's SHARE UPDATE
+	// EXCLUSIVE lock at session level for its whole run, so an INVALID
+	// index may still be on its way to valid. (pg_locks shows the lock's
+	// table to every role; the progress view hides relid from other roles.)
+	building bool
+}
+
+// indexState reports the state of UniqueIndex on payments.
+func indexState(ctx context.Context, conn *pgx.Conn) (indexStatus, error) {
+	var st indexStatus
+	err := conn.QueryRow(ctx, `
+		SELECT i.indisvalid, EXISTS (
+			SELECT 1 FROM pg_stat_progress_create_index p JOIN pg_locks l ON l.pid = p.pid
+			WHERE p.pid <> pg_backend_pid() AND p.datid = l.database
+			  AND l.locktype = 'relation' AND l.relation = i.indrelid
+			  AND l.mode = 'ShareUpdateExclusiveLock' AND l.granted
+			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+		FROM pg_index i
+		WHERE i.indexrelid = to_regclass($1) AND i.indrelid = to_regclass('payments')`, UniqueIndex).
+		Scan(&st.valid, &st.building)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return false, false, nil
+		return indexStatus{}, nil
 	}
 	if err != nil {
-		return false, false, fmt.Errorf("payment: migrate: inspect index: %w", err)
+		return indexStatus{}, fmt.Errorf("payment: migrate: inspect index: %w", txn.Classify(ctx, err))
 	}
-	return valid, true, nil
+	st.exists = true
+	return st, nil
 }
 
 // ErrDuplicates is matched by a *DuplicatesError.

@@ -12,10 +12,15 @@ var cmdMigrate = &command{
 	name:    "migrate",
 	summary: "create the services and payments tables and the unique index, idempotently",
 	help: `
-Safe to run again and from several processes at once (it holds the advisory
-lock paylock.migrate). On a payments table that already holds duplicate
-(service_id, line_item_id) rows it changes nothing, lists the worst groups and
-exits 1: run 'paylock dedupe' to merge them, then migrate again.`,
+Safe to run again, from several processes at once (it holds the advisory
+lock paylock.migrate) and while pollers write: on an existing payments table
+it builds the unique index with CREATE UNIQUE INDEX CONCURRENTLY, replacing an
+INVALID one left by a failed build, and it waits for a build another session
+(such as 'paylock dedupe') still runs instead of dropping it. On a payments
+table that already holds duplicate (service_id, line_item_id) rows it changes
+nothing, lists the worst groups and exits 1: run 'paylock dedupe' to merge
+them, then migrate again. Needs a direct connection, not pgbouncer in
+transaction pooling mode.`,
 	run: runMigrate,
 }
 
