@@ -56,5 +56,9 @@ type Retry struct {
 // ctx. Do is what Run and payment's With use; it is exported for callers who
 // run their own transactions with Acquire.
 func (r Retry) Do(ctx context.Context, attempt func() error) error {
-	return txn.Retry{Attempts: r.Attempts, Backoff: r.Backoff, MaxBackoff: r.MaxBackoff}.Do(ctx, attempt)
+	return r.policy().Do(ctx, attempt)
+}
+
+func (r Retry) policy() txn.Retry {
+	return txn.Retry{Attempts: r.Attempts, Backoff: r.Backoff, MaxBackoff: r.MaxBackoff}
 }
