@@ -86,6 +86,14 @@ func RefuseConnCheck(t testing.TB, url string) {
 	}
 }
 
+// isDuplicateDatabase: CREATE DATABASE lost a race with another test
+// binary: SQLSTATE 42P04, or 23505 from pg_database's unique index when
+// both inserted at once; whatever the server's language.
+func isDuplicateDatabase(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "23505")
+}
+
 func unavailable(t testing.TB, locale, why string) {
 	t.Helper()
 	if os.Getenv("CI") == "true" {
