@@ -335,12 +335,12 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 			}
 		}
 	}
-	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
-	b.add(txn.SQLBegin)
 	settings, err := r.settings.Probe(ctx, conn) // client_connection_check_interval if accepted
 	if err != nil {
 		return nil, nil, txn.Classify(ctx, err)
 	}
+	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
+	b.add(txn.SQLBegin)
 	b.add(settings.SetSQL())
 	if r.strategy == Advisory {
 		// statement_timestamp() is when the lock statement started and
