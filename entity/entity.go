@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -101,7 +100,7 @@ var (
 type Repository[K, V any] struct {
 	pool     *pgxpool.Pool
 	table    Table[K, V]
-	setSQL   string
+	settings txn.Settings
 	retry    lock.Retry
 	strategy Strategy
 	hooks    Hooks
@@ -193,7 +192,7 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 		queue:    queue,
 		pool:     pool,
 		table:    table,
-		setSQL:   txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout).SetSQL(),
+		settings: txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout),
 		retry:    c.lock.Retry,
 		strategy: c.strategy,
 		hooks:    c.hooks,
@@ -336,9 +335,13 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 			}
 		}
 	}
+	settings, err := r.settings.Probe(ctx, conn) // client_connection_check_interval if accepted
+	if err != nil {
+		return nil, nil, txn.Classify(ctx, err)
+	}
 	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
 	b.add(txn.SQLBegin)
-	b.add(r.setSQL)
+	b.add(settings.SetSQL())
 	if r.strategy == Advisory {
 		// statement_timestamp() is when the lock statement started and
 		// clock_timestamp(), evaluated after the lock, when it was granted.
@@ -499,7 +502,7 @@ func scanRow(m *pgtype.Map, res *pgconn.Result, dest ...any) error {
 // change result type").
 func stalePlan(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "0A000" && strings.Contains(pgErr.Message, "cached plan")
+	return errors.As(err, &pgErr) && txn.StalePlan(pgErr) // SQLSTATE and routine, not the translated message
 }
 
 // rollback ends a failed transaction even when ctx is done; if that fails the

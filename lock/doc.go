@@ -40,6 +40,17 @@
 // abandoned wait within a second. Options bounds the wait (LockTimeout, which
 // fails with ErrLockTimeout) and the hold (IdleTimeout, StatementTimeout).
 //
+// client_connection_check_interval is set only where the server accepts it:
+// PostgreSQL 14 and later, on a platform that can tell that a socket closed
+// (Linux; from 15, macOS and the BSDs too; not Windows). Run, RunDB (through
+// pgx's stdlib driver) and entity's With ask each connection once, on its
+// first use, and remember. Run with a Beginner other than *pgxpool.Pool,
+// *pgxpool.Conn or *pgx.Conn, RunDB with another driver, and servers that
+// refuse it leave the server's setting: there an abandoned wait lasts until
+// the lock is granted or LockTimeout or StatementTimeout ends it, and the
+// waiter's connection is gone either way. Setting it for a role or database
+// (ALTER ROLE ... SET) does the same job for every session.
+//
 // # Retries and unknown outcomes
 //
 // Options.Retry runs the whole transaction again, fn included, after a
@@ -57,8 +68,12 @@
 //
 // # Savepoints
 //
-// Advisory transaction locks are not released by ROLLBACK TO SAVEPOINT: a lock
-// taken inside a savepoint lives until the outer transaction ends.
+// ROLLBACK TO SAVEPOINT releases the advisory locks taken after that
+// savepoint, as it undoes everything else done since; locks taken before it
+// stay. RELEASE SAVEPOINT keeps them until the outer transaction ends. So a
+// lock taken in a savepoint (tx.Begin inside fn, Acquire on that) protects
+// only until that savepoint is rolled back: take locks in the outer
+// transaction, before any savepoint that may be rolled back.
 //
 // # Finding a lock in pg_locks
 //

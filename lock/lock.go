@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/txn"
 )
@@ -146,47 +147,80 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 // the error matches ErrCommitUnknown. o.Retry may run the whole transaction,
 // fn included, again; see Retry.
 func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) error {
-	return o.Retry.Do(ctx, func() error { return o.run(ctx, db, key, fn) })
-}
-
-// run is one attempt of Run.
-func (o Options) run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) (err error) {
 	if fn == nil {
 		return errors.New("lock: Run called with a nil fn")
 	}
 	if err := key.Validate(); err != nil {
 		return err
 	}
-	if txn.Held(ctx, key.ID()) {
-		return fmt.Errorf("lock: run %s: %w", key, ErrReentrant)
-	}
-	tx, err := db.BeginTx(ctx, pgx.TxOptions{BeginQuery: o.settings().BeginSQL()})
-	if err != nil {
-		return txn.BeginFailed(fmt.Errorf("lock: run %s: begin: %w", key, txn.Classify(ctx, err)))
-	}
-	m := txn.NewManaged(tx.Conn(), tx)
-	done := false
-	defer func() {
-		m.Close()
-		if !done {
-			txn.Rollback(ctx, tx) // fn failed or panicked; a panic continues after this
+	begin := func(ctx context.Context) (*pgxTx, error) { return o.begin(ctx, db, key) }
+	return txn.Run(ctx, o.Retry.policy(), key.String(), key.ID(), begin, func(ctx context.Context, tx *pgxTx) error {
+		return fn(ctx, tx.m)
+	})
+}
+
+// begin begins one attempt of Run on db. When db gives its connection up
+// front (a pool, a pool's connection, a connection), the settings include
+// client_connection_check_interval if that server accepts it (see
+// txn.Settings.Probe); another Beginner's BEGIN leaves it as the server has it.
+func (o Options) begin(ctx context.Context, db Beginner, key Key) (*pgxTx, error) {
+	t := &pgxTx{key: key}
+	conn := (*pgx.Conn)(nil)
+	switch db := db.(type) {
+	case *pgxpool.Pool:
+		pc, err := db.Acquire(ctx)
+		if err != nil {
+			return nil, err
 		}
-	}()
-	if err := Acquire(ctx, tx, key); err != nil {
-		return txn.BeforeCommit(err, tx.Conn().IsClosed())
+		t.release, conn = pc.Release, pc.Conn()
+	case *pgxpool.Conn:
+		conn = db.Conn()
+	case *pgx.Conn:
+		conn = db
 	}
-	if err := fn(txn.WithHeld(ctx, key.ID()), m); err != nil {
-		return txn.BeforeCommit(err, tx.Conn().IsClosed())
+	s := o.settings()
+	if conn != nil {
+		var err error
+		if s, err = s.Probe(ctx, conn); err != nil {
+			t.Release()
+			return nil, err
+		}
+		db = conn
 	}
-	m.Close()
-	if err := txn.ReadyToCommit(ctx, tx.Conn().IsClosed()); err != nil {
-		return fmt.Errorf("lock: run %s: %w", key, err)
+	tx, err := db.BeginTx(ctx, pgx.TxOptions{BeginQuery: s.BeginSQL()})
+	if err != nil {
+		t.Release()
+		return nil, err
 	}
-	done = true
-	if err := tx.Commit(ctx); err != nil {
-		return txn.AfterCommit(fmt.Errorf("lock: run %s: commit: %w", key, txn.Classify(ctx, err)))
+	t.tx, t.m = tx, txn.NewManaged(tx.Conn(), tx)
+	return t, nil
+}
+
+// pgxTx is Run's transaction for txn.Run.
+type pgxTx struct {
+	key     Key
+	tx      pgx.Tx
+	m       *txn.Managed // what fn gets
+	release func()       // gives a pool's connection back, if Run took one
+}
+
+func (t *pgxTx) Lock(ctx context.Context) error { return Acquire(ctx, t.tx, t.key) }
+func (t *pgxTx) Closed() bool                   { return t.tx.Conn().IsClosed() }
+
+func (t *pgxTx) Commit(ctx context.Context) error {
+	t.m.Close()
+	return t.tx.Commit(ctx)
+}
+
+func (t *pgxTx) Rollback(ctx context.Context) {
+	t.m.Close()
+	txn.Rollback(ctx, t.tx)
+}
+
+func (t *pgxTx) Release() {
+	if t.release != nil {
+		t.release()
 	}
-	return nil
 }
 
 func lockSQL(expr string, keys ...Key) string {

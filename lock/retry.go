@@ -16,8 +16,8 @@ import (
 // underlying cause (a network error, context.DeadlineExceeded).
 var ErrCommitUnknown = txn.ErrCommitUnknown
 
-// Retry makes Run run the whole transaction again — begin, lock, fn,
-// commit — after a failure that left nothing committed:
+// Retry makes Run and RunDB run the whole transaction again — begin, lock,
+// fn, commit — after a failure that left nothing committed:
 //
 //   - a serialization failure (SQLSTATE 40001) or a deadlock (40P01,
 //     ErrDeadlock), whether from the lock or from a statement of fn's;
@@ -35,8 +35,9 @@ var ErrCommitUnknown = txn.ErrCommitUnknown
 // outside the database (a message sent, a file written) are not, so either
 // keep them out of fn or make them idempotent.
 //
-// A lost connection is worth retrying only when Run's db is a pool, which
-// hands the next attempt a new connection; a single *pgx.Conn stays closed.
+// A lost connection is worth retrying only when Run's db is a pool (or
+// RunDB's *sql.DB), which hands the next attempt a new connection; a single
+// *pgx.Conn stays closed.
 //
 // The zero value does not retry.
 type Retry struct {
@@ -56,5 +57,9 @@ type Retry struct {
 // ctx. Do is what Run and payment's With use; it is exported for callers who
 // run their own transactions with Acquire.
 func (r Retry) Do(ctx context.Context, attempt func() error) error {
-	return txn.Retry{Attempts: r.Attempts, Backoff: r.Backoff, MaxBackoff: r.MaxBackoff}.Do(ctx, attempt)
+	return r.policy().Do(ctx, attempt)
+}
+
+func (r Retry) policy() txn.Retry {
+	return txn.Retry{Attempts: r.Attempts, Backoff: r.Backoff, MaxBackoff: r.MaxBackoff}
 }

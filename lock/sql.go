@@ -3,18 +3,24 @@ package lock
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strconv"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/paylock/paylock/internal/txn"
 )
 
 // The database/sql variants serve callers that hold a *sql.DB rather than a
 // pgx pool (sqlx, sqlc on database/sql, GORM underneath), with any
-// PostgreSQL driver. Their statements carry the lock id as a literal and take
-// no parameters, so drivers run them with the simple protocol: nothing is
-// prepared per key.
+// PostgreSQL driver. Their statements carry the lock id as a literal, so
+// that the key's comment can name it, and take no parameters; they all go
+// through ExecContext, which drivers (pgx's stdlib, lib/pq) then run with
+// the simple protocol: nothing is prepared per key. (pgx's stdlib prepares
+// and caches a QueryContext statement even without parameters, so
+// TryAcquireTx reads its answer from the row count, not from a row.)
 
 // AcquireTx is Acquire for a database/sql transaction.
 func AcquireTx(ctx context.Context, tx *sql.Tx, key Key) error {
@@ -32,57 +38,121 @@ func TryAcquireTx(ctx context.Context, tx *sql.Tx, key Key) (bool, error) {
 	if err := key.Validate(); err != nil {
 		return false, err
 	}
-	var ok bool
-	if err := tx.QueryRowContext(ctx, literalLockSQL("pg_try_advisory_xact_lock", key)).Scan(&ok); err != nil {
+	// One row if the lock was taken, none if not.
+	res, err := tx.ExecContext(ctx, lockSQL("1 WHERE "+literalCall("pg_try_advisory_xact_lock", key), key))
+	if err != nil {
 		return false, fmt.Errorf("lock: try acquire %s: %w", key, txn.Classify(ctx, err))
 	}
-	return ok, nil
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("lock: try acquire %s: %w", key, err)
+	}
+	return n == 1, nil
 }
 
-func literalLockSQL(fn string, key Key) string {
-	return lockSQL(fn+"("+strconv.FormatInt(key.ID(), 10)+")", key)
-}
+func literalLockSQL(fn string, key Key) string { return lockSQL(literalCall(fn, key), key) }
+
+func literalCall(fn string, key Key) string { return fn + "(" + strconv.FormatInt(key.ID(), 10) + ")" }
 
 // RunDB is Run for a *sql.DB, with the zero Options. See Options.RunDB.
 func RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context, tx *sql.Tx) error) error {
 	return Options{}.RunDB(ctx, db, key, fn)
 }
 
-// RunDB is Options.Run for a *sql.DB: it begins a READ COMMITTED transaction,
-// applies o and takes the lock in one round trip, runs fn, and commits; it
-// rolls back if fn returns an error (returned unchanged) or panics (raised
-// again). fn must not commit or roll back tx: database/sql offers no way to
-// refuse it, and committing early would release the lock early.
-func (o Options) RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context, tx *sql.Tx) error) (err error) {
+// RunDB is Options.Run for a *sql.DB, with the same contract: it begins a
+// READ COMMITTED transaction, applies o and takes the lock in one round
+// trip, runs fn, and commits; it rolls back if fn returns an error (returned
+// unchanged, unless the connection was lost meanwhile) or panics (raised
+// again). o.Retry runs the whole transaction again after a failure that left
+// nothing committed, and a connection lost after COMMIT was sent fails with
+// ErrCommitUnknown. fn must not commit or roll back tx: database/sql offers
+// no way to refuse it, and committing early would release the lock early.
+//
+// Whether the connection was lost is asked of the driver: pgx's stdlib
+// driver tells exactly; another driver, if it implements
+// driver.Validator. With a driver that does neither, an error inside the
+// transaction is never taken for a lost connection, so it is not retried.
+// client_connection_check_interval (see the package doc) is set through
+// pgx's stdlib driver only.
+func (o Options) RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context, tx *sql.Tx) error) error {
 	if fn == nil {
 		return errors.New("lock: RunDB called with a nil fn")
 	}
 	if err := key.Validate(); err != nil {
 		return err
 	}
-	if txn.Held(ctx, key.ID()) {
-		return fmt.Errorf("lock: run %s: %w", key, ErrReentrant)
-	}
-	tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	begin := func(ctx context.Context) (*sqlTx, error) { return o.beginDB(ctx, db, key) }
+	return txn.Run(ctx, o.Retry.policy(), key.String(), key.ID(), begin, func(ctx context.Context, tx *sqlTx) error {
+		return fn(ctx, tx.tx)
+	})
+}
+
+// beginDB begins one attempt of RunDB, on a connection of its own so that
+// it can ask the driver about it.
+func (o Options) beginDB(ctx context.Context, db *sql.DB, key Key) (*sqlTx, error) {
+	conn, err := db.Conn(ctx)
 	if err != nil {
-		return fmt.Errorf("lock: run %s: begin: %w", key, txn.Classify(ctx, err))
+		return nil, err
 	}
-	done := false
-	defer func() {
-		if !done {
-			tx.Rollback() // fn failed or panicked; a panic continues after this
+	s := o.settings()
+	err = conn.Raw(func(dc any) error {
+		if c, ok := dc.(interface{ Conn() *pgx.Conn }); ok {
+			s, err = s.Probe(ctx, c.Conn())
+			return err
 		}
-	}()
-	setAndLock := o.settings().SetSQL() + "; " + literalLockSQL("pg_advisory_xact_lock", key)
-	if _, err := tx.ExecContext(ctx, setAndLock); err != nil {
-		return fmt.Errorf("lock: acquire %s: %w", key, txn.Classify(ctx, err))
+		return nil
+	})
+	if err != nil {
+		conn.Close()
+		return nil, err
 	}
-	if err := fn(txn.WithHeld(ctx, key.ID()), tx); err != nil {
-		return err
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		conn.Close()
+		return nil, err
 	}
-	done = true
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("lock: run %s: commit: %w", key, txn.Classify(ctx, err))
+	return &sqlTx{conn: conn, tx: tx, key: key, lockSQL: s.SetSQL() + "; " + literalLockSQL("pg_advisory_xact_lock", key)}, nil
+}
+
+// sqlTx is RunDB's transaction for txn.Run.
+type sqlTx struct {
+	conn    *sql.Conn
+	tx      *sql.Tx
+	key     Key
+	lockSQL string // the settings and the lock, one round trip
+}
+
+func (t *sqlTx) Lock(ctx context.Context) error {
+	if _, err := t.tx.ExecContext(ctx, t.lockSQL); err != nil {
+		return fmt.Errorf("lock: acquire %s: %w", t.key, txn.Classify(ctx, err))
 	}
 	return nil
 }
+
+// Closed asks the driver whether the connection is closed.
+func (t *sqlTx) Closed() bool {
+	closed := false
+	err := t.conn.Raw(func(dc any) error {
+		switch c := dc.(type) {
+		case interface{ Conn() *pgx.Conn }:
+			closed = c.Conn().IsClosed()
+		case driver.Validator:
+			closed = !c.IsValid()
+		}
+		return nil
+	})
+	return closed || err != nil
+}
+
+func (t *sqlTx) Commit(ctx context.Context) error {
+	err := t.tx.Commit()
+	if errors.Is(err, sql.ErrTxDone) || (err != nil && err == ctx.Err()) {
+		// database/sql refused before sending COMMIT: ctx ended and it
+		// rolled back (or is rolling back) by itself.
+		return txn.CommitNotSent(err)
+	}
+	return err
+}
+
+func (t *sqlTx) Rollback(context.Context) { _ = t.tx.Rollback() }
+func (t *sqlTx) Release()                 { _ = t.conn.Close() }

@@ -57,7 +57,7 @@ func pgbenchScript(workload string) string {
 	where := "service_id = 1 AND line_item_id = " + li
 	return set + `\startpipeline
 ` + txn.SQLBegin + `;
-` + txn.NewSettings(0, 0, 0).SetSQL() + `;
+` + txn.Settings{IdleTimeout: txn.DefaultIdleTimeout, ConnCheck: true}.SetSQL() + `;
 ` + txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock("+lockID+")", "pgbench") + `;
 INSERT INTO payments (service_id, line_item_id) SELECT 1, ` + li + ` WHERE NOT EXISTS (SELECT FROM payments WHERE ` + where + `) ON CONFLICT DO NOTHING;
 SELECT id, service_id, line_item_id, amount_cents, currency, status, data, created_at, updated_at FROM payments WHERE ` + where + ` ORDER BY id LIMIT 1 FOR NO KEY UPDATE;

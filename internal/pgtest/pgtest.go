@@ -138,7 +138,7 @@ func createTemplate(ctx context.Context) error {
 	}
 	if !exists {
 		if _, err := conn.Exec(ctx, "CREATE DATABASE "+template+" TEMPLATE template0 ENCODING 'UTF8'"); err != nil &&
-			!strings.Contains(err.Error(), "already exists") {
+			!isDuplicateDatabase(err) {
 			return fmt.Errorf("create template database: %w", err)
 		}
 	}

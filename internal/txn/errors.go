@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -39,4 +40,45 @@ func Classify(ctx context.Context, err error) error {
 		err = fmt.Errorf("%w: %w", ctxErr, err)
 	}
 	return err
+}
+
+// severity returns e's severity in English whatever the server's
+// lc_messages: the unlocalized field PostgreSQL 9.6 and later send, else the
+// localized one (older servers and poolers such as pgbouncer, which speak
+// English).
+func severity(e *pgconn.PgError) string {
+	if e.SeverityUnlocalized != "" {
+		return e.SeverityUnlocalized
+	}
+	return e.Severity
+}
+
+// serverError reports whether err holds an ERROR from the server: the
+// statement failed and the session lives on. A FATAL or PANIC ended the
+// session.
+func serverError(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && severity(pgErr) == "ERROR"
+}
+
+// sessionEnded reports whether err holds a FATAL or PANIC from the server,
+// which closes the connection after sending it.
+func sessionEnded(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	s := severity(pgErr)
+	return s == "FATAL" || s == "PANIC"
+}
+
+// StalePlan reports whether err is PostgreSQL refusing a prepared statement
+// whose result type changed under it ("cached plan must not change result
+// type"): SQLSTATE 0A000 raised by the server's RevalidateCachedQuery. The
+// routine name, unlike the message, does not follow lc_messages; the English
+// message is accepted too, for a server that does not send the routine.
+func StalePlan(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "0A000" &&
+		(pgErr.Routine == "RevalidateCachedQuery" || strings.Contains(pgErr.Message, "cached plan must not change result type"))
 }

@@ -23,14 +23,15 @@ var errConnLost = errors.New("connection lost before commit")
 
 // BeforeCommit marks err, which ended a transaction before its COMMIT was
 // sent, as safe to retry when the connection is gone: closed is whether the
-// connection was closed by then. A failed dial (*pgconn.ConnectError) counts
-// as gone. Otherwise err is returned as it is.
+// connection was closed by then. A failed dial (*pgconn.ConnectError) and a
+// FATAL or PANIC from the server (which ends the session, whatever language
+// its message is in) count as gone. Otherwise err is returned as it is.
 func BeforeCommit(err error, closed bool) error {
 	if err == nil || errors.Is(err, errConnLost) {
 		return err
 	}
 	var connectErr *pgconn.ConnectError
-	if closed || errors.As(err, &connectErr) {
+	if closed || errors.As(err, &connectErr) || sessionEnded(err) {
 		return &lostError{err}
 	}
 	return err
@@ -38,10 +39,11 @@ func BeforeCommit(err error, closed bool) error {
 
 // BeginFailed marks err, the failure of BEGIN (and of getting a connection
 // for it), as safe to retry unless the server answered it with an ERROR:
-// nothing that could commit was sent.
+// nothing that could commit was sent. The severity is read from the
+// unlocalized field, so a server whose lc_messages says "FEHLER" is
+// understood too.
 func BeginFailed(err error) error {
-	var pgErr *pgconn.PgError
-	return BeforeCommit(err, !errors.As(err, &pgErr) || pgErr.Severity != "ERROR")
+	return BeforeCommit(err, !serverError(err))
 }
 
 // ReadyToCommit returns the error to return instead of sending COMMIT when
@@ -66,20 +68,31 @@ func ReadyToCommit(ctx context.Context, closed bool) error {
 // arrived — leaves the outcome unknown, and err is wrapped in
 // ErrCommitUnknown. (pgconn's SafeToRetry can't tell here: once the COMMIT
 // was written, a read on a connection closed meanwhile reports "conn closed"
-// as safe to retry.)
+// as safe to retry.) Severities are read unlocalized, never from the
+// translated text.
 func AfterCommit(err error) error {
 	if err == nil {
 		return nil
 	}
-	var pgErr *pgconn.PgError
-	if (errors.As(err, &pgErr) && pgErr.Severity == "ERROR") || errors.Is(err, pgx.ErrTxCommitRollback) {
+	if serverError(err) || errors.Is(err, pgx.ErrTxCommitRollback) || errors.As(err, new(*notSentError)) {
 		return err
 	}
-	if pgErr != nil && pgErr.Code == "25P03" {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "25P03" {
 		return &lostError{err}
 	}
 	return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
 }
+
+// CommitNotSent marks err, from a commit that failed before COMMIT was
+// sent (database/sql's Tx.Commit once its ctx is done), as a definite
+// failure: AfterCommit returns it as it is.
+func CommitNotSent(err error) error { return &notSentError{err} }
+
+type notSentError struct{ err error }
+
+func (e *notSentError) Error() string { return "commit not sent: " + e.err.Error() }
+func (e *notSentError) Unwrap() error { return e.err }
 
 type lostError struct{ err error }
 

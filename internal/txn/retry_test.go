@@ -36,6 +36,12 @@ func TestCommitClassification(t *testing.T) {
 		{"DialFailed", txn.BeginFailed(&pgconn.ConnectError{}), false, true},
 		{"BeginRefusedByTheServer", txn.BeginFailed(&pgconn.PgError{Severity: "ERROR", Code: "3D000"}), false, false},
 		{"ClosedBeforeCommit", txn.ReadyToCommit(context.Background(), true), false, true},
+		// A server whose lc_messages is German translates Severity, not SeverityUnlocalized.
+		{"TranslatedErrorAtCommit", txn.AfterCommit(&pgconn.PgError{Severity: "FEHLER", SeverityUnlocalized: "ERROR", Code: "23505"}), false, false},
+		{"TranslatedErrorOnBegin", txn.BeginFailed(&pgconn.PgError{Severity: "FEHLER", SeverityUnlocalized: "ERROR", Code: "22023"}), false, false},
+		{"TranslatedFatalBeforeCommit", txn.BeforeCommit(&pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "57P01"}, false), false, true},
+		{"TranslatedPanicDuringCommit", txn.AfterCommit(&pgconn.PgError{Severity: "PANIK", SeverityUnlocalized: "PANIC", Code: "XX000"}), true, false},
+		{"CommitNeverSent", txn.AfterCommit(txn.CommitNotSent(context.Canceled)), false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := errors.Is(tt.err, txn.ErrCommitUnknown); got != tt.unknown {

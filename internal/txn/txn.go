@@ -22,6 +22,9 @@ type Settings struct {
 	LockTimeout      time.Duration
 	IdleTimeout      time.Duration
 	StatementTimeout time.Duration
+	// ConnCheck sets client_connection_check_interval too. Set it only for a
+	// server that accepts it: see Settings.Probe.
+	ConnCheck bool
 }
 
 // DefaultIdleTimeout is the idle-in-transaction limit when none is given.
@@ -40,14 +43,18 @@ func NewSettings(lockTimeout, idleTimeout, statementTimeout time.Duration) Setti
 }
 
 // SetSQL returns one statement that applies s to the current transaction.
+// With nothing to apply it is a bare SELECT, so that callers that pipeline
+// it need not count statements.
 //
-// client_connection_check_interval makes a backend that waits for a lock
-// notice within a second that its client went away (a cancelled caller whose
-// connection pgx closed), so it leaves the lock queue instead of waiting for
-// its turn only to find nobody there.
+// client_connection_check_interval (s.ConnCheck) makes a backend that waits
+// for a lock notice within a second that its client went away (a cancelled
+// caller whose connection pgx closed), so it leaves the lock queue instead
+// of waiting for its turn only to find nobody there.
 func (s Settings) SetSQL() string {
-	var b strings.Builder
-	b.WriteString("SELECT set_config('client_connection_check_interval', '1000', true)")
+	var sets []string
+	if s.ConnCheck {
+		sets = append(sets, "set_config('"+connCheckSetting+"', '"+connCheckMillis+"', true)")
+	}
 	for _, set := range []struct {
 		name string
 		d    time.Duration
@@ -57,10 +64,13 @@ func (s Settings) SetSQL() string {
 		{"statement_timeout", s.StatementTimeout},
 	} {
 		if set.d > 0 {
-			fmt.Fprintf(&b, ", set_config('%s', '%d', true)", set.name, max(set.d.Milliseconds(), 1))
+			sets = append(sets, fmt.Sprintf("set_config('%s', '%d', true)", set.name, max(set.d.Milliseconds(), 1)))
 		}
 	}
-	return b.String()
+	if len(sets) == 0 {
+		return "SELECT"
+	}
+	return "SELECT " + strings.Join(sets, ", ")
 }
 
 // BeginSQL is the statement that begins a READ COMMITTED transaction with s

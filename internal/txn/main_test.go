@@ -1,0 +1,9 @@
+package txn_test
+
+import (
+	"testing"
+
+	"github.com/paylock/paylock/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m, nil) }
