@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -51,9 +52,16 @@ func runKey(_ context.Context, c *call) error {
 	info := keyInfo{Key: k.String(), Namespace: k.Namespace(), Parts: k.Parts(), Fields: keyFields(k),
 		ID: k.ID(), ClassID: k.ClassID(), ObjID: k.ObjID(), ObjSubID: 1, Query: keyQuery(k)}
 	if c.bool("json") {
-		enc := json.NewEncoder(c.stdout)
+		// The parts are the caller's, often pasted from a log: escape what
+		// encoding/json leaves raw, as `paylock locks --json` does.
+		var doc bytes.Buffer
+		enc := json.NewEncoder(&doc)
 		enc.SetIndent("", "  ")
-		return enc.Encode(info)
+		if err := enc.Encode(info); err != nil {
+			return err
+		}
+		_, err := c.stdout.Write(escapeJSONControls(doc.Bytes()))
+		return err
 	}
 	fmt.Fprintf(c.stdout, "key       %s\n", info.Key)
 	fmt.Fprintf(c.stdout, "entity    %s\n", humanKey(k))

@@ -68,3 +68,26 @@ func TestKey(t *testing.T) {
 	text := mustRun(t, ctx, "key", "payments", "7", "li 1/é")
 	golden(t, "key.golden", text)
 }
+
+// TestKeyJSONEscapesControls: the parts of a key come from the command line
+// (often pasted from a log); --json escapes the C1 controls and bidi
+// overrides encoding/json leaves raw, as `paylock locks --json` does, and
+// the document still decodes to the same parts.
+func TestKeyJSONEscapesControls(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, 10*time.Second)
+	part := "li\u009b31m\u202eX\u2066"
+	out := mustRun(t, ctx, "key", "--json", "payments", "7", part)
+	for _, raw := range []string{"\u009b", "\u202e", "\u2066"} {
+		if strings.Contains(out, raw) {
+			t.Errorf("key --json printed %q raw:\n%s", raw, out)
+		}
+	}
+	var info keyInfo
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Fields["line_item_id"] != part || len(info.Parts) != 2 || info.Parts[1] != part {
+		t.Fatalf("key --json decodes to %+v, want line_item_id %q", info, part)
+	}
+}
