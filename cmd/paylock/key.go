@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/paylock/paylock/internal/term"
 	"github.com/paylock/paylock/lock"
 )
 
@@ -60,7 +61,7 @@ func runKey(_ context.Context, c *call) error {
 		if err := enc.Encode(info); err != nil {
 			return err
 		}
-		_, err := c.stdout.Write(escapeJSONControls(doc.Bytes()))
+		_, err := c.stdout.Write(term.EscapeJSON(doc.Bytes()))
 		return err
 	}
 	fmt.Fprintf(c.stdout, "key       %s\n", info.Key)

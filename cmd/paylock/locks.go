@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf16"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -235,7 +233,7 @@ func runLocks(ctx context.Context, c *call) error {
 			if err := enc.Encode(r); err != nil {
 				return err
 			}
-			w.Write(escapeJSONControls(doc.Bytes()))
+			w.Write(term.EscapeJSON(doc.Bytes()))
 			return nil
 		}
 		writeLocks(w, r, only)
@@ -452,7 +450,7 @@ func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 		counts[l.Origin]++
 	}
 	fmt.Fprintf(w, "database %s at %s: %d advisory locks (%d paylock, %d other, %d unknown)\n",
-		visible(r.Database), r.TakenAt.Format("2006-01-02 15:04:05Z07:00"), len(r.Locks), counts["paylock"], counts["other"], counts["unknown"])
+		term.Visible(r.Database), r.TakenAt.Format("2006-01-02 15:04:05Z07:00"), len(r.Locks), counts["paylock"], counts["other"], counts["unknown"])
 	if len(r.Locks) == 0 {
 		if only != nil {
 			fmt.Fprintf(w, "nobody holds or waits for %s (id %d)\n", only, only.ID())
@@ -475,16 +473,16 @@ func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 			fmt.Fprintf(w, "  int4 keys (%d, %d)  classid %d  objid %d  objsubid %d", int32(l.ClassID), int32(l.ObjID), l.ClassID, l.ObjID, l.ObjSubID)
 		}
 		if l.Key != "" {
-			fmt.Fprintf(w, "  key %s (from %s)", visible(l.Key), l.KeyFrom)
+			fmt.Fprintf(w, "  key %s (from %s)", term.Visible(l.Key), l.KeyFrom)
 		}
 		fmt.Fprintln(w)
 		for _, h := range l.Holders {
 			fmt.Fprintf(w, "  held by  %s  xact %s\n", describeBackend(h), seconds(h.XactAgeS))
 			fmt.Fprintf(w, "           query: %s\n", shorten(h.Query, 100))
 			if len(h.WaitsFor) > 0 {
-				fmt.Fprintf(w, "           itself waits (%s):", visible(h.WaitEvent))
+				fmt.Fprintf(w, "           itself waits (%s):", term.Visible(h.WaitEvent))
 				for _, cl := range h.WaitsFor {
-					fmt.Fprintf(w, " -> pid %d (%q, %s: %s)", cl.PID, cl.ApplicationName, visible(cl.State), shorten(cl.Query, 40))
+					fmt.Fprintf(w, " -> pid %d (%q, %s: %s)", cl.PID, cl.ApplicationName, term.Visible(cl.State), shorten(cl.Query, 40))
 				}
 				fmt.Fprintln(w)
 			}
@@ -502,11 +500,11 @@ func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 }
 
 func describeBackend(b backend) string {
-	client := visible(b.ClientAddr)
+	client := term.Visible(b.ClientAddr)
 	if client == "" {
 		client = "local"
 	}
-	return fmt.Sprintf("pid %d  app %q  client %s  %s  %s", b.PID, b.ApplicationName, client, visible(b.State), visible(b.Mode))
+	return fmt.Sprintf("pid %d  app %q  client %s  %s  %s", b.PID, b.ApplicationName, client, term.Visible(b.State), term.Visible(b.Mode))
 }
 
 func seconds(s float64) string {
@@ -541,72 +539,7 @@ func shorten(s string, n int) string {
 		n--
 	}
 	if cut {
-		return visible(s) + "..."
+		return term.Visible(s) + "..."
 	}
-	return visible(s)
-}
-
-// visible returns s with every character a terminal could act on, or that
-// could hide or reorder the text around it, replaced by its Go escape:
-// C0 controls including ESC and \r (\x1b, \r), DEL, C1 controls (\u009b),
-// bidi embeddings, overrides and isolates (\u202e, \u2067) and every other
-// character [strconv.IsPrint] rejects, and each byte of invalid UTF-8
-// (\xff). Printable text, backslashes and quotes are left as they are, so a
-// query reads as it was sent. %q applies the same rules to a quoted string.
-func visible(s string) string {
-	clean := true
-	for _, r := range s {
-		if r == utf8.RuneError || !strconv.IsPrint(r) {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case strconv.IsPrint(r):
-			b.WriteString(s[i : i+size])
-		default:
-			q := strconv.QuoteRune(r) // '\x1b', '\r', '\u202e'
-			b.WriteString(q[1 : len(q)-1])
-		}
-		i += size
-	}
-	return b.String()
-}
-
-// escapeJSONControls rewrites, in a document from encoding/json, the
-// characters it leaves raw that a terminal acts on or that reorder text:
-// DEL, C1 controls, bidi controls and the rest of what [strconv.IsPrint]
-// rejects above ASCII, each as a \uXXXX escape (a surrogate pair above
-// U+FFFF). Such characters only occur inside JSON strings, where the escape
-// means the same character, so the document decodes to the same values.
-func escapeJSONControls(doc []byte) []byte {
-	var out []byte
-	for i := 0; i < len(doc); {
-		r, size := utf8.DecodeRune(doc[i:])
-		if r == 0x7f || (r >= 0x80 && r != utf8.RuneError && !strconv.IsPrint(r)) {
-			if out == nil {
-				out = append(make([]byte, 0, len(doc)+32), doc[:i]...)
-			}
-			if r1, r2 := utf16.EncodeRune(r); r1 != utf8.RuneError {
-				out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
-			} else {
-				out = fmt.Appendf(out, `\u%04x`, r)
-			}
-		} else if out != nil {
-			out = append(out, doc[i:i+size]...)
-		}
-		i += size
-	}
-	if out == nil {
-		return doc
-	}
-	return out
+	return term.Visible(s)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/term"
 	"github.com/paylock/paylock/lock"
 )
 
@@ -472,8 +473,8 @@ func TestVisible(t *testing.T) {
 		{"\U000e0001", `\U000e0001`},
 		{"a\xffb\xc3", `a\xffb\xc3`},
 	} {
-		if got := visible(tt.in); got != tt.want {
-			t.Errorf("visible(%q) = %s, want %s", tt.in, got, tt.want)
+		if got := term.Visible(tt.in); got != tt.want {
+			t.Errorf("term.Visible(%q) = %s, want %s", tt.in, got, tt.want)
 		}
 	}
 	for _, tt := range []struct {
@@ -491,7 +492,7 @@ func TestVisible(t *testing.T) {
 	}
 	in := map[string]string{"q": "\x1b \x7f \u009b \u202e \U000e0001 é \xff"}
 	doc, _ := json.Marshal(in)
-	out := escapeJSONControls(doc)
+	out := term.EscapeJSON(doc)
 	if want := `{"q":"\u001b \u007f \u009b \u202e \udb40\udc01 é \ufffd"}`; string(out) != want {
 		t.Errorf("escapeJSONControls = %s, want %s", out, want)
 	}

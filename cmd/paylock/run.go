@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/term"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -101,7 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, visible(oneLine(err.Error())), name)
+		fmt.Fprintf(stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, term.Visible(oneLine(err.Error())), name)
 		return exitUsage
 	}
 	return exitFor(c.cmd.run(ctx, c), c)
@@ -167,10 +168,10 @@ func exitFor(err error, c *call) int {
 	case errors.As(err, &code):
 		return int(code)
 	case errors.As(err, &ue):
-		fmt.Fprintf(c.stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, visible(oneLine(err.Error())), name)
+		fmt.Fprintf(c.stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, term.Visible(oneLine(err.Error())), name)
 		return exitUsage
 	default:
-		fmt.Fprintf(c.stderr, "paylock %s: %s\n", name, visible(oneLine(err.Error())))
+		fmt.Fprintf(c.stderr, "paylock %s: %s\n", name, term.Visible(oneLine(err.Error())))
 		return exitFailure
 	}
 }

@@ -105,7 +105,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "paylock bench:", err)
+		fmt.Fprintf(stderr, "paylock bench: %s; run 'paylock bench --help'\n", term.Visible(oneLine(err.Error())))
 		return 2
 	}
 	if worker != "" {
@@ -114,7 +114,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = run(ctx, opts, args, stdout, stderr)
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "paylock bench:", err)
+		fmt.Fprintln(stderr, "paylock bench:", term.Visible(oneLine(err.Error())))
 		return 1
 	}
 	return 0
@@ -132,7 +132,10 @@ func Parse(args []string) error {
 
 func parse(args []string, stderr io.Writer) (opts options, worker string, err error) {
 	fs := flag.NewFlagSet("paylock bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flag package would print a bad flag's error raw; Main prints it
+	// escaped. fs.Usage, which it calls for --help and errors, writes to
+	// stderr itself.
+	fs.SetOutput(io.Discard)
 	var strategyList, workloadList string
 	var noPgbench bool
 	names := []string{}
@@ -164,7 +167,9 @@ func parse(args []string, stderr io.Writer) (opts options, worker string, err er
 			fmt.Fprintf(stderr, "  %-13s %s (only when named)\n", s.name, s.doc)
 		}
 		fmt.Fprintln(stderr, "\nflags:")
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	if err := fs.Parse(args); err != nil {
 		return opts, "", err
@@ -297,9 +302,12 @@ func run(ctx context.Context, opts options, args []string, stdout, stderr io.Wri
 	}
 	finish(rep.Rows)
 	if opts.json {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		doc, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(append(term.EscapeJSON(doc), '\n'))
+		return err
 	}
 	printTable(stdout, rep)
 	return nil
@@ -373,6 +381,9 @@ func finish(rows []*Row) {
 	}
 }
 
+// oneLine folds a multi-line message (pgx's dial errors) onto one line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
 func printTable(w io.Writer, rep *Report) {
 	fmt.Fprintf(w, "PostgreSQL %s, synchronous_commit=%s, fsync=%s; %d cores; %s UTC\n", rep.ServerVersion,
 		rep.SynchronousCommit, rep.Fsync, rep.Cores, rep.Date.Format("2006-01-02 15:04"))
@@ -397,11 +408,11 @@ func printTable(w io.Writer, rep *Report) {
 	tw.Flush()
 	for _, r := range rep.Rows {
 		if r.Waits != "" {
-			fmt.Fprintf(w, "busy backends, %s %s: %s\n", r.Workload, r.Strategy, r.Waits)
+			fmt.Fprintf(w, "busy backends, %s %s: %s\n", r.Workload, r.Strategy, term.Visible(r.Waits))
 		}
 	}
 	for _, e := range errs {
-		fmt.Fprintln(w, "first error:", e)
+		fmt.Fprintln(w, "first error:", term.Visible(oneLine(e)))
 	}
 }
 

@@ -36,6 +36,21 @@ func TestMainUsage(t *testing.T) {
 	}
 }
 
+// TestMainEscapes: a hostile flag or database name reaches stderr escaped and
+// on one line, never as raw control characters.
+func TestMainEscapes(t *testing.T) {
+	for _, args := range [][]string{
+		{"--bogus\x1b[31mRED"},
+		{"--database-url", "postgres://u@127.0.0.1:1/x%1b%5b31mRED%e2%80%ae?connect_timeout=2", "--duration", "1ms"},
+	} {
+		code, _, stderr := runMain(t, args...)
+		last := stderr[strings.LastIndex(strings.TrimSuffix(stderr, "\n"), "\n")+1:]
+		if code == 0 || strings.ContainsAny(stderr, "\x1b\u202e") || !strings.Contains(last, `\x1b[31mRED`) {
+			t.Errorf("Main(%q) = %d, stderr %q; want a failure naming \\x1b[31mRED escaped, no raw ESC or U+202E", args, code, stderr)
+		}
+	}
+}
+
 // TestMainHot runs every strategy on a hot key briefly: the check after each
 // run finds no duplicate and no lost update for the strategies that lock,
 // and finds them for naive — proof that the check can fail.
