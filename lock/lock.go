@@ -26,6 +26,15 @@ var (
 	ErrReentrant = txn.ErrReentrant
 	// ErrManaged: fn called Commit or Rollback on the tx that Run manages.
 	ErrManaged = txn.ErrManaged
+	// ErrTxEnded: fn ended the transaction itself, with COMMIT or ROLLBACK
+	// in SQL. What it committed stays committed; the lock was released when
+	// it did; nothing was committed after that.
+	ErrTxEnded = txn.ErrTxEnded
+	// ErrRowsOpen: fn returned while a result it started on tx was still
+	// open (Rows not closed, a Row not scanned, BatchResults not closed), so
+	// COMMIT could not be sent. Nothing was committed; the connection, which
+	// was left mid-result, was closed.
+	ErrRowsOpen = txn.ErrRowsOpen
 )
 
 // Beginner starts a transaction. *pgxpool.Pool, *pgxpool.Conn and *pgx.Conn
@@ -135,7 +144,18 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 // wrapped, so Retry can tell, and errors.Is and errors.As still find it); if
 // fn panics, Run rolls back and panics again. Either way
 // the lock ends with the transaction. fn must not commit or roll back tx
-// (those calls return ErrManaged) and must not use tx after it returns.
+// (those calls return ErrManaged), nor end the transaction with COMMIT or
+// ROLLBACK in SQL: then Run commits nothing more and returns ErrTxEnded
+// (fn's own error, if it returned one, then matches ErrTxEnded too), and
+// what fn committed stays committed. fn must close every result it reads
+// (Rows, Row, BatchResults): if one is still open when fn returns nil, Run
+// closes the connection, commits nothing and returns ErrRowsOpen.
+//
+// tx and the savepoints from tx.Begin fail with pgx.ErrTxClosed once fn has
+// returned (a statement that a goroutine of fn's is running through them
+// then is waited for), large objects from tx.LargeObjects once Run has ended
+// the transaction. tx.Conn returns nil once fn has returned; a *pgx.Conn
+// taken from it earlier escapes all this and must not be kept.
 //
 // ctx governs the begin, the lock wait, fn and the commit: when it is done
 // first, nothing is committed and the error matches ctx.Err(). A nested Run
@@ -176,9 +196,11 @@ func (o Options) run(ctx context.Context, db Beginner, key Key, fn func(ctx cont
 		return txn.BeforeCommit(err, tx.Conn().IsClosed())
 	}
 	if err := fn(txn.WithHeld(ctx, key.ID()), m); err != nil {
-		return txn.BeforeCommit(err, tx.Conn().IsClosed())
+		return txn.BeforeCommit(m.FnError(err), tx.Conn().IsClosed())
 	}
-	m.Close()
+	if err := m.Finish(); err != nil {
+		return fmt.Errorf("lock: run %s: %w", key, err)
+	}
 	if err := txn.ReadyToCommit(ctx, tx.Conn().IsClosed()); err != nil {
 		return fmt.Errorf("lock: run %s: %w", key, err)
 	}
