@@ -3,6 +3,7 @@ package entity_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -183,8 +184,9 @@ func TestWithFnEndsTheTransaction(t *testing.T) {
 		{"COMMIT", nil, true},
 		{"ROLLBACK", nil, false},
 		{"COMMIT", boom, true},
+		{"COMMIT; BEGIN", nil, true}, // two statements: the second begins a transaction without the lock
 	} {
-		name := tt.stmt
+		name := strings.ReplaceAll(tt.stmt, "; ", "Then")
 		if tt.fnErr != nil {
 			name += "ThenError"
 		}
@@ -198,8 +200,10 @@ func TestWithFnEndsTheTransaction(t *testing.T) {
 					return err
 				}
 				p.AmountCents = 77
-				if _, err := tx.Exec(ctx, tt.stmt); err != nil {
-					return err
+				for stmt := range strings.SplitSeq(tt.stmt, "; ") {
+					if _, err := tx.Exec(ctx, stmt); err != nil {
+						return err
+					}
 				}
 				return tt.fnErr
 			})

@@ -53,6 +53,9 @@ type Managed struct {
 	ownTx bool   // tx was made by m, and End closes it
 
 	savepoints atomic.Int64
+	// ended: a statement fn ran through Exec left the connection idle, out
+	// of the transaction, even if a later one began another.
+	ended atomic.Bool
 }
 
 // NewManaged returns the Managed transaction running on conn. tx is the pgx
@@ -84,7 +87,8 @@ func (m *Managed) Close() {
 // Finish closes m and reports whether the transaction fn returned from can be
 // committed: ErrRowsOpen when fn left a result open (the connection is busy,
 // so COMMIT can't even be sent), ErrTxEnded when fn ended the transaction
-// itself (the connection is idle). Otherwise nil, also when the connection is
+// itself (the connection is idle, or was after a statement of fn's: a BEGIN
+// that followed would not hold the lock). Otherwise nil, also when the connection is
 // closed or the transaction failed: the caller's own checks see those.
 func (m *Managed) Finish() error {
 	m.Close()
@@ -94,7 +98,7 @@ func (m *Managed) Finish() error {
 		return nil
 	case pc.IsBusy():
 		return ErrRowsOpen
-	case pc.TxStatus() == 'I':
+	case pc.TxStatus() == 'I', m.ended.Load():
 		return ErrTxEnded
 	}
 	return nil
@@ -218,7 +222,11 @@ func (m *Managed) Exec(ctx context.Context, sql string, args ...any) (pgconn.Com
 		return pgconn.CommandTag{}, pgx.ErrTxClosed
 	}
 	defer m.mu.RUnlock()
-	return m.conn.Exec(ctx, sql, args...)
+	tag, err := m.conn.Exec(ctx, sql, args...)
+	if m.conn.PgConn().TxStatus() == 'I' {
+		m.ended.Store(true) // COMMIT or ROLLBACK; a BEGIN after it would not hold the lock
+	}
+	return tag, err
 }
 
 // Query runs a query in the transaction. Once m is closed it returns
