@@ -250,10 +250,12 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // goroutine, and it waits for the lock its own caller holds: until
 // lock.Options.LockTimeout, if set (it fails with lock.ErrLockTimeout, fn
 // gets that error); otherwise until the server ends the outer transaction,
-// idle for lock.Options.IdleTimeout. Then the outer's lock is released, the
-// inner call runs and commits, and the outer With commits nothing and
-// returns an error saying the server ended its transaction (SQLSTATE 25P03).
-// Pass fn's ctx on.
+// idle for lock.Options.IdleTimeout (DefaultIdleTimeout unless set). Then
+// the outer's lock is released, the inner call runs and commits, and the
+// outer With commits nothing and returns an error saying the server ended
+// its transaction (a *pgconn.PgError with SQLSTATE 25P03, which Retry may
+// run again). With neither timeout it waits until its own ctx is done. Pass
+// fn's ctx on.
 //
 // With runs the transaction at READ COMMITTED whatever the server's default
 // and makes two round trips when fn does none: BEGIN, the lock, Ensure and

@@ -160,6 +160,11 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 // ctx governs the begin, the lock wait, fn and the commit: when it is done
 // first, nothing is committed and the error matches ctx.Err(). A nested Run
 // for the same key from inside fn, given fn's ctx, fails with ErrReentrant.
+// Given another ctx it can't be told from a caller on another goroutine: it
+// waits for the lock its own caller holds, until LockTimeout (it fails with
+// ErrLockTimeout) or until the server ends the outer transaction, idle for
+// IdleTimeout: the inner Run then runs, and the outer commits nothing and
+// returns the server's error (a *pgconn.PgError with SQLSTATE 25P03).
 // Run is safe for concurrent use.
 //
 // When the connection fails after COMMIT was sent, the outcome is unknown and

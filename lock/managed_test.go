@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/pgtest"
@@ -133,5 +135,43 @@ func TestRunRowsLeftOpen(t *testing.T) {
 	}
 	if err := lock.Run(ctx, pool, key, func(context.Context, pgx.Tx) error { return nil }); err != nil {
 		t.Fatalf("next Run on the pool's only connection: %v", err)
+	}
+}
+
+// TestRunNestedOnAnotherCtx documents a nested Run for the same key given a
+// ctx that is not fn's: it waits for its own caller's lock until the server
+// ends the outer transaction (idle for IdleTimeout); then the inner Run
+// commits and the outer commits nothing and returns the server's error.
+func TestRunNestedOnAnotherCtx(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t, nil)
+	ctx := testCtx(t)
+	if _, err := pool.Exec(ctx, "CREATE TABLE t (k text PRIMARY KEY, v int)"); err != nil {
+		t.Fatal(err)
+	}
+	o := lock.Options{IdleTimeout: 300 * time.Millisecond}
+	key := lock.NewKey("test", "nested")
+	other, cancel := context.WithTimeout(context.Background(), time.Minute) // not fn's ctx
+	defer cancel()
+	var innerErr error
+	err := o.Run(ctx, pool, key, func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO t VALUES ('outer', 1)"); err != nil {
+			return err
+		}
+		innerErr = o.Run(other, pool, key, func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, "INSERT INTO t VALUES ('inner', 1)")
+			return err
+		})
+		return nil
+	})
+	if innerErr != nil {
+		t.Fatalf("inner Run = %v, want it to run once the outer transaction was ended", innerErr)
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25P03" || errors.Is(err, lock.ErrCommitUnknown) {
+		t.Fatalf("outer Run = %v, want the server's idle-in-transaction termination (25P03), known not committed", err)
+	}
+	if value(t, ctx, pool, "inner") != 1 || value(t, ctx, pool, "outer") != 0 {
+		t.Fatal("want the inner Run's insert committed and the outer's not")
 	}
 }
