@@ -223,13 +223,14 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 //
 // If fn returns an error, With rolls back and returns that error unchanged;
 // if fn panics, With rolls back and panics again. Either way nothing is
-// written and the lock is released. fn must not commit or roll back tx
-// (lock.ErrManaged), nor end the transaction with COMMIT or ROLLBACK in SQL:
-// then With saves nothing and returns ErrTxEnded (fn's own error, if it
-// returned one, then matches ErrTxEnded too), and what fn committed stays
-// committed. fn must close every result it reads (Rows, Row,
-// BatchResults): if one is still open when fn returns nil, With closes the
-// connection, commits nothing and returns ErrRowsOpen.
+// written (unless fn ended the transaction itself, see below) and the lock
+// is released. fn must not commit or roll back tx (lock.ErrManaged), nor end
+// the transaction with COMMIT or ROLLBACK in SQL: then With saves nothing
+// and returns ErrTxEnded (fn's own error, if it returned one, then matches
+// ErrTxEnded too), and what fn committed stays committed. fn must close
+// every result it reads (Rows, Row, BatchResults): if one is still open when
+// fn returns nil, With closes the connection, commits nothing and returns
+// ErrRowsOpen.
 //
 // tx and the savepoints from tx.Begin fail with pgx.ErrTxClosed once fn has
 // returned (a statement that a goroutine of fn's is running through them
@@ -260,9 +261,9 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // With runs the transaction at READ COMMITTED whatever the server's default
 // and makes two round trips when fn does none: BEGIN, the lock, Ensure and
 // Find go together; Save, if anything changed, goes with COMMIT. With pgx's
-// statement cache, a connection's first calls add a round trip each, before
-// the lock, to prepare the statements; the lock is never held across one.
-// fn's use of tx.LargeObjects costs two more round trips.
+// statement cache, a connection's first calls make more, before the lock, to
+// prepare the statements; the lock is never held across a prepare. fn's use
+// of tx.LargeObjects costs up to two more round trips.
 //
 // When the connection fails after COMMIT was sent, the outcome is unknown and
 // the error matches lock.ErrCommitUnknown; it is never retried. The Retry of
