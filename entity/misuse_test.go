@@ -311,3 +311,61 @@ func TestWithNestedOnAnotherCtx(t *testing.T) {
 		t.Fatalf("amount %d, status %q; want the inner call's 42 and nothing of the outer's", amount, status)
 	}
 }
+
+// TestWithGoroutineLeftBehindStopsWhenFnReturns: a goroutine of fn's keeps
+// running statements through tx after fn returned. Each one either ran in
+// With's transaction (before With closed tx: it waits for the one in
+// flight) or failed with pgx.ErrTxClosed; none ran after the commit, on the
+// connection back in the pool.
+func TestWithGoroutineLeftBehindStopsWhenFnReturns(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, oneConn)
+	if _, err := pool.Exec(ctx, "CREATE TABLE side (xid xid8)"); err != nil {
+		t.Fatal(err)
+	}
+	repo := entity.New(pool, payment.Table{})
+	key := payment.Key{ServiceID: 1, LineItemID: "li_goroutine"}
+	var (
+		xid      uint64
+		inserted int
+		last     error
+	)
+	stopped := make(chan struct{})
+	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		if err := tx.QueryRow(ctx, "SELECT pg_current_xact_id()::text::bigint").Scan(&xid); err != nil {
+			return err
+		}
+		started := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			for {
+				if _, last = tx.Exec(ctx, "INSERT INTO side VALUES (pg_current_xact_id())"); last != nil {
+					return
+				}
+				if inserted++; inserted == 3 {
+					close(started)
+				}
+			}
+		}()
+		<-started
+		p.AmountCents = 9
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-stopped
+	if !errors.Is(last, pgx.ErrTxClosed) {
+		t.Fatalf("the goroutine's last Exec = %v, want pgx.ErrTxClosed", last)
+	}
+	var rows, inTx int
+	if err := pool.QueryRow(ctx, "SELECT count(*), count(*) FILTER (WHERE xid::text::bigint = $1) FROM side", xid).Scan(&rows, &inTx); err != nil {
+		t.Fatal(err)
+	}
+	if rows != inserted || inTx != rows {
+		t.Fatalf("%d inserts succeeded; %d rows, %d of them in With's transaction: want all in it", inserted, rows, inTx)
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 9 {
+		t.Fatalf("amount %d, want 9 committed", amount)
+	}
+}
