@@ -93,6 +93,16 @@ var (
 	// ErrNotFound: Find returned no row right after Ensure: the table's
 	// statements don't agree with each other.
 	ErrNotFound = errors.New("entity: Find returned no row after Ensure")
+	// ErrTxEnded: fn ended the transaction itself, with COMMIT or ROLLBACK
+	// in SQL. What it committed stays committed (the row Ensure created
+	// too); the lock was released when it did; With saved nothing. It is
+	// lock.ErrTxEnded.
+	ErrTxEnded = lock.ErrTxEnded
+	// ErrRowsOpen: fn returned nil while a result it started on tx was still
+	// open (Rows not closed, a Row not scanned, BatchResults not closed), so
+	// COMMIT could not be sent. Nothing was committed; the connection, left
+	// mid-result, was closed. It is lock.ErrRowsOpen.
+	ErrRowsOpen = lock.ErrRowsOpen
 )
 
 // Repository finds, creates and updates the entities of one Table, one
@@ -115,24 +125,29 @@ type Repository[K, V any] struct {
 // prepares; others run as unnamed statements.
 const maxSaveStatements = 16
 
-// savedSQL is the set of statements Table.Save has returned, which With
-// prepares on each connection before it takes the lock.
+// savedSQL is the set of statements Table.Save returned that then ran and
+// committed, which With prepares on each connection before it takes the
+// lock. A statement joins only once it worked, and leaves when the server
+// refuses to prepare it, so that one broken Save statement costs only the
+// calls that use it.
 type savedSQL struct {
 	mu   sync.RWMutex
-	sqls []string
-}
-
-func (s *savedSQL) has(sql string) bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return slices.Contains(s.sqls, sql)
+	sqls []string // never changed in place: list hands it out
 }
 
 func (s *savedSQL) add(sql string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.sqls) < maxSaveStatements && !slices.Contains(s.sqls, sql) {
-		s.sqls = append(s.sqls, sql)
+		s.sqls = append(slices.Clip(s.sqls), sql)
+	}
+}
+
+func (s *savedSQL) remove(sql string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i := slices.Index(s.sqls, sql); i >= 0 {
+		s.sqls = slices.Delete(slices.Clone(s.sqls), i, i+1)
 	}
 }
 
@@ -207,20 +222,47 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 //
 // If fn returns an error, With rolls back and returns that error unchanged;
 // if fn panics, With rolls back and panics again. Either way nothing is
-// written and the lock is released. fn must not commit or roll back tx
-// (lock.ErrManaged) and must not keep tx after it returns.
+// written (unless fn ended the transaction itself, see below) and the lock
+// is released. fn must not commit or roll back tx (lock.ErrManaged), nor end
+// the transaction with COMMIT or ROLLBACK in SQL: then With saves nothing
+// and returns ErrTxEnded (fn's own error, if it returned one, then matches
+// ErrTxEnded too), and what fn committed stays committed. fn must close
+// every result it reads (Rows, Row, BatchResults): if one is still open when
+// fn returns nil, With closes the connection, commits nothing and returns
+// ErrRowsOpen.
+//
+// tx and the savepoints from tx.Begin fail with pgx.ErrTxClosed once fn has
+// returned (a statement that a goroutine of fn's is running through them
+// then is waited for), large objects from tx.LargeObjects once With has
+// returned. tx.Conn returns nil once fn has returned; a *pgx.Conn taken from
+// it earlier escapes all this and must not be kept.
 //
 // With blocks until the key is free. Calls of one Repository for the same
 // key first wait their turn in process, in arrival order and without a pool
 // connection, so that one key holds at most ConnsPerKey of the pool's
 // connections (see WithoutKeyQueue). ctx governs both waits, fn (it is passed
 // on) and the commit: once ctx is done nothing more is committed and the
-// error matches ctx.Err(). A With for the same key from inside fn, given
-// fn's ctx, fails with lock.ErrReentrant instead of waiting for itself.
+// error matches ctx.Err().
+//
+// A With for the same key from inside fn, given fn's ctx, fails with
+// lock.ErrReentrant instead of waiting for itself. Given another ctx
+// (context.Background(), say), it can't be told from a caller on another
+// goroutine, and it waits for the lock its own caller holds: until
+// lock.Options.LockTimeout, if set (it fails with lock.ErrLockTimeout, fn
+// gets that error); otherwise until the server ends the outer transaction,
+// idle for lock.Options.IdleTimeout (DefaultIdleTimeout unless set). Then
+// the outer's lock is released, the inner call runs and commits, and the
+// outer With commits nothing and returns an error saying the server ended
+// its transaction (a *pgconn.PgError with SQLSTATE 25P03, which Retry may
+// run again). With neither timeout it waits until its own ctx is done. Pass
+// fn's ctx on.
 //
 // With runs the transaction at READ COMMITTED whatever the server's default
 // and makes two round trips when fn does none: BEGIN, the lock, Ensure and
-// Find go together; Save, if anything changed, goes with COMMIT.
+// Find go together; Save, if anything changed, goes with COMMIT. With pgx's
+// statement cache, a connection's first calls make more, before the lock, to
+// prepare the statements; the lock is never held across a prepare. fn's use
+// of tx.LargeObjects costs up to two more round trips.
 //
 // When the connection fails after COMMIT was sent, the outcome is unknown and
 // the error matches lock.ErrCommitUnknown; it is never retried. The Retry of
@@ -283,18 +325,20 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 		}
 	}()
 
-	before, v, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, &ev)
+	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, &ev)
 	if err != nil {
 		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed())
 	}
 	tx := txn.NewManaged(conn.Conn(), nil)
-	defer tx.Close()
+	defer tx.End(ctx) // before the rollback above: fn's large objects die with it
 	ev.stage = stageFn
 	if err := fn(txn.WithHeld(ctx, lk.ID()), tx, v); err != nil {
-		return txn.BeforeCommit(err, pc.IsClosed())
+		return txn.BeforeCommit(tx.FnError(err), pc.IsClosed())
 	}
-	tx.Close()
 	ev.stage = stageCommit
+	if err := tx.Finish(); err != nil {
+		return fmt.Errorf("entity: with %s: %w", lk, err)
+	}
 	if pc.TxStatus() != 'T' {
 		return fmt.Errorf("entity: with %s: %w", lk, ErrTxAborted)
 	}
@@ -305,7 +349,7 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 	if err := txn.ReadyToCommit(ctx, pc.IsClosed()); err != nil {
 		return fmt.Errorf("entity: with %s: %w", lk, err)
 	}
-	if err := r.save(ctx, conn.Conn(), sql, args); err != nil {
+	if err := r.save(ctx, conn.Conn(), sql, args, prepared); err != nil {
 		return r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
 	}
 	ev.stage = stageDone
@@ -321,23 +365,34 @@ func (r *Repository[K, V]) classify(err error) error {
 
 // lockAndLoad sends BEGIN, the settings, the lock, Ensure and Find in one
 // round trip and scans the row twice: the copy for fn and the one Save
-// compares it with.
-func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K, lk lock.Key, ev *Event) (before, v *V, err error) {
+// compares it with. prepared lists the Save statements prepared on conn.
+func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K, lk lock.Key, ev *Event) (before, v *V, prepared []string, err error) {
 	ensureSQL, ensureArgs := r.table.Ensure(k)
 	findSQL, findArgs := r.table.Find(k)
 	if r.prepare {
 		// Building the first pipeline prepares its statements, before it is
 		// sent; prepare now, before taking the lock, those of the second
 		// one too: a no-op (pgx's cache) but on a connection's first use.
-		for _, sql := range append([]string{"COMMIT"}, r.saves.list()...) {
+		if _, err := conn.Prepare(ctx, statementName("COMMIT"), "COMMIT"); err != nil {
+			return nil, nil, nil, txn.Classify(ctx, err)
+		}
+		for _, sql := range r.saves.list() {
 			if _, err := conn.Prepare(ctx, statementName(sql), sql); err != nil {
-				return nil, nil, txn.Classify(ctx, err)
+				if conn.IsClosed() || ctx.Err() != nil {
+					return nil, nil, nil, txn.Classify(ctx, err)
+				}
+				// The server refuses a statement that once worked (its
+				// column was dropped, say): this call may not need it, and
+				// one that does sends it unnamed and learns why it fails.
+				r.saves.remove(sql)
+				continue
 			}
+			prepared = append(prepared, sql)
 		}
 	}
 	settings, err := r.settings.Probe(ctx, conn) // client_connection_check_interval if accepted
 	if err != nil {
-		return nil, nil, txn.Classify(ctx, err)
+		return nil, nil, nil, txn.Classify(ctx, err)
 	}
 	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
 	b.add(txn.SQLBegin)
@@ -351,58 +406,73 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 	b.add(ensureSQL, ensureArgs...)
 	b.add(findSQL, findArgs...)
 	if b.err != nil {
-		return nil, nil, b.err
+		return nil, nil, nil, b.err
 	}
 	sent := time.Now()
 	results, err := conn.PgConn().ExecBatch(ctx, &b.Batch).ReadAll()
-	ev.Granted = time.Now()
-	ev.RoundTrip = ev.Granted.Sub(sent)
-	if err != nil {
-		return nil, nil, txn.Classify(ctx, err)
+	returned := time.Now()
+	ev.RoundTrip = returned.Sub(sent)
+	// The statement that serializes callers: the advisory lock, or with
+	// RowLock the last one, Find, whose row lock is what callers wait for.
+	locker := b.n - 1
+	if r.strategy == Advisory {
+		locker = 2
 	}
-	if len(results) != b.n {
-		return nil, nil, fmt.Errorf("%d results for %d statements", len(results), b.n)
+	if len(results) <= locker || results[locker].Err != nil {
+		// Never granted (a lock timeout, ctx done, the connection lost):
+		// the client waited for the whole round trip.
+		ev.Wait = ev.RoundTrip
+		if err == nil {
+			err = fmt.Errorf("%d results for %d statements", len(results), b.n)
+		}
+		return nil, nil, nil, txn.Classify(ctx, err)
 	}
+	ev.Granted = returned
 	if r.strategy == Advisory {
 		var wait pgtype.Interval
 		if err := scanRow(conn.TypeMap(), results[2], &wait); err != nil {
-			return nil, nil, fmt.Errorf("read lock wait: %w", err)
+			return nil, nil, nil, fmt.Errorf("read lock wait: %w", err)
 		}
 		ev.Wait = time.Duration(wait.Microseconds) * time.Microsecond
 	}
+	if err != nil {
+		return nil, nil, nil, txn.Classify(ctx, err)
+	}
+	if len(results) != b.n {
+		return nil, nil, nil, fmt.Errorf("%d results for %d statements", len(results), b.n)
+	}
 	ensured, found := results[len(results)-2], results[len(results)-1]
 	if len(found.Rows) == 0 {
-		return nil, nil, ErrNotFound
+		return nil, nil, nil, ErrNotFound
 	}
 	ev.Created = ensured.CommandTag.RowsAffected() == 1
 	row := &resultRow{m: conn.TypeMap(), res: found}
 	if before, err = r.table.Scan(row, ev.Created); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if v, err = r.table.Scan(row, ev.Created); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return before, v, nil
+	return before, v, prepared, nil
 }
 
-// save sends sql, if any, and COMMIT in one round trip.
-func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string, args []any) error {
+// save sends sql, if any, and COMMIT in one round trip, with the lock held:
+// so it prepares nothing. prepared lists the Save statements lockAndLoad
+// prepared on conn (COMMIT always is); any other goes unnamed, and joins
+// r.saves, for later calls to prepare first, once it has worked.
+func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string, args []any, prepared []string) error {
 	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
+	known := slices.Contains(prepared, sql)
 	switch {
 	case sql == "":
-	case r.prepare && r.saves.has(sql):
-		b.add(sql, args...)
+	case known:
+		b.add(sql, args...) // in pgx's record of conn's statements: no round trip
 	default:
-		// Not prepared on this connection yet: preparing now would cost a
-		// round trip with the lock held. Later calls prepare it first.
 		b.addUnnamed(sql, args...)
-		if r.prepare {
-			r.saves.add(sql)
-		}
 	}
 	b.add("COMMIT")
 	if b.err != nil {
-		return b.err
+		return txn.BeforeCommit(b.err, conn.IsClosed())
 	}
 	results, err := conn.PgConn().ExecBatch(ctx, &b.Batch).ReadAll()
 	if err != nil && !committed(results) {
@@ -410,6 +480,9 @@ func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string,
 	}
 	if tag := results[len(results)-1].CommandTag; tag.String() != "COMMIT" {
 		return fmt.Errorf("commit ended in %s", tag)
+	}
+	if r.prepare && sql != "" && !known {
+		r.saves.add(sql)
 	}
 	return nil
 }

@@ -34,15 +34,18 @@ type Event struct {
 	// Start is when With was called.
 	Start time.Time
 	// Granted is when the first round trip (the lock, Ensure, Find)
-	// returned; zero if it never did.
+	// returned with the key granted; zero if it never was (a lock timeout,
+	// ctx done, a failure before the lock).
 	Granted time.Time
-	// RoundTrip is how long that first round trip took.
+	// RoundTrip is how long that first round trip took, granted or not.
 	RoundTrip time.Duration
-	// Wait is how long PostgreSQL made the lock statement wait, measured by
-	// the server (zero with the RowLock strategy).
+	// Wait is how long the call waited for the key. Granted, it is what
+	// PostgreSQL measured for the lock statement (zero with the RowLock
+	// strategy); not granted, the whole first round trip, as the client saw
+	// it: the wait that ended in a lock timeout, say.
 	Wait time.Duration
 	// Hold is how long this caller held the key: from Granted to the end of
-	// the commit or rollback, as the client saw it.
+	// the commit or rollback, as the client saw it. Zero if not granted.
 	Hold time.Duration
 	// Created reports whether this call inserted the row.
 	Created bool

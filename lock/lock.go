@@ -27,6 +27,15 @@ var (
 	ErrReentrant = txn.ErrReentrant
 	// ErrManaged: fn called Commit or Rollback on the tx that Run manages.
 	ErrManaged = txn.ErrManaged
+	// ErrTxEnded: fn ended the transaction itself, with COMMIT or ROLLBACK
+	// in SQL. What it committed stays committed; the lock was released when
+	// it did; nothing was committed after that.
+	ErrTxEnded = txn.ErrTxEnded
+	// ErrRowsOpen: fn returned while a result it started on tx was still
+	// open (Rows not closed, a Row not scanned, BatchResults not closed), so
+	// COMMIT could not be sent. Nothing was committed; the connection, which
+	// was left mid-result, was closed.
+	ErrRowsOpen = txn.ErrRowsOpen
 )
 
 // Beginner starts a transaction. *pgxpool.Pool, *pgxpool.Conn and *pgx.Conn
@@ -136,11 +145,27 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 // wrapped, so Retry can tell, and errors.Is and errors.As still find it); if
 // fn panics, Run rolls back and panics again. Either way
 // the lock ends with the transaction. fn must not commit or roll back tx
-// (those calls return ErrManaged) and must not use tx after it returns.
+// (those calls return ErrManaged), nor end the transaction with COMMIT or
+// ROLLBACK in SQL: then Run commits nothing more and returns ErrTxEnded
+// (fn's own error, if it returned one, then matches ErrTxEnded too), and
+// what fn committed stays committed. fn must close every result it reads
+// (Rows, Row, BatchResults): if one is still open when fn returns nil, Run
+// closes the connection, commits nothing and returns ErrRowsOpen.
+//
+// tx and the savepoints from tx.Begin fail with pgx.ErrTxClosed once fn has
+// returned (a statement that a goroutine of fn's is running through them
+// then is waited for), large objects from tx.LargeObjects once Run has ended
+// the transaction. tx.Conn returns nil once fn has returned; a *pgx.Conn
+// taken from it earlier escapes all this and must not be kept.
 //
 // ctx governs the begin, the lock wait, fn and the commit: when it is done
 // first, nothing is committed and the error matches ctx.Err(). A nested Run
 // for the same key from inside fn, given fn's ctx, fails with ErrReentrant.
+// Given another ctx it can't be told from a caller on another goroutine: it
+// waits for the lock its own caller holds, until LockTimeout (it fails with
+// ErrLockTimeout) or until the server ends the outer transaction, idle for
+// IdleTimeout: the inner Run then runs, and the outer commits nothing and
+// returns the server's error (a *pgconn.PgError with SQLSTATE 25P03).
 // Run is safe for concurrent use.
 //
 // When the connection fails after COMMIT was sent, the outcome is unknown and
@@ -205,7 +230,15 @@ type pgxTx struct {
 }
 
 func (t *pgxTx) Lock(ctx context.Context) error { return Acquire(ctx, t.tx, t.key) }
-func (t *pgxTx) Closed() bool                   { return t.tx.Conn().IsClosed() }
+
+func (t *pgxTx) FnDone(fnErr error) error {
+	if fnErr != nil {
+		return t.m.FnError(fnErr)
+	}
+	return t.m.Finish()
+}
+
+func (t *pgxTx) Closed() bool { return t.tx.Conn().IsClosed() }
 
 func (t *pgxTx) Commit(ctx context.Context) error {
 	t.m.Close()

@@ -129,6 +129,28 @@ func (t *sqlTx) Lock(ctx context.Context) error {
 	return nil
 }
 
+// FnDone reports a transaction that fn ended itself (COMMIT or ROLLBACK run
+// through tx), which pgx's stdlib driver can tell: its connection is out of
+// any transaction. Other drivers can't, and database/sql's own Commit then
+// fails with an error of the driver's.
+func (t *sqlTx) FnDone(fnErr error) error {
+	ended := false
+	_ = t.conn.Raw(func(dc any) error {
+		if c, ok := dc.(interface{ Conn() *pgx.Conn }); ok {
+			pc := c.Conn().PgConn()
+			ended = !pc.IsClosed() && !pc.IsBusy() && pc.TxStatus() == 'I'
+		}
+		return nil
+	})
+	switch {
+	case !ended:
+		return fnErr
+	case fnErr != nil:
+		return fmt.Errorf("%w (and %w)", fnErr, txn.ErrTxEnded)
+	}
+	return txn.ErrTxEnded
+}
+
 // Closed asks the driver whether the connection is closed.
 func (t *sqlTx) Closed() bool {
 	closed := false

@@ -33,6 +33,13 @@ var (
 	// ErrTxAborted: a statement fn ran in tx failed and fn returned nil; the
 	// transaction can't commit, so With rolled it back.
 	ErrTxAborted = entity.ErrTxAborted
+	// ErrTxEnded: fn ended the transaction itself (COMMIT or ROLLBACK in
+	// SQL); what it committed stays committed, With saved nothing. See
+	// lock.ErrTxEnded.
+	ErrTxEnded = entity.ErrTxEnded
+	// ErrRowsOpen: fn returned nil with a result still open; nothing was
+	// committed. See lock.ErrRowsOpen.
+	ErrRowsOpen = entity.ErrRowsOpen
 	// ErrCommitUnknown: the connection failed after COMMIT was sent; the
 	// call may or may not have committed. See lock.ErrCommitUnknown.
 	ErrCommitUnknown = lock.ErrCommitUnknown

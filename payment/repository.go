@@ -46,8 +46,11 @@ func NewRepository(pool *pgxpool.Pool, opts ...Option) *Repository {
 // If fn returns an error, With rolls back and returns that error unchanged;
 // if fn panics, With rolls back and panics again. Either way nothing is
 // written and the lock is released. fn must not change the payment's identity
-// (ErrKeyChanged), must not commit or roll back tx (lock.ErrManaged) and must
-// not keep tx after it returns.
+// (ErrKeyChanged), must not commit or roll back tx (lock.ErrManaged) nor end
+// the transaction in SQL (ErrTxEnded), and must close the results it reads
+// (ErrRowsOpen). tx and its savepoints fail with pgx.ErrTxClosed once fn has
+// returned; see [entity.Repository.With] for the details, and for a nested
+// With on another ctx than fn's.
 //
 // With blocks until the lock is granted. Calls of one Repository for the
 // same payment first wait their turn in process, in arrival order and

@@ -6,9 +6,11 @@
 //	repo := payment.NewRepository(pool, entity.WithHooks(hooks))
 //
 // Spans are named "paylock.with <namespace>" and carry paylock.namespace,
-// paylock.outcome, paylock.created and paylock.lock.wait_ms; the entity's key
-// is recorded (paylock.key) only with WithKeyAttribute, since it may name a
-// customer. Metrics: paylock.lock.wait and paylock.lock.hold, in seconds,
+// paylock.outcome, paylock.created, paylock.lock.granted and
+// paylock.lock.wait_ms; the entity's key is recorded (paylock.key) only with
+// WithKeyAttribute, since it may name a customer. Metrics: paylock.lock.wait
+// (also for a wait that ended without the lock, a lock timeout say) and
+// paylock.lock.hold (only for calls that were granted the lock), in seconds,
 // with paylock.namespace and paylock.outcome attributes.
 package otelentity
 
@@ -77,13 +79,17 @@ func Hooks(opts ...Option) (entity.Hooks, error) {
 		Done: func(ctx context.Context, ev entity.Event) {
 			labels := metric.WithAttributes(attribute.String("paylock.namespace", ev.Namespace),
 				attribute.String("paylock.outcome", string(ev.Outcome)))
-			if !ev.Granted.IsZero() {
+			granted := !ev.Granted.IsZero()
+			if granted || ev.Wait > 0 {
 				wait.Record(ctx, ev.Wait.Seconds(), labels)
+			}
+			if granted {
 				hold.Record(ctx, ev.Hold.Seconds(), labels)
 			}
 			span := trace.SpanFromContext(ctx)
 			span.SetAttributes(attribute.String("paylock.outcome", string(ev.Outcome)),
 				attribute.Bool("paylock.created", ev.Created),
+				attribute.Bool("paylock.lock.granted", granted),
 				attribute.Float64("paylock.lock.wait_ms", float64(ev.Wait.Microseconds())/1000))
 			if ev.Err != nil {
 				span.RecordError(ev.Err)

@@ -18,6 +18,7 @@ import (
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/entity/otelentity"
 	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -89,5 +90,72 @@ func TestSpansAndHistograms(t *testing.T) {
 	}
 	if counts["paylock.lock.wait"] != 2 || counts["paylock.lock.hold"] != 2 {
 		t.Fatalf("histogram counts %v, want 2 each", counts)
+	}
+}
+
+// TestLockTimeoutIsAWaitWithoutHold: a call whose wait ended in a lock
+// timeout records its wait, on the span and in paylock.lock.wait, marks the
+// span not granted, and records no hold.
+func TestLockTimeoutIsAWaitWithoutHold(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := pgtest.Pool(t, nil)
+	if err := payment.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')")
+
+	spans := tracetest.NewSpanRecorder()
+	reader := sdkmetric.NewManualReader()
+	hooks, err := otelentity.Hooks(
+		otelentity.WithTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))),
+		otelentity.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 200 * time.Millisecond
+	repo := payment.NewRepository(pool, entity.WithHooks(hooks), payment.WithLockOptions(lock.Options{LockTimeout: timeout}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_timeout"}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if err := lock.Acquire(ctx, tx, key.LockKey()); err != nil {
+		t.Fatal(err)
+	}
+	noop := func(context.Context, pgx.Tx, *payment.Payment) error { return nil }
+	if err := repo.With(ctx, key, noop); !errors.Is(err, lock.ErrLockTimeout) {
+		t.Fatalf("With = %v, want a lock timeout", err)
+	}
+
+	ended := spans.Ended()
+	if len(ended) != 1 {
+		t.Fatalf("%d spans, want 1", len(ended))
+	}
+	attrs := map[attribute.Key]attribute.Value{}
+	for _, a := range ended[0].Attributes() {
+		attrs[a.Key] = a.Value
+	}
+	if attrs["paylock.outcome"].AsString() != "timeout" || attrs["paylock.lock.granted"].AsBool() ||
+		attrs["paylock.lock.wait_ms"].AsFloat64() < float64(timeout.Milliseconds()) {
+		t.Errorf("span attributes %v; want a timeout, not granted, waiting at least %v", attrs, timeout)
+	}
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(ctx, &rm); err != nil {
+		t.Fatal(err)
+	}
+	counts, sums := map[string]uint64{}, map[string]float64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			for _, dp := range m.Data.(metricdata.Histogram[float64]).DataPoints {
+				counts[m.Name] += dp.Count
+				sums[m.Name] += dp.Sum
+			}
+		}
+	}
+	if counts["paylock.lock.wait"] != 1 || sums["paylock.lock.wait"] < timeout.Seconds() || counts["paylock.lock.hold"] != 0 {
+		t.Fatalf("histogram counts %v, sums %v; want one wait of at least %v and no hold", counts, sums, timeout)
 	}
 }

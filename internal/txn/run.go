@@ -12,6 +12,11 @@ import (
 type Tx interface {
 	// Lock takes the attempt's lock (and applies what BEGIN did not).
 	Lock(ctx context.Context) error
+	// FnDone ends fn's use of the transaction once fn returned fnErr, and
+	// returns what to report: for a non-nil fnErr, fnErr (also matching
+	// ErrTxEnded if fn ended the transaction itself); for nil, why the
+	// transaction can't be committed (ErrRowsOpen, ErrTxEnded) or nil.
+	FnDone(fnErr error) error
 	// Closed reports whether the connection is known to be closed.
 	Closed() bool
 	// Commit ends fn's use of the transaction and sends COMMIT.
@@ -56,7 +61,10 @@ func attempt[T Tx](ctx context.Context, name string, id int64, begin func(contex
 		return BeforeCommit(err, tx.Closed())
 	}
 	if err := fn(WithHeld(ctx, id), tx); err != nil {
-		return BeforeCommit(err, tx.Closed())
+		return BeforeCommit(tx.FnDone(err), tx.Closed())
+	}
+	if err := tx.FnDone(nil); err != nil {
+		return fmt.Errorf("lock: run %s: %w", name, err)
 	}
 	if err := ReadyToCommit(ctx, tx.Closed()); err != nil {
 		return fmt.Errorf("lock: run %s: %w", name, err)

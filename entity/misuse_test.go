@@ -1,0 +1,371 @@
+package entity_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/lock"
+	"github.com/paylock/paylock/payment"
+)
+
+// setupPool is setup with the pool configured by configure.
+func setupPool(t *testing.T, configure func(*pgxpool.Config)) (*pgxpool.Pool, context.Context) {
+	pool := pgtest.Pool(t, configure)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	if err := payment.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
+		t.Fatal(err)
+	}
+	return pool, ctx
+}
+
+func oneConn(cfg *pgxpool.Config) { cfg.MaxConns, cfg.MinConns = 1, 0 }
+
+// row reads the committed amount and status of key's payment.
+func row(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key payment.Key) (amount int64, status string) {
+	t.Helper()
+	err := pool.QueryRow(ctx, "SELECT amount_cents, status FROM payments WHERE service_id = $1 AND line_item_id = $2",
+		key.ServiceID, key.LineItemID).Scan(&amount, &status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return amount, status
+}
+
+func noop(context.Context, pgx.Tx, *payment.Payment) error { return nil }
+
+// TestWithLeakedTxIsDeadAfterWith keeps what fn can reach through tx — tx, a
+// savepoint and one nested in it, large objects, the connection — and uses
+// it once With returned: from inside the next With, which (one pool
+// connection) runs on the same connection. Every statement fails with
+// pgx.ErrTxClosed and changes nothing.
+func TestWithLeakedTxIsDeadAfterWith(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, oneConn)
+	repo := entity.New(pool, payment.Table{})
+	victim := payment.Key{ServiceID: 1, LineItemID: "li_leak_victim"}
+	if err := repo.With(ctx, victim, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+		p.AmountCents = 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		leakedTx, leakedSP, leakedNested pgx.Tx
+		leakedLO                         pgx.LargeObjects
+	)
+	err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_leak"}, func(ctx context.Context, tx pgx.Tx, _ *payment.Payment) error {
+		if tx.Conn() == nil {
+			t.Error("tx.Conn() is nil while fn runs")
+		}
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		nested, err := sp.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := nested.Exec(ctx, "SELECT 1"); err != nil {
+			return err
+		}
+		leakedTx, leakedSP, leakedNested, leakedLO = tx, sp, nested, tx.LargeObjects()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	update := "UPDATE payments SET amount_cents = 999 WHERE service_id = 1 AND line_item_id = 'li_leak_victim'"
+	use := func(t *testing.T) {
+		t.Helper()
+		for name, leaked := range map[string]pgx.Tx{"tx": leakedTx, "savepoint": leakedSP, "nested savepoint": leakedNested} {
+			if _, err := leaked.Exec(ctx, update); !errors.Is(err, pgx.ErrTxClosed) {
+				t.Errorf("leaked %s: Exec = %v, want pgx.ErrTxClosed", name, err)
+			}
+			if err := leaked.QueryRow(ctx, update+" RETURNING 1").Scan(new(int)); !errors.Is(err, pgx.ErrTxClosed) {
+				t.Errorf("leaked %s: QueryRow = %v, want pgx.ErrTxClosed", name, err)
+			}
+			if _, err := leaked.Begin(ctx); !errors.Is(err, pgx.ErrTxClosed) {
+				t.Errorf("leaked %s: Begin = %v, want pgx.ErrTxClosed", name, err)
+			}
+			if c := leaked.Conn(); c != nil {
+				t.Errorf("leaked %s: Conn() = %p, want nil once With returned", name, c)
+			}
+		}
+		if err := leakedSP.Rollback(ctx); !errors.Is(err, pgx.ErrTxClosed) {
+			t.Errorf("leaked savepoint: Rollback = %v, want pgx.ErrTxClosed", err)
+		}
+		if oid, err := leakedLO.Create(ctx, 0); !errors.Is(err, pgx.ErrTxClosed) {
+			t.Errorf("leaked large objects: Create = %d, %v; want pgx.ErrTxClosed", oid, err)
+		}
+	}
+	// On the connection the next caller now holds, inside its transaction.
+	if err := repo.With(ctx, victim, func(context.Context, pgx.Tx, *payment.Payment) error {
+		use(t)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	use(t) // and with the connection idle in the pool
+	if amount, _ := row(t, ctx, pool, victim); amount != 1 {
+		t.Errorf("the victim's amount is %d, want 1: a leaked statement ran", amount)
+	}
+	var los int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM pg_largeobject_metadata").Scan(&los); err != nil {
+		t.Fatal(err)
+	}
+	if los != 0 {
+		t.Errorf("%d large objects exist: the leaked LargeObjects ran SQL", los)
+	}
+}
+
+// TestWithLargeObjectsInFn: large objects work while fn runs and commit with
+// the entity; the connection is clean for the next call.
+func TestWithLargeObjectsInFn(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, oneConn)
+	repo := entity.New(pool, payment.Table{})
+	var oid uint32
+	err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_lo"}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		los := tx.LargeObjects()
+		var err error
+		if oid, err = los.Create(ctx, 0); err != nil {
+			return err
+		}
+		lo, err := los.Open(ctx, oid, pgx.LargeObjectModeWrite)
+		if err != nil {
+			return err
+		}
+		if _, err := lo.Write([]byte("receipt")); err != nil {
+			return err
+		}
+		p.AmountCents = 3
+		return lo.Close()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, "SELECT length(lo_get($1))", oid).Scan(&n); err != nil || n != len("receipt") {
+		t.Fatalf("large object %d: length %d, %v; want it committed", oid, n, err)
+	}
+	if err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_lo"}, noop); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWithFnEndsTheTransaction: fn sends COMMIT or ROLLBACK itself. With
+// says so (ErrTxEnded, not "rolled back"), what fn committed stays committed
+// and what With would have saved is not.
+func TestWithFnEndsTheTransaction(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, nil)
+	repo := entity.New(pool, payment.Table{})
+	boom := errors.New("boom")
+	for _, tt := range []struct {
+		stmt      string
+		fnErr     error
+		committed bool
+	}{
+		{"COMMIT", nil, true},
+		{"ROLLBACK", nil, false},
+		{"COMMIT", boom, true},
+		{"COMMIT; BEGIN", nil, true}, // two statements: the second begins a transaction without the lock
+	} {
+		name := strings.ReplaceAll(tt.stmt, "; ", "Then")
+		if tt.fnErr != nil {
+			name += "ThenError"
+		}
+		t.Run(name, func(t *testing.T) {
+			key := payment.Key{ServiceID: 1, LineItemID: "li_end_" + name}
+			if err := repo.With(ctx, key, noop); err != nil {
+				t.Fatal(err)
+			}
+			err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				if _, err := tx.Exec(ctx, "UPDATE payments SET status = 'by_fn' WHERE id = $1", p.ID); err != nil {
+					return err
+				}
+				p.AmountCents = 77
+				for stmt := range strings.SplitSeq(tt.stmt, "; ") {
+					if _, err := tx.Exec(ctx, stmt); err != nil {
+						return err
+					}
+				}
+				return tt.fnErr
+			})
+			if !errors.Is(err, entity.ErrTxEnded) || !errors.Is(err, lock.ErrTxEnded) || errors.Is(err, entity.ErrTxAborted) {
+				t.Fatalf("With = %v, want ErrTxEnded and not ErrTxAborted", err)
+			}
+			if tt.fnErr != nil && !errors.Is(err, tt.fnErr) {
+				t.Fatalf("With = %v, want fn's error too", err)
+			}
+			amount, status := row(t, ctx, pool, key)
+			if amount == 77 {
+				t.Error("With saved fn's change after fn ended the transaction")
+			}
+			if got := status == "by_fn"; got != tt.committed {
+				t.Errorf("status %q: fn's own UPDATE committed = %v, want %v", status, got, tt.committed)
+			}
+			if err := repo.With(ctx, key, noop); err != nil {
+				t.Fatalf("next With: %v", err)
+			}
+		})
+	}
+}
+
+// TestWithRowsLeftOpen: fn returns with Rows it never closed. With says so
+// (ErrRowsOpen, not ErrCommitUnknown), commits nothing, and the pool's only
+// connection is not handed out in that state.
+func TestWithRowsLeftOpen(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, oneConn)
+	repo := entity.New(pool, payment.Table{})
+	key := payment.Key{ServiceID: 1, LineItemID: "li_rows"}
+	if err := repo.With(ctx, key, noop); err != nil {
+		t.Fatal(err)
+	}
+	for name, leave := range map[string]func(context.Context, pgx.Tx) error{
+		"Rows": func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Query(ctx, "SELECT generate_series(1, 1000)")
+			return err
+		},
+		"BatchResults": func(ctx context.Context, tx pgx.Tx) error {
+			b := &pgx.Batch{}
+			b.Queue("SELECT 1")
+			b.Queue("SELECT 2")
+			tx.SendBatch(ctx, b)
+			return nil
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				if _, err := tx.Exec(ctx, "UPDATE payments SET status = 'by_fn' WHERE id = $1", p.ID); err != nil {
+					return err
+				}
+				p.AmountCents = 55
+				return leave(ctx, tx)
+			})
+			if !errors.Is(err, entity.ErrRowsOpen) || errors.Is(err, lock.ErrCommitUnknown) {
+				t.Fatalf("With = %v, want ErrRowsOpen and not ErrCommitUnknown", err)
+			}
+			if amount, status := row(t, ctx, pool, key); amount == 55 || status == "by_fn" {
+				t.Fatalf("amount %d, status %q: something was committed", amount, status)
+			}
+			if err := repo.With(ctx, key, noop); err != nil {
+				t.Fatalf("next With on the pool's only connection: %v", err)
+			}
+		})
+	}
+}
+
+// TestWithNestedOnAnotherCtx documents what a nested With for the same key
+// does when fn does not pass its ctx on: it can't be told from a caller on
+// another goroutine, so it waits for its own caller's lock until the server
+// ends the outer transaction (idle for IdleTimeout). The inner call then
+// commits; the outer commits nothing and says its transaction was ended.
+func TestWithNestedOnAnotherCtx(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, nil)
+	repo := entity.New(pool, payment.Table{}, entity.WithLockOptions(lock.Options{IdleTimeout: 300 * time.Millisecond}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_nested"}
+	if err := repo.With(ctx, key, noop); err != nil {
+		t.Fatal(err)
+	}
+	other, cancel := context.WithTimeout(context.Background(), time.Minute) // not fn's ctx
+	defer cancel()
+	var innerErr error
+	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		if _, err := tx.Exec(ctx, "UPDATE payments SET status = 'outer' WHERE id = $1", p.ID); err != nil {
+			return err
+		}
+		innerErr = repo.With(other, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			p.AmountCents = 42
+			return nil
+		})
+		p.AmountCents = 7
+		return nil
+	})
+	if innerErr != nil {
+		t.Fatalf("inner With = %v, want it to run once the outer transaction was ended", innerErr)
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "25P03" || errors.Is(err, lock.ErrCommitUnknown) {
+		t.Fatalf("outer With = %v, want the server's idle-in-transaction termination (25P03), known not committed", err)
+	}
+	t.Logf("outer With: %v", err)
+	if amount, status := row(t, ctx, pool, key); amount != 42 || status == "outer" {
+		t.Fatalf("amount %d, status %q; want the inner call's 42 and nothing of the outer's", amount, status)
+	}
+}
+
+// TestWithGoroutineLeftBehindStopsWhenFnReturns: a goroutine of fn's keeps
+// running statements through tx after fn returned. Each one either ran in
+// With's transaction (before With closed tx: it waits for the one in
+// flight) or failed with pgx.ErrTxClosed; none ran after the commit, on the
+// connection back in the pool.
+func TestWithGoroutineLeftBehindStopsWhenFnReturns(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, oneConn)
+	if _, err := pool.Exec(ctx, "CREATE TABLE side (xid xid8)"); err != nil {
+		t.Fatal(err)
+	}
+	repo := entity.New(pool, payment.Table{})
+	key := payment.Key{ServiceID: 1, LineItemID: "li_goroutine"}
+	var (
+		xid      uint64
+		inserted int
+		last     error
+	)
+	stopped := make(chan struct{})
+	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		if err := tx.QueryRow(ctx, "SELECT pg_current_xact_id()::text::bigint").Scan(&xid); err != nil {
+			return err
+		}
+		started := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			for {
+				if _, last = tx.Exec(ctx, "INSERT INTO side VALUES (pg_current_xact_id())"); last != nil {
+					return
+				}
+				if inserted++; inserted == 3 {
+					close(started)
+				}
+			}
+		}()
+		<-started
+		p.AmountCents = 9
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-stopped
+	if !errors.Is(last, pgx.ErrTxClosed) {
+		t.Fatalf("the goroutine's last Exec = %v, want pgx.ErrTxClosed", last)
+	}
+	var rows, inTx int
+	if err := pool.QueryRow(ctx, "SELECT count(*), count(*) FILTER (WHERE xid::text::bigint = $1) FROM side", xid).Scan(&rows, &inTx); err != nil {
+		t.Fatal(err)
+	}
+	if rows != inserted || inTx != rows {
+		t.Fatalf("%d inserts succeeded; %d rows, %d of them in With's transaction: want all in it", inserted, rows, inTx)
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 9 {
+		t.Fatalf("amount %d, want 9 committed", amount)
+	}
+}
