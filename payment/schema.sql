@@ -20,3 +20,126 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
+
+-- paylock_key_id(namespace, VARIADIC parts) is lock.NewKey(namespace,
+-- parts...).ID() for any client that can send SQL: the xxhash64 (seed 0) of
+-- the key's encoding, each of the namespace and the parts as a uvarint length
+-- followed by its UTF-8 bytes, as a signed bigint. Lock with
+--   SELECT pg_advisory_xact_lock(paylock_key_id('payments', service_id::text, line_item_id))
+--     /*paylock_key='payments/7/li_1'*/
+-- (the comment, escaped like lock.Key.String, lets `paylock locks` name the
+-- key; see docs/INTEROP.md). A NULL namespace or part is an error, never a
+-- NULL id: pg_advisory_xact_lock(NULL) would silently lock nothing.
+--
+-- Plain PL/pgSQL: the unsigned 64-bit products and sums are computed in
+-- numeric modulo 2^64 and folded back into bigint, whose shifts and xor are
+-- the bit operations; bigint << discards the high bits without an error.
+CREATE OR REPLACE FUNCTION public.paylock_key_id(namespace text, VARIADIC parts text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $paylock_key_id$
+DECLARE
+    -- 2^64, 2^63 and 2^64 + 2^63: ((x % m) + mh) % m - h folds any integer x
+    -- into the bigint that has its low 64 bits.
+    m  CONSTANT numeric := 18446744073709551616;
+    h  CONSTANT numeric := 9223372036854775808;
+    mh CONSTANT numeric := 27670116110564327424;
+    -- The xxhash64 primes, as unsigned numbers.
+    p1 CONSTANT numeric := 11400714785074694791;
+    p2 CONSTANT numeric := 14029467366897019727;
+    p3 CONSTANT numeric := 1609587929392839161;
+    p4 CONSTANT numeric := 9650029242287828579;
+    p5 CONSTANT numeric := 2870177450012600261;
+    enc text;   -- the encoding, in hex
+    elem text;
+    b bytea;
+    n bigint;
+    len int;
+    i int := 0;
+    j int;
+    acc bigint;
+    k bigint;
+    v bigint[];
+BEGIN
+    IF namespace IS NULL OR parts IS NULL OR array_position(parts, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'paylock_key_id: the namespace and every part must be non-NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    enc := '';
+    FOREACH elem IN ARRAY array_prepend(namespace, parts) LOOP
+        b := convert_to(elem, 'UTF8');
+        n := length(b);
+        WHILE n >= 128 LOOP
+            enc := enc || lpad(to_hex((n & 127) | 128), 2, '0');
+            n := n >> 7;
+        END LOOP;
+        enc := enc || lpad(to_hex(n), 2, '0') || encode(b, 'hex');
+    END LOOP;
+    b := decode(enc, 'hex');
+    len := length(b);
+
+    IF len >= 32 THEN
+        -- v1 = p1 + p2, v2 = p2, v3 = 0, v4 = -p1, each a signed bigint.
+        v := ARRAY[6983438078262162902, -4417276706812531889, 0, 7046029288634856825]::bigint[];
+        WHILE i + 32 <= len LOOP
+            FOR j IN 1..4 LOOP
+                k := get_byte(b, i)::bigint | (get_byte(b, i + 1)::bigint << 8) | (get_byte(b, i + 2)::bigint << 16)
+                    | (get_byte(b, i + 3)::bigint << 24) | (get_byte(b, i + 4)::bigint << 32)
+                    | (get_byte(b, i + 5)::bigint << 40) | (get_byte(b, i + 6)::bigint << 48)
+                    | (get_byte(b, i + 7)::bigint << 56);
+                -- round: rotl(v + k * p2, 31) * p1
+                acc := (((v[j] + k * p2) % m + mh) % m - h)::bigint;
+                acc := (acc << 31) | ((acc >> 33) & 2147483647);
+                v[j] := (((acc * p1) % m + mh) % m - h)::bigint;
+                i := i + 8;
+            END LOOP;
+        END LOOP;
+        acc := (((((v[1] << 1) | ((v[1] >> 63) & 1))::numeric + ((v[2] << 7) | ((v[2] >> 57) & 127))
+            + ((v[3] << 12) | ((v[3] >> 52) & 4095)) + ((v[4] << 18) | ((v[4] >> 46) & 262143))) % m + mh) % m - h)::bigint;
+        FOR j IN 1..4 LOOP
+            -- merge: (acc ^ round(0, v)) * p1 + p4
+            k := (((v[j] * p2) % m + mh) % m - h)::bigint;
+            k := (k << 31) | ((k >> 33) & 2147483647);
+            k := (((k * p1) % m + mh) % m - h)::bigint;
+            acc := ((((acc # k) * p1 + p4) % m + mh) % m - h)::bigint;
+        END LOOP;
+    ELSE
+        acc := p5::bigint;
+    END IF;
+    acc := (((acc + len::numeric) % m + mh) % m - h)::bigint;
+
+    WHILE i + 8 <= len LOOP
+        k := get_byte(b, i)::bigint | (get_byte(b, i + 1)::bigint << 8) | (get_byte(b, i + 2)::bigint << 16)
+            | (get_byte(b, i + 3)::bigint << 24) | (get_byte(b, i + 4)::bigint << 32)
+            | (get_byte(b, i + 5)::bigint << 40) | (get_byte(b, i + 6)::bigint << 48)
+            | (get_byte(b, i + 7)::bigint << 56);
+        k := (((k * p2) % m + mh) % m - h)::bigint;
+        k := (k << 31) | ((k >> 33) & 2147483647);
+        k := (((k * p1) % m + mh) % m - h)::bigint;
+        acc := acc # k;
+        acc := (acc << 27) | ((acc >> 37) & 134217727);
+        acc := (((acc * p1 + p4) % m + mh) % m - h)::bigint;
+        i := i + 8;
+    END LOOP;
+    IF i + 4 <= len THEN
+        k := get_byte(b, i)::bigint | (get_byte(b, i + 1)::bigint << 8) | (get_byte(b, i + 2)::bigint << 16)
+            | (get_byte(b, i + 3)::bigint << 24);
+        acc := acc # (((k * p1) % m + mh) % m - h)::bigint;
+        acc := (acc << 23) | ((acc >> 41) & 8388607);
+        acc := (((acc * p2 + p3) % m + mh) % m - h)::bigint;
+        i := i + 4;
+    END IF;
+    WHILE i < len LOOP
+        acc := acc # (((get_byte(b, i) * p5) % m + mh) % m - h)::bigint;
+        acc := (acc << 11) | ((acc >> 53) & 2047);
+        acc := (((acc * p1) % m + mh) % m - h)::bigint;
+        i := i + 1;
+    END LOOP;
+
+    acc := acc # ((acc >> 33) & 2147483647);
+    acc := (((acc * p2) % m + mh) % m - h)::bigint;
+    acc := acc # ((acc >> 29) & 34359738367);
+    acc := (((acc * p3) % m + mh) % m - h)::bigint;
+    RETURN acc # ((acc >> 32) & 4294967295);
+END
+$paylock_key_id$;
