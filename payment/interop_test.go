@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/paylock/paylock/internal/racetest"
 	"github.com/paylock/paylock/payment"
 )
@@ -309,7 +311,8 @@ func language(op string) string {
 // docs/INTEROP.md, two processes), all released at once on the same five
 // keys, leave one row per key whose amount is its number of calls, with
 // every op id exactly once, one creator per key, a history linearizable per
-// key, and calls of the three languages interleaved on each key. Before it,
+// key, and calls of the three languages taking turns on the keys; before
+// the unique index exists and with it. Before that,
 // the seed's naive Ruby find-else-insert, run the same way, duplicates
 // payments on a table without the unique index and fails with unique
 // violations on one with it.
@@ -321,7 +324,6 @@ func TestInteropRace(t *testing.T) {
 	pool := setupRace(t, ctx)
 	dsn := pool.Config().ConnString()
 	rbPoller := filepath.Join("..", "examples", "ruby", "poller.rb")
-	pyPoller := filepath.Join("..", "examples", "python", "poller.py")
 
 	t.Run("NaiveRuby", func(t *testing.T) {
 		if _, err := pool.Exec(ctx, "CREATE TABLE naive_indexed (LIKE payments INCLUDING ALL)"); err != nil {
@@ -367,78 +369,103 @@ func TestInteropRace(t *testing.T) {
 		}
 	})
 
-	t.Run("GoRubyPython", func(t *testing.T) {
-		const (
-			keys                        = raceKeys
-			goWorkers, goCalls          = 8, 40
-			rbProcs, rbThreads, rbCalls = 2, 4, 20
-			pyProcs, pyThreads, pyCalls = 2, 4, 20
-		)
-		var pollers []*poller
-		for p := range rbProcs {
-			pollers = append(pollers, startPoller(t, fmt.Sprintf("ruby %d", p), script(ctx, dsn, rb, rbPoller, "with", "payments",
-				fmt.Sprintf("rb%d.", p), fmt.Sprint(rbThreads), fmt.Sprint(rbCalls), fmt.Sprint(keys))))
-		}
-		for p := range pyProcs {
-			pollers = append(pollers, startPoller(t, fmt.Sprintf("python %d", p), script(ctx, dsn, py, pyPoller, snippet, "race",
-				fmt.Sprintf("py%d.", p), fmt.Sprint(pyThreads), fmt.Sprint(pyCalls), fmt.Sprint(keys))))
-		}
-		var goCallsDone []racetest.Call
-		var goErr error
-		start := time.Now()
-		results := release(t, pollers, func() {
-			goCallsDone, goErr = racetest.Hammer(ctx, "go", goWorkers, goCalls, keys, withDo(payment.NewRepository(pool)))
-		})
-		elapsed := time.Since(start)
-		if goErr != nil {
-			t.Fatal(goErr)
-		}
-		all := goCallsDone
-		for _, r := range results {
-			all = append(all, r.calls...)
-		}
-		want := goWorkers*goCalls + rbProcs*rbThreads*rbCalls + pyProcs*pyThreads*pyCalls
-		report := audit(t, ctx, pool, "payments", all, true)
-		for _, p := range report.Problems {
-			t.Error(p)
-		}
-		if report.Calls != want {
-			t.Errorf("%d calls succeeded, want %d", report.Calls, want)
-		}
-		if ok, why := racetest.Linearizable(all); !ok {
-			t.Error("history:", why)
-		}
-
-		// The op ids of each row, in the order the calls committed, show
-		// the languages taking turns on the same payment.
-		rows, err := racetest.Rows(ctx, pool, "SELECT service_id || '/' || line_item_id, amount_cents, data FROM payments")
-		if err != nil {
+	// Before the unique index exists (a rollout's first step), the shared
+	// advisory lock alone keeps the languages from creating a payment twice:
+	// a client that computed another id would make duplicates here. With
+	// the index, the row lock and the index would hide such a mistake.
+	t.Run("BeforeIndex", func(t *testing.T) {
+		if _, err := pool.Exec(ctx, "DROP INDEX "+payment.UniqueIndex); err != nil {
 			t.Fatal(err)
 		}
-		perLang := map[string]int{}
-		switches := map[string]int{}
-		for _, row := range rows {
-			var ops []string
-			if err := json.Unmarshal(row.Ops, &ops); err != nil {
-				t.Fatal(err)
-			}
-			for i, op := range ops {
-				perLang[language(op)]++
-				if i > 0 && language(ops[i-1]) != language(op) {
-					switches[language(ops[i-1])+"->"+language(op)]++
-				}
-			}
-		}
-		t.Logf("FIGURE Go, Ruby and Python pollers: %v in %v; calls per language %v; turns passed between languages %v",
-			report, elapsed.Round(time.Millisecond), perLang, switches)
-		for _, a := range []string{"Go", "Ruby", "Python"} {
-			for _, b := range []string{"Go", "Ruby", "Python"} {
-				if a != b && switches[a+"->"+b]+switches[b+"->"+a] == 0 {
-					t.Errorf("%s and %s never took turns on a payment: they did not race", a, b)
-				}
-			}
+		mixedRace(t, ctx, pool, rb, py, snippet)
+		if err := payment.Migrate(ctx, pool); err != nil { // refuses to index duplicates
+			t.Fatal(err)
 		}
 	})
+	t.Run("WithIndex", func(t *testing.T) {
+		if _, err := pool.Exec(ctx, "TRUNCATE payments"); err != nil {
+			t.Fatal(err)
+		}
+		mixedRace(t, ctx, pool, rb, py, snippet)
+	})
+}
+
+// mixedRace releases Go, Ruby and Python pollers at once on the payments
+// table and audits it.
+func mixedRace(t *testing.T, ctx context.Context, pool *pgxpool.Pool, rb, py, snippet string) {
+	const (
+		keys                        = raceKeys
+		goWorkers, goCalls          = 8, 30
+		rbProcs, rbThreads, rbCalls = 2, 4, 15
+		pyProcs, pyThreads, pyCalls = 2, 4, 15
+	)
+	dsn := pool.Config().ConnString()
+	rbPoller := filepath.Join("..", "examples", "ruby", "poller.rb")
+	pyPoller := filepath.Join("..", "examples", "python", "poller.py")
+	var pollers []*poller
+	for p := range rbProcs {
+		pollers = append(pollers, startPoller(t, fmt.Sprintf("ruby %d", p), script(ctx, dsn, rb, rbPoller, "with", "payments",
+			fmt.Sprintf("rb%d.", p), fmt.Sprint(rbThreads), fmt.Sprint(rbCalls), fmt.Sprint(keys))))
+	}
+	for p := range pyProcs {
+		pollers = append(pollers, startPoller(t, fmt.Sprintf("python %d", p), script(ctx, dsn, py, pyPoller, snippet, "race",
+			fmt.Sprintf("py%d.", p), fmt.Sprint(pyThreads), fmt.Sprint(pyCalls), fmt.Sprint(keys))))
+	}
+	var goCallsDone []racetest.Call
+	var goErr error
+	start := time.Now()
+	results := release(t, pollers, func() {
+		goCallsDone, goErr = racetest.Hammer(ctx, "go", goWorkers, goCalls, keys, withDo(payment.NewRepository(pool)))
+	})
+	elapsed := time.Since(start)
+	if goErr != nil {
+		t.Fatal(goErr)
+	}
+	all := goCallsDone
+	for _, r := range results {
+		all = append(all, r.calls...)
+	}
+	want := goWorkers*goCalls + rbProcs*rbThreads*rbCalls + pyProcs*pyThreads*pyCalls
+	report := audit(t, ctx, pool, "payments", all, true)
+	for _, p := range report.Problems {
+		t.Error(p)
+	}
+	if report.Calls != want {
+		t.Errorf("%d calls succeeded, want %d", report.Calls, want)
+	}
+	if ok, why := racetest.Linearizable(all); !ok {
+		t.Error("history:", why)
+	}
+
+	// The op ids of each row, in the order the calls committed, show
+	// the languages taking turns on the same payment.
+	rows, err := racetest.Rows(ctx, pool, "SELECT service_id || '/' || line_item_id, amount_cents, data FROM payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	perLang := map[string]int{}
+	switches := map[string]int{}
+	for _, row := range rows {
+		var ops []string
+		if err := json.Unmarshal(row.Ops, &ops); row.Ops != nil && err != nil {
+			t.Fatal(err)
+		}
+		for i, op := range ops {
+			perLang[language(op)]++
+			if i > 0 && language(ops[i-1]) != language(op) {
+				switches[language(ops[i-1])+"->"+language(op)]++
+			}
+		}
+	}
+	t.Logf("FIGURE %s, Go, Ruby and Python pollers: %v in %v; calls per language %v; turns passed between languages %v", t.Name(),
+		report, elapsed.Round(time.Millisecond), perLang, switches)
+	for _, a := range []string{"Go", "Ruby", "Python"} {
+		for _, b := range []string{"Go", "Ruby", "Python"} {
+			if a != b && switches[a+"->"+b]+switches[b+"->"+a] == 0 {
+				t.Errorf("%s and %s never took turns on a payment: they did not race", a, b)
+			}
+		}
+	}
 }
 
 func addCounts(dst, src map[string]int) {
