@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS payments (
 -- done on 32-bit halves (a product from 16-bit pieces of the constant, a sum
 -- with its carry), so no intermediate overflows, and bigint << discards the
 -- high bits without an error. (The same in numeric, modulo 2^64, is about
--- five times slower.)
+-- twice as slow.)
 CREATE OR REPLACE FUNCTION public.paylock_key_id(namespace text, VARIADIC parts text[] DEFAULT '{}')
 RETURNS bigint
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
