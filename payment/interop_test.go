@@ -112,7 +112,7 @@ func pythonSnippet(t *testing.T) string {
 // script runs an interpreter on a script with DATABASE_URL set.
 func script(ctx context.Context, dsn, interp string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, interp, args...)
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn, "PYTHONDONTWRITEBYTECODE=1")
 	return cmd
 }
 
