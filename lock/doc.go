@@ -17,6 +17,15 @@
 // are a wire format shared by every process and every version; golden tests
 // pin them.
 //
+// Programs in other languages compute the same id in SQL with
+// paylock_key_id(namespace text, VARIADIC parts text[]) RETURNS bigint, which
+// payment.Migrate and `paylock migrate` install (plain PL/pgSQL, immutable,
+// parallel safe): SELECT pg_advisory_xact_lock(paylock_key_id('payments',
+// '7', 'li_123')) waits for the same lock as Run with NewKey("payments", "7",
+// "li_123"). The golden keys in the repository's testdata/keys.json are
+// checked against Go, the SQL function, Ruby and Python; docs/INTEROP.md
+// describes the statements and the comment a non-Go caller sends.
+//
 // One bigint rather than two int4 (namespace, key) spends all 64 bits on the
 // whole key. With two int4 the key would get 32 bits and a few tens of
 // thousands of live keys would already share ids; the namespace's visibility

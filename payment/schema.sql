@@ -20,3 +20,220 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
+
+-- paylock_key_id(namespace, VARIADIC parts) is lock.NewKey(namespace,
+-- parts...).ID() for any client that can send SQL: the xxhash64 (seed 0) of
+-- the key's encoding, each of the namespace and the parts as a uvarint length
+-- followed by its UTF-8 bytes, as a signed bigint. Lock with
+--   SELECT pg_advisory_xact_lock(paylock_key_id('payments', service_id::text, line_item_id))
+--     /*paylock_key='payments/7/li_1'*/
+-- (the comment, escaped like lock.Key.String, lets `paylock locks` name the
+-- key; see docs/INTEROP.md). A NULL namespace or part is an error, never a
+-- NULL id: pg_advisory_xact_lock(NULL) would silently lock nothing.
+--
+-- Plain PL/pgSQL on bigint: xxhash64's unsigned arithmetic modulo 2^64 is
+-- done on 32-bit halves (a product from 16-bit pieces of the constant, a sum
+-- with its carry), so no intermediate overflows, and bigint << discards the
+-- high bits without an error. (The same in numeric, modulo 2^64, is about
+-- twice as slow.)
+CREATE OR REPLACE FUNCTION public.paylock_key_id(namespace text, VARIADIC parts text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $paylock_key_id$
+DECLARE
+    enc text;      -- the encoding, in hex
+    elem text;
+    b bytea;       -- the encoding
+    n bigint;
+    len int;
+    i int := 0;
+    j int;
+    acc bigint;    -- the hash state
+    k bigint;      -- the lane being mixed in
+    v bigint[];    -- the four accumulators of 32-byte stripes
+    lo bigint;     -- a multiplication's operands and partial product
+    hi bigint;
+    t bigint;
+BEGIN
+    IF namespace IS NULL OR parts IS NULL OR array_position(parts, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'paylock_key_id: the namespace and every part must be non-NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    enc := '';
+    FOREACH elem IN ARRAY array_prepend(namespace, parts) LOOP
+        b := convert_to(elem, 'UTF8');
+        n := length(b);
+        WHILE n >= 128 LOOP
+            enc := enc || lpad(to_hex((n & 127) | 128), 2, '0');
+            n := n >> 7;
+        END LOOP;
+        enc := enc || lpad(to_hex(n), 2, '0') || encode(b, 'hex');
+    END LOOP;
+    b := decode(enc, 'hex');
+    len := length(b);
+
+    IF len >= 32 THEN
+        -- p1 + p2, p2, 0, -p1
+        v := ARRAY[6983438078262162902, -4417276706812531889, 0, 7046029288634856825]::bigint[];
+        WHILE i + 32 <= len LOOP
+            FOR j IN 1..4 LOOP
+                -- v[j] := rotl(v[j] + lane * p2, 31) * p1
+                k := get_byte(b, i)::bigint | (get_byte(b, i + 1)::bigint << 8) | (get_byte(b, i + 2)::bigint << 16)
+                    | (get_byte(b, i + 3)::bigint << 24) | (get_byte(b, i + 4)::bigint << 32)
+                    | (get_byte(b, i + 5)::bigint << 40) | (get_byte(b, i + 6)::bigint << 48)
+                    | (get_byte(b, i + 7)::bigint << 56);
+                -- k := k * p2
+                lo := k & 4294967295;
+                hi := (k >> 32) & 4294967295;
+                t := lo * 60239 + (((lo * 10196) & 65535) << 16);
+                k := (((t >> 32) + ((lo * 10196) >> 16) + hi * 60239 + (((hi * 10196) & 65535) << 16) + lo * 44605
+                    + (((lo * 49842) & 65535) << 16)) << 32) | (t & 4294967295);
+                acc := v[j];
+                acc := (((acc >> 32) + (k >> 32) + (((acc & 4294967295) + (k & 4294967295)) >> 32)) << 32)
+                    | (((acc & 4294967295) + (k & 4294967295)) & 4294967295);
+                acc := (acc << 31) | ((acc >> 33) & 2147483647);
+                -- acc := acc * p1
+                lo := acc & 4294967295;
+                hi := (acc >> 32) & 4294967295;
+                t := lo * 51847 + (((lo * 34283) & 65535) << 16);
+                acc := (((t >> 32) + ((lo * 34283) >> 16) + hi * 51847 + (((hi * 34283) & 65535) << 16) + lo * 31153
+                    + (((lo * 40503) & 65535) << 16)) << 32) | (t & 4294967295);
+                v[j] := acc;
+                i := i + 8;
+            END LOOP;
+        END LOOP;
+        -- acc := rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18)
+        acc := v[1];
+        acc := (acc << 1) | ((acc >> 63) & 1);
+        k := v[2];
+        k := (k << 7) | ((k >> 57) & 127);
+        acc := (((acc >> 32) + (k >> 32) + (((acc & 4294967295) + (k & 4294967295)) >> 32)) << 32)
+            | (((acc & 4294967295) + (k & 4294967295)) & 4294967295);
+        k := v[3];
+        k := (k << 12) | ((k >> 52) & 4095);
+        acc := (((acc >> 32) + (k >> 32) + (((acc & 4294967295) + (k & 4294967295)) >> 32)) << 32)
+            | (((acc & 4294967295) + (k & 4294967295)) & 4294967295);
+        k := v[4];
+        k := (k << 18) | ((k >> 46) & 262143);
+        acc := (((acc >> 32) + (k >> 32) + (((acc & 4294967295) + (k & 4294967295)) >> 32)) << 32)
+            | (((acc & 4294967295) + (k & 4294967295)) & 4294967295);
+        FOR j IN 1..4 LOOP
+            -- acc := (acc ^ (rotl(v[j] * p2, 31) * p1)) * p1 + p4
+            k := v[j];
+            -- k := k * p2
+            lo := k & 4294967295;
+            hi := (k >> 32) & 4294967295;
+            t := lo * 60239 + (((lo * 10196) & 65535) << 16);
+            k := (((t >> 32) + ((lo * 10196) >> 16) + hi * 60239 + (((hi * 10196) & 65535) << 16) + lo * 44605
+                + (((lo * 49842) & 65535) << 16)) << 32) | (t & 4294967295);
+            k := (k << 31) | ((k >> 33) & 2147483647);
+            -- k := k * p1
+            lo := k & 4294967295;
+            hi := (k >> 32) & 4294967295;
+            t := lo * 51847 + (((lo * 34283) & 65535) << 16);
+            k := (((t >> 32) + ((lo * 34283) >> 16) + hi * 51847 + (((hi * 34283) & 65535) << 16) + lo * 31153
+                + (((lo * 40503) & 65535) << 16)) << 32) | (t & 4294967295);
+            acc := acc # k;
+            -- acc := acc * p1
+            lo := acc & 4294967295;
+            hi := (acc >> 32) & 4294967295;
+            t := lo * 51847 + (((lo * 34283) & 65535) << 16);
+            acc := (((t >> 32) + ((lo * 34283) >> 16) + hi * 51847 + (((hi * 34283) & 65535) << 16) + lo * 31153
+                + (((lo * 40503) & 65535) << 16)) << 32) | (t & 4294967295);
+            acc := (((acc >> 32) + -2048144777 + (((acc & 4294967295) + 3266489955) >> 32)) << 32) | (((acc & 4294967295) + 3266489955) & 4294967295);
+        END LOOP;
+    ELSE
+        acc := 2870177450012600261; -- p5
+    END IF;
+    acc := (((acc >> 32) + (len::bigint >> 32) + (((acc & 4294967295) + (len::bigint & 4294967295)) >> 32)) << 32)
+        | (((acc & 4294967295) + (len::bigint & 4294967295)) & 4294967295);
+
+    WHILE i + 8 <= len LOOP
+        -- acc := rotl(acc ^ (rotl(lane * p2, 31) * p1), 27) * p1 + p4
+        k := get_byte(b, i)::bigint | (get_byte(b, i + 1)::bigint << 8) | (get_byte(b, i + 2)::bigint << 16)
+            | (get_byte(b, i + 3)::bigint << 24) | (get_byte(b, i + 4)::bigint << 32)
+            | (get_byte(b, i + 5)::bigint << 40) | (get_byte(b, i + 6)::bigint << 48)
+            | (get_byte(b, i + 7)::bigint << 56);
+        -- k := k * p2
+        lo := k & 4294967295;
+        hi := (k >> 32) & 4294967295;
+        t := lo * 60239 + (((lo * 10196) & 65535) << 16);
+        k := (((t >> 32) + ((lo * 10196) >> 16) + hi * 60239 + (((hi * 10196) & 65535) << 16) + lo * 44605
+            + (((lo * 49842) & 65535) << 16)) << 32) | (t & 4294967295);
+        k := (k << 31) | ((k >> 33) & 2147483647);
+        -- k := k * p1
+        lo := k & 4294967295;
+        hi := (k >> 32) & 4294967295;
+        t := lo * 51847 + (((lo * 34283) & 65535) << 16);
+        k := (((t >> 32) + ((lo * 34283) >> 16) + hi * 51847 + (((hi * 34283) & 65535) << 16) + lo * 31153
+            + (((lo * 40503) & 65535) << 16)) << 32) | (t & 4294967295);
+        acc := acc # k;
+        acc := (acc << 27) | ((acc >> 37) & 134217727);
+        -- acc := acc * p1
+        lo := acc & 4294967295;
+        hi := (acc >> 32) & 4294967295;
+        t := lo * 51847 + (((lo * 34283) & 65535) << 16);
+        acc := (((t >> 32) + ((lo * 34283) >> 16) + hi * 51847 + (((hi * 34283) & 65535) << 16) + lo * 31153
+            + (((lo * 40503) & 65535) << 16)) << 32) | (t & 4294967295);
+        acc := (((acc >> 32) + -2048144777 + (((acc & 4294967295) + 3266489955) >> 32)) << 32) | (((acc & 4294967295) + 3266489955) & 4294967295);
+        i := i + 8;
+    END LOOP;
+    IF i + 4 <= len THEN
+        -- acc := rotl(acc ^ (lane32 * p1), 23) * p2 + p3
+        k := get_byte(b, i)::bigint | (get_byte(b, i + 1)::bigint << 8) | (get_byte(b, i + 2)::bigint << 16)
+            | (get_byte(b, i + 3)::bigint << 24);
+        -- k := k * p1
+        lo := k & 4294967295;
+        hi := (k >> 32) & 4294967295;
+        t := lo * 51847 + (((lo * 34283) & 65535) << 16);
+        k := (((t >> 32) + ((lo * 34283) >> 16) + hi * 51847 + (((hi * 34283) & 65535) << 16) + lo * 31153
+            + (((lo * 40503) & 65535) << 16)) << 32) | (t & 4294967295);
+        acc := acc # k;
+        acc := (acc << 23) | ((acc >> 41) & 8388607);
+        -- acc := acc * p2
+        lo := acc & 4294967295;
+        hi := (acc >> 32) & 4294967295;
+        t := lo * 60239 + (((lo * 10196) & 65535) << 16);
+        acc := (((t >> 32) + ((lo * 10196) >> 16) + hi * 60239 + (((hi * 10196) & 65535) << 16) + lo * 44605
+            + (((lo * 49842) & 65535) << 16)) << 32) | (t & 4294967295);
+        acc := (((acc >> 32) + 374761393 + (((acc & 4294967295) + 2654435833) >> 32)) << 32) | (((acc & 4294967295) + 2654435833) & 4294967295);
+        i := i + 4;
+    END IF;
+    WHILE i < len LOOP
+        -- acc := rotl(acc ^ (byte * p5), 11) * p1
+        k := get_byte(b, i);
+        -- k := k * p5
+        lo := k & 4294967295;
+        hi := (k >> 32) & 4294967295;
+        t := lo * 26565 + (((lo * 5718) & 65535) << 16);
+        k := (((t >> 32) + ((lo * 5718) >> 16) + hi * 26565 + (((hi * 5718) & 65535) << 16) + lo * 60207
+            + (((lo * 10196) & 65535) << 16)) << 32) | (t & 4294967295);
+        acc := acc # k;
+        acc := (acc << 11) | ((acc >> 53) & 2047);
+        -- acc := acc * p1
+        lo := acc & 4294967295;
+        hi := (acc >> 32) & 4294967295;
+        t := lo * 51847 + (((lo * 34283) & 65535) << 16);
+        acc := (((t >> 32) + ((lo * 34283) >> 16) + hi * 51847 + (((hi * 34283) & 65535) << 16) + lo * 31153
+            + (((lo * 40503) & 65535) << 16)) << 32) | (t & 4294967295);
+        i := i + 1;
+    END LOOP;
+
+    -- the avalanche
+    acc := acc # ((acc >> 33) & 2147483647);
+    -- acc := acc * p2
+    lo := acc & 4294967295;
+    hi := (acc >> 32) & 4294967295;
+    t := lo * 60239 + (((lo * 10196) & 65535) << 16);
+    acc := (((t >> 32) + ((lo * 10196) >> 16) + hi * 60239 + (((hi * 10196) & 65535) << 16) + lo * 44605
+        + (((lo * 49842) & 65535) << 16)) << 32) | (t & 4294967295);
+    acc := acc # ((acc >> 29) & 34359738367);
+    -- acc := acc * p3
+    lo := acc & 4294967295;
+    hi := (acc >> 32) & 4294967295;
+    t := lo * 31225 + (((lo * 40503) & 65535) << 16);
+    acc := (((t >> 32) + ((lo * 40503) >> 16) + hi * 31225 + (((hi * 40503) & 65535) << 16) + lo * 26545
+        + (((lo * 5718) & 65535) << 16)) << 32) | (t & 4294967295);
+    RETURN acc # ((acc >> 32) & 4294967295);
+END
+$paylock_key_id$;

@@ -38,8 +38,11 @@ A waiting backend's current query is that statement, so the key of every lock
 someone waits for is read from the waiter and verified by recomputing its id.
 A holder that has moved on to other statements no longer shows it: its lock is
 listed with origin "unknown" until someone waits for it, which is exactly when
-the key matters. Locks taken with two int4 keys, or waited for by statements
-without the comment, are marked origin "other" (not taken by paylock).
+the key matters. Clients in other languages lock with the SQL function
+paylock_key_id and send the same comment (docs/INTEROP.md); without it, the
+key is read from the function's literal arguments, or the lock is "unknown".
+Locks taken with two int4 keys, or waited for by statements with neither the
+comment nor the function, are marked origin "other" (not taken by paylock).
 
 --watch refreshes every interval (default 2s) until Ctrl-C; --watch 5s or
 --watch=500ms sets it. Seeing other sessions' queries needs the
@@ -285,7 +288,7 @@ var commentKey = regexp.MustCompile(`/\*paylock_key='([A-Za-z0-9_.~%/,-]*)('\*/)
 func keysInQuery(query string) (keys []lock.Key, tagged bool) {
 	m := commentKey.FindStringSubmatch(query)
 	if m == nil {
-		return nil, false
+		return keysInCall(query) // a non-Go client's paylock_key_id(...) without the comment
 	}
 	for _, s := range strings.Split(m[1], ",") {
 		if k, err := lock.ParseKey(s); err == nil {

@@ -1,0 +1,44 @@
+# Payment.with for ActiveRecord: the same lock, row and safety net as
+# paylock's Go payment.With, so Ruby and Go pollers can update the same
+# payments at once. Needs the schema `paylock migrate` installs: the unique
+# index and the SQL function paylock_key_id. See docs/INTEROP.md.
+require "active_record"
+
+class Service < ActiveRecord::Base
+end
+
+class Payment < ActiveRecord::Base
+  belongs_to :service
+
+  # Go's payment.Table.Ensure, word for word: insert the row if it is missing.
+  ENSURE = <<~SQL
+    INSERT INTO payments (service_id, line_item_id)
+    SELECT $1::bigint, $2::text WHERE NOT EXISTS (SELECT FROM payments WHERE service_id = $1::bigint AND line_item_id = $2::text)
+    ON CONFLICT DO NOTHING
+  SQL
+
+  # Yields the payment (service_id, line_item_id), created if it is missing,
+  # then saves it and commits. Every caller of the same payment, in any
+  # process and language that takes the same lock, waits its turn.
+  def self.with(line_item_id:, service_id:)
+    transaction(isolation: :read_committed) do
+      pg = connection.raw_connection # the transaction's own connection, BEGIN already sent
+      pg.exec_params("SELECT pg_advisory_xact_lock(paylock_key_id('payments', $1::text, $2::text)) " \
+                     "/*paylock_key='#{paylock_key("payments", service_id, line_item_id)}'*/", [service_id, line_item_id])
+      created = pg.exec_params(ENSURE, [service_id, line_item_id]).cmd_tuples == 1
+      payment = lock("FOR NO KEY UPDATE").order(:id).find_by!(service_id: service_id, line_item_id: line_item_id)
+      payment.instance_variable_set(:@created, created)
+      yield payment
+      payment.save!
+      payment
+    end
+  end
+
+  # lock.Key.String: the key as `paylock locks` reads it from the comment.
+  def self.paylock_key(*elems)
+    elems.map { |e| e.to_s.b.gsub(/[^A-Za-z0-9_.~-]/n) { |c| format("%%%02X", c.ord) } }.join("/")
+  end
+
+  # Whether the Payment.with call that yielded this payment created its row.
+  def created? = @created
+end
