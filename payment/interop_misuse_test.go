@@ -43,6 +43,9 @@ with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
     held = []
     with_payment(conn, "07", "li_text", lambda p: held.extend(r[0] for r in conn.execute(MYLOCK)))
     print("text service id locked", *held)
+    iso = []
+    with_payment(conn, 7, "li_iso", lambda p: iso.append(conn.execute("SHOW transaction_isolation").fetchone()[0]))
+    print("isolation", iso[0])
 `
 
 // misuseRb does the same with Payment.with of examples/ruby/payment.rb.
@@ -65,13 +68,15 @@ end
 held = []
 Payment.with(line_item_id: "li_text", service_id: "07") { held = Payment.connection.select_values(MYLOCK) }
 puts "text service id locked #{held.join(" ")}"
+Payment.with(line_item_id: "li_iso", service_id: 7) { puts "isolation #{Payment.connection.select_value("SHOW transaction_isolation")}" }
 `
 
 // TestInteropMisuse: the Ruby and Python clients refuse to run nested or
 // inside the caller's transaction, where their lock and row lock would last
 // until that transaction ends and a nested call's update would be lost
 // under the outer one's; and a service id given as text ("07") takes the
-// lock of Go's key for that payment, ("payments", "7", line item).
+// lock of Go's key for that payment, ("payments", "7", line item). Both run
+// READ COMMITTED on a database whose default is SERIALIZABLE.
 func TestInteropMisuse(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, 1)
@@ -79,9 +84,12 @@ func TestInteropMisuse(t *testing.T) {
 	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (7, 'acme')"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := pool.Exec(ctx, "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = serializable', current_database()); END$$"); err != nil {
+		t.Fatal(err)
+	}
 	dsn := pool.Config().ConnString()
 	want := []string{"nested refused", "in a transaction refused",
-		fmt.Sprint("text service id locked ", lock.NewKey("payments", "7", "li_text").ID())}
+		fmt.Sprint("text service id locked ", lock.NewKey("payments", "7", "li_text").ID()), "isolation read committed"}
 	check := func(t *testing.T, lines []string) {
 		if !slices.Equal(lines, want) {
 			t.Errorf("got\n%q\nwant\n%q", lines, want)
