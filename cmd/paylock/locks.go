@@ -282,20 +282,22 @@ func runLocks(ctx context.Context, c *call) error {
 // comment exceeds.
 var commentKey = regexp.MustCompile(`/\*paylock_key='([A-Za-z0-9_.~%/,-]*)('\*/)?`)
 
-// keysInQuery returns the keys named by query's paylock comment, and whether
-// it has one. A key cut short by the truncation parses to another id, which
-// the caller's id check rejects.
+// keysInQuery returns the keys named by query's paylock comment and by its
+// calls of paylock_key_id with literal arguments (a non-Go client's), and
+// whether it has either. A key cut short by the truncation, or a comment
+// that names another key than the statement locks, parses to another id,
+// which the caller's id check rejects.
 func keysInQuery(query string) (keys []lock.Key, tagged bool) {
-	m := commentKey.FindStringSubmatch(query)
-	if m == nil {
-		return keysInCall(query) // a non-Go client's paylock_key_id(...) without the comment
-	}
-	for _, s := range strings.Split(m[1], ",") {
-		if k, err := lock.ParseKey(s); err == nil {
-			keys = append(keys, k)
+	keys, tagged = keysInCall(query)
+	if m := commentKey.FindStringSubmatch(query); m != nil {
+		tagged = true
+		for _, s := range strings.Split(m[1], ",") {
+			if k, err := lock.ParseKey(s); err == nil {
+				keys = append(keys, k)
+			}
 		}
 	}
-	return keys, true
+	return keys, tagged
 }
 
 // readLocks reads the advisory locks of the current database, grouped per

@@ -35,6 +35,12 @@ func TestLocksTakenFromSQL(t *testing.T) {
 		{literal, "SELECT pg_advisory_xact_lock(paylock_key_id('payments', 8::text, 'it''s'))", nil, "paylock"},
 		{bound, lockSQL, []any{"9", "li_9"}, "unknown"},
 		{lock.NewKey("x"), "SELECT pg_advisory_xact_lock($1)", []any{lock.NewKey("x").ID()}, "other"},
+		// A quoted function name, a schema, upper case, newlines, an
+		// integer with leading zeros, and a comment that names another key
+		// than the call locks: the call's key, checked against the id.
+		{lock.NewKey("payments", "10", "li_10"), `SELECT pg_advisory_xact_lock("paylock_key_id"('payments', '10', 'li_10'))`, nil, "paylock"},
+		{lock.NewKey("payments", "11", "li_11"), "SELECT pg_advisory_xact_lock(PUBLIC.Paylock_Key_Id (\n 'payments' ,\n 011::text , 'li_11' ))", nil, "paylock"},
+		{lock.NewKey("payments", "12", "li_12"), "SELECT pg_advisory_xact_lock(paylock_key_id('payments', '12', 'li_12')) /*paylock_key='payments/13/li_13'*/", nil, "paylock"},
 	} {
 		holder := openSession(t, ctx, url, "ruby-holder")
 		if _, err := holder.tx.Exec(ctx, tt.sql, tt.args...); err != nil {

@@ -8,8 +8,9 @@ import (
 )
 
 // keyIDCall finds a call of the SQL function paylock_key_id, which non-Go
-// clients use to take paylock's locks (docs/INTEROP.md).
-var keyIDCall = regexp.MustCompile(`(?i)\bpaylock_key_id\s*\(`)
+// clients use to take paylock's locks (docs/INTEROP.md), its name in any
+// case or quoted, schema-qualified or not.
+var keyIDCall = regexp.MustCompile(`(?i)(\bpaylock_key_id|"paylock_key_id")\s*\(`)
 
 // keysInCall returns the keys of the paylock_key_id calls in a statement
 // that has no paylock comment, and whether it calls the function at all. A
@@ -59,7 +60,8 @@ func literalArgs(s string) ([]string, bool) {
 			if n < 0 {
 				return nil, false
 			}
-			arg, s = s[:n], s[n:]
+			// an integer's text has no leading zeros: 007::text is '7'
+			arg, s = strings.TrimLeft(s[:n-1], "0")+s[n-1:n], s[n:]
 			if !strings.HasPrefix(s, "::") {
 				return nil, false // an integer, which the function doesn't take
 			}

@@ -21,6 +21,7 @@ class Payment < ActiveRecord::Base
   # then saves it and commits. Every caller of the same payment, in any
   # process and language that takes the same lock, waits its turn.
   def self.with(line_item_id:, service_id:)
+    service_id = Integer(service_id.to_s, 10) # "07" is Go's key "7"
     transaction(isolation: :read_committed) do
       pg = connection.raw_connection # the transaction's own connection, BEGIN already sent
       pg.exec_params("SELECT pg_advisory_xact_lock(paylock_key_id('payments', $1::text, $2::text)) " \
