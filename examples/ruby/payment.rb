@@ -19,7 +19,9 @@ class Payment < ActiveRecord::Base
 
   # Yields the payment (service_id, line_item_id), created if it is missing,
   # then saves it and commits. Every caller of the same payment, in any
-  # process and language that takes the same lock, waits its turn.
+  # process and language that takes the same lock, waits its turn. An
+  # exception in the block rolls everything back and is raised again;
+  # ActiveRecord::Rollback rolls back too and makes with return nil.
   def self.with(line_item_id:, service_id:)
     service_id = Integer(service_id.to_s, 10) # "07" is Go's key "7"
     transaction(isolation: :read_committed) do
