@@ -82,6 +82,19 @@ func TestRetryDo(t *testing.T) {
 			t.Fatalf("%v; want fn's own error, unchanged", err)
 		}
 	})
+	t.Run("MaxBackoffCapsTheFirstWait", func(t *testing.T) {
+		// Without the cap the first wait is half an hour at least.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		calls := 0
+		err := lock.Retry{Attempts: 2, Backoff: time.Hour, MaxBackoff: time.Millisecond}.Do(ctx, func() error {
+			calls++
+			return serialization
+		})
+		if calls != 2 || errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%d calls, %v; want 2 calls, the wait capped at MaxBackoff", calls, err)
+		}
+	})
 	t.Run("ZeroValueMakesOneAttempt", func(t *testing.T) {
 		calls := 0
 		lock.Retry{}.Do(context.Background(), func() error { calls++; return serialization })

@@ -122,7 +122,8 @@ func transient(err error) bool {
 }
 
 // Retry is the policy of lock.Retry: Attempts in all, waiting a random time
-// in [Backoff/2, Backoff] before the second, doubling up to MaxBackoff.
+// in [Backoff/2, Backoff] before the second, doubling up to MaxBackoff
+// (which caps the first backoff too).
 type Retry struct {
 	Attempts   int
 	Backoff    time.Duration
@@ -149,6 +150,7 @@ func (r Retry) Do(ctx context.Context, attempt func() error) error {
 	if maxBackoff <= 0 {
 		maxBackoff = DefaultMaxBackoff
 	}
+	backoff = min(backoff, maxBackoff)
 	for n := 1; ; n++ {
 		err := attempt()
 		if err != nil && n < r.Attempts && transient(err) && ctx.Err() != nil {
@@ -170,6 +172,7 @@ func (r Retry) Do(ctx context.Context, attempt func() error) error {
 			return fmt.Errorf("after %d attempts: %w", n, Classify(ctx, err))
 		case <-t.C:
 		}
-		backoff = min(2*backoff, maxBackoff)
+		backoff = min(backoff, maxBackoff/2) * 2 // no overflow
+		backoff = min(backoff, maxBackoff)
 	}
 }
