@@ -56,4 +56,21 @@ func TestRunOnAConnectionInATransaction(t *testing.T) {
 			}
 		})
 	}
+
+	// The same from inside fn, on fn's own connection and another key: the
+	// inner COMMIT would end the outer Run's transaction, and its lock.
+	t.Run("NestedOnFnsConnection", func(t *testing.T) {
+		called := false
+		var inner error
+		err := lock.Run(ctx, pool, lock.NewKey("test", "outer-tx", "a"), func(ctx context.Context, tx pgx.Tx) error {
+			inner = lock.Run(ctx, tx.Conn(), lock.NewKey("test", "outer-tx", "b"), func(context.Context, pgx.Tx) error {
+				called = true
+				return nil
+			})
+			return nil
+		})
+		if err != nil || called || !errors.Is(inner, lock.ErrInTransaction) {
+			t.Fatalf("outer Run = %v, inner Run = %v, inner fn called: %v; want the inner to fail with ErrInTransaction", err, inner, called)
+		}
+	})
 }
