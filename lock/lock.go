@@ -31,6 +31,12 @@ var (
 	// in SQL. What it committed stays committed; the lock was released when
 	// it did; nothing was committed after that.
 	ErrTxEnded = txn.ErrTxEnded
+	// ErrInTransaction: Run was given a *pgx.Conn or *pgxpool.Conn that its
+	// caller had already begun a transaction on. PostgreSQL only warns about
+	// a second BEGIN, so Run's COMMIT would end the caller's transaction; it
+	// refuses instead, before running anything. Take the lock in that
+	// transaction with Acquire.
+	ErrInTransaction = errors.New("lock: Run was given a connection already in a transaction; use Acquire on that transaction")
 	// ErrRowsOpen: fn returned while a result it started on tx was still
 	// open (Rows not closed, a Row not scanned, BatchResults not closed), so
 	// COMMIT could not be sent. Nothing was committed; the connection, which
@@ -166,7 +172,8 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 // ErrLockTimeout) or until the server ends the outer transaction, idle for
 // IdleTimeout: the inner Run then runs, and the outer commits nothing and
 // returns the server's error (a *pgconn.PgError with SQLSTATE 25P03).
-// Run is safe for concurrent use.
+// Run is safe for concurrent use. Given a connection its caller has already
+// begun a transaction on, it fails with ErrInTransaction.
 //
 // When the connection fails after COMMIT was sent, the outcome is unknown and
 // the error matches ErrCommitUnknown. o.Retry may run the whole transaction,
@@ -177,6 +184,9 @@ func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx cont
 	}
 	if err := key.Validate(); err != nil {
 		return err
+	}
+	if inTransaction(db) {
+		return fmt.Errorf("lock: run %s: %w", key, ErrInTransaction)
 	}
 	begin := func(ctx context.Context) (*pgxTx, error) { return o.begin(ctx, db, key) }
 	return txn.Run(ctx, o.Retry.policy(), key.String(), key.ID(), begin, func(ctx context.Context, tx *pgxTx) error {
@@ -219,6 +229,22 @@ func (o Options) begin(ctx context.Context, db Beginner, key Key) (*pgxTx, error
 	}
 	t.tx, t.m = tx, txn.NewManaged(tx.Conn(), tx)
 	return t, nil
+}
+
+// inTransaction reports whether db is a connection in a transaction (or a
+// failed one) that its caller began: BEGIN on it would only warn.
+func inTransaction(db Beginner) bool {
+	var conn *pgx.Conn
+	switch db := db.(type) {
+	case *pgxpool.Conn:
+		conn = db.Conn()
+	case *pgx.Conn:
+		conn = db
+	default:
+		return false
+	}
+	s := conn.PgConn().TxStatus()
+	return s == 'T' || s == 'E'
 }
 
 // pgxTx is Run's transaction for txn.Run.

@@ -43,16 +43,56 @@ func TestRetryDo(t *testing.T) {
 			}
 		})
 	}
+	// No timing assumptions: whenever ctx ends, during the wait or during an
+	// attempt, Do stops and its error matches both ctx.Err() and the
+	// attempt's error.
 	t.Run("StopsWhenCtxIsDone", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		// The deadline passes long before the first wait (an hour) ends,
+		// and possibly before the first attempt returns, on a loaded machine.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
 		calls := 0
-		err := lock.Retry{Attempts: 100, Backoff: 20 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}.Do(ctx, func() error {
+		err := lock.Retry{Attempts: 100, Backoff: time.Hour, MaxBackoff: time.Hour}.Do(ctx, func() error {
 			calls++
 			return serialization
 		})
-		if !errors.Is(err, context.DeadlineExceeded) || calls > 5 {
-			t.Fatalf("%d calls, %v; want a few calls and DeadlineExceeded", calls, err)
+		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, serialization) || calls != 1 {
+			t.Fatalf("%d calls, %v; want 1 call and DeadlineExceeded", calls, err)
+		}
+	})
+	t.Run("StopsWhenCtxEndsDuringAnAttempt", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		calls := 0
+		err := lock.Retry{Attempts: 100, Backoff: time.Millisecond}.Do(ctx, func() error {
+			if calls++; calls == 2 {
+				cancel()
+			}
+			return serialization
+		})
+		if !errors.Is(err, context.Canceled) || !errors.Is(err, serialization) || calls != 2 {
+			t.Fatalf("%d calls, %v; want 2 calls and Canceled", calls, err)
+		}
+	})
+	t.Run("OwnErrorUnchangedWhenCtxIsDone", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		own := errors.New("fn's own")
+		err := lock.Retry{Attempts: 4, Backoff: time.Millisecond}.Do(ctx, func() error { cancel(); return own })
+		if err != own {
+			t.Fatalf("%v; want fn's own error, unchanged", err)
+		}
+	})
+	t.Run("MaxBackoffCapsTheFirstWait", func(t *testing.T) {
+		// Without the cap the first wait is half an hour at least.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		calls := 0
+		err := lock.Retry{Attempts: 2, Backoff: time.Hour, MaxBackoff: time.Millisecond}.Do(ctx, func() error {
+			calls++
+			return serialization
+		})
+		if calls != 2 || errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%d calls, %v; want 2 calls, the wait capped at MaxBackoff", calls, err)
 		}
 	})
 	t.Run("ZeroValueMakesOneAttempt", func(t *testing.T) {

@@ -15,7 +15,9 @@ import (
 
 // The database/sql variants serve callers that hold a *sql.DB rather than a
 // pgx pool (sqlx, sqlc on database/sql, GORM underneath), with any
-// PostgreSQL driver. Their statements carry the lock id as a literal, so
+// PostgreSQL driver; but the server's errors are classified (ErrLockTimeout,
+// ErrDeadlock, what Retry retries) from pgx's error type only: see
+// Options.RunDB. Their statements carry the lock id as a literal, so
 // that the key's comment can name it, and take no parameters; they all go
 // through ExecContext, which drivers (pgx's stdlib, lib/pq) then run with
 // the simple protocol: nothing is prepared per key. (pgx's stdlib prepares
@@ -74,6 +76,15 @@ func RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context
 // transaction is never taken for a lost connection, so it is not retried.
 // client_connection_check_interval (see the package doc) is set through
 // pgx's stdlib driver only.
+//
+// The server's errors are classified from pgx's *pgconn.PgError (SQLSTATE
+// and unlocalized severity). Another driver's error type is not read: then
+// ErrLockTimeout and ErrDeadlock do not match (the driver's error, with its
+// SQLSTATE, is returned as it is), a serialization failure or deadlock is
+// not retried, a COMMIT the server refused (a deferred constraint) fails
+// with ErrCommitUnknown rather than as a definite failure, and an error on
+// BEGIN counts as a lost connection, retried under o.Retry. Use pgx's
+// stdlib driver for the contract of Run.
 func (o Options) RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context, tx *sql.Tx) error) error {
 	if fn == nil {
 		return errors.New("lock: RunDB called with a nil fn")

@@ -106,7 +106,12 @@ func (e *lostError) Unwrap() []error {
 // lost before COMMIT was sent. Never after ErrCommitUnknown, never once ctx is
 // done, never for a lock or statement timeout (the caller's own bound).
 func Retryable(ctx context.Context, err error) bool {
-	if err == nil || ctx.Err() != nil || errors.Is(err, ErrCommitUnknown) {
+	return ctx.Err() == nil && transient(err)
+}
+
+// transient reports whether err is one Retryable allows, ctx aside.
+func transient(err error) bool {
+	if err == nil || errors.Is(err, ErrCommitUnknown) {
 		return false
 	}
 	if errors.Is(err, errConnLost) {
@@ -117,7 +122,8 @@ func Retryable(ctx context.Context, err error) bool {
 }
 
 // Retry is the policy of lock.Retry: Attempts in all, waiting a random time
-// in [Backoff/2, Backoff] before the second, doubling up to MaxBackoff.
+// in [Backoff/2, Backoff] before the second, doubling up to MaxBackoff
+// (which caps the first backoff too).
 type Retry struct {
 	Attempts   int
 	Backoff    time.Duration
@@ -133,7 +139,9 @@ const (
 // Do calls attempt until it succeeds, fails with an error Retryable refuses,
 // or r.Attempts calls have been made. It returns the last error; when an
 // attempt was retried, the error says how many were made. The wait between
-// attempts honours ctx.
+// attempts honours ctx: once ctx is done, an error that would otherwise have
+// been retried also matches ctx.Err(), whether ctx ended during the wait or
+// during the attempt.
 func (r Retry) Do(ctx context.Context, attempt func() error) error {
 	backoff, maxBackoff := r.Backoff, r.MaxBackoff
 	if backoff <= 0 {
@@ -142,8 +150,14 @@ func (r Retry) Do(ctx context.Context, attempt func() error) error {
 	if maxBackoff <= 0 {
 		maxBackoff = DefaultMaxBackoff
 	}
+	backoff = min(backoff, maxBackoff)
 	for n := 1; ; n++ {
 		err := attempt()
+		if err != nil && n < r.Attempts && transient(err) && ctx.Err() != nil {
+			// It would have been retried but for ctx, which ended during
+			// the attempt: say so, as the wait below does.
+			err = Classify(ctx, err)
+		}
 		if err == nil || n >= r.Attempts || !Retryable(ctx, err) {
 			if err != nil && n > 1 {
 				err = fmt.Errorf("after %d attempts: %w", n, err)
@@ -158,6 +172,7 @@ func (r Retry) Do(ctx context.Context, attempt func() error) error {
 			return fmt.Errorf("after %d attempts: %w", n, Classify(ctx, err))
 		case <-t.C:
 		}
-		backoff = min(2*backoff, maxBackoff)
+		backoff = min(backoff, maxBackoff/2) * 2 // no overflow
+		backoff = min(backoff, maxBackoff)
 	}
 }
