@@ -219,6 +219,36 @@ func TestKeyIDSQLMatchesGo(t *testing.T) {
 
 // BenchmarkKeyIDSQL reports what paylock_key_id costs the server per call,
 // for a payment key, timed by EXPLAIN ANALYZE over generate_series.
+// TestKeyIDSQLIgnoresSearchPath: a schema placed before pg_catalog on the
+// caller's search_path can't replace a function paylock_key_id calls.
+func TestKeyIDSQLIgnoresSearchPath(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, 1)
+	pool := migrated(t, ctx)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	for _, sql := range []string{
+		"CREATE SCHEMA shadow",
+		"CREATE FUNCTION shadow.convert_to(text, name) RETURNS bytea LANGUAGE sql AS $$ SELECT '\\x00'::bytea $$",
+		"CREATE FUNCTION shadow.length(bytea) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$",
+		"SET search_path = shadow, pg_catalog, public",
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	var id int64
+	if err := conn.QueryRow(ctx, "SELECT paylock_key_id('payments', '7', 'li_123')").Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if want := lock.NewKey("payments", "7", "li_123").ID(); id != want {
+		t.Errorf("with shadow first on search_path, paylock_key_id = %d, want %d", id, want)
+	}
+}
+
 func BenchmarkKeyIDSQL(b *testing.B) {
 	ctx := context.Background()
 	pool := migrated(b, ctx)

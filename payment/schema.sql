@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS payments (
 CREATE OR REPLACE FUNCTION public.paylock_key_id(namespace text, VARIADIC parts text[] DEFAULT '{}')
 RETURNS bigint
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp -- no schema on the path can replace what it calls
 AS $paylock_key_id$
 DECLARE
     enc text;      -- the encoding, in hex
