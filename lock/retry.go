@@ -19,8 +19,10 @@ var ErrCommitUnknown = txn.ErrCommitUnknown
 // Retry makes Run and RunDB run the whole transaction again — begin, lock,
 // fn, commit — after a failure that left nothing committed:
 //
-//   - a serialization failure (SQLSTATE 40001) or a deadlock (40P01,
-//     ErrDeadlock), whether from the lock or from a statement of fn's;
+//   - a serialization failure (SQLSTATE 40001) or a deadlock (40P01),
+//     whether from the lock (the error then matches ErrDeadlock) or from a
+//     statement of fn's (fn's error is returned unchanged: errors.As finds
+//     the *pgconn.PgError);
 //   - the connection lost before COMMIT was sent: a dial that failed, a
 //     server restart or pg_terminate_backend, a network reset, the server
 //     ending an idle transaction (IdleTimeout). PostgreSQL commits nothing
