@@ -25,7 +25,8 @@ type Beginner interface {
 // CheckEngine reports whether strategy s serializes callers on the server
 // that b connects to. For Advisory it tries the locks rather than trusting a
 // version string: it opens two transactions on two sessions, takes a
-// transaction-scoped advisory lock on a random id in the first, and requires
+// transaction-scoped advisory lock on a random id in the first (with
+// pg_advisory_xact_lock, the function With uses), and requires
 // that the second can't take it while the first holds it and can once the
 // first has rolled back. An engine without advisory locks, one whose locks
 // are no-ops, and sessions that land on different nodes or databases (whose
@@ -128,7 +129,9 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 // probing lets one CheckEngine probe run at a time in this process.
 var probing = make(chan struct{}, 1)
 
-// Check runs CheckEngine for r's pool and strategy.
+// Check runs CheckEngine for r's pool and strategy. It does not look at the
+// table: with RowLock it passes even where the unique index RowLock relies
+// on is missing, and callers would then create duplicates.
 func (r *Repository[K, V]) Check(ctx context.Context) error {
 	return CheckEngine(ctx, r.pool, r.strategy)
 }
