@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // ErrAdvisoryUnsupported is returned by CheckEngine when the server's
@@ -24,7 +25,8 @@ type Beginner interface {
 // CheckEngine reports whether strategy s serializes callers on the server
 // that b connects to. For Advisory it tries the locks rather than trusting a
 // version string: it opens two transactions on two sessions, takes a
-// transaction-scoped advisory lock on a random id in the first, and requires
+// transaction-scoped advisory lock on a random id in the first (with
+// pg_advisory_xact_lock, the function With uses), and requires
 // that the second can't take it while the first holds it and can once the
 // first has rolled back. An engine without advisory locks, one whose locks
 // are no-ops, and sessions that land on different nodes or databases (whose
@@ -33,9 +35,15 @@ type Beginner interface {
 // even though two sessions on it block each other. RowLock works wherever
 // the unique index does, so CheckEngine accepts it without a probe.
 //
-// CheckEngine holds two of b's connections for a few statements; ctx bounds
+// CheckEngine holds two of b's connections for a few statements (behind a
+// pooler, two server connections too), so a pool needs MaxConns of at least
+// 2; calls in one process run one at a time, so that concurrent calls on a
+// small pool can't each hold one connection and wait for a second. ctx bounds
 // it. Both transactions are rolled back, so it leaves no lock behind. Call it
 // once at startup; Repository.Check does it for a repository.
+//
+// The probe sees only the nodes its two sessions reach: behind a load
+// balancer whose nodes' locks are local, both may land on one node and pass.
 func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 	if s != Advisory {
 		return nil
@@ -45,6 +53,15 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 			err = fmt.Errorf("entity: check engine: %w", err)
 		}
 	}()
+	if p, ok := b.(*pgxpool.Pool); ok && p.Config().MaxConns < 2 {
+		return fmt.Errorf("the pool's MaxConns is %d: the probe needs two connections at once", p.Config().MaxConns)
+	}
+	select {
+	case probing <- struct{}{}:
+		defer func() { <-probing }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	first, err := b.Begin(ctx)
 	if err != nil {
 		return err
@@ -75,6 +92,15 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 	}
 
 	id := rand.Int64()
+	// The first lock is taken with the function With uses, so a server that
+	// refuses it (EXECUTE revoked) fails the probe as it would fail With.
+	if _, err := first.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", id); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && (pgErr.Code == "42883" || pgErr.Code == "0A000") { // undefined_function, feature_not_supported
+			return fmt.Errorf("%w (%s: %w)", ErrAdvisoryUnsupported, version, err)
+		}
+		return err
+	}
 	try := func(tx pgx.Tx) (bool, error) {
 		var ok bool
 		err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1::bigint)", id).Scan(&ok)
@@ -83,11 +109,6 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 			return false, fmt.Errorf("%w (%s: %w)", ErrAdvisoryUnsupported, version, err)
 		}
 		return ok, err
-	}
-	if ok, err := try(first); err != nil {
-		return err
-	} else if !ok {
-		return fmt.Errorf("probe lock %d is taken by someone else: try again", id)
 	}
 	if ok, err := try(second); err != nil {
 		return err
@@ -105,7 +126,12 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 	return nil
 }
 
-// Check runs CheckEngine for r's pool and strategy.
+// probing lets one CheckEngine probe run at a time in this process.
+var probing = make(chan struct{}, 1)
+
+// Check runs CheckEngine for r's pool and strategy. It does not look at the
+// table: with RowLock it passes even where the unique index RowLock relies
+// on is missing, and callers would then create duplicates.
 func (r *Repository[K, V]) Check(ctx context.Context) error {
 	return CheckEngine(ctx, r.pool, r.strategy)
 }

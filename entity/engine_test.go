@@ -3,14 +3,17 @@ package entity_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/payment"
 )
 
 var _ entity.Beginner = (*pgxpool.Pool)(nil)
@@ -26,6 +29,28 @@ type twoDatabases struct {
 
 func (d *twoDatabases) Begin(ctx context.Context) (pgx.Tx, error) {
 	return d.pools[(d.n.Add(1)-1)%2].Begin(ctx)
+}
+
+// meetFirst delays the first Begin until a second Begin comes (or a short
+// while passes), so two CheckEngine calls made at once would each take one of
+// a two-connection pool's connections before either takes its second.
+type meetFirst struct {
+	pool   *pgxpool.Pool
+	n      atomic.Int32
+	second chan struct{}
+}
+
+func (m *meetFirst) Begin(ctx context.Context) (pgx.Tx, error) {
+	switch m.n.Add(1) {
+	case 1:
+		select {
+		case <-m.second:
+		case <-time.After(300 * time.Millisecond): // the calls ran one at a time
+		}
+	case 2:
+		close(m.second)
+	}
+	return m.pool.Begin(ctx)
 }
 
 func TestCheckEngine(t *testing.T) {
@@ -77,6 +102,72 @@ func TestCheckEngine(t *testing.T) {
 		cancel()
 		if err := entity.CheckEngine(cctx, pool, entity.Advisory); !errors.Is(err, context.Canceled) {
 			t.Fatalf("CheckEngine with a cancelled ctx = %v, want context.Canceled", err)
+		}
+	})
+
+	t.Run("ConcurrentCallsOnASmallPool", func(t *testing.T) {
+		small := pgtest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 2 })
+		b := &meetFirst{pool: small, second: make(chan struct{})}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		errs := make(chan error, 2)
+		for range 2 {
+			go func() { errs <- entity.CheckEngine(cctx, b, entity.Advisory) }()
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Errorf("two CheckEngine calls at once on a pool of 2: %v", err)
+			}
+		}
+	})
+
+	t.Run("PoolOfOneIsRefusedAtOnce", func(t *testing.T) {
+		one := pgtest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		err := entity.CheckEngine(cctx, one, entity.Advisory)
+		if err == nil || errors.Is(err, entity.ErrAdvisoryUnsupported) || cctx.Err() != nil {
+			t.Fatalf("CheckEngine on a pool of MaxConns 1 = %v (ctx: %v), want an error at once naming MaxConns", err, cctx.Err())
+		}
+		t.Log(err)
+	})
+
+	// With takes pg_advisory_xact_lock: where a role may not execute it, the
+	// probe must not pass.
+	t.Run("LockFunctionRevoked", func(t *testing.T) {
+		role := fmt.Sprintf("paylock_probe_%d", time.Now().UnixNano()%1e9)
+		if _, err := pool.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
+			t.Skipf("can't create a role here: %v", err)
+		}
+		t.Cleanup(func() {
+			pool.Exec(context.Background(), "DROP OWNED BY "+role)
+			pool.Exec(context.Background(), "DROP ROLE "+role)
+		})
+		for _, q := range []string{
+			"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO " + role,
+			"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO " + role,
+			"REVOKE EXECUTE ON FUNCTION pg_advisory_xact_lock(bigint) FROM PUBLIC",
+		} {
+			if _, err := pool.Exec(ctx, q); err != nil {
+				t.Skipf("%s: %v", q, err)
+			}
+		}
+		cfg := pool.Config().Copy()
+		cfg.ConnConfig.User = role
+		rp, err := pgxpool.NewWithConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rp.Close()
+		withErr := payment.NewRepository(rp).With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_revoked"},
+			func(context.Context, pgx.Tx, *payment.Payment) error { return nil })
+		if withErr == nil {
+			t.Fatal("With succeeded without EXECUTE on pg_advisory_xact_lock: the setup is wrong")
+		}
+		if err := entity.CheckEngine(ctx, rp, entity.Advisory); err == nil {
+			t.Errorf("CheckEngine passed for a role whose With fails: %v", withErr)
+		} else {
+			t.Log(err)
 		}
 	})
 }

@@ -42,20 +42,25 @@ table has no duplicates and the index is valid.`,
 		fs.Int("sample", 5, "worst keys and sample keys to show")
 		fs.Duration("lock-timeout", 30*time.Second, "how long a batch waits for its keys' locks")
 	},
-	run: runDedupe,
+	validate: validateDedupe,
+	run:      runDedupe,
+}
+
+func validateDedupe(c *call) error {
+	batch, sample := c.int("batch"), c.int("sample")
+	switch {
+	case len(c.args) > 0:
+		return noArgs(c)
+	case batch < 1:
+		return usagef("--batch %d: must be at least 1", batch)
+	case sample < 0:
+		return usagef("--sample %d: must not be negative", sample)
+	}
+	return nil
 }
 
 func runDedupe(ctx context.Context, c *call) error {
-	if len(c.args) > 0 {
-		return usagef("unexpected argument %q", c.args[0])
-	}
 	batch, sample := c.int("batch"), c.int("sample")
-	if batch < 1 {
-		return usagef("--batch %d: must be at least 1", batch)
-	}
-	if sample < 0 {
-		return usagef("--sample %d: must not be negative", sample)
-	}
 	pool, err := c.connect(ctx)
 	if err != nil {
 		return err

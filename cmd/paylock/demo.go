@@ -52,7 +52,8 @@ payment's amount equal to the sum of its distinct events.`,
 		fs.Duration("work", d.Work, "time a handler spends on each payment it changes")
 		fs.Int("seed", int(d.Seed), "seed of the simulated API's feed")
 	},
-	run: runDemo,
+	validate: validateDemo,
+	run:      runDemo,
 }
 
 // cmdDemoWorker is one poller process of `paylock demo --processes`.
@@ -113,10 +114,15 @@ func demoPool(ctx context.Context, c *call, connString, schema string, conns int
 	return pool, nil
 }
 
-func runDemo(ctx context.Context, c *call) (err error) {
-	if len(c.args) > 0 {
-		return usagef("unexpected argument %q", c.args[0])
+func validateDemo(c *call) error {
+	if err := noArgs(c); err != nil {
+		return err
 	}
+	_, err := scenarioFlags(c)
+	return err
+}
+
+func runDemo(ctx context.Context, c *call) (err error) {
 	s, err := scenarioFlags(c)
 	if err != nil {
 		return err

@@ -48,9 +48,15 @@ var (
 )
 
 // commandPrefixes start a command line; what follows is paylock's args.
-var commandPrefixes = []string{"paylock ", "go run ./cmd/paylock "}
+var commandPrefixes = []string{"paylock ", "./paylock ", "go run ./cmd/paylock ", "go run ./cmd/paylock/ "}
+
+// envAssignment is a NAME=value word before a command.
+var envAssignment = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*=\S*\s+`)
 
 func commandArgs(line string) (string, bool) {
+	for envAssignment.MatchString(line) {
+		line = envAssignment.ReplaceAllString(line, "")
+	}
 	for _, p := range commandPrefixes {
 		if rest, ok := strings.CutPrefix(line, p); ok {
 			return rest, true
@@ -62,8 +68,8 @@ func commandArgs(line string) (string, bool) {
 // docCommands finds the paylock command lines of a markdown document: in a
 // fenced block, the `$ ` lines when the block has any (the rest is output),
 // else every line; outside blocks, indented code lines and inline code
-// spans, where a span with [options], ... or CAPITAL placeholders is a
-// synopsis.
+// spans, where a span with [options], ... or CAPITAL placeholders, or only a
+// command's name, is a synopsis.
 func docCommands(name, text string) []docCommand {
 	var cmds []docCommand
 	lines := strings.Split(text, "\n")
@@ -116,7 +122,8 @@ func docCommands(name, text string) []docCommand {
 		for line+1 < len(proseLine) && proseLine[line+1] <= m[0] {
 			line++
 		}
-		synopsis := strings.ContainsAny(span, "[") || strings.Contains(span, "...")
+		// `paylock key` alone in prose names the command: a synopsis.
+		synopsis := strings.ContainsAny(span, "[") || strings.Contains(span, "...") || len(strings.Fields(span)) == 2
 		for _, w := range strings.Fields(span) {
 			synopsis = synopsis || placeholder.MatchString(w)
 		}
@@ -204,8 +211,9 @@ func checkSynopsis(words []string) error {
 }
 
 // TestDocsCommandLines runs every paylock command line of README.md and
-// docs/*.md through the CLI's own parsing (flags and, for bench, its option
-// checks), so a renamed or misspelt flag in the docs fails here.
+// docs/*.md through the CLI's own parsing and the checks run makes before it
+// connects (flags, arguments, flag values; bench's option checks), so a
+// renamed or misspelt flag or a refused value in the docs fails here.
 func TestDocsCommandLines(t *testing.T) {
 	t.Parallel()
 	seen := map[string]int{}
@@ -243,12 +251,13 @@ func TestDocsCommandLines(t *testing.T) {
 func TestDocCommandsExtraction(t *testing.T) {
 	doc := "Run `paylock key\npayments/7/li_123` or `paylock key NAMESPACE PART...`.\n\n" +
 		"```\n$ paylock locks --json\npaylock locks: output, not a command\n```\n\n" +
-		"```sh\npaylock dedupe --dry-run     # a comment\n```\n\n    go run ./cmd/paylock bench --workloads hot\n"
+		"```sh\npaylock dedupe --dry-run     # a comment\nDATABASE_URL=postgres:///shop ./paylock locks --json\n```\n\n    go run ./cmd/paylock bench --workloads hot\n"
 	got := docCommands("x.md", doc)
 	want := []docCommand{
 		{"x.md:5", "locks --json", false},
 		{"x.md:10", "dedupe --dry-run     # a comment", false},
-		{"x.md:13", "bench --workloads hot", false},
+		{"x.md:11", "locks --json", false},
+		{"x.md:14", "bench --workloads hot", false},
 		{"x.md:1", "key payments/7/li_123", false},
 		{"x.md:2", "key NAMESPACE PART...", true},
 	}
@@ -264,6 +273,28 @@ func TestDocCommandsExtraction(t *testing.T) {
 	}
 	if err := checkCommandLine([]string{"locks", "--jsn"}); err == nil {
 		t.Error("locks --jsn (not a flag) parsed")
+	}
+}
+
+// TestCheckCommandLineRefusesUsageErrors: a command line the CLI refuses
+// with exit 2 (usage) without touching a database must not pass the docs'
+// check either — arguments and flag values, not only flag names.
+func TestCheckCommandLineRefusesUsageErrors(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // nothing may connect: a usage error is found before that
+	for _, line := range []string{
+		"migrate stray", "key", "locks --key", "locks stray", "locks --watch 5x",
+		"dedupe --batch 0", "dedupe --sample -1", "dedupe stray",
+		"demo --pollers 0", "demo --payments 0", "demo --work -1ms", "demo stray",
+	} {
+		args := strings.Fields(line)
+		if code, _, stderr := paylock(ctx, append(args, "--database-url", "postgres://nobody@127.0.0.1:1/x")...); code != exitUsage {
+			t.Errorf("paylock %s: exit %d (%s), want %d: not a usage error, the case is wrong", line, code, strings.TrimSpace(stderr), exitUsage)
+		}
+		if err := checkCommandLine(args); err == nil {
+			t.Errorf("checkCommandLine(%q) = nil, but paylock refuses it with a usage error", line)
+		}
 	}
 }
 

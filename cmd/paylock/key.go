@@ -29,7 +29,8 @@ No database is needed.`,
 	flags: func(fs *flag.FlagSet) {
 		fs.Bool("json", false, "print JSON")
 	},
-	run: runKey,
+	validate: func(c *call) error { _, err := keyFromArgs(c.args); return err },
+	run:      runKey,
 }
 
 // keyInfo is the JSON form of `paylock key`.

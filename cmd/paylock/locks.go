@@ -65,8 +65,9 @@ blocked_by, wait_event, query, and for holders waits_for[] (the chain).`,
 		fs.Bool("key", false, "show only the lock of the key given as arguments: NAMESPACE PART...")
 		fs.Var(&watchFlag{}, "watch", "refresh every `interval` (default 2s) until Ctrl-C")
 	},
-	rewrite: joinWatchInterval,
-	run:     runLocks,
+	rewrite:  joinWatchInterval,
+	validate: validateLocks,
+	run:      runLocks,
 }
 
 // watchFlag is --watch with an optional interval.
@@ -199,6 +200,17 @@ SELECT a.pid, CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) 
        coalesce(a.wait_event_type || ':' || a.wait_event, ''), coalesce(a.query, '')
 FROM pg_stat_activity a WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()`
 
+func validateLocks(c *call) error {
+	if c.bool("key") {
+		_, err := keyFromArgs(c.args)
+		return err
+	}
+	if len(c.args) > 0 {
+		return usagef("unexpected argument %q (did you mean --key %s?)", c.args[0], strings.Join(c.args, " "))
+	}
+	return nil
+}
+
 func runLocks(ctx context.Context, c *call) error {
 	var only *lock.Key
 	if c.bool("key") {
@@ -207,8 +219,6 @@ func runLocks(ctx context.Context, c *call) error {
 			return err
 		}
 		only = &k
-	} else if len(c.args) > 0 {
-		return usagef("unexpected argument %q (did you mean --key %s?)", c.args[0], strings.Join(c.args, " "))
 	}
 	watch := c.fs.Lookup("watch").Value.(*watchFlag)
 	asJSON := c.bool("json")

@@ -21,13 +21,11 @@ table that already holds duplicate (service_id, line_item_id) rows it changes
 nothing, lists the worst groups and exits 1: run 'paylock dedupe' to merge
 them, then migrate again. Needs a direct connection, not pgbouncer in
 transaction pooling mode.`,
-	run: runMigrate,
+	validate: noArgs,
+	run:      runMigrate,
 }
 
 func runMigrate(ctx context.Context, c *call) error {
-	if len(c.args) > 0 {
-		return usagef("unexpected argument %q", c.args[0])
-	}
 	pool, err := c.connect(ctx)
 	if err != nil {
 		return err

@@ -38,6 +38,11 @@ type command struct {
 	rewrite func([]string) []string // adjusts the arguments before parsing, may be nil
 	run     func(ctx context.Context, c *call) error
 	check   func(args []string) error // a raw command's parse-only check of its arguments, may be nil
+	// validate checks a parsed call's arguments and flag values, touching
+	// nothing; a usageError from it is exit 2. run calls it before c.cmd.run,
+	// and checkCommandLine too, so the docs' command lines get the same
+	// checks. May be nil.
+	validate func(c *call) error
 }
 
 // call is one invocation of a command: its parsed flags and positional
@@ -105,6 +110,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, term.Visible(oneLine(err.Error())), name)
 		return exitUsage
 	}
+	if c.cmd.validate != nil {
+		if err := c.cmd.validate(c); err != nil {
+			return exitFor(err, c)
+		}
+	}
 	return exitFor(c.cmd.run(ctx, c), c)
 }
 
@@ -153,6 +163,8 @@ func checkCommandLine(args []string) error {
 		return err
 	case c.cmd.check != nil:
 		return c.cmd.check(c.args)
+	case c.cmd.validate != nil:
+		return c.cmd.validate(c)
 	}
 	return nil
 }
@@ -313,7 +325,16 @@ func oneLine(s string) string {
 
 // flag values, by name, of the call's flag set.
 func (c *call) bool(name string) bool { return c.fs.Lookup(name).Value.(flag.Getter).Get().(bool) }
-func (c *call) int(name string) int   { return c.fs.Lookup(name).Value.(flag.Getter).Get().(int) }
+
+// noArgs is the validate of a command that takes no positional arguments.
+func noArgs(c *call) error {
+	if len(c.args) > 0 {
+		return usagef("unexpected argument %q", c.args[0])
+	}
+	return nil
+}
+
+func (c *call) int(name string) int { return c.fs.Lookup(name).Value.(flag.Getter).Get().(int) }
 func (c *call) string(name string) string {
 	return c.fs.Lookup(name).Value.(flag.Getter).Get().(string)
 }
