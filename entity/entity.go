@@ -240,7 +240,8 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // With blocks until the key is free. Calls of one Repository for the same
 // key first wait their turn in process, in arrival order and without a pool
 // connection, so that one key holds at most ConnsPerKey of the pool's
-// connections (see WithoutKeyQueue). ctx governs both waits, fn (it is passed
+// connections (see WithoutKeyQueue). lock.Options.LockTimeout, if set,
+// bounds each of the two waits (lock.ErrLockTimeout). ctx governs both waits, fn (it is passed
 // on) and the commit: once ctx is done nothing more is committed and the
 // error matches ctx.Err().
 //
@@ -302,7 +303,7 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 		}()
 	}
 
-	release, err := r.queue.Acquire(ctx, lk.ID())
+	release, err := r.waitInQueue(ctx, lk.ID())
 	if err != nil {
 		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err))
 	}
@@ -354,6 +355,22 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 	}
 	ev.stage = stageDone
 	return nil
+}
+
+// waitInQueue waits for the call's turn in r's queue of key's callers, for
+// at most lock.Options.LockTimeout when that is set: then, as at
+// PostgreSQL, the wait fails with lock.ErrLockTimeout.
+func (r *Repository[K, V]) waitInQueue(ctx context.Context, key int64) (release func(), err error) {
+	if r.settings.LockTimeout <= 0 {
+		return r.queue.Acquire(ctx, key)
+	}
+	qctx, cancel := context.WithTimeoutCause(ctx, r.settings.LockTimeout, txn.ErrLockTimeout)
+	defer cancel()
+	release, err = r.queue.Acquire(qctx, key)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(qctx), txn.ErrLockTimeout) {
+		return nil, fmt.Errorf("%w (%s in the in-process queue)", txn.ErrLockTimeout, r.settings.LockTimeout)
+	}
+	return release, err
 }
 
 func (r *Repository[K, V]) classify(err error) error {

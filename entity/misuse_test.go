@@ -369,3 +369,54 @@ func TestWithGoroutineLeftBehindStopsWhenFnReturns(t *testing.T) {
 		t.Fatalf("amount %d, want 9 committed", amount)
 	}
 }
+
+// TestLockTimeoutBoundsTheQueue: lock.Options.LockTimeout bounds the wait in
+// the Repository's in-process queue as well as the wait at PostgreSQL, so no
+// caller waits much more than twice LockTimeout, however many queue behind a
+// holder that doesn't let go. (Without the bound the k-th in line waited
+// about k × LockTimeout.)
+func TestLockTimeoutBoundsTheQueue(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, nil)
+	const lockTimeout = 500 * time.Millisecond
+	repo := entity.New(pool, payment.Table{}, entity.WithLockOptions(lock.Options{LockTimeout: lockTimeout}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_queue_timeout"}
+	held, done := make(chan struct{}), make(chan struct{})
+	holder := make(chan error, 1)
+	go func() {
+		holder <- repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error {
+			close(held)
+			<-done
+			return nil
+		})
+	}()
+	<-held
+	const callers = 8
+	type result struct {
+		err  error
+		wait time.Duration
+	}
+	results := make(chan result, callers)
+	for range callers {
+		go func() {
+			start := time.Now()
+			err := repo.With(ctx, key, noop)
+			results <- result{err, time.Since(start)}
+		}()
+	}
+	for range callers {
+		r := <-results
+		if !errors.Is(r.err, lock.ErrLockTimeout) {
+			t.Errorf("a caller queued behind the holder: %v, want lock.ErrLockTimeout", r.err)
+		}
+		// Two waits of LockTimeout, and a margin for a loaded machine; the
+		// 8th in line waited about 8 × LockTimeout without the bound.
+		if r.wait > 4*lockTimeout+time.Second {
+			t.Errorf("a caller waited %s with LockTimeout %s", r.wait, lockTimeout)
+		}
+	}
+	close(done)
+	if err := <-holder; err != nil {
+		t.Fatal(err)
+	}
+}

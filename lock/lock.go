@@ -60,6 +60,9 @@ const DefaultIdleTimeout = txn.DefaultIdleTimeout
 type Options struct {
 	// LockTimeout bounds the wait for the lock (SET LOCAL lock_timeout).
 	// Past it Run fails with ErrLockTimeout. Zero: no limit but ctx.
+	// entity's With (and payment's) also bounds with it the wait in its
+	// Repository's in-process queue, so a call waits at most about twice
+	// LockTimeout in all.
 	LockTimeout time.Duration
 	// IdleTimeout bounds how long the transaction may sit idle between
 	// statements while it holds the lock (SET LOCAL
