@@ -105,7 +105,38 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	if err != nil || created {
 		return err
 	}
-	return ensureIndex(ctx, conn)
+	return ensureIndex(ctx, conn, &IndexBuild{})
+}
+
+// IndexBuild is what BuildUniqueIndex did.
+type IndexBuild struct {
+	AlreadyValid    bool          // UniqueIndex was valid from the start: nothing done
+	DroppedInvalid  int           // INVALID indexes dropped (left by failed builds, this call's included)
+	Builds          int           // CREATE UNIQUE INDEX CONCURRENTLY statements run
+	DuplicateErrors int           // builds that failed on a duplicate inserted meanwhile
+	BuildDuration   time.Duration // time spent in those statements
+}
+
+// BuildUniqueIndex is steps 2 to 5 of Migrate on an existing payments table,
+// under the same advisory lock MigrateKey and with the same rules: it waits
+// for another session's build rather than drop it, returns a
+// *DuplicatesError (writing nothing) if payments holds duplicates, and
+// otherwise replaces an INVALID UniqueIndex and builds it concurrently. It is
+// for tools that prepare payments for the index, such as `paylock dedupe`,
+// so that they never race Migrate or each other. It does not apply Schema.
+func BuildUniqueIndex(ctx context.Context, pool *pgxpool.Pool) (IndexBuild, error) {
+	var b IndexBuild
+	pc, err := pool.Acquire(ctx)
+	if err != nil {
+		return b, fmt.Errorf("payment: build index: acquire a connection: %w", txn.Classify(ctx, err))
+	}
+	if err := lockMigrate(ctx, pc.Conn()); err != nil {
+		pc.Release()
+		return b, err
+	}
+	defer releaseMigrate(ctx, pc)
+	err = ensureIndex(ctx, pc.Conn(), &b)
+	return b, err
 }
 
 // lockMigrate takes the session-level advisory lock MigrateKey on conn,
@@ -191,22 +222,23 @@ func applySchema(ctx context.Context, conn *pgx.Conn) (created bool, err error) 
 }
 
 // ensureIndex is steps 2 to 5 of Migrate, on the connection holding
-// MigrateKey.
-func ensureIndex(ctx context.Context, conn *pgx.Conn) error {
+// MigrateKey, recording what it does in b.
+func ensureIndex(ctx context.Context, conn *pgx.Conn, b *IndexBuild) error {
 	// Concurrent builds and drops don't block writers; their waits (for
 	// older transactions) must not be cut short by a lock_timeout.
 	if _, err := conn.Exec(ctx, "SET lock_timeout = 0"); err != nil {
 		return fmt.Errorf("payment: migrate: %w", txn.Classify(ctx, err))
 	}
-	for pause := 5 * time.Millisecond; ; {
+	for pause, first := 5*time.Millisecond, true; ; first = false {
 		st, err := indexState(ctx, conn)
 		if err != nil {
 			return err
 		}
-		if st.valid {
+		if st.Valid {
+			b.AlreadyValid = first
 			return nil
 		}
-		if st.building {
+		if st.Building {
 			if err := sleep(ctx, pause); err != nil {
 				return fmt.Errorf("%w: %w", ErrIndexBuildInProgress, err)
 			}
@@ -218,19 +250,23 @@ func ensureIndex(ctx context.Context, conn *pgx.Conn) error {
 		} else if dup.Groups > 0 {
 			return dup
 		}
-		if st.exists {
+		if st.Exists {
 			if err := dropInvalidIndex(ctx, conn); err != nil {
 				return err
 			}
+			b.DroppedInvalid++
 		}
+		start := time.Now()
+		b.Builds++
 		_, err = conn.Exec(ctx, fmt.Sprintf(createIndexSQL, "CONCURRENTLY "))
+		b.BuildDuration += time.Since(start)
 		var pgErr *pgconn.PgError
 		switch {
 		case errors.As(err, &pgErr) && pgErr.Code == "42P07": // duplicate_table
 			// Another session (not a Migrate) started a build of its own
 			// since indexState looked: wait for it. Unless the name is
 			// taken by something that is not an index on payments.
-			if st, serr := indexState(ctx, conn); serr != nil || !st.exists {
+			if st, serr := indexState(ctx, conn); serr != nil || !st.Exists {
 				return fmt.Errorf("payment: migrate: create unique index: %w", err)
 			}
 			continue
@@ -238,9 +274,11 @@ func ensureIndex(ctx context.Context, conn *pgx.Conn) error {
 			// A writer that doesn't take the lock inserted a duplicate
 			// meanwhile. The failed build left an INVALID index that still
 			// slows writes down.
+			b.DuplicateErrors++
 			if err := dropInvalidIndex(ctx, conn); err != nil {
 				return err
 			}
+			b.DroppedInvalid++
 			if dup, derr := FindDuplicates(ctx, conn, 5); derr == nil && dup.Groups > 0 {
 				return dup
 			}
@@ -251,7 +289,7 @@ func ensureIndex(ctx context.Context, conn *pgx.Conn) error {
 		if st, err = indexState(ctx, conn); err != nil {
 			return err
 		}
-		if !st.valid {
+		if !st.Valid {
 			return fmt.Errorf("payment: migrate: index %s is not valid after its build", UniqueIndex)
 		}
 		return nil
@@ -265,23 +303,27 @@ func dropInvalidIndex(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// indexStatus is what indexState found.
-type indexStatus struct {
-	exists bool // UniqueIndex exists on payments
-	valid  bool // and is valid: it enforces uniqueness
-	// building: another session is running CREATE INDEX CONCURRENTLY or
+// IndexState is the state of UniqueIndex on payments, as UniqueIndexState
+// found it.
+type IndexState struct {
+	Exists bool // UniqueIndex exists on payments
+	Valid  bool // and is valid: it enforces uniqueness
+	// Building: another session is running CREATE INDEX CONCURRENTLY or
 	// REINDEX CONCURRENTLY on payments. Such a build shows in
 	// pg_stat_progress_create_index and holds the table's SHARE UPDATE
 	// EXCLUSIVE lock at session level for its whole run, so an INVALID
-	// index may still be on its way to valid. (pg_locks shows the lock's
-	// table to every role; the progress view hides relid from other roles.)
-	building bool
+	// index may still be on its way to valid: it must not be dropped. An
+	// INVALID index while nothing builds was left by a failed build.
+	// (pg_locks shows the lock's table to every role; the progress view
+	// hides relid from other roles.)
+	Building bool
 }
 
-// indexState reports the state of UniqueIndex on payments.
-func indexState(ctx context.Context, conn *pgx.Conn) (indexStatus, error) {
-	var st indexStatus
-	err := conn.QueryRow(ctx, `
+// UniqueIndexState reports the state of UniqueIndex on payments: the one
+// test Migrate, BuildUniqueIndex and `paylock dedupe` use to tell a build in
+// progress from a failed one.
+func UniqueIndexState(ctx context.Context, q Querier) (IndexState, error) {
+	rows, err := q.Query(ctx, `
 		SELECT i.indisvalid, EXISTS (
 			SELECT 1 FROM pg_stat_progress_create_index p JOIN pg_locks l ON l.pid = p.pid
 			WHERE p.pid <> pg_backend_pid() AND p.datid = l.database
@@ -289,16 +331,26 @@ func indexState(ctx context.Context, conn *pgx.Conn) (indexStatus, error) {
 			  AND l.mode = 'ShareUpdateExclusiveLock' AND l.granted
 			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
 		FROM pg_index i
-		WHERE i.indexrelid = to_regclass($1) AND i.indrelid = to_regclass('payments')`, UniqueIndex).
-		Scan(&st.valid, &st.building)
+		WHERE i.indexrelid = to_regclass($1) AND i.indrelid = to_regclass('payments')`, UniqueIndex)
+	if err != nil {
+		return IndexState{}, fmt.Errorf("payment: inspect index: %w", txn.Classify(ctx, err))
+	}
+	st, err := pgx.CollectExactlyOneRow(rows, func(r pgx.CollectableRow) (IndexState, error) {
+		st := IndexState{Exists: true}
+		return st, r.Scan(&st.Valid, &st.Building)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return indexStatus{}, nil
+		return IndexState{}, nil
 	}
 	if err != nil {
-		return indexStatus{}, fmt.Errorf("payment: migrate: inspect index: %w", txn.Classify(ctx, err))
+		return IndexState{}, fmt.Errorf("payment: inspect index: %w", txn.Classify(ctx, err))
 	}
-	st.exists = true
 	return st, nil
+}
+
+// indexState is UniqueIndexState on Migrate's connection.
+func indexState(ctx context.Context, conn *pgx.Conn) (IndexState, error) {
+	return UniqueIndexState(ctx, conn)
 }
 
 // ErrDuplicates is matched by a *DuplicatesError.
