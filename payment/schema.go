@@ -83,7 +83,13 @@ const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (s
 //     build must wait for every older transaction, however long it runs); a
 //     statement_timeout still applies. If a writer that doesn't take the
 //     advisory lock inserts a duplicate during the build, Migrate drops the
-//     INVALID index it leaves and returns the *DuplicatesError.
+//     INVALID index it leaves and returns the *DuplicatesError. If the
+//     server ends the build otherwise (statement_timeout, a cancel, a
+//     deadlock), Migrate drops the INVALID index it leaves too and returns
+//     the server's error.
+//
+// `paylock dedupe` builds the index with BuildUniqueIndex, under MigrateKey:
+// a Migrate started during it waits for that lock first.
 //
 // If ctx ends during the build, pgx sends the server a cancel request as it
 // closes the connection: the build stops and leaves an INVALID index, which
@@ -284,7 +290,19 @@ func ensureIndex(ctx context.Context, conn *pgx.Conn, b *IndexBuild) error {
 			}
 			return fmt.Errorf("payment: migrate: create unique index: %w", err)
 		case err != nil:
-			return fmt.Errorf("payment: migrate: create unique index: %w", txn.Classify(ctx, err))
+			err = fmt.Errorf("payment: migrate: create unique index: %w", txn.Classify(ctx, err))
+			// The server ended the build (statement_timeout, a cancel, a
+			// deadlock) and left an INVALID index that writers still
+			// maintain. It is this build's: MigrateKey is held, and a
+			// build of another session's would have failed it with
+			// 42P07. Drop it while the session lives.
+			if ctx.Err() == nil && !conn.IsClosed() {
+				if derr := dropInvalidIndex(ctx, conn); derr != nil {
+					return fmt.Errorf("%w; and then: %w", err, derr)
+				}
+				b.DroppedInvalid++
+			}
+			return err
 		}
 		if st, err = indexState(ctx, conn); err != nil {
 			return err
