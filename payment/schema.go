@@ -55,7 +55,9 @@ const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (s
 // calls run one after another (waiting Migrates poll pg_try_advisory_lock
 // rather than sit in a transaction the running build would wait for). It
 // needs a real session: behind pgbouncer in transaction pooling mode, give it
-// a direct connection. Then, on that connection:
+// a direct connection (there, once its statements land in different server
+// sessions, it stops with an error matching ErrSessionChanged). Then, on
+// that connection:
 //
 //  1. It applies Schema in a transaction with lock_timeout set to
 //     MigrateLockTimeout; past it, Migrate fails with an error matching
@@ -96,22 +98,27 @@ const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (s
 // the next Migrate drops and rebuilds. If the process dies instead, the server
 // usually finishes the build and the next Migrate, waiting for MigrateKey until that
 // session ends, finds the index valid.
-func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
+func Migrate(ctx context.Context, pool *pgxpool.Pool) (err error) {
 	pc, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("payment: migrate: acquire a connection: %w", txn.Classify(ctx, err))
 	}
 	conn := pc.Conn()
-	if err := lockMigrate(ctx, conn); err != nil {
+	pid, err := lockMigrate(ctx, conn)
+	if err != nil {
 		pc.Release() // a connection that failed mid-query is closed, and destroyed
 		return err
 	}
-	defer releaseMigrate(ctx, pc)
-	created, err := applySchema(ctx, conn)
+	defer func() {
+		if rerr := releaseMigrate(ctx, pc, pid); err == nil {
+			err = rerr
+		}
+	}()
+	created, err := applySchema(ctx, conn, pid)
 	if err != nil || created {
 		return err
 	}
-	return ensureIndex(ctx, conn, &IndexBuild{})
+	return ensureIndex(ctx, conn, pid, &IndexBuild{})
 }
 
 // IndexBuild is what BuildUniqueIndex did.
@@ -130,19 +137,42 @@ type IndexBuild struct {
 // otherwise replaces an INVALID UniqueIndex and builds it concurrently. It is
 // for tools that prepare payments for the index, such as `paylock dedupe`,
 // so that they never race Migrate or each other. It does not apply Schema.
-func BuildUniqueIndex(ctx context.Context, pool *pgxpool.Pool) (IndexBuild, error) {
-	var b IndexBuild
+func BuildUniqueIndex(ctx context.Context, pool *pgxpool.Pool) (b IndexBuild, err error) {
 	pc, err := pool.Acquire(ctx)
 	if err != nil {
 		return b, fmt.Errorf("payment: build index: acquire a connection: %w", txn.Classify(ctx, err))
 	}
-	if err := lockMigrate(ctx, pc.Conn()); err != nil {
+	pid, err := lockMigrate(ctx, pc.Conn())
+	if err != nil {
 		pc.Release()
 		return b, err
 	}
-	defer releaseMigrate(ctx, pc)
-	err = ensureIndex(ctx, pc.Conn(), &b)
+	defer func() {
+		if rerr := releaseMigrate(ctx, pc, pid); err == nil {
+			err = rerr
+		}
+	}()
+	err = ensureIndex(ctx, pc.Conn(), pid, &b)
 	return b, err
+}
+
+// ErrSessionChanged: the statements Migrate (or BuildUniqueIndex) sent on its
+// connection did not all run in one server session, as behind a pooler in
+// transaction pooling mode such as pgbouncer's. The session-level lock
+// MigrateKey may then stay held by the server process named in the error,
+// on a pooled server connection, until that connection closes: later
+// Migrate calls wait for it. Give Migrate a direct connection.
+var ErrSessionChanged = errors.New("payment: migrate: the server session changed between statements (a pooler in transaction mode?); Migrate needs a direct connection")
+
+// sameSession returns an error matching ErrSessionChanged unless got, the
+// pg_backend_pid() a statement returned, is pid, the session holding
+// MigrateKey.
+func sameSession(pid, got uint32) error {
+	if got == pid {
+		return nil
+	}
+	return fmt.Errorf("%w: a statement ran in server process %d, and %s may stay held by process %d until its connection closes",
+		ErrSessionChanged, got, MigrateKey, pid)
 }
 
 // lockMigrate takes the session-level advisory lock MigrateKey on conn,
@@ -150,18 +180,21 @@ func BuildUniqueIndex(ctx context.Context, pool *pgxpool.Pool) (IndexBuild, erro
 // in pg_advisory_lock: a statement waiting there is a transaction that a
 // CREATE INDEX CONCURRENTLY run by the holder would wait for in turn, and the
 // server would break that deadlock by failing one of them.
-func lockMigrate(ctx context.Context, conn *pgx.Conn) error {
-	sql := txn.LockSQL("pg_try_advisory_lock($1)", MigrateKey.String())
+//
+// It returns the pid of the server process that holds the lock: every later
+// statement checks that it runs there too (see ErrSessionChanged).
+func lockMigrate(ctx context.Context, conn *pgx.Conn) (pid uint32, err error) {
+	sql := txn.LockSQL("pg_try_advisory_lock($1), pg_backend_pid()", MigrateKey.String())
 	for pause := 5 * time.Millisecond; ; pause = min(2*pause, time.Second) {
 		var ok bool
-		if err := conn.QueryRow(ctx, sql, pgx.QueryExecModeExec, MigrateKey.ID()).Scan(&ok); err != nil {
-			return fmt.Errorf("payment: migrate: acquire %s: %w", MigrateKey, txn.Classify(ctx, err))
+		if err := conn.QueryRow(ctx, sql, pgx.QueryExecModeExec, MigrateKey.ID()).Scan(&ok, &pid); err != nil {
+			return 0, fmt.Errorf("payment: migrate: acquire %s: %w", MigrateKey, txn.Classify(ctx, err))
 		}
 		if ok {
-			return nil
+			return pid, nil
 		}
 		if err := sleep(ctx, pause); err != nil {
-			return fmt.Errorf("payment: migrate: wait for %s: %w", MigrateKey, err)
+			return 0, fmt.Errorf("payment: migrate: wait for %s: %w", MigrateKey, err)
 		}
 	}
 }
@@ -181,30 +214,40 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // releaseMigrate unlocks MigrateKey, restores lock_timeout and returns the
 // connection to the pool; if that fails it closes the connection instead,
-// which ends the session and its lock.
-func releaseMigrate(ctx context.Context, pc *pgxpool.Conn) {
+// which ends the session and its lock. In a session other than pid's it
+// touches neither (the lock there may be another Migrate's) and returns an
+// error matching ErrSessionChanged.
+func releaseMigrate(ctx context.Context, pc *pgxpool.Conn, pid uint32) error {
 	defer pc.Release()
 	conn := pc.Conn()
 	if conn.IsClosed() {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, err := conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", pgx.QueryExecModeExec, MigrateKey.ID())
-	if err == nil {
-		_, err = conn.Exec(ctx, "RESET lock_timeout")
-	}
+	var got uint32
+	err := conn.QueryRow(ctx, `SELECT pg_backend_pid(),
+		CASE WHEN pg_backend_pid() = $2 THEN pg_advisory_unlock($1) END,
+		CASE WHEN pg_backend_pid() = $2 THEN set_config('lock_timeout', reset_val, false) END
+		FROM pg_settings WHERE name = 'lock_timeout'`, pgx.QueryExecModeExec, MigrateKey.ID(), pid).Scan(&got, nil, nil)
 	if err != nil {
 		conn.Close(ctx)
+		return nil
 	}
+	return sameSession(pid, got)
 }
 
 // applySchema runs Schema in a transaction under a bounded lock_timeout and,
 // if that transaction created payments, the unique index as well.
-func applySchema(ctx context.Context, conn *pgx.Conn) (created bool, err error) {
+func applySchema(ctx context.Context, conn *pgx.Conn, pid uint32) (created bool, err error) {
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", fmt.Sprint(MigrateLockTimeout.Milliseconds()))
+		var got uint32
+		err := tx.QueryRow(ctx, "SELECT set_config('lock_timeout', $1, true), pg_backend_pid()",
+			fmt.Sprint(MigrateLockTimeout.Milliseconds())).Scan(nil, &got)
 		if err != nil {
+			return err
+		}
+		if err := sameSession(pid, got); err != nil {
 			return err
 		}
 		var existed bool
@@ -221,6 +264,9 @@ func applySchema(ctx context.Context, conn *pgx.Conn) (created bool, err error) 
 		_, err = tx.Exec(ctx, fmt.Sprintf(createIndexSQL, ""))
 		return err
 	})
+	if errors.Is(err, ErrSessionChanged) {
+		return false, err
+	}
 	if err != nil {
 		return false, fmt.Errorf("payment: migrate: apply schema: %w", txn.Classify(ctx, err))
 	}
@@ -229,13 +275,21 @@ func applySchema(ctx context.Context, conn *pgx.Conn) (created bool, err error) 
 
 // ensureIndex is steps 2 to 5 of Migrate, on the connection holding
 // MigrateKey, recording what it does in b.
-func ensureIndex(ctx context.Context, conn *pgx.Conn, b *IndexBuild) error {
-	// Concurrent builds and drops don't block writers; their waits (for
-	// older transactions) must not be cut short by a lock_timeout.
-	if _, err := conn.Exec(ctx, "SET lock_timeout = 0"); err != nil {
-		return fmt.Errorf("payment: migrate: %w", txn.Classify(ctx, err))
-	}
+func ensureIndex(ctx context.Context, conn *pgx.Conn, pid uint32, b *IndexBuild) error {
 	for pause, first := 5*time.Millisecond, true; ; first = false {
+		// Concurrent builds and drops don't block writers; their waits
+		// (for older transactions) must not be cut short by a
+		// lock_timeout. Only in MigrateKey's session: elsewhere the
+		// setting would stay behind.
+		var got uint32
+		err := conn.QueryRow(ctx, `SELECT pg_backend_pid(),
+			CASE WHEN pg_backend_pid() = $1 THEN set_config('lock_timeout', '0', false) END`, pid).Scan(&got, nil)
+		if err != nil {
+			return fmt.Errorf("payment: migrate: %w", txn.Classify(ctx, err))
+		}
+		if err := sameSession(pid, got); err != nil {
+			return err
+		}
 		st, err := indexState(ctx, conn)
 		if err != nil {
 			return err
