@@ -2,14 +2,20 @@ package dedupe_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/paylock/paylock/internal/dedupe"
 	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/testdata"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -120,4 +126,74 @@ func TestRunDuringMigrateBuild(t *testing.T) {
 	if got, valid := indexOID(t, pool); got != oid || !valid {
 		t.Fatalf("after both: index oid %d, valid %v; want Migrate's index %d, valid", got, valid, oid)
 	}
+}
+
+// TestTwoMigratesAndADedupeWhilePollersWrite: two Migrate loops and a dedupe
+// run at once on a live table with duplicates, while pollers call With with
+// a one-second deadline each. Every With completes in time, every Migrate
+// either refuses with ErrDuplicates (before the merge is done) or succeeds,
+// dedupe succeeds, and the index ends valid with one row per key.
+func TestTwoMigratesAndADedupeWhilePollersWrite(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, time.Minute)
+	pool, st := livePool(t, ctx, testdata.Options{Payments: 5_000, DuplicateRate: 0.02})
+	kept := lowest(t, ctx, pool)
+	keys := make([]payment.Key, 0, len(kept))
+	for k := range kept {
+		keys = append(keys, k)
+	}
+	repo := payment.NewRepository(pool)
+	stop := make(chan struct{})
+	var pollers errgroup.Group
+	var calls atomic.Int64
+	for w := range 4 {
+		pollers.Go(func() error {
+			rng := rand.New(rand.NewPCG(uint64(w), 11))
+			for {
+				select {
+				case <-stop:
+					return nil
+				default:
+				}
+				wctx, cancel := context.WithTimeout(ctx, time.Second)
+				err := repo.With(wctx, keys[rng.IntN(len(keys))], func(context.Context, pgx.Tx, *payment.Payment) error { return nil })
+				cancel()
+				if err != nil {
+					return fmt.Errorf("With: %w", err)
+				}
+				calls.Add(1)
+			}
+		})
+	}
+	var tools errgroup.Group
+	for range 2 {
+		tools.Go(func() error {
+			for {
+				err := payment.Migrate(ctx, pool)
+				if err == nil {
+					return nil
+				}
+				if !errors.Is(err, payment.ErrDuplicates) {
+					return fmt.Errorf("Migrate: %w", err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	tools.Go(func() error {
+		if _, err := dedupe.Run(ctx, pool, dedupe.Options{Batch: 20}); err != nil {
+			return fmt.Errorf("dedupe.Run: %w", err)
+		}
+		return nil
+	})
+	terr := tools.Wait()
+	close(stop)
+	if err := pollers.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if terr != nil {
+		t.Fatal(terr)
+	}
+	t.Logf("%d With calls meanwhile", calls.Load())
+	checkMerged(t, ctx, pool, st, kept)
 }
