@@ -350,12 +350,17 @@ func ensureIndex(ctx context.Context, conn *pgx.Conn, pid uint32, b *IndexBuild)
 			// maintain. It is this build's: MigrateKey is held, and a
 			// build of another session's would have failed it with
 			// 42P07. Drop it while the session lives.
-			if ctx.Err() == nil && !conn.IsClosed() {
-				if derr := dropInvalidIndex(ctx, conn); derr != nil {
-					return fmt.Errorf("%w; and then: %w", err, derr)
-				}
-				b.DroppedInvalid++
+			// (Unless, since, another session started a build of its own.)
+			if ctx.Err() != nil || conn.IsClosed() {
+				return err
 			}
+			if st, serr := indexState(ctx, conn); serr != nil || !st.Exists || st.Valid || st.Building {
+				return err
+			}
+			if derr := dropInvalidIndex(ctx, conn); derr != nil {
+				return fmt.Errorf("%w; and then: %w", err, derr)
+			}
+			b.DroppedInvalid++
 			return err
 		}
 		if st, err = indexState(ctx, conn); err != nil {
