@@ -236,8 +236,8 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 	})
 
 	// A Migrate whose build is cancelled on the server (pg_cancel_backend,
-	// statement_timeout, a crash) fails and leaves an INVALID index; the
-	// next Migrate drops it and builds it again.
+	// statement_timeout, a deadlock) fails with the server's error and drops
+	// the INVALID index its build left, its session still being there.
 	t.Run("CancelledBuild", func(t *testing.T) {
 		t.Parallel()
 		ctx := testCtx(t, 1)
@@ -254,9 +254,39 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 			t.Fatalf("Migrate whose build was cancelled = %v; want 57014 query_canceled", err)
 		}
 		release()
+		if oid, valid := uniqueIndex(t, pool); oid != 0 {
+			t.Fatalf("after the cancelled build: index oid %d, valid %v; want the INVALID index dropped", oid, valid)
+		}
+		if err := payment.Migrate(ctx, pool); err != nil {
+			t.Fatalf("Migrate: %v", err)
+		}
+		if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
+			t.Fatalf("after Migrate: index oid %d, valid %v; want a valid index", oid, valid)
+		}
+		assertHealthy(t, pool)
+	})
+
+	// A Migrate whose session is killed during its build (pg_terminate_backend,
+	// a lost connection) leaves an INVALID index; the next Migrate drops it
+	// and builds it again.
+	t.Run("TerminatedBuild", func(t *testing.T) {
+		t.Parallel()
+		ctx := testCtx(t, 1)
+		_, pool := liveTable(t)
+		release := holdSnapshot(t, ctx, pool)
+		migrated := make(chan error, 1)
+		go func() { migrated <- payment.Migrate(ctx, pool) }()
+		pid := waitForBuild(t, ctx, pool)
+		if _, err := pool.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-migrated; err == nil {
+			t.Fatal("Migrate whose session was killed = nil; want an error")
+		}
+		release()
 		oid, valid := uniqueIndex(t, pool)
 		if oid == 0 || valid {
-			t.Fatalf("after the cancelled build: index oid %d, valid %v; want an INVALID index", oid, valid)
+			t.Fatalf("after the killed build: index oid %d, valid %v; want an INVALID index", oid, valid)
 		}
 		if err := payment.Migrate(ctx, pool); err != nil {
 			t.Fatalf("Migrate: %v", err)
@@ -506,6 +536,48 @@ func TestMigrateWaitsForMigrateKey(t *testing.T) {
 	holder.Release()
 	if err := <-migrated; err != nil {
 		t.Fatalf("Migrate after the holder let go: %v", err)
+	}
+	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
+		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
+	}
+	assertHealthy(t, pool)
+}
+
+// TestMigrateStatementTimeout: a statement_timeout set on the role cuts
+// Migrate's build short. Migrate fails with the server's 57014 and drops the
+// INVALID index its own build left, which writers would otherwise go on
+// maintaining (and which rejects some of their inserts) until the next
+// Migrate; that Migrate, with the timeout lifted, builds the index.
+func TestMigrateStatementTimeout(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, 1)
+	_, pool := liveTable(t)
+	const roleTimeout = "ALTER ROLE %I IN DATABASE %I SET statement_timeout = %L"
+	setTimeout := func(v string) {
+		t.Helper()
+		_, err := pool.Exec(ctx, fmt.Sprintf("DO $$BEGIN EXECUTE format('%s', current_user, current_database(), '%s'); END$$",
+			roleTimeout, v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool.Reset() // new sessions get the role's setting
+	}
+	setTimeout("200ms")
+	release := holdSnapshot(t, ctx, pool)
+	migrated := make(chan error, 1)
+	go func() { migrated <- payment.Migrate(ctx, pool) }()
+	var pgErr *pgconn.PgError
+	err := <-migrated
+	release()
+	if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+		t.Fatalf("Migrate under a 200ms statement_timeout while an old snapshot is held = %v; want 57014", err)
+	}
+	if oid, valid := uniqueIndex(t, pool); oid != 0 {
+		t.Fatalf("after the timed-out build: index oid %d, valid %v; want no index left behind", oid, valid)
+	}
+	setTimeout("0")
+	if err := payment.Migrate(ctx, pool); err != nil {
+		t.Fatalf("Migrate without the timeout: %v", err)
 	}
 	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
 		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)

@@ -55,7 +55,9 @@ const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (s
 // calls run one after another (waiting Migrates poll pg_try_advisory_lock
 // rather than sit in a transaction the running build would wait for). It
 // needs a real session: behind pgbouncer in transaction pooling mode, give it
-// a direct connection. Then, on that connection:
+// a direct connection (there, once its statements land in different server
+// sessions, it stops with an error matching ErrSessionChanged). Then, on
+// that connection:
 //
 //  1. It applies Schema in a transaction with lock_timeout set to
 //     MigrateLockTimeout; past it, Migrate fails with an error matching
@@ -83,29 +85,94 @@ const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (s
 //     build must wait for every older transaction, however long it runs); a
 //     statement_timeout still applies. If a writer that doesn't take the
 //     advisory lock inserts a duplicate during the build, Migrate drops the
-//     INVALID index it leaves and returns the *DuplicatesError.
+//     INVALID index it leaves and returns the *DuplicatesError. If the
+//     server ends the build otherwise (statement_timeout, a cancel, a
+//     deadlock), Migrate drops the INVALID index it leaves too and returns
+//     the server's error.
+//
+// `paylock dedupe` builds the index with BuildUniqueIndex, under MigrateKey:
+// a Migrate started during it waits for that lock first.
 //
 // If ctx ends during the build, pgx sends the server a cancel request as it
 // closes the connection: the build stops and leaves an INVALID index, which
 // the next Migrate drops and rebuilds. If the process dies instead, the server
 // usually finishes the build and the next Migrate, waiting for MigrateKey until that
 // session ends, finds the index valid.
-func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
+func Migrate(ctx context.Context, pool *pgxpool.Pool) (err error) {
 	pc, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("payment: migrate: acquire a connection: %w", txn.Classify(ctx, err))
 	}
 	conn := pc.Conn()
-	if err := lockMigrate(ctx, conn); err != nil {
+	pid, err := lockMigrate(ctx, conn)
+	if err != nil {
 		pc.Release() // a connection that failed mid-query is closed, and destroyed
 		return err
 	}
-	defer releaseMigrate(ctx, pc)
-	created, err := applySchema(ctx, conn)
+	defer func() {
+		if rerr := releaseMigrate(ctx, pc, pid); err == nil {
+			err = rerr
+		}
+	}()
+	created, err := applySchema(ctx, conn, pid)
 	if err != nil || created {
 		return err
 	}
-	return ensureIndex(ctx, conn)
+	return ensureIndex(ctx, conn, pid, &IndexBuild{})
+}
+
+// IndexBuild is what BuildUniqueIndex did.
+type IndexBuild struct {
+	AlreadyValid    bool          // UniqueIndex was valid from the start: nothing done
+	DroppedInvalid  int           // INVALID indexes dropped (left by failed builds, this call's included)
+	Builds          int           // CREATE UNIQUE INDEX CONCURRENTLY statements run
+	DuplicateErrors int           // builds that failed on a duplicate inserted meanwhile
+	BuildDuration   time.Duration // time spent in those statements
+}
+
+// BuildUniqueIndex is steps 2 to 5 of Migrate on an existing payments table,
+// under the same advisory lock MigrateKey and with the same rules: it waits
+// for another session's build rather than drop it, returns a
+// *DuplicatesError (writing nothing) if payments holds duplicates, and
+// otherwise replaces an INVALID UniqueIndex and builds it concurrently. It is
+// for tools that prepare payments for the index, such as `paylock dedupe`,
+// so that they never race Migrate or each other. It does not apply Schema.
+func BuildUniqueIndex(ctx context.Context, pool *pgxpool.Pool) (b IndexBuild, err error) {
+	pc, err := pool.Acquire(ctx)
+	if err != nil {
+		return b, fmt.Errorf("payment: build index: acquire a connection: %w", txn.Classify(ctx, err))
+	}
+	pid, err := lockMigrate(ctx, pc.Conn())
+	if err != nil {
+		pc.Release()
+		return b, err
+	}
+	defer func() {
+		if rerr := releaseMigrate(ctx, pc, pid); err == nil {
+			err = rerr
+		}
+	}()
+	err = ensureIndex(ctx, pc.Conn(), pid, &b)
+	return b, err
+}
+
+// ErrSessionChanged: the statements Migrate (or BuildUniqueIndex) sent on its
+// connection did not all run in one server session, as behind a pooler in
+// transaction pooling mode such as pgbouncer's. The session-level lock
+// MigrateKey may then stay held by the server process named in the error,
+// on a pooled server connection, until that connection closes: later
+// Migrate calls wait for it. Give Migrate a direct connection.
+var ErrSessionChanged = errors.New("payment: migrate: the server session changed between statements (a pooler in transaction mode?); Migrate needs a direct connection")
+
+// sameSession returns an error matching ErrSessionChanged unless got, the
+// pg_backend_pid() a statement returned, is pid, the session holding
+// MigrateKey.
+func sameSession(pid, got uint32) error {
+	if got == pid {
+		return nil
+	}
+	return fmt.Errorf("%w: a statement ran in server process %d, and %s may stay held by process %d until its connection closes",
+		ErrSessionChanged, got, MigrateKey, pid)
 }
 
 // lockMigrate takes the session-level advisory lock MigrateKey on conn,
@@ -113,18 +180,21 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 // in pg_advisory_lock: a statement waiting there is a transaction that a
 // CREATE INDEX CONCURRENTLY run by the holder would wait for in turn, and the
 // server would break that deadlock by failing one of them.
-func lockMigrate(ctx context.Context, conn *pgx.Conn) error {
-	sql := txn.LockSQL("pg_try_advisory_lock($1)", MigrateKey.String())
+//
+// It returns the pid of the server process that holds the lock: every later
+// statement checks that it runs there too (see ErrSessionChanged).
+func lockMigrate(ctx context.Context, conn *pgx.Conn) (pid uint32, err error) {
+	sql := txn.LockSQL("pg_try_advisory_lock($1), pg_backend_pid()", MigrateKey.String())
 	for pause := 5 * time.Millisecond; ; pause = min(2*pause, time.Second) {
 		var ok bool
-		if err := conn.QueryRow(ctx, sql, pgx.QueryExecModeExec, MigrateKey.ID()).Scan(&ok); err != nil {
-			return fmt.Errorf("payment: migrate: acquire %s: %w", MigrateKey, txn.Classify(ctx, err))
+		if err := conn.QueryRow(ctx, sql, pgx.QueryExecModeExec, MigrateKey.ID()).Scan(&ok, &pid); err != nil {
+			return 0, fmt.Errorf("payment: migrate: acquire %s: %w", MigrateKey, txn.Classify(ctx, err))
 		}
 		if ok {
-			return nil
+			return pid, nil
 		}
 		if err := sleep(ctx, pause); err != nil {
-			return fmt.Errorf("payment: migrate: wait for %s: %w", MigrateKey, err)
+			return 0, fmt.Errorf("payment: migrate: wait for %s: %w", MigrateKey, err)
 		}
 	}
 }
@@ -144,30 +214,40 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // releaseMigrate unlocks MigrateKey, restores lock_timeout and returns the
 // connection to the pool; if that fails it closes the connection instead,
-// which ends the session and its lock.
-func releaseMigrate(ctx context.Context, pc *pgxpool.Conn) {
+// which ends the session and its lock. In a session other than pid's it
+// touches neither (the lock there may be another Migrate's) and returns an
+// error matching ErrSessionChanged.
+func releaseMigrate(ctx context.Context, pc *pgxpool.Conn, pid uint32) error {
 	defer pc.Release()
 	conn := pc.Conn()
 	if conn.IsClosed() {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, err := conn.Exec(ctx, "SELECT pg_advisory_unlock($1)", pgx.QueryExecModeExec, MigrateKey.ID())
-	if err == nil {
-		_, err = conn.Exec(ctx, "RESET lock_timeout")
-	}
+	var got uint32
+	err := conn.QueryRow(ctx, `SELECT pg_backend_pid(),
+		CASE WHEN pg_backend_pid() = $2 THEN pg_advisory_unlock($1) END,
+		CASE WHEN pg_backend_pid() = $2 THEN set_config('lock_timeout', reset_val, false) END
+		FROM pg_settings WHERE name = 'lock_timeout'`, pgx.QueryExecModeExec, MigrateKey.ID(), pid).Scan(&got, nil, nil)
 	if err != nil {
 		conn.Close(ctx)
+		return nil
 	}
+	return sameSession(pid, got)
 }
 
 // applySchema runs Schema in a transaction under a bounded lock_timeout and,
 // if that transaction created payments, the unique index as well.
-func applySchema(ctx context.Context, conn *pgx.Conn) (created bool, err error) {
+func applySchema(ctx context.Context, conn *pgx.Conn, pid uint32) (created bool, err error) {
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", fmt.Sprint(MigrateLockTimeout.Milliseconds()))
+		var got uint32
+		err := tx.QueryRow(ctx, "SELECT set_config('lock_timeout', $1, true), pg_backend_pid()",
+			fmt.Sprint(MigrateLockTimeout.Milliseconds())).Scan(nil, &got)
 		if err != nil {
+			return err
+		}
+		if err := sameSession(pid, got); err != nil {
 			return err
 		}
 		var existed bool
@@ -184,6 +264,9 @@ func applySchema(ctx context.Context, conn *pgx.Conn) (created bool, err error) 
 		_, err = tx.Exec(ctx, fmt.Sprintf(createIndexSQL, ""))
 		return err
 	})
+	if errors.Is(err, ErrSessionChanged) {
+		return false, err
+	}
 	if err != nil {
 		return false, fmt.Errorf("payment: migrate: apply schema: %w", txn.Classify(ctx, err))
 	}
@@ -191,22 +274,31 @@ func applySchema(ctx context.Context, conn *pgx.Conn) (created bool, err error) 
 }
 
 // ensureIndex is steps 2 to 5 of Migrate, on the connection holding
-// MigrateKey.
-func ensureIndex(ctx context.Context, conn *pgx.Conn) error {
-	// Concurrent builds and drops don't block writers; their waits (for
-	// older transactions) must not be cut short by a lock_timeout.
-	if _, err := conn.Exec(ctx, "SET lock_timeout = 0"); err != nil {
-		return fmt.Errorf("payment: migrate: %w", txn.Classify(ctx, err))
-	}
-	for pause := 5 * time.Millisecond; ; {
+// MigrateKey, recording what it does in b.
+func ensureIndex(ctx context.Context, conn *pgx.Conn, pid uint32, b *IndexBuild) error {
+	for pause, first := 5*time.Millisecond, true; ; first = false {
+		// Concurrent builds and drops don't block writers; their waits
+		// (for older transactions) must not be cut short by a
+		// lock_timeout. Only in MigrateKey's session: elsewhere the
+		// setting would stay behind.
+		var got uint32
+		err := conn.QueryRow(ctx, `SELECT pg_backend_pid(),
+			CASE WHEN pg_backend_pid() = $1 THEN set_config('lock_timeout', '0', false) END`, pid).Scan(&got, nil)
+		if err != nil {
+			return fmt.Errorf("payment: migrate: %w", txn.Classify(ctx, err))
+		}
+		if err := sameSession(pid, got); err != nil {
+			return err
+		}
 		st, err := indexState(ctx, conn)
 		if err != nil {
 			return err
 		}
-		if st.valid {
+		if st.Valid {
+			b.AlreadyValid = first
 			return nil
 		}
-		if st.building {
+		if st.Building {
 			if err := sleep(ctx, pause); err != nil {
 				return fmt.Errorf("%w: %w", ErrIndexBuildInProgress, err)
 			}
@@ -218,19 +310,23 @@ func ensureIndex(ctx context.Context, conn *pgx.Conn) error {
 		} else if dup.Groups > 0 {
 			return dup
 		}
-		if st.exists {
+		if st.Exists {
 			if err := dropInvalidIndex(ctx, conn); err != nil {
 				return err
 			}
+			b.DroppedInvalid++
 		}
+		start := time.Now()
+		b.Builds++
 		_, err = conn.Exec(ctx, fmt.Sprintf(createIndexSQL, "CONCURRENTLY "))
+		b.BuildDuration += time.Since(start)
 		var pgErr *pgconn.PgError
 		switch {
 		case errors.As(err, &pgErr) && pgErr.Code == "42P07": // duplicate_table
 			// Another session (not a Migrate) started a build of its own
 			// since indexState looked: wait for it. Unless the name is
 			// taken by something that is not an index on payments.
-			if st, serr := indexState(ctx, conn); serr != nil || !st.exists {
+			if st, serr := indexState(ctx, conn); serr != nil || !st.Exists {
 				return fmt.Errorf("payment: migrate: create unique index: %w", err)
 			}
 			continue
@@ -238,20 +334,39 @@ func ensureIndex(ctx context.Context, conn *pgx.Conn) error {
 			// A writer that doesn't take the lock inserted a duplicate
 			// meanwhile. The failed build left an INVALID index that still
 			// slows writes down.
+			b.DuplicateErrors++
 			if err := dropInvalidIndex(ctx, conn); err != nil {
 				return err
 			}
+			b.DroppedInvalid++
 			if dup, derr := FindDuplicates(ctx, conn, 5); derr == nil && dup.Groups > 0 {
 				return dup
 			}
 			return fmt.Errorf("payment: migrate: create unique index: %w", err)
 		case err != nil:
-			return fmt.Errorf("payment: migrate: create unique index: %w", txn.Classify(ctx, err))
+			err = fmt.Errorf("payment: migrate: create unique index: %w", txn.Classify(ctx, err))
+			// The server ended the build (statement_timeout, a cancel, a
+			// deadlock) and left an INVALID index that writers still
+			// maintain. It is this build's: MigrateKey is held, and a
+			// build of another session's would have failed it with
+			// 42P07. Drop it while the session lives.
+			// (Unless, since, another session started a build of its own.)
+			if ctx.Err() != nil || conn.IsClosed() {
+				return err
+			}
+			if st, serr := indexState(ctx, conn); serr != nil || !st.Exists || st.Valid || st.Building {
+				return err
+			}
+			if derr := dropInvalidIndex(ctx, conn); derr != nil {
+				return fmt.Errorf("%w; and then: %w", err, derr)
+			}
+			b.DroppedInvalid++
+			return err
 		}
 		if st, err = indexState(ctx, conn); err != nil {
 			return err
 		}
-		if !st.valid {
+		if !st.Valid {
 			return fmt.Errorf("payment: migrate: index %s is not valid after its build", UniqueIndex)
 		}
 		return nil
@@ -265,23 +380,27 @@ func dropInvalidIndex(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// indexStatus is what indexState found.
-type indexStatus struct {
-	exists bool // UniqueIndex exists on payments
-	valid  bool // and is valid: it enforces uniqueness
-	// building: another session is running CREATE INDEX CONCURRENTLY or
+// IndexState is the state of UniqueIndex on payments, as UniqueIndexState
+// found it.
+type IndexState struct {
+	Exists bool // UniqueIndex exists on payments
+	Valid  bool // and is valid: it enforces uniqueness
+	// Building: another session is running CREATE INDEX CONCURRENTLY or
 	// REINDEX CONCURRENTLY on payments. Such a build shows in
 	// pg_stat_progress_create_index and holds the table's SHARE UPDATE
 	// EXCLUSIVE lock at session level for its whole run, so an INVALID
-	// index may still be on its way to valid. (pg_locks shows the lock's
-	// table to every role; the progress view hides relid from other roles.)
-	building bool
+	// index may still be on its way to valid: it must not be dropped. An
+	// INVALID index while nothing builds was left by a failed build.
+	// (pg_locks shows the lock's table to every role; the progress view
+	// hides relid from other roles.)
+	Building bool
 }
 
-// indexState reports the state of UniqueIndex on payments.
-func indexState(ctx context.Context, conn *pgx.Conn) (indexStatus, error) {
-	var st indexStatus
-	err := conn.QueryRow(ctx, `
+// UniqueIndexState reports the state of UniqueIndex on payments: the one
+// test Migrate, BuildUniqueIndex and `paylock dedupe` use to tell a build in
+// progress from a failed one.
+func UniqueIndexState(ctx context.Context, q Querier) (IndexState, error) {
+	rows, err := q.Query(ctx, `
 		SELECT i.indisvalid, EXISTS (
 			SELECT 1 FROM pg_stat_progress_create_index p JOIN pg_locks l ON l.pid = p.pid
 			WHERE p.pid <> pg_backend_pid() AND p.datid = l.database
@@ -289,16 +408,26 @@ func indexState(ctx context.Context, conn *pgx.Conn) (indexStatus, error) {
 			  AND l.mode = 'ShareUpdateExclusiveLock' AND l.granted
 			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
 		FROM pg_index i
-		WHERE i.indexrelid = to_regclass($1) AND i.indrelid = to_regclass('payments')`, UniqueIndex).
-		Scan(&st.valid, &st.building)
+		WHERE i.indexrelid = to_regclass($1) AND i.indrelid = to_regclass('payments')`, UniqueIndex)
+	if err != nil {
+		return IndexState{}, fmt.Errorf("payment: inspect index: %w", txn.Classify(ctx, err))
+	}
+	st, err := pgx.CollectExactlyOneRow(rows, func(r pgx.CollectableRow) (IndexState, error) {
+		st := IndexState{Exists: true}
+		return st, r.Scan(&st.Valid, &st.Building)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return indexStatus{}, nil
+		return IndexState{}, nil
 	}
 	if err != nil {
-		return indexStatus{}, fmt.Errorf("payment: migrate: inspect index: %w", txn.Classify(ctx, err))
+		return IndexState{}, fmt.Errorf("payment: inspect index: %w", txn.Classify(ctx, err))
 	}
-	st.exists = true
 	return st, nil
+}
+
+// indexState is UniqueIndexState on Migrate's connection.
+func indexState(ctx context.Context, conn *pgx.Conn) (IndexState, error) {
+	return UniqueIndexState(ctx, conn)
 }
 
 // ErrDuplicates is matched by a *DuplicatesError.

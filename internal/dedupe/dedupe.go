@@ -19,11 +19,15 @@
 // the keys that still have duplicates. A key's move is idempotent: once
 // merged it no longer shows up as duplicated.
 //
-// Then the unique index is built with CREATE UNIQUE INDEX CONCURRENTLY, which
-// doesn't block writers. An INVALID index left by an earlier failed build is
-// dropped first. If old code that doesn't take the lock inserted a new
-// duplicate in the meantime, the build fails; the package drops the invalid
-// index, merges again and retries, then verifies the index is valid.
+// Then the unique index is built by payment.BuildUniqueIndex, the code
+// payment.Migrate runs, under its advisory lock payment.MigrateKey, so a
+// dedupe never races a Migrate or another dedupe: CREATE UNIQUE INDEX
+// CONCURRENTLY, which doesn't block writers, after dropping an INVALID index
+// left by an earlier failed build — but never one another session is still
+// building, which it waits for. If old code that doesn't take the lock
+// inserted a new duplicate in the meantime, the build fails; the package
+// drops the invalid index, merges again and retries, then verifies the index
+// is valid.
 package dedupe
 
 import (
@@ -279,70 +283,40 @@ func mergeBatch(ctx context.Context, pool *pgxpool.Pool, keys []payment.Key, loc
 var errNewDuplicate = errors.New("dedupe: a duplicate appeared during the index build")
 
 // IndexState reports whether payment.UniqueIndex exists on payments and is
-// valid (usable and enforcing).
+// valid (usable and enforcing), by payment.UniqueIndexState.
 func IndexState(ctx context.Context, pool *pgxpool.Pool) (exists, valid bool, err error) {
-	err = pool.QueryRow(ctx, `SELECT i.indisvalid AND i.indisready FROM pg_index i
-		WHERE i.indexrelid = to_regclass($1) AND i.indrelid = to_regclass('payments')`, payment.UniqueIndex).Scan(&valid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, false, nil
-	}
+	st, err := payment.UniqueIndexState(ctx, pool)
 	if err != nil {
-		return false, false, fmt.Errorf("dedupe: inspect index: %w", err)
+		return false, false, fmt.Errorf("dedupe: %w", err)
 	}
-	return true, valid, nil
+	return st.Exists, st.Valid, nil
 }
 
-// EnsureIndex builds payment.UniqueIndex with CREATE UNIQUE INDEX
-// CONCURRENTLY unless a valid one exists, dropping an INVALID one first, and
-// verifies the result in pg_index. A build that fails on a duplicate leaves
-// an INVALID index behind; EnsureIndex drops it and returns an error (Run
-// then merges again). It must not run inside a transaction.
+// EnsureIndex builds payment.UniqueIndex with payment.BuildUniqueIndex, the
+// mechanism payment.Migrate uses, under its advisory lock payment.MigrateKey:
+// it runs one at a time with Migrate and other dedupe runs, waits for a build
+// another session still runs rather than drop it, drops an INVALID index
+// left by a failed build, builds with CREATE UNIQUE INDEX CONCURRENTLY and
+// verifies the result. If a duplicate appeared since the merge (before the
+// build or during it, which leaves an INVALID index that is dropped), it
+// returns an error that makes Run merge again. It must not run inside a
+// transaction.
 func EnsureIndex(ctx context.Context, pool *pgxpool.Pool) (IndexResult, error) {
-	var r IndexResult
-	exists, valid, err := IndexState(ctx, pool)
+	b, err := payment.BuildUniqueIndex(ctx, pool)
+	r := IndexResult{
+		AlreadyValid:    b.AlreadyValid,
+		DroppedInvalid:  b.DroppedInvalid,
+		Builds:          b.Builds,
+		Valid:           err == nil,
+		BuildDuration:   b.BuildDuration,
+		DuplicateErrors: b.DuplicateErrors,
+	}
+	var pgErr *pgconn.PgError
+	if errors.Is(err, payment.ErrDuplicates) || errors.As(err, &pgErr) && pgErr.Code == "23505" { // unique_violation
+		return r, fmt.Errorf("%w: %w", errNewDuplicate, err)
+	}
 	if err != nil {
-		return r, err
+		return r, fmt.Errorf("dedupe: %w", err)
 	}
-	if exists && valid {
-		r.AlreadyValid, r.Valid = true, true
-		return r, nil
-	}
-	if exists {
-		if err := dropIndex(ctx, pool); err != nil {
-			return r, err
-		}
-		r.DroppedInvalid++
-	}
-	start := time.Now()
-	r.Builds++
-	_, err = pool.Exec(ctx, "CREATE UNIQUE INDEX CONCURRENTLY "+payment.UniqueIndex+" ON payments (service_id, line_item_id)")
-	r.BuildDuration = time.Since(start)
-	if err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "23505" { // unique_violation
-			r.DuplicateErrors++
-			// The failed build left an INVALID index that still slows writes.
-			if derr := dropIndex(ctx, pool); derr != nil {
-				return r, derr
-			}
-			r.DroppedInvalid++
-			return r, fmt.Errorf("%w: %w", errNewDuplicate, err)
-		}
-		return r, fmt.Errorf("dedupe: create index: %w", err)
-	}
-	if exists, valid, err = IndexState(ctx, pool); err != nil {
-		return r, err
-	}
-	if !exists || !valid {
-		return r, fmt.Errorf("dedupe: index %s is not valid after its build", payment.UniqueIndex)
-	}
-	r.Valid = true
 	return r, nil
-}
-
-func dropIndex(ctx context.Context, pool *pgxpool.Pool) error {
-	if _, err := pool.Exec(ctx, "DROP INDEX CONCURRENTLY IF EXISTS "+payment.UniqueIndex); err != nil {
-		return fmt.Errorf("dedupe: drop invalid index %s: %w", payment.UniqueIndex, err)
-	}
-	return nil
 }
