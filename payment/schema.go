@@ -74,9 +74,10 @@ const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (s
 //     drops it. If ctx ends first, the error matches both
 //     ErrIndexBuildInProgress and ctx.Err(). Once the build is over, Migrate
 //     starts again from step 2.
-//  4. If payments holds duplicates it writes nothing and returns a
-//     *DuplicatesError (matching ErrDuplicates) that names them: run
-//     `paylock dedupe` first.
+//  4. If payments holds duplicates it touches no row and no index (step 1
+//     has installed what was missing of Schema, paylock_key_id included)
+//     and returns a *DuplicatesError (matching ErrDuplicates) that names
+//     them: run `paylock dedupe` first.
 //  5. Otherwise it drops an INVALID UniqueIndex left by a failed or killed
 //     build with DROP INDEX CONCURRENTLY and builds UniqueIndex with CREATE
 //     UNIQUE INDEX CONCURRENTLY, outside any transaction, as dedupe does:
