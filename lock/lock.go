@@ -225,7 +225,7 @@ func (o Options) begin(ctx context.Context, db Beginner, key Key) (*pgxTx, error
 		}
 		db = conn
 	}
-	tx, err := db.BeginTx(ctx, pgx.TxOptions{BeginQuery: s.BeginSQL()})
+	tx, err := db.BeginTx(ctx, pgx.TxOptions{BeginQuery: s.BeginSQL(), CommitQuery: txn.CheckSQL + "; COMMIT"})
 	if err != nil {
 		t.Release()
 		return nil, err
@@ -269,9 +269,20 @@ func (t *pgxTx) FnDone(fnErr error) error {
 
 func (t *pgxTx) Closed() bool { return t.tx.Conn().IsClosed() }
 
+// Commit sends CheckSQL and COMMIT in one round trip (the tx's CommitQuery),
+// so that a transaction fn began after ending Run's is not committed. A
+// failed transaction is rolled back instead, as COMMIT would do.
 func (t *pgxTx) Commit(ctx context.Context) error {
 	t.m.Close()
-	return t.tx.Commit(ctx)
+	if t.tx.Conn().PgConn().TxStatus() == 'E' {
+		txn.Rollback(ctx, t.tx)
+		return pgx.ErrTxCommitRollback
+	}
+	err := t.tx.Commit(ctx)
+	if txn.EndedByFn(err) {
+		return txn.CommitNotSent(ErrTxEnded)
+	}
+	return err
 }
 
 func (t *pgxTx) Rollback(ctx context.Context) {

@@ -20,7 +20,8 @@ var (
 	// ErrManaged is what Commit and Rollback on a Managed transaction return.
 	ErrManaged = errors.New("lock: the transaction is managed by paylock: return nil from fn to commit, an error to roll back")
 	// ErrTxEnded: fn ended the transaction itself with COMMIT or ROLLBACK in
-	// SQL. The connection was idle when fn returned.
+	// SQL. The connection was idle when fn returned, or in a transaction fn
+	// began afterwards, which CheckSQL refuses to commit.
 	ErrTxEnded = errors.New("lock: fn ended the transaction itself (COMMIT or ROLLBACK in SQL): what it committed stays committed, the lock was released early, and nothing was committed after it")
 	// ErrRowsOpen: fn returned while a result it started on tx was still
 	// being read (Rows not closed, a Row not scanned, BatchResults not

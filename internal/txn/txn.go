@@ -6,11 +6,13 @@ package txn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Settings are the per-transaction limits applied with set_config(..., true),
@@ -39,16 +41,15 @@ func NewSettings(lockTimeout, idleTimeout, statementTimeout time.Duration) Setti
 	return Settings{LockTimeout: lockTimeout, IdleTimeout: idleTimeout, StatementTimeout: statementTimeout}
 }
 
-// SetSQL returns one statement that applies s to the current transaction.
-// With nothing to apply it is a bare SELECT, so that callers that pipeline
-// it need not count statements.
+// SetSQL returns one statement that applies s to the current transaction
+// and marks it as paylock's (see CheckSQL).
 //
 // client_connection_check_interval (s.ConnCheck) makes a backend that waits
 // for a lock notice within a second that its client went away (a cancelled
 // caller whose connection pgx closed), so it leaves the lock queue instead
 // of waiting for its turn only to find nobody there.
 func (s Settings) SetSQL() string {
-	var sets []string
+	sets := []string{"set_config('" + heldSetting + "', 'on', true)"}
 	if s.ConnCheck {
 		sets = append(sets, "set_config('"+connCheckSetting+"', '"+connCheckMillis+"', true)")
 	}
@@ -64,10 +65,32 @@ func (s Settings) SetSQL() string {
 			sets = append(sets, fmt.Sprintf("set_config('%s', '%d', true)", set.name, max(set.d.Milliseconds(), 1)))
 		}
 	}
-	if len(sets) == 0 {
-		return "SELECT"
-	}
 	return "SELECT " + strings.Join(sets, ", ")
+}
+
+// heldSetting is the transaction-local setting SetSQL turns on; it reverts
+// when the transaction ends, also in a transaction fn began after ending
+// paylock's.
+const heldSetting = "paylock.held"
+
+// endedMarker is the text of the error CheckSQL raises.
+const endedMarker = "paylock: fn ended the transaction"
+
+// CheckSQL fails, with an error that EndedByFn recognizes, unless it runs in
+// the transaction SetSQL marked. Sent in the round trip of COMMIT, just
+// before it, it stops the commit of a transaction that fn began after ending
+// paylock's in a way the client can't see: "COMMIT; BEGIN" in one message,
+// or in a batch, leaves the connection in a transaction again, but not in
+// the one that holds the lock. (The cast raises the error; its operand is
+// not constant, so the planner does not evaluate it early.)
+const CheckSQL = "SELECT ('" + endedMarker + "' || coalesce(current_setting('" + heldSetting + "', true), ''))::int" +
+	" WHERE current_setting('" + heldSetting + "', true) IS DISTINCT FROM 'on'"
+
+// EndedByFn reports whether err is CheckSQL's error: the transaction about
+// to commit is not the one that holds the lock.
+func EndedByFn(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "22P02" && strings.Contains(pgErr.Message, endedMarker)
 }
 
 // BeginSQL is the statement that begins a READ COMMITTED transaction with s

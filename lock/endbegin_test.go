@@ -1,0 +1,82 @@
+package lock_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/lock"
+)
+
+// TestRunFnEndsAndBeginsInOneMessage: fn ends the transaction and begins
+// another in one message, one batch, or a Query then an Exec, so the
+// connection is in a transaction again when fn returns, one that does not
+// hold the lock. Run must not commit it and report success.
+func TestRunFnEndsAndBeginsInOneMessage(t *testing.T) {
+	t.Parallel()
+	for name, end := range map[string]func(ctx context.Context, tx pgx.Tx) error{
+		"ExecCommitBegin": func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, "COMMIT; BEGIN")
+			return err
+		},
+		"ExecRollbackBegin": func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, "ROLLBACK; BEGIN")
+			return err
+		},
+		"Batch": func(ctx context.Context, tx pgx.Tx) error {
+			b := &pgx.Batch{}
+			b.Queue("COMMIT")
+			b.Queue("BEGIN")
+			return tx.SendBatch(ctx, b).Close()
+		},
+		"QueryThenExecBegin": func(ctx context.Context, tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, "COMMIT")
+			if err != nil {
+				return err
+			}
+			rows.Close()
+			_, err = tx.Exec(ctx, "BEGIN")
+			return err
+		},
+		"SavepointExec": func(ctx context.Context, tx pgx.Tx) error {
+			sp, err := tx.Begin(ctx)
+			if err != nil {
+				return err
+			}
+			_, err = sp.Exec(ctx, "COMMIT; BEGIN")
+			return err
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			pool, ctx := managedSetup(t)
+			cfg := pool.Config().Copy()
+			cfg.MaxConns = 1
+			other, err := pgxpool.NewWithConfig(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer other.Close()
+			key := lock.NewKey("test", "endbegin")
+			held := -1
+			err = lock.Run(ctx, pool, key, func(ctx context.Context, tx pgx.Tx) error {
+				if err := end(ctx, tx); err != nil {
+					return err
+				}
+				g, _ := lockRows(t, other, key)
+				held = g
+				_, err := tx.Exec(ctx, "UPDATE t SET v = 99 WHERE k = 'victim'")
+				return err
+			})
+			t.Logf("Run = %v; lock granted while fn wrote: %d", err, held)
+			if !errors.Is(err, lock.ErrTxEnded) {
+				t.Errorf("Run = %v, want ErrTxEnded", err)
+			}
+			if v := value(t, ctx, pool, "victim"); v == 99 {
+				t.Errorf("victim = 99: Run committed fn's write made after fn ended the transaction, without the lock")
+			}
+		})
+	}
+}
