@@ -175,7 +175,10 @@ func TestMigrateBuildInProgressError(t *testing.T) {
 		"CREATE UNIQUE INDEX CONCURRENTLY "+payment.UniqueIndex+" ON payments (service_id, line_item_id)")
 	oid, _ := uniqueIndex(t, pool)
 
-	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	// The build can't finish while the snapshot is held: Migrate reaches
+	// its wait long before the deadline, even on a loaded machine, and
+	// waits there until the deadline ends it.
+	short, cancel := context.WithTimeout(ctx, 3*time.Second)
 	err := payment.Migrate(short, pool)
 	cancel()
 	if !errors.Is(err, payment.ErrIndexBuildInProgress) || !errors.Is(err, context.DeadlineExceeded) {
