@@ -2,11 +2,13 @@ package lock_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/paylock/paylock/lock"
 )
@@ -76,6 +78,32 @@ func TestRunFnEndsAndBeginsInOneMessage(t *testing.T) {
 			}
 			if v := value(t, ctx, pool, "victim"); v == 99 {
 				t.Errorf("victim = 99: Run committed fn's write made after fn ended the transaction, without the lock")
+			}
+		})
+	}
+}
+
+// TestRunDBFnEndsAndBeginsInOneMessage is TestRunFnEndsAndBeginsInOneMessage
+// for RunDB: a transaction fn began after ending RunDB's is never committed.
+func TestRunDBFnEndsAndBeginsInOneMessage(t *testing.T) {
+	t.Parallel()
+	for _, stmt := range []string{"COMMIT; BEGIN", "ROLLBACK; BEGIN"} {
+		t.Run(stmt, func(t *testing.T) {
+			pool, ctx := managedSetup(t)
+			db := stdlib.OpenDBFromPool(pool)
+			defer db.Close()
+			err := lock.RunDB(ctx, db, lock.NewKey("test", "endbegin"), func(ctx context.Context, tx *sql.Tx) error {
+				if _, err := tx.ExecContext(ctx, stmt); err != nil {
+					return err
+				}
+				_, err := tx.ExecContext(ctx, "UPDATE t SET v = 99 WHERE k = 'victim'")
+				return err
+			})
+			if !errors.Is(err, lock.ErrTxEnded) {
+				t.Errorf("RunDB = %v, want ErrTxEnded", err)
+			}
+			if v := value(t, ctx, pool, "victim"); v == 99 {
+				t.Errorf("victim = 99: RunDB committed fn's write made after fn ended the transaction, without the lock")
 			}
 		})
 	}

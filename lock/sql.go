@@ -69,6 +69,10 @@ func RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context
 // nothing committed, and a connection lost after COMMIT was sent fails with
 // ErrCommitUnknown. fn must not commit or roll back tx: database/sql offers
 // no way to refuse it, and committing early would release the lock early.
+// If fn ends the transaction itself (tx.Commit, or COMMIT or ROLLBACK in
+// SQL, even followed by a BEGIN), RunDB commits nothing more and returns
+// ErrTxEnded. To tell, it checks the transaction in a round trip of its own
+// just before COMMIT (Run does it in COMMIT's).
 //
 // Whether the connection was lost is asked of the driver: pgx's stdlib
 // driver tells exactly; another driver, if it implements
@@ -177,7 +181,18 @@ func (t *sqlTx) Closed() bool {
 	return closed || err != nil
 }
 
+// Commit sends CheckSQL, then COMMIT: database/sql can't put both in one
+// round trip, so RunDB's commit costs two. A transaction fn began after
+// ending RunDB's ("COMMIT; BEGIN" in one statement) is rolled back, never
+// committed.
 func (t *sqlTx) Commit(ctx context.Context) error {
+	if _, err := t.tx.ExecContext(ctx, txn.CheckSQL); err != nil {
+		_ = t.tx.Rollback()
+		if txn.EndedByFn(err) {
+			return txn.CommitNotSent(ErrTxEnded)
+		}
+		return txn.CommitNotSent(txn.BeforeCommit(err, t.Closed()))
+	}
 	err := t.tx.Commit()
 	if errors.Is(err, sql.ErrTxDone) || (err != nil && err == ctx.Err()) {
 		// database/sql refused before sending COMMIT: ctx ended and it
