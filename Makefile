@@ -26,13 +26,13 @@ demo: ## the race and the cure side by side (starts a throwaway PostgreSQL unles
 	$(GO) run ./cmd/paylock demo
 
 soak: ## the fault tests with 20 rounds of the restart and lock_timeout faults, then 2 minutes of fuzzing
-	@$(GO) test -race -count=1 -timeout 30m -v ./internal/faulttest/ -faulttest.rounds=20 > $${TMPDIR:-/tmp}/paylock-soak.log 2>&1; st=$$?; \
+	@$(GO) test -race -count=1 -timeout 30m -v ./internal/testing/faulttest/ -faulttest.rounds=20 > $${TMPDIR:-/tmp}/paylock-soak.log 2>&1; st=$$?; \
 	grep -E 'FIGURE|^(--- FAIL|ok|FAIL)' $${TMPDIR:-/tmp}/paylock-soak.log; echo "full log: $${TMPDIR:-/tmp}/paylock-soak.log"; exit $$st
 	$(GO) test -run '^$$' -fuzz FuzzPaymentKey -fuzztime 1m ./payment/
 	$(GO) test -run '^$$' -fuzz FuzzKey -fuzztime 1m ./lock/
 
 faults: ## the fault tests once, printing their figures (docs/RELIABILITY.md)
-	@$(GO) test -race -count=1 -v ./internal/faulttest/ > $${TMPDIR:-/tmp}/paylock-faults.log 2>&1; st=$$?; \
+	@$(GO) test -race -count=1 -v ./internal/testing/faulttest/ > $${TMPDIR:-/tmp}/paylock-faults.log 2>&1; st=$$?; \
 	grep -E 'FIGURE|^(--- FAIL|ok|FAIL)' $${TMPDIR:-/tmp}/paylock-faults.log; echo "full log: $${TMPDIR:-/tmp}/paylock-faults.log"; exit $$st
 
 docs: ## rewrite the captured CLI output in README.md and docs/CLI.md where it drifted, then check every command line in the docs

@@ -11,7 +11,7 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/examples/invoices"
-	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 )
 
 // A repository for your own table: invoices keyed by (account_id,

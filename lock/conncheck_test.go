@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 )
 

@@ -3,7 +3,7 @@ package lock_test
 import (
 	"testing"
 
-	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }

@@ -12,8 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
 
-	"github.com/paylock/paylock/internal/pgtest"
-	"github.com/paylock/paylock/internal/racetest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/testing/racetest"
 	"github.com/paylock/paylock/lock"
 )
 

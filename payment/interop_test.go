@@ -20,7 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/racetest"
+	"github.com/paylock/paylock/internal/testing/racetest"
 	"github.com/paylock/paylock/payment"
 )
 

@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/pgtest"
-	"github.com/paylock/paylock/internal/racetest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/testing/racetest"
 	"github.com/paylock/paylock/payment"
 )
 

@@ -12,8 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/pgtest"
-	"github.com/paylock/paylock/internal/racetest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/testing/racetest"
 	"github.com/paylock/paylock/payment"
 )
 

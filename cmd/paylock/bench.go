@@ -3,13 +3,13 @@ package main
 import (
 	"context"
 
-	"github.com/paylock/paylock/internal/bench"
+	"github.com/paylock/paylock/cmd/paylock/internal/bench"
 )
 
 var cmdBench = &command{
 	name:    "bench",
 	usage:   "[bench flags]",
-	summary: "measure paylock against the naive code (see internal/bench)",
+	summary: "measure paylock against the naive code (see cmd/paylock/internal/bench)",
 	raw:     true,
 	check:   bench.Parse,
 	run: func(ctx context.Context, c *call) error {

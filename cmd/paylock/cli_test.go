@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/dedupe"
+	"github.com/paylock/paylock/cmd/paylock/internal/dedupe"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")

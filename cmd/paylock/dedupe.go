@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/paylock/paylock/internal/dedupe"
-	"github.com/paylock/paylock/internal/term"
+	"github.com/paylock/paylock/cmd/paylock/internal/dedupe"
+	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/payment"
 )
 

@@ -8,14 +8,14 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/pgtest"
-	"github.com/paylock/paylock/internal/testdata"
+	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/testing/livetable"
 	"github.com/paylock/paylock/payment"
 )
 
 // liveDB returns the URL of a database whose payments table predates paylock:
 // no unique index, 2,000 payments, 5% of the keys duplicated.
-func liveDB(t *testing.T, ctx context.Context) (string, *pgxpool.Pool, testdata.Stats) {
+func liveDB(t *testing.T, ctx context.Context) (string, *pgxpool.Pool, livetable.Stats) {
 	t.Helper()
 	url := pgtest.DB(t)
 	pool, err := pgxpool.New(ctx, url)
@@ -26,7 +26,7 @@ func liveDB(t *testing.T, ctx context.Context) (string, *pgxpool.Pool, testdata.
 	if _, err := pool.Exec(ctx, payment.Schema); err != nil {
 		t.Fatal(err)
 	}
-	st, err := testdata.Generate(ctx, pool, testdata.Options{Payments: 2_000, DuplicateRate: 0.05})
+	st, err := livetable.Generate(ctx, pool, livetable.Options{Payments: 2_000, DuplicateRate: 0.05})
 	if err != nil {
 		t.Fatal(err)
 	}

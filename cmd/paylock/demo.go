@@ -18,9 +18,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/paylock/paylock/internal/demo"
+	"github.com/paylock/paylock/cmd/paylock/internal/demo"
 	"github.com/paylock/paylock/internal/pgserver"
-	"github.com/paylock/paylock/internal/term"
+	"github.com/paylock/paylock/cmd/paylock/internal/term"
 )
 
 var cmdDemo = &command{

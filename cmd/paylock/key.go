@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/paylock/paylock/internal/term"
+	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/lock"
 )
 

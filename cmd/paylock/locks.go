@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/term"
+	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/lock"
 )
 

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 )
 

@@ -6,7 +6,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 )
 
 func TestMain(m *testing.M) {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/term"
+	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )

@@ -11,8 +11,8 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/examples/invoices"
-	"github.com/paylock/paylock/internal/pgtest"
-	"github.com/paylock/paylock/internal/racetest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/testing/racetest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }

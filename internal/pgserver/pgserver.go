@@ -1,5 +1,5 @@
 // Package pgserver starts and stops a throwaway PostgreSQL cluster from the
-// server binaries installed on the machine. The tests (through internal/pgtest)
+// server binaries installed on the machine. The tests (through internal/testing/pgtest)
 // and `paylock demo` use it, so both run against the same kind of server.
 //
 // The cluster lives in a temporary directory, listens on a Unix socket in that

@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/pgbouncer"
+	"github.com/paylock/paylock/internal/testing/pgbouncer"
 	"github.com/paylock/paylock/payment"
 )
 

@@ -18,7 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/paylock/paylock/internal/history"
+	"github.com/paylock/paylock/internal/testing/history"
 )
 
 // Call is one successful operation.
@@ -154,7 +154,7 @@ func Audit(calls []Call, rows []Row, creators bool) Report {
 	return r
 }
 
-// Linearizable checks with internal/history (porcupine) that the calls,
+// Linearizable checks with internal/testing/history (porcupine) that the calls,
 // each of which read its key's amount and wrote it plus 1, have an order per
 // key consistent with their real-time order that explains every value read.
 // A lost update has none.

@@ -1,9 +1,9 @@
-package dedupe_test
+package bench
 
 import (
 	"testing"
 
-	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }

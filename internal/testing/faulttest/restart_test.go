@@ -13,7 +13,7 @@ import (
 )
 
 // rounds repeats the restart and lock_timeout tests, for a soak run:
-// make soak, or go test ./internal/faulttest/ -faulttest.rounds=20.
+// make soak, or go test ./internal/testing/faulttest/ -faulttest.rounds=20.
 var rounds = flag.Int("faulttest.rounds", 1, "repeat the restart and lock_timeout fault tests this many times")
 
 // TestRestart restarts PostgreSQL (fast, then immediate shutdown) while 16

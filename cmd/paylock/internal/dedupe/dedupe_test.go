@@ -14,9 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/paylock/paylock/internal/dedupe"
-	"github.com/paylock/paylock/internal/pgtest"
-	"github.com/paylock/paylock/internal/testdata"
+	"github.com/paylock/paylock/cmd/paylock/internal/dedupe"
+	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/testing/livetable"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -28,13 +28,13 @@ func testCtx(t *testing.T, d time.Duration) context.Context {
 
 // livePool returns a pool on a database whose payments table has no unique
 // index yet and holds the generated rows.
-func livePool(t *testing.T, ctx context.Context, o testdata.Options) (*pgxpool.Pool, testdata.Stats) {
+func livePool(t *testing.T, ctx context.Context, o livetable.Options) (*pgxpool.Pool, livetable.Stats) {
 	t.Helper()
 	pool := pgtest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 16 })
 	if _, err := pool.Exec(ctx, payment.Schema); err != nil {
 		t.Fatal(err)
 	}
-	st, err := testdata.Generate(ctx, pool, o)
+	st, err := livetable.Generate(ctx, pool, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func lowest(t *testing.T, ctx context.Context, pool *pgxpool.Pool) map[payment.K
 // checkMerged checks the invariants after a complete Run: one row per key,
 // every removed row in quarantine pointing at the kept (lowest) id, the
 // counts adding up, the index valid and enforcing.
-func checkMerged(t *testing.T, ctx context.Context, pool *pgxpool.Pool, st testdata.Stats, kept map[payment.Key][2]int64) {
+func checkMerged(t *testing.T, ctx context.Context, pool *pgxpool.Pool, st livetable.Stats, kept map[payment.Key][2]int64) {
 	t.Helper()
 	if n := count(t, pool, `SELECT count(*) FROM (SELECT FROM payments GROUP BY service_id, line_item_id HAVING count(*) > 1) d`); n != 0 {
 		t.Errorf("%d keys still have several rows", n)
@@ -119,7 +119,7 @@ func TestRunWhilePollersWrite(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, 2*time.Minute)
 	began := time.Now()
-	pool, st := livePool(t, ctx, testdata.Options{Payments: 100_000, DuplicateRate: 0.01})
+	pool, st := livePool(t, ctx, livetable.Options{Payments: 100_000, DuplicateRate: 0.01})
 	generated := time.Since(began)
 	if st.DuplicateKeys != 1000 || st.ByCopies[3] == 0 || st.ByCopies[5] == 0 {
 		t.Fatalf("generated %+v, want 1000 duplicated keys, some with 3 and 5 copies", st)
@@ -207,7 +207,7 @@ func TestRunWhilePollersWrite(t *testing.T) {
 func TestRunResumesAfterCancel(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, time.Minute)
-	pool, st := livePool(t, ctx, testdata.Options{Payments: 5_000, DuplicateRate: 0.05})
+	pool, st := livePool(t, ctx, livetable.Options{Payments: 5_000, DuplicateRate: 0.05})
 	kept := lowest(t, ctx, pool)
 
 	runCtx, cancel := context.WithCancel(ctx)
@@ -248,7 +248,7 @@ func TestRunResumesAfterCancel(t *testing.T) {
 func TestRunReplacesInvalidIndex(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, time.Minute)
-	pool, st := livePool(t, ctx, testdata.Options{Payments: 2_000, DuplicateRate: 0.05})
+	pool, st := livePool(t, ctx, livetable.Options{Payments: 2_000, DuplicateRate: 0.05})
 	kept := lowest(t, ctx, pool)
 	// An earlier build failed on the duplicates and left an INVALID index.
 	_, err := pool.Exec(ctx, "CREATE UNIQUE INDEX CONCURRENTLY "+payment.UniqueIndex+" ON payments (service_id, line_item_id)")
@@ -282,7 +282,7 @@ func TestRunReplacesInvalidIndex(t *testing.T) {
 func TestRunCatchesDuplicatesAddedDuringTheMerge(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, time.Minute)
-	pool, st := livePool(t, ctx, testdata.Options{Payments: 2_000, DuplicateRate: 0.05})
+	pool, st := livePool(t, ctx, livetable.Options{Payments: 2_000, DuplicateRate: 0.05})
 	kept := lowest(t, ctx, pool)
 	// The first key merged (keys go in order), so its batch is done when
 	// the row arrives.
@@ -319,7 +319,7 @@ func TestRunCatchesDuplicatesAddedDuringTheMerge(t *testing.T) {
 func TestInspect(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, time.Minute)
-	pool, st := livePool(t, ctx, testdata.Options{Payments: 3_000, DuplicateRate: 0.02})
+	pool, st := livePool(t, ctx, livetable.Options{Payments: 3_000, DuplicateRate: 0.02})
 	r, err := dedupe.Inspect(ctx, pool, 5)
 	if err != nil {
 		t.Fatal(err)

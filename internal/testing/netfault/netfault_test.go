@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/netfault"
+	"github.com/paylock/paylock/internal/testing/netfault"
 )
 
 // echo starts a line echo server and returns its address.

@@ -3,7 +3,7 @@
 // a standby and run behind pgbouncer, and after each fault check the
 // invariants (one row per key, every acknowledged call applied exactly once,
 // no failed call applied) and that the recorded history is linearizable per
-// key (internal/history).
+// key (internal/testing/history).
 //
 // It is a package of its own so its test binary owns its PostgreSQL cluster:
 // restarting it disturbs no other package's tests. docs/RELIABILITY.md lists

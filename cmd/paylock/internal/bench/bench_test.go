@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/pgtest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 )
 
 func runMain(t *testing.T, args ...string) (code int, stdout, stderr string) {

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/history"
+	"github.com/paylock/paylock/internal/testing/history"
 )
 
 func op(key string, call, ret, read int64, o history.Outcome) history.Op {

@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/netfault"
+	"github.com/paylock/paylock/internal/testing/netfault"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )

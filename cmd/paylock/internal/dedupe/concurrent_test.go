@@ -13,9 +13,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/paylock/paylock/internal/dedupe"
-	"github.com/paylock/paylock/internal/pgtest"
-	"github.com/paylock/paylock/internal/testdata"
+	"github.com/paylock/paylock/cmd/paylock/internal/dedupe"
+	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/testing/livetable"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -136,7 +136,7 @@ func TestRunDuringMigrateBuild(t *testing.T) {
 func TestTwoMigratesAndADedupeWhilePollersWrite(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, time.Minute)
-	pool, st := livePool(t, ctx, testdata.Options{Payments: 5_000, DuplicateRate: 0.02})
+	pool, st := livePool(t, ctx, livetable.Options{Payments: 5_000, DuplicateRate: 0.02})
 	kept := lowest(t, ctx, pool)
 	keys := make([]payment.Key, 0, len(kept))
 	for k := range kept {

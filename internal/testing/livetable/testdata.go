@@ -1,8 +1,8 @@
-// Package testdata fills a payments table the way a live table looks before
+// Package livetable fills a payments table the way a live table looks before
 // paylock: many payments, a share of them with duplicate rows left by racing
 // pollers. Tests and demos use it; it loads with COPY, so 100k rows take
 // about a second.
-package testdata
+package livetable
 
 import (
 	"context"

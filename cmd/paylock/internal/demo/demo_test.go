@@ -4,7 +4,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/paylock/paylock/internal/demo"
+	"github.com/paylock/paylock/cmd/paylock/internal/demo"
 )
 
 func TestFeed(t *testing.T) {
