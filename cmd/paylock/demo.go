@@ -19,8 +19,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/paylock/paylock/cmd/paylock/internal/demo"
-	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
+	"github.com/paylock/paylock/internal/pgserver"
 )
 
 var cmdDemo = &command{

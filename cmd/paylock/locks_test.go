@@ -15,8 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 )
 

@@ -33,8 +33,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
+	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/payment"
 )
 
