@@ -6,7 +6,7 @@ GO ?= go
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-test: check-binaries vet fmt-check ## no tracked binaries, go vet, gofmt check, then the whole suite with the race detector
+test: check-binaries vet fmt-check lint ## no tracked binaries, go vet, gofmt check, staticcheck, tidy go.mod, then the whole suite with the race detector
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 check-binaries: ## fail if git tracks a binary file (a test binary, the built CLI, a profile)
@@ -14,6 +14,14 @@ check-binaries: ## fail if git tracks a binary file (a test binary, the built CL
 	@bins=$$(git diff --cached --numstat $$(git hash-object -t tree /dev/null) | awk -F '\t' '$$1 == "-" { print $$3 }'); \
 	if [ -n "$$bins" ]; then echo "binary files tracked by git (git rm --cached them; .gitignore lists the usual ones):"; \
 	echo "$$bins"; exit 1; fi
+
+# staticcheck at a pinned version, fetched through the module proxy (not a
+# dependency of the module).
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+lint: ## staticcheck, and go.mod/go.sum as go mod tidy would leave them
+	$(GO) run $(STATICCHECK) ./...
+	$(GO) mod tidy -diff
 
 vet: ## go vet
 	$(GO) vet ./...
@@ -45,4 +53,4 @@ bench: ## Go benchmarks: With beside rowlock, hot-key queue and storm (test serv
 bench-smoke: ## every benchmark once, so they can't rot (about 20 s)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 5m ./...
 
-.PHONY: help test check-binaries vet fmt-check demo soak faults docs bench bench-smoke
+.PHONY: help test check-binaries lint vet fmt-check demo soak faults docs bench bench-smoke

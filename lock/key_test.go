@@ -84,7 +84,7 @@ func TestKeyIsUnambiguous(t *testing.T) {
 			t.Errorf("%q and %q share a String", p[0].Parts(), p[1].Parts())
 		}
 	}
-	if lock.NewKey("ns", "a", "b") != lock.NewKey("ns", "a", "b") {
+	if a, b := lock.NewKey("ns", "a", "b"), lock.NewKey("ns", "a", "b"); a != b {
 		t.Error("equal keys compare unequal")
 	}
 }
