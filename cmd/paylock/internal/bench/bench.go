@@ -35,6 +35,7 @@ import (
 
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/tcpproxy"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -243,12 +244,13 @@ func run(ctx context.Context, opts options, args []string, stdout, stderr io.Wri
 		if err != nil {
 			return err
 		}
-		p, err := startProxy(net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), opts.latency)
+		p, err := tcpproxy.Start(net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
 		if err != nil {
 			return err
 		}
-		defer p.close()
-		connString, err = withHostPort(connString, "127.0.0.1", p.addr().Port)
+		defer p.Close()
+		p.SetLatency(opts.latency / 2) // each way
+		connString, err = withHostPort(connString, "127.0.0.1", p.Port())
 		if err != nil {
 			return err
 		}
