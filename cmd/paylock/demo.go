@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"github.com/paylock/paylock/cmd/paylock/internal/demo"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/worker"
 )
 
 var cmdDemo = &command{
@@ -74,14 +74,16 @@ var cmdDemoWorker = &command{
 	run: runDemoWorker,
 }
 
-// workerCommand returns the command that runs one demo-worker process: this
-// binary again. Tests replace it, as the test binary is not paylock.
-var workerCommand = func(ctx context.Context, args []string) (*exec.Cmd, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("find the paylock binary to re-execute: %w", err)
-	}
-	return exec.CommandContext(ctx, exe, args...), nil
+// The "paylock" worker runs a command line as the binary would: demo
+// --processes starts its pollers as `paylock demo-worker ...` with it, in
+// this binary and in the test binary alike.
+func init() {
+	worker.Register("paylock", func(ctx context.Context, args []string) error {
+		if code := run(ctx, args, os.Stdout, os.Stderr); code != 0 {
+			return exitCode(code)
+		}
+		return nil
+	})
 }
 
 func scenarioFlags(c *call) (demo.Scenario, error) {
@@ -304,10 +306,7 @@ func runProcesses(ctx context.Context, c *call, s demo.Scenario, mode demo.Mode,
 		if connString != "" {
 			args = append(args, "--database-url", connString)
 		}
-		cmd, err := workerCommand(ctx, args)
-		if err != nil {
-			return err
-		}
+		cmd := worker.Command(ctx, "paylock", args...)
 		cmd.Stderr = stderr
 		out, err := cmd.StdoutPipe()
 		if err != nil {

@@ -36,6 +36,7 @@ import (
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/tcpproxy"
+	"github.com/paylock/paylock/internal/worker"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -157,7 +158,6 @@ func parse(args []string, stderr io.Writer) (opts options, worker string, err er
 	fs.BoolVar(&opts.waitEvents, "wait-events", false, "sample pg_stat_activity every 10ms during each run and report what its busy backends (on a hot key: the lock holder) were doing")
 	fs.BoolVar(&noPgbench, "no-pgbench", false, "leave out the pgbench row")
 	fs.StringVar(&opts.pgbenchM, "pgbench-mode", "prepared", "pgbench's query mode: prepared (as paylock runs its statements with pgx's default statement cache) or extended (unnamed, as paylock sends them in exec mode)")
-	fs.StringVar(&worker, "worker", "", "internal: run one process's share of a run")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: paylock bench [flags]\n\nRuns the strategies side by side on one server:")
 		for _, s := range strategies {
@@ -478,22 +478,10 @@ func withHostPort(connString, host string, port int) (string, error) {
 	return fmt.Sprintf("%s host=%s port=%d", connString, host, port), nil
 }
 
-// runProcesses spreads spec over n worker processes (this program again,
-// with --worker), starts them together once all are connected, and adds up
+// runProcesses spreads spec over n worker processes (this program again, as
+// the worker workerName), starts them together once all are connected, and adds up
 // what they measured.
 func runProcesses(ctx context.Context, spec loadSpec, n int) (loadResult, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return loadResult{}, err
-	}
-	// The arguments that led to Main, minus Main's own: os.Args ends with
-	// them when this is `paylock bench ...` or any command ending in Main.
-	prefix := os.Args[1:]
-	if i := slices.Index(prefix, "bench"); i >= 0 {
-		prefix = prefix[:i+1]
-	} else {
-		prefix = nil
-	}
 	type child struct {
 		cmd   *exec.Cmd
 		in    io.WriteCloser
@@ -520,8 +508,7 @@ func runProcesses(ctx context.Context, spec loadSpec, n int) (loadResult, error)
 		}
 		share.KeyPrefix = fmt.Sprintf("%sp%d-", spec.KeyPrefix, i)
 		b, _ := json.Marshal(share)
-		cmd := exec.CommandContext(ctx, exe, append(slices.Clone(prefix), "--worker", string(b))...)
-		cmd.Stderr = os.Stderr
+		cmd := worker.Command(ctx, workerName, string(b))
 		in, err := cmd.StdinPipe()
 		if err != nil {
 			return loadResult{}, err
@@ -537,7 +524,7 @@ func runProcesses(ctx context.Context, spec loadSpec, n int) (loadResult, error)
 	}
 	for i, c := range children {
 		if line, err := c.out.ReadString('\n'); err != nil || line != "ready\n" {
-			return loadResult{}, fmt.Errorf("worker process %d did not get ready (%q, %v); is this `paylock bench`?", i, line, err)
+			return loadResult{}, fmt.Errorf("worker process %d did not get ready (%q, %v); does main call worker.Serve?", i, line, err)
 		}
 	}
 	for _, c := range children {
@@ -555,6 +542,18 @@ func runProcesses(ctx context.Context, spec loadSpec, n int) (loadResult, error)
 		total.merge(&r)
 	}
 	return total, nil
+}
+
+// workerName names the worker that runs one process's share of a run.
+const workerName = "bench"
+
+func init() {
+	worker.Register(workerName, func(ctx context.Context, args []string) error {
+		if len(args) != 1 {
+			return fmt.Errorf("want one argument, the load spec; got %d", len(args))
+		}
+		return workerMain(ctx, args[0], os.Stdin, os.Stdout)
+	})
 }
 
 // workerMain is a worker process: connect, say ready, wait for go, run,
