@@ -44,13 +44,15 @@ removes it at the end. With a database it creates its own schema
 
 Exit 0 when paylock's column is exact: one row per payment and every
 payment's amount equal to the sum of its distinct events.`,
-	flags: func(fs *flag.FlagSet) {
+	flags: func(fs *flag.FlagSet) any {
 		d := demo.DefaultScenario
-		fs.Int("pollers", d.Pollers, "concurrent pollers")
-		fs.Bool("processes", false, "run each poller as a separate OS process instead of a goroutine")
-		fs.Int("payments", d.Payments, "distinct payments the simulated API sends")
-		fs.Duration("work", d.Work, "time a handler spends on each payment it changes")
-		fs.Int("seed", int(d.Seed), "seed of the simulated API's feed")
+		f := new(demoFlags)
+		fs.IntVar(&f.pollers, "pollers", d.Pollers, "concurrent pollers")
+		fs.BoolVar(&f.processes, "processes", false, "run each poller as a separate OS process instead of a goroutine")
+		fs.IntVar(&f.payments, "payments", d.Payments, "distinct payments the simulated API sends")
+		fs.DurationVar(&f.work, "work", d.Work, "time a handler spends on each payment it changes")
+		fs.IntVar(&f.seed, "seed", int(d.Seed), "seed of the simulated API's feed")
+		return f
 	},
 	validate: validateDemo,
 	run:      runDemo,
@@ -61,15 +63,17 @@ var cmdDemoWorker = &command{
 	name:    "demo-worker",
 	summary: "one poller process of 'paylock demo --processes' (internal)",
 	hidden:  true,
-	flags: func(fs *flag.FlagSet) {
+	flags: func(fs *flag.FlagSet) any {
 		d := demo.DefaultScenario
-		fs.String("mode", "", "naive or paylock")
-		fs.String("schema", "", "the demo's schema")
-		fs.Int("index", 0, "this poller's index")
-		fs.Int("pollers", d.Pollers, "pollers")
-		fs.Int("payments", d.Payments, "payments")
-		fs.Duration("work", d.Work, "work per change")
-		fs.Int("seed", int(d.Seed), "seed")
+		f := new(demoWorkerFlags)
+		fs.StringVar(&f.mode, "mode", "", "naive or paylock")
+		fs.StringVar(&f.schema, "schema", "", "the demo's schema")
+		fs.IntVar(&f.index, "index", 0, "this poller's index")
+		fs.IntVar(&f.pollers, "pollers", d.Pollers, "pollers")
+		fs.IntVar(&f.payments, "payments", d.Payments, "payments")
+		fs.DurationVar(&f.work, "work", d.Work, "work per change")
+		fs.IntVar(&f.seed, "seed", int(d.Seed), "seed")
+		return f
 	},
 	run: runDemoWorker,
 }
@@ -86,9 +90,31 @@ func init() {
 	})
 }
 
-func scenarioFlags(c *call) (demo.Scenario, error) {
+// scenarioFlags are the flags of the demo's scenario, of paylock demo and
+// of its poller processes alike.
+type scenarioFlags struct {
+	pollers, payments int
+	work              time.Duration
+	seed              int
+}
+
+// demoFlags are paylock demo's flags.
+type demoFlags struct {
+	scenarioFlags
+	processes bool
+}
+
+// demoWorkerFlags are paylock demo-worker's flags.
+type demoWorkerFlags struct {
+	scenarioFlags
+	mode, schema string
+	index        int
+}
+
+// scenario checks the flags and returns the scenario they describe.
+func (f *scenarioFlags) scenario() (demo.Scenario, error) {
 	s := demo.DefaultScenario
-	s.Pollers, s.Payments, s.Work, s.Seed = c.int("pollers"), c.int("payments"), c.duration("work"), uint64(c.int("seed"))
+	s.Pollers, s.Payments, s.Work, s.Seed = f.pollers, f.payments, f.work, uint64(f.seed)
 	switch {
 	case s.Pollers < 1 || s.Pollers > 64:
 		return s, usagef("--pollers %d: between 1 and 64", s.Pollers)
@@ -120,17 +146,18 @@ func validateDemo(c *call) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	_, err := scenarioFlags(c)
+	_, err := c.flags.(*demoFlags).scenario()
 	return err
 }
 
 func runDemo(ctx context.Context, c *call) (err error) {
-	s, err := scenarioFlags(c)
+	f := c.flags.(*demoFlags)
+	s, err := f.scenario()
 	if err != nil {
 		return err
 	}
 	w := c.stdout
-	processes := c.bool("processes")
+	processes := f.processes
 
 	connString, where := c.connString(), ""
 	if c.databaseConfigured() {
@@ -347,19 +374,20 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 }
 
 func runDemoWorker(ctx context.Context, c *call) error {
-	s, err := scenarioFlags(c)
+	f := c.flags.(*demoWorkerFlags)
+	s, err := f.scenario()
 	if err != nil {
 		return err
 	}
-	mode := demo.Mode(c.string("mode"))
+	mode := demo.Mode(f.mode)
 	if mode != demo.Naive && mode != demo.Paylock {
 		return usagef("--mode %q: naive or paylock", mode)
 	}
-	index := c.int("index")
-	if index < 0 || index >= s.Pollers || c.string("schema") == "" {
+	index := f.index
+	if index < 0 || index >= s.Pollers || f.schema == "" {
 		return usagef("--index %d of --pollers %d, and --schema, are required", index, s.Pollers)
 	}
-	pool, err := demoPool(ctx, c, c.connString(), c.string("schema"), 1)
+	pool, err := demoPool(ctx, c, c.connString(), f.schema, 1)
 	if err != nil {
 		return err
 	}
