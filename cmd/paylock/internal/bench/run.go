@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
+	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/tcpproxy"
 	"github.com/paylock/paylock/payment"
@@ -128,7 +129,7 @@ func Run(ctx context.Context, opts *Options, args []string, stdout, stderr io.Wr
 // runOne empties the tables, runs strategy s on workload w and checks the
 // tables afterwards.
 func runOne(ctx context.Context, opts *Options, pool *pgxpool.Pool, connString, s, w, prefix string) (res loadResult, dup, lost int64, err error) {
-	if _, err := pool.Exec(ctx, "TRUNCATE payments, payments_naive RESTART IDENTITY"); err != nil {
+	if _, err := pool.Exec(ctx, "TRUNCATE payments, "+baseline.Table+" RESTART IDENTITY"); err != nil {
 		return res, 0, 0, err
 	}
 	if _, err := pool.Exec(ctx, "CHECKPOINT"); err != nil { // every run starts with the same WAL state
@@ -155,7 +156,7 @@ func runOne(ctx context.Context, opts *Options, pool *pgxpool.Pool, connString, 
 	}
 	table := "payments"
 	if s == "naive" {
-		table = "payments_naive"
+		table = baseline.Table
 	}
 	var rows, keys, sum int64
 	if err := pool.QueryRow(ctx, "SELECT count(*), count(DISTINCT (service_id, line_item_id)), coalesce(sum(amount_cents), 0) FROM "+
@@ -192,15 +193,16 @@ func createDatabase(ctx context.Context, adminURL, db string) (string, func(), e
 	return u, drop, nil
 }
 
-// setup applies the schema, adds service 1 and payments_naive (payments
+// setup applies the schema, adds service 1 and baseline.Table (payments
 // without its unique index), and reads the server's settings into rep.
 func setup(ctx context.Context, pool *pgxpool.Pool, rep *Report) error {
 	if err := payment.Migrate(ctx, pool); err != nil {
 		return err
 	}
-	_, err := pool.Exec(ctx, `INSERT INTO services VALUES (1, 'bench') ON CONFLICT DO NOTHING;
-		CREATE TABLE IF NOT EXISTS payments_naive (LIKE payments INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS)`)
-	if err != nil {
+	if _, err := pool.Exec(ctx, `INSERT INTO services VALUES (1, 'bench') ON CONFLICT DO NOTHING`); err != nil {
+		return err
+	}
+	if err := baseline.CreateTable(ctx, pool); err != nil {
 		return err
 	}
 	return pool.QueryRow(ctx, "SELECT current_setting('server_version'), current_setting('synchronous_commit'), current_setting('fsync')").
