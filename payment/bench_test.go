@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -25,23 +26,11 @@ import (
 // bump is the fn of every benchmark: add 1 to the amount.
 func bump(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 
-// rowlockOp is the baseline: what a Go developer would write with pgx and
-// the unique index alone, one statement per round trip.
+// rowlockOp is the baseline (baseline.RowLock): what a Go developer would
+// write with pgx and the unique index alone, one statement per round trip.
 func rowlockOp(pool *pgxpool.Pool) func(context.Context, payment.Key) error {
 	return func(ctx context.Context, key payment.Key) error {
-		return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, `INSERT INTO payments (service_id, line_item_id) VALUES ($1, $2)
-				ON CONFLICT DO NOTHING`, key.ServiceID, key.LineItemID); err != nil {
-				return err
-			}
-			var id, amount int64
-			if err := tx.QueryRow(ctx, `SELECT id, amount_cents FROM payments
-				WHERE service_id = $1 AND line_item_id = $2 FOR UPDATE`, key.ServiceID, key.LineItemID).Scan(&id, &amount); err != nil {
-				return err
-			}
-			_, err := tx.Exec(ctx, "UPDATE payments SET amount_cents = $2, updated_at = now() WHERE id = $1", id, amount+1)
-			return err
-		})
+		return baseline.RowLock(ctx, pool, key, func(r *baseline.Row) error { r.AmountCents++; return nil })
 	}
 }
 

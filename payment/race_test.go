@@ -2,7 +2,6 @@ package payment_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/testing/racetest"
 	"github.com/paylock/paylock/payment"
@@ -40,29 +40,18 @@ func withDo(repo *payment.Repository) racetest.Do {
 	}
 }
 
-// naiveDo is the code paylock replaces: find, else insert, then
-// read-modify-write, with no lock, on a table without the unique index.
+// naiveDo is the code paylock replaces (baseline.Naive): find, else insert,
+// then read-modify-write, with no lock, on a table without the unique index.
 func naiveDo(pool *pgxpool.Pool) racetest.Do {
 	return func(ctx context.Context, k int, op string) (racetest.Call, error) {
 		key := raceKey(k)
 		c := racetest.Call{Key: key.String(), Op: op}
-		var amount int64
-		var data []byte
-		err := pool.QueryRow(ctx, `SELECT id, amount_cents, data FROM naive_payments
-			WHERE service_id = $1 AND line_item_id = $2 ORDER BY id LIMIT 1`, key.ServiceID, key.LineItemID).Scan(&c.ID, &amount, &data)
-		if errors.Is(err, pgx.ErrNoRows) {
-			c.Created = true
-			err = pool.QueryRow(ctx, `INSERT INTO naive_payments (service_id, line_item_id) VALUES ($1, $2)
-				RETURNING id, amount_cents, data`, key.ServiceID, key.LineItemID).Scan(&c.ID, &amount, &data)
-		}
-		if err != nil {
-			return c, err
-		}
-		if data, err = racetest.AppendOp(data, op); err != nil {
-			return c, err
-		}
-		c.Read = amount
-		_, err = pool.Exec(ctx, "UPDATE naive_payments SET amount_cents = $2, data = $3 WHERE id = $1", c.ID, amount+1, data)
+		_, err := baseline.Naive(ctx, pool, key, func(r *baseline.Row) (bool, error) {
+			c.ID, c.Created, c.Read = r.ID, r.Created, r.AmountCents
+			data, err := racetest.AppendOp(r.Data, op)
+			r.Data, r.AmountCents = data, r.AmountCents+1
+			return true, err
+		})
 		return c, err
 	}
 }
@@ -82,9 +71,10 @@ func setupRace(t *testing.T, ctx context.Context) *pgxpool.Pool {
 	if err := payment.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	_, err := pool.Exec(ctx, `INSERT INTO services VALUES (1, 'api');
-		CREATE TABLE naive_payments (LIKE payments INCLUDING DEFAULTS INCLUDING IDENTITY);`)
-	if err != nil {
+	if _, err := pool.Exec(ctx, `INSERT INTO services VALUES (1, 'api')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := baseline.CreateTable(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
 	return pool
@@ -102,7 +92,7 @@ func TestRace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	report := audit(t, ctx, pool, "naive_payments", naive, false)
+	report := audit(t, ctx, pool, baseline.Table, naive, false)
 	if report.Duplicates == 0 && report.LostUpdates == 0 {
 		t.Fatalf("the naive strategy showed neither duplicates nor lost updates (%v): the race is too weak to prove anything", report)
 	}

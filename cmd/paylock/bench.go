@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 
 	"github.com/paylock/paylock/cmd/paylock/internal/bench"
 )
@@ -10,13 +11,19 @@ var cmdBench = &command{
 	name:    "bench",
 	usage:   "[bench flags]",
 	summary: "measure paylock against the naive code (see cmd/paylock/internal/bench)",
-	raw:     true,
-	check:   bench.Parse,
-	run: func(ctx context.Context, c *call) error {
-		// bench parses its own flags, --help and --database-url included.
-		if code := bench.Main(ctx, c.args, c.stdout, c.stderr); code != 0 {
-			return exitCode(code)
+	flags: func(fs *flag.FlagSet) any {
+		o := new(bench.Options)
+		o.Flags(fs) // --database-url included: bench's own, with its own default
+		return o
+	},
+	printHelp: bench.PrintHelp,
+	validate: func(c *call) error {
+		if err := c.flags.(*bench.Options).Validate(c.args); err != nil {
+			return usageError{err.Error()}
 		}
 		return nil
+	},
+	run: func(ctx context.Context, c *call) error {
+		return bench.Run(ctx, c.flags.(*bench.Options), c.argv, c.stdout, c.stderr)
 	},
 }

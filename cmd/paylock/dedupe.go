@@ -36,18 +36,28 @@ add duplicates meanwhile, the merge runs again before the index is retried.
 
 Progress is a bar on a terminal and plain lines otherwise. Exit 0 when the
 table has no duplicates and the index is valid.`,
-	flags: func(fs *flag.FlagSet) {
-		fs.Bool("dry-run", false, "report the duplicates and the plan; change nothing")
-		fs.Int("batch", 100, "keys merged per transaction")
-		fs.Int("sample", 5, "worst keys and sample keys to show")
-		fs.Duration("lock-timeout", 30*time.Second, "how long a batch waits for its keys' locks")
+	flags: func(fs *flag.FlagSet) any {
+		f := new(dedupeFlags)
+		fs.BoolVar(&f.dryRun, "dry-run", false, "report the duplicates and the plan; change nothing")
+		fs.IntVar(&f.batch, "batch", 100, "keys merged per transaction")
+		fs.IntVar(&f.sample, "sample", 5, "worst keys and sample keys to show")
+		fs.DurationVar(&f.lockTimeout, "lock-timeout", 30*time.Second, "how long a batch waits for its keys' locks")
+		return f
 	},
 	validate: validateDedupe,
 	run:      runDedupe,
 }
 
+// dedupeFlags are paylock dedupe's flags.
+type dedupeFlags struct {
+	dryRun        bool
+	batch, sample int
+	lockTimeout   time.Duration
+}
+
 func validateDedupe(c *call) error {
-	batch, sample := c.int("batch"), c.int("sample")
+	f := c.flags.(*dedupeFlags)
+	batch, sample := f.batch, f.sample
 	switch {
 	case len(c.args) > 0:
 		return noArgs(c)
@@ -60,7 +70,8 @@ func validateDedupe(c *call) error {
 }
 
 func runDedupe(ctx context.Context, c *call) error {
-	batch, sample := c.int("batch"), c.int("sample")
+	f := c.flags.(*dedupeFlags)
+	batch, sample := f.batch, f.sample
 	pool, err := c.connect(ctx)
 	if err != nil {
 		return err
@@ -74,7 +85,7 @@ func runDedupe(ctx context.Context, c *call) error {
 	w := c.stdout
 	writeDedupeReport(w, r)
 	batches := (r.Groups + batch - 1) / batch
-	if c.bool("dry-run") {
+	if f.dryRun {
 		fmt.Fprintln(w)
 		if r.Groups == 0 && r.IndexValid {
 			fmt.Fprintln(w, "dry run: nothing to do; the table has no duplicates and the index is valid.")
@@ -92,7 +103,7 @@ func runDedupe(ctx context.Context, c *call) error {
 
 	fmt.Fprintln(w)
 	bar := newProgressBar(w, term.IsTerminal(w))
-	res, err := dedupe.Run(ctx, pool, dedupe.Options{Batch: batch, LockTimeout: c.duration("lock-timeout"), Progress: bar.update})
+	res, err := dedupe.Run(ctx, pool, dedupe.Options{Batch: batch, LockTimeout: f.lockTimeout, Progress: bar.update})
 	bar.done()
 	fmt.Fprintf(w, "merged %d keys: %d rows moved into %s in %s (%s), %s\n",
 		res.Keys, res.RowsMoved, dedupe.Table, plural(res.Batches, "batch", "batches"), plural(res.Passes, "pass", "passes"), res.Elapsed.Round(time.Millisecond))

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"github.com/paylock/paylock/cmd/paylock/internal/demo"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/worker"
 )
 
 var cmdDemo = &command{
@@ -44,13 +44,15 @@ removes it at the end. With a database it creates its own schema
 
 Exit 0 when paylock's column is exact: one row per payment and every
 payment's amount equal to the sum of its distinct events.`,
-	flags: func(fs *flag.FlagSet) {
+	flags: func(fs *flag.FlagSet) any {
 		d := demo.DefaultScenario
-		fs.Int("pollers", d.Pollers, "concurrent pollers")
-		fs.Bool("processes", false, "run each poller as a separate OS process instead of a goroutine")
-		fs.Int("payments", d.Payments, "distinct payments the simulated API sends")
-		fs.Duration("work", d.Work, "time a handler spends on each payment it changes")
-		fs.Int("seed", int(d.Seed), "seed of the simulated API's feed")
+		f := new(demoFlags)
+		fs.IntVar(&f.pollers, "pollers", d.Pollers, "concurrent pollers")
+		fs.BoolVar(&f.processes, "processes", false, "run each poller as a separate OS process instead of a goroutine")
+		fs.IntVar(&f.payments, "payments", d.Payments, "distinct payments the simulated API sends")
+		fs.DurationVar(&f.work, "work", d.Work, "time a handler spends on each payment it changes")
+		fs.IntVar(&f.seed, "seed", int(d.Seed), "seed of the simulated API's feed")
+		return f
 	},
 	validate: validateDemo,
 	run:      runDemo,
@@ -61,32 +63,58 @@ var cmdDemoWorker = &command{
 	name:    "demo-worker",
 	summary: "one poller process of 'paylock demo --processes' (internal)",
 	hidden:  true,
-	flags: func(fs *flag.FlagSet) {
+	flags: func(fs *flag.FlagSet) any {
 		d := demo.DefaultScenario
-		fs.String("mode", "", "naive or paylock")
-		fs.String("schema", "", "the demo's schema")
-		fs.Int("index", 0, "this poller's index")
-		fs.Int("pollers", d.Pollers, "pollers")
-		fs.Int("payments", d.Payments, "payments")
-		fs.Duration("work", d.Work, "work per change")
-		fs.Int("seed", int(d.Seed), "seed")
+		f := new(demoWorkerFlags)
+		fs.StringVar(&f.mode, "mode", "", "naive or paylock")
+		fs.StringVar(&f.schema, "schema", "", "the demo's schema")
+		fs.IntVar(&f.index, "index", 0, "this poller's index")
+		fs.IntVar(&f.pollers, "pollers", d.Pollers, "pollers")
+		fs.IntVar(&f.payments, "payments", d.Payments, "payments")
+		fs.DurationVar(&f.work, "work", d.Work, "work per change")
+		fs.IntVar(&f.seed, "seed", int(d.Seed), "seed")
+		return f
 	},
 	run: runDemoWorker,
 }
 
-// workerCommand returns the command that runs one demo-worker process: this
-// binary again. Tests replace it, as the test binary is not paylock.
-var workerCommand = func(ctx context.Context, args []string) (*exec.Cmd, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("find the paylock binary to re-execute: %w", err)
-	}
-	return exec.CommandContext(ctx, exe, args...), nil
+// The "paylock" worker runs a command line as the binary would: demo
+// --processes starts its pollers as `paylock demo-worker ...` with it, in
+// this binary and in the test binary alike.
+func init() {
+	worker.Register("paylock", func(ctx context.Context, args []string) error {
+		if code := run(ctx, args, os.Stdout, os.Stderr); code != 0 {
+			return exitCode(code)
+		}
+		return nil
+	})
 }
 
-func scenarioFlags(c *call) (demo.Scenario, error) {
+// scenarioFlags are the flags of the demo's scenario, of paylock demo and
+// of its poller processes alike.
+type scenarioFlags struct {
+	pollers, payments int
+	work              time.Duration
+	seed              int
+}
+
+// demoFlags are paylock demo's flags.
+type demoFlags struct {
+	scenarioFlags
+	processes bool
+}
+
+// demoWorkerFlags are paylock demo-worker's flags.
+type demoWorkerFlags struct {
+	scenarioFlags
+	mode, schema string
+	index        int
+}
+
+// scenario checks the flags and returns the scenario they describe.
+func (f *scenarioFlags) scenario() (demo.Scenario, error) {
 	s := demo.DefaultScenario
-	s.Pollers, s.Payments, s.Work, s.Seed = c.int("pollers"), c.int("payments"), c.duration("work"), uint64(c.int("seed"))
+	s.Pollers, s.Payments, s.Work, s.Seed = f.pollers, f.payments, f.work, uint64(f.seed)
 	switch {
 	case s.Pollers < 1 || s.Pollers > 64:
 		return s, usagef("--pollers %d: between 1 and 64", s.Pollers)
@@ -118,17 +146,18 @@ func validateDemo(c *call) error {
 	if err := noArgs(c); err != nil {
 		return err
 	}
-	_, err := scenarioFlags(c)
+	_, err := c.flags.(*demoFlags).scenario()
 	return err
 }
 
 func runDemo(ctx context.Context, c *call) (err error) {
-	s, err := scenarioFlags(c)
+	f := c.flags.(*demoFlags)
+	s, err := f.scenario()
 	if err != nil {
 		return err
 	}
 	w := c.stdout
-	processes := c.bool("processes")
+	processes := f.processes
 
 	connString, where := c.connString(), ""
 	if c.databaseConfigured() {
@@ -304,10 +333,7 @@ func runProcesses(ctx context.Context, c *call, s demo.Scenario, mode demo.Mode,
 		if connString != "" {
 			args = append(args, "--database-url", connString)
 		}
-		cmd, err := workerCommand(ctx, args)
-		if err != nil {
-			return err
-		}
+		cmd := worker.Command(ctx, "paylock", args...)
 		cmd.Stderr = stderr
 		out, err := cmd.StdoutPipe()
 		if err != nil {
@@ -348,19 +374,20 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 }
 
 func runDemoWorker(ctx context.Context, c *call) error {
-	s, err := scenarioFlags(c)
+	f := c.flags.(*demoWorkerFlags)
+	s, err := f.scenario()
 	if err != nil {
 		return err
 	}
-	mode := demo.Mode(c.string("mode"))
+	mode := demo.Mode(f.mode)
 	if mode != demo.Naive && mode != demo.Paylock {
 		return usagef("--mode %q: naive or paylock", mode)
 	}
-	index := c.int("index")
-	if index < 0 || index >= s.Pollers || c.string("schema") == "" {
+	index := f.index
+	if index < 0 || index >= s.Pollers || f.schema == "" {
 		return usagef("--index %d of --pollers %d, and --schema, are required", index, s.Pollers)
 	}
-	pool, err := demoPool(ctx, c, c.connString(), c.string("schema"), 1)
+	pool, err := demoPool(ctx, c, c.connString(), f.schema, 1)
 	if err != nil {
 		return err
 	}

@@ -88,11 +88,6 @@ func TestDemoProcesses(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t, time.Minute)
 	url := pgtest.DB(t)
-	// The test binary is not paylock: re-execute it as the "paylock" worker
-	// (see TestMain), which runs run() on the arguments like the binary.
-	workerCommand = func(ctx context.Context, args []string) (*exec.Cmd, error) {
-		return pgtest.Command(ctx, "paylock", args...), nil
-	}
 	out := mustRun(t, ctx, "demo", "--processes", "--pollers", "4", "--payments", "100", "--database-url", url)
 	checkDemo(t, out)
 	if !strings.Contains(out, "4 pollers (OS processes)") {

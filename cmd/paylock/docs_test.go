@@ -196,11 +196,10 @@ func checkSynopsis(words []string) error {
 	if cmd == nil {
 		return fmt.Errorf("unknown command %q", words[0])
 	}
-	if cmd.raw {
-		return nil
+	fs, _ := newFlagSet(cmd)
+	if fs.Lookup("database-url") == nil {
+		fs.String("database-url", "", "")
 	}
-	fs := newFlagSet(cmd)
-	fs.String("database-url", "", "")
 	for _, w := range words[1:] {
 		name, ok := strings.CutPrefix(strings.Trim(w, "[]"), "--")
 		if name, _, _ = strings.Cut(name, "="); ok && fs.Lookup(name) == nil {

@@ -26,8 +26,10 @@ Example:
   paylock key 'payments/7/li%20x'    # the escaped form 'paylock locks' prints
 
 No database is needed.`,
-	flags: func(fs *flag.FlagSet) {
-		fs.Bool("json", false, "print JSON")
+	flags: func(fs *flag.FlagSet) any {
+		f := new(keyFlags)
+		fs.BoolVar(&f.json, "json", false, "print JSON")
+		return f
 	},
 	validate: func(c *call) error { _, err := keyFromArgs(c.args); return err },
 	run:      runKey,
@@ -46,6 +48,9 @@ type keyInfo struct {
 	Query     string            `json:"query"`
 }
 
+// keyFlags are paylock key's flags.
+type keyFlags struct{ json bool }
+
 func runKey(_ context.Context, c *call) error {
 	k, err := keyFromArgs(c.args)
 	if err != nil {
@@ -53,7 +58,7 @@ func runKey(_ context.Context, c *call) error {
 	}
 	info := keyInfo{Key: k.String(), Namespace: k.Namespace(), Parts: k.Parts(), Fields: keyFields(k),
 		ID: k.ID(), ClassID: k.ClassID(), ObjID: k.ObjID(), ObjSubID: 1, Query: keyQuery(k)}
-	if c.bool("json") {
+	if c.flags.(*keyFlags).json {
 		// The parts are the caller's, often pasted from a log: escape what
 		// encoding/json leaves raw, as `paylock locks --json` does.
 		var doc bytes.Buffer

@@ -60,14 +60,22 @@ objsubid, origin (paylock|other|unknown), key, key_from (waiter|holder|argument)
 namespace, parts, fields, holders[], waiters[]; each holder or waiter: pid,
 mode, application_name, client_addr, state, xact_age_s, waiting_s,
 blocked_by, wait_event, query, and for holders waits_for[] (the chain).`,
-	flags: func(fs *flag.FlagSet) {
-		fs.Bool("json", false, "print JSON (one compact document per refresh with --watch)")
-		fs.Bool("key", false, "show only the lock of the key given as arguments: NAMESPACE PART...")
-		fs.Var(&watchFlag{}, "watch", "refresh every `interval` (default 2s) until Ctrl-C")
+	flags: func(fs *flag.FlagSet) any {
+		f := new(locksFlags)
+		fs.BoolVar(&f.json, "json", false, "print JSON (one compact document per refresh with --watch)")
+		fs.BoolVar(&f.key, "key", false, "show only the lock of the key given as arguments: NAMESPACE PART...")
+		fs.Var(&f.watch, "watch", "refresh every `interval` (default 2s) until Ctrl-C")
+		return f
 	},
 	rewrite:  joinWatchInterval,
 	validate: validateLocks,
 	run:      runLocks,
+}
+
+// locksFlags are paylock locks' flags.
+type locksFlags struct {
+	json, key bool
+	watch     watchFlag
 }
 
 // watchFlag is --watch with an optional interval.
@@ -201,7 +209,7 @@ SELECT a.pid, CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) 
 FROM pg_stat_activity a WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()`
 
 func validateLocks(c *call) error {
-	if c.bool("key") {
+	if c.flags.(*locksFlags).key {
 		_, err := keyFromArgs(c.args)
 		return err
 	}
@@ -212,16 +220,17 @@ func validateLocks(c *call) error {
 }
 
 func runLocks(ctx context.Context, c *call) error {
+	f := c.flags.(*locksFlags)
 	var only *lock.Key
-	if c.bool("key") {
+	if f.key {
 		k, err := keyFromArgs(c.args)
 		if err != nil {
 			return err
 		}
 		only = &k
 	}
-	watch := c.fs.Lookup("watch").Value.(*watchFlag)
-	asJSON := c.bool("json")
+	watch := &f.watch
+	asJSON := f.json
 
 	pool, err := c.connect(ctx)
 	if err != nil {

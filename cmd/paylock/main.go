@@ -9,10 +9,13 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/paylock/paylock/internal/worker"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	worker.Serve(ctx) // a process of `paylock demo --processes` or `paylock bench --processes`
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -33,11 +32,15 @@ type command struct {
 	summary string // one line for `paylock help`
 	help    string // the rest of --help, after the flags
 	hidden  bool
-	raw     bool                    // the command parses its own arguments: c.args holds them all
-	flags   func(fs *flag.FlagSet)  // defines the command's flags, may be nil
+	// flags defines the command's flags on fs, bound to the fields of a new
+	// value that it returns (a pointer to the command's flags struct); the
+	// call keeps it in c.flags. May be nil.
+	flags   func(fs *flag.FlagSet) any
 	rewrite func([]string) []string // adjusts the arguments before parsing, may be nil
 	run     func(ctx context.Context, c *call) error
-	check   func(args []string) error // a raw command's parse-only check of its arguments, may be nil
+	// printHelp replaces the generic --help text after the usage line's
+	// command when set. May be nil.
+	printHelp func(w io.Writer, fs *flag.FlagSet)
 	// validate checks a parsed call's arguments and flag values, touching
 	// nothing; a usageError from it is exit 2. run calls it before c.cmd.run,
 	// and checkCommandLine too, so the docs' command lines get the same
@@ -50,6 +53,8 @@ type command struct {
 type call struct {
 	cmd         *command
 	fs          *flag.FlagSet
+	flags       any      // what cmd.flags returned: the bound flag values
+	argv        []string // the arguments after the command name, as given
 	args        []string // positional arguments
 	databaseURL string
 	stdout      io.Writer
@@ -87,7 +92,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "help", "-h", "-help", "--help":
 		if len(args) > 1 {
 			if cmd := lookup(args[1]); cmd != nil {
-				printCommandHelp(stdout, cmd, newFlagSet(cmd))
+				fs, _ := newFlagSet(cmd)
+				printCommandHelp(stdout, cmd, fs)
 				return exitOK
 			}
 			fmt.Fprintf(stderr, "paylock: unknown command %q; run 'paylock help'\n", args[1])
@@ -120,21 +126,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // parseCall parses a command line (args[0] is the command) without running
 // it: it looks the command up and parses its flags, leaving the positional
-// arguments in c.args; a raw command gets all its arguments there. It returns
-// a nil call for an unknown command, and flag.ErrHelp for --help.
+// arguments in c.args. It returns a nil call for an unknown command, and
+// flag.ErrHelp for --help.
 func parseCall(args []string) (c *call, err error) {
 	cmd := lookup(args[0])
 	if cmd == nil {
 		return nil, fmt.Errorf("unknown command %q", args[0])
 	}
-	c = &call{cmd: cmd, fs: newFlagSet(cmd)}
-	c.fs.StringVar(&c.databaseURL, "database-url", "",
-		"PostgreSQL connection URL or keyword/value string (default: $DATABASE_URL, else the PG* variables)")
-	rest := args[1:]
-	if cmd.raw {
-		c.args = rest
-		return c, nil
+	c = &call{cmd: cmd, argv: args[1:]}
+	c.fs, c.flags = newFlagSet(cmd)
+	if c.fs.Lookup("database-url") == nil { // bench defines its own
+		c.fs.StringVar(&c.databaseURL, "database-url", "",
+			"PostgreSQL connection URL or keyword/value string (default: $DATABASE_URL, else the PG* variables)")
 	}
+	rest := args[1:]
 	if cmd.rewrite != nil {
 		rest = cmd.rewrite(rest)
 	}
@@ -161,8 +166,6 @@ func checkCommandLine(args []string) error {
 		return nil
 	case err != nil:
 		return err
-	case c.cmd.check != nil:
-		return c.cmd.check(c.args)
 	case c.cmd.validate != nil:
 		return c.cmd.validate(c)
 	}
@@ -197,14 +200,16 @@ func lookup(name string) *command {
 	return nil
 }
 
-func newFlagSet(cmd *command) *flag.FlagSet {
+// newFlagSet returns cmd's flag set and the value its flags are bound to.
+func newFlagSet(cmd *command) (*flag.FlagSet, any) {
 	fs := flag.NewFlagSet("paylock "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported by run, in one line
 	fs.Usage = func() {}
+	var flags any
 	if cmd.flags != nil {
-		cmd.flags(fs)
+		flags = cmd.flags(fs)
 	}
-	return fs
+	return fs, flags
 }
 
 // parseInterspersed parses flags anywhere among the positional arguments
@@ -248,6 +253,10 @@ Exit codes: 0 ok, 1 failure, 2 usage. Run 'paylock COMMAND --help' for more.
 }
 
 func printCommandHelp(w io.Writer, cmd *command, fs *flag.FlagSet) {
+	if cmd.printHelp != nil {
+		cmd.printHelp(w, fs)
+		return
+	}
 	fmt.Fprintf(w, "Usage: paylock %s [flags]", cmd.name)
 	if cmd.usage != "" {
 		fmt.Fprintf(w, " %s", cmd.usage)
@@ -323,23 +332,12 @@ func oneLine(s string) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
 }
 
-// flag values, by name, of the call's flag set.
-func (c *call) bool(name string) bool { return c.fs.Lookup(name).Value.(flag.Getter).Get().(bool) }
-
 // noArgs is the validate of a command that takes no positional arguments.
 func noArgs(c *call) error {
 	if len(c.args) > 0 {
 		return usagef("unexpected argument %q", c.args[0])
 	}
 	return nil
-}
-
-func (c *call) int(name string) int { return c.fs.Lookup(name).Value.(flag.Getter).Get().(int) }
-func (c *call) string(name string) string {
-	return c.fs.Lookup(name).Value.(flag.Getter).Get().(string)
-}
-func (c *call) duration(name string) time.Duration {
-	return c.fs.Lookup(name).Value.(flag.Getter).Get().(time.Duration)
 }
 
 // keyFromArgs reads NAMESPACE PART... or one "namespace/part/part" string

@@ -10,15 +10,15 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/testing/netfault"
+	"github.com/paylock/paylock/internal/tcpproxy"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
 
 // proxied returns a pool on pool's database through a new fault proxy.
-func proxied(t *testing.T, pool *pgxpool.Pool, configure func(*pgxpool.Config)) (*netfault.Proxy, *pgxpool.Pool) {
+func proxied(t *testing.T, pool *pgxpool.Pool, configure func(*pgxpool.Config)) (*tcpproxy.Proxy, *pgxpool.Pool) {
 	t.Helper()
-	proxy, err := netfault.Start(serverAddr(pool))
+	proxy, err := tcpproxy.Start(serverAddr(pool))
 	if err != nil {
 		t.Fatal(err)
 	}

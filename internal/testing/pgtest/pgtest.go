@@ -31,13 +31,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/worker"
 )
 
 // EnvDatabase names the variable that points the tests at an existing server.
 const EnvDatabase = "PAYLOCK_TEST_DATABASE"
-
-// envWorker is set in the environment of worker processes (see Workers).
-const envWorker = "PAYLOCK_TEST_WORKER"
 
 const template = "paylock_template"
 
@@ -49,30 +47,19 @@ var (
 
 // Workers maps a worker name to the function a re-executed test binary runs
 // in place of the tests; see Command.
-type Workers map[string]func(ctx context.Context, args []string) error
+type Workers map[string]worker.Func
 
-// Main runs the tests in m against a PostgreSQL server and exits. When the
-// binary was started by Command as a worker, it runs that worker instead.
+// Main runs the tests in m against a PostgreSQL server and exits. It
+// registers workers with package worker first; when the binary was started
+// by Command as a worker, it runs that worker instead of the tests.
 func Main(m *testing.M, workers Workers) {
-	if name := os.Getenv(envWorker); name != "" {
-		os.Exit(runWorker(name, workers))
-	}
-	os.Exit(run(m))
-}
-
-func runWorker(name string, workers Workers) int {
-	fn, ok := workers[name]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "pgtest: unknown worker %q\n", name)
-		return 2
+	for name, fn := range workers {
+		worker.Register(name, fn)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if err := fn(ctx, strings.Split(os.Getenv(envWorker+"_ARGS"), "\x1f")); err != nil {
-		fmt.Fprintf(os.Stderr, "worker %s: %v\n", name, err)
-		return 1
-	}
-	return 0
+	worker.Serve(ctx)
+	cancel()
+	os.Exit(run(m))
 }
 
 func run(m *testing.M) int {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,55 +13,37 @@ import (
 	"github.com/paylock/paylock/internal/testing/pgtest"
 )
 
-func runMain(t *testing.T, args ...string) (code int, stdout, stderr string) {
+// runBench parses args as `paylock bench` does and runs bench with them.
+func runBench(t *testing.T, args ...string) (stdout string, err error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	var o Options
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	o.Flags(fs)
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	if err := o.Validate(fs.Args()); err != nil {
+		return "", err
+	}
 	var out, errb bytes.Buffer
-	code = Main(ctx, args, &out, &errb)
-	return code, out.String(), errb.String()
-}
-
-func TestMainUsage(t *testing.T) {
-	for _, args := range [][]string{
-		{"--strategies", "nope"},
-		{"--workloads", "lukewarm"},
-		{"--workers", "0"},
-		{"--workers", "2", "--processes", "3"},
-		{"extra"},
-		{"--pgbench-mode", "simple"},
-	} {
-		code, _, stderr := runMain(t, args...)
-		if code != 2 || !strings.Contains(stderr, "paylock bench:") {
-			t.Errorf("Main(%q) = %d, stderr %q; want 2 and one line naming the problem", args, code, stderr)
-		}
+	err = Run(ctx, &o, args, &out, &errb)
+	if err != nil {
+		err = fmt.Errorf("%w; stderr: %s", err, errb.String())
 	}
+	return out.String(), err
 }
 
-// TestMainEscapes: a hostile flag or database name reaches stderr escaped and
-// on one line, never as raw control characters.
-func TestMainEscapes(t *testing.T) {
-	for _, args := range [][]string{
-		{"--bogus\x1b[31mRED"},
-		{"--database-url", "postgres://u@127.0.0.1:1/x%1b%5b31mRED%e2%80%ae?connect_timeout=2", "--duration", "1ms"},
-	} {
-		code, _, stderr := runMain(t, args...)
-		last := stderr[strings.LastIndex(strings.TrimSuffix(stderr, "\n"), "\n")+1:]
-		if code == 0 || strings.ContainsAny(stderr, "\x1b\u202e") || !strings.Contains(last, `\x1b[31mRED`) {
-			t.Errorf("Main(%q) = %d, stderr %q; want a failure naming \\x1b[31mRED escaped, no raw ESC or U+202E", args, code, stderr)
-		}
-	}
-}
-
-// TestMainHot runs every strategy on a hot key briefly: the check after each
+// TestRunHot runs every strategy on a hot key briefly: the check after each
 // run finds no duplicate and no lost update for the strategies that lock,
 // and finds them for naive — proof that the check can fail.
-func TestMainHot(t *testing.T) {
+func TestRunHot(t *testing.T) {
 	t.Parallel()
-	code, stdout, stderr := runMain(t, "--database-url", pgtest.DB(t), "--workloads", "hot", "--workers", "6",
+	stdout, err := runBench(t, "--database-url", pgtest.DB(t), "--workloads", "hot", "--workers", "6",
 		"--duration", "400ms", "--rounds", "1", "--json")
-	if code != 0 {
-		t.Fatalf("Main = %d: %s", code, stderr)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 	var rep Report
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
@@ -100,14 +84,14 @@ func TestMainHot(t *testing.T) {
 	}
 }
 
-// TestMainLatencyTable runs two strategies on new keys through the latency
+// TestRunLatencyTable runs two strategies on new keys through the latency
 // proxy and prints the table.
-func TestMainLatencyTable(t *testing.T) {
+func TestRunLatencyTable(t *testing.T) {
 	t.Parallel()
-	code, stdout, stderr := runMain(t, "--database-url", pgtest.DB(t), "--workloads", "cold,warm", "--workers", "4",
+	stdout, err := runBench(t, "--database-url", pgtest.DB(t), "--workloads", "cold,warm", "--workers", "4",
 		"--strategies", "rowlock,paylock", "--no-pgbench", "--duration", "300ms", "--rounds", "2", "--latency", "1ms")
-	if code != 0 {
-		t.Fatalf("Main = %d: %s", code, stderr)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 	t.Log("\n" + stdout)
 	for _, want := range []string{"latency=1ms", "x rowlock", "cold", "warm", "paylock"} {

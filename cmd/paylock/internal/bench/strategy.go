@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -44,41 +45,21 @@ const (
 	sqlUpdate = `UPDATE payments SET amount_cents = $2, updated_at = now() WHERE id = $1`
 )
 
-// naive is what the pollers did before paylock, on payments_naive, a copy of
-// payments without the unique index: it makes duplicates and loses updates.
+// naive is what the pollers did before paylock (baseline.Naive), on
+// baseline.Table, a copy of payments without the unique index: it makes
+// duplicates and loses updates.
 func naive(pool *pgxpool.Pool) op {
 	return func(ctx context.Context, key payment.Key) (int, error) {
-		var id, amount int64
-		err := pool.QueryRow(ctx, `SELECT id, amount_cents FROM payments_naive
-			WHERE service_id = $1 AND line_item_id = $2 ORDER BY id LIMIT 1`, key.ServiceID, key.LineItemID).Scan(&id, &amount)
-		if errors.Is(err, pgx.ErrNoRows) {
-			err = pool.QueryRow(ctx, `INSERT INTO payments_naive (service_id, line_item_id) VALUES ($1, $2)
-				RETURNING id, amount_cents`, key.ServiceID, key.LineItemID).Scan(&id, &amount)
-		}
-		if err != nil {
-			return 0, err
-		}
-		_, err = pool.Exec(ctx, `UPDATE payments_naive SET amount_cents = $2, updated_at = now() WHERE id = $1`, id, amount+1)
+		_, err := baseline.Naive(ctx, pool, key, func(r *baseline.Row) (bool, error) { r.AmountCents++; return true, nil })
 		return 0, err
 	}
 }
 
 // rowlock relies on the unique index and a row lock, as a Go developer
-// without paylock would write it with pgx.
+// without paylock would write it with pgx (baseline.RowLock).
 func rowlock(pool *pgxpool.Pool) op {
 	return func(ctx context.Context, key payment.Key) (int, error) {
-		return 0, pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, sqlEnsure, key.ServiceID, key.LineItemID); err != nil {
-				return err
-			}
-			var id, amount int64
-			if err := tx.QueryRow(ctx, `SELECT id, amount_cents FROM payments
-				WHERE service_id = $1 AND line_item_id = $2 FOR UPDATE`, key.ServiceID, key.LineItemID).Scan(&id, &amount); err != nil {
-				return err
-			}
-			_, err := tx.Exec(ctx, sqlUpdate, id, amount+1)
-			return err
-		})
+		return 0, baseline.RowLock(ctx, pool, key, func(r *baseline.Row) error { r.AmountCents++; return nil })
 	}
 }
 

@@ -9,7 +9,6 @@ package demo
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -18,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -102,8 +102,8 @@ type Mode string
 
 const (
 	// Naive finds the payment, creates it if missing, then updates it, with
-	// no lock, on naive_payments: a copy of payments without the unique
-	// index, as in production before paylock.
+	// no lock, on baseline.Table: a copy of payments without the unique
+	// index, as in production before paylock (baseline.Naive).
 	Naive Mode = "naive"
 	// Paylock handles the delivery in payment.Repository.With.
 	Paylock Mode = "paylock"
@@ -112,21 +112,23 @@ const (
 // Table returns the table a mode writes.
 func (m Mode) Table() string {
 	if m == Naive {
-		return "naive_payments"
+		return baseline.Table
 	}
 	return "payments"
 }
 
 // Setup creates the schema — payments with its unique index (payment.Migrate),
-// naive_payments without it, the services — in the first schema of the
+// baseline.Table without it, the services — in the first schema of the
 // pool's search_path.
 func Setup(ctx context.Context, pool *pgxpool.Pool, s Scenario) error {
 	if err := payment.Migrate(ctx, pool); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
+	if err := baseline.CreateTable(ctx, pool); err != nil {
+		return fmt.Errorf("demo: setup: %w", err)
+	}
 	_, err := pool.Exec(ctx, `
-		CREATE TABLE IF NOT EXISTS naive_payments (LIKE payments INCLUDING DEFAULTS INCLUDING IDENTITY);
-		TRUNCATE naive_payments, payments;
+		TRUNCATE `+baseline.Table+`, payments;
 		INSERT INTO services SELECT g, 'service ' || g FROM generate_series(1, `+fmt.Sprint(s.Services)+`) g
 		ON CONFLICT DO NOTHING`)
 	if err != nil {
@@ -186,30 +188,24 @@ func (p *Poller) Handle(ctx context.Context, d Delivery) error {
 	return p.naive(ctx, d)
 }
 
-// naive is the code paylock replaces: find, else create, then write back.
+// naive is the code paylock replaces (baseline.Naive): find, else create,
+// then write back.
 func (p *Poller) naive(ctx context.Context, d Delivery) error {
-	var id, amount int64
-	var data []byte
-	err := p.pool.QueryRow(ctx, `SELECT id, amount_cents, data FROM naive_payments
-		WHERE service_id = $1 AND line_item_id = $2 ORDER BY id LIMIT 1`, d.Key.ServiceID, d.Key.LineItemID).Scan(&id, &amount, &data)
-	if errors.Is(err, pgx.ErrNoRows) {
-		err = p.pool.QueryRow(ctx, `INSERT INTO naive_payments (service_id, line_item_id) VALUES ($1, $2)
-			RETURNING id, amount_cents, data`, d.Key.ServiceID, d.Key.LineItemID).Scan(&id, &amount, &data)
-	}
-	if err != nil {
+	var applyErr error
+	_, err := baseline.Naive(ctx, p.pool, d.Key, func(r *baseline.Row) (bool, error) {
+		amount, data, changed, err := apply(d, r.AmountCents, r.Data)
+		if err != nil || !changed {
+			applyErr = err
+			return false, err
+		}
+		time.Sleep(p.work)
+		r.AmountCents, r.Data, r.Currency, r.Status = amount, data, "EUR", "captured"
+		return true, nil
+	})
+	if err != nil && applyErr == nil {
 		return fmt.Errorf("demo: naive %s: %w", d.Key, err)
 	}
-	amount, data, changed, err := apply(d, amount, data)
-	if err != nil || !changed {
-		return err
-	}
-	time.Sleep(p.work)
-	_, err = p.pool.Exec(ctx, `UPDATE naive_payments SET amount_cents = $2, data = $3, currency = 'EUR',
-		status = 'captured', updated_at = now() WHERE id = $1`, id, amount, data)
-	if err != nil {
-		return fmt.Errorf("demo: naive %s: %w", d.Key, err)
-	}
-	return nil
+	return err
 }
 
 // Result is what Audit found in a mode's table.

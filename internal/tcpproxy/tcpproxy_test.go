@@ -1,4 +1,4 @@
-package netfault_test
+package tcpproxy_test
 
 import (
 	"bufio"
@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/testing/netfault"
+	"github.com/paylock/paylock/internal/tcpproxy"
 )
 
 // echo starts a line echo server and returns its address.
@@ -32,7 +32,7 @@ func echo(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func dial(t *testing.T, p *netfault.Proxy) (net.Conn, *bufio.Reader) {
+func dial(t *testing.T, p *tcpproxy.Proxy) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	c, err := net.Dial("tcp", p.Addr())
 	if err != nil {
@@ -56,7 +56,7 @@ func roundTrip(c net.Conn, r *bufio.Reader, timeout time.Duration) (time.Duratio
 }
 
 func TestProxy(t *testing.T) {
-	p, err := netfault.Start(echo(t))
+	p, err := tcpproxy.Start(echo(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +75,29 @@ func TestProxy(t *testing.T) {
 		d, err := roundTrip(c, r, 2*time.Second)
 		if err != nil || d < 100*time.Millisecond {
 			t.Fatalf("round trip %v, %v; want at least 100ms", d, err)
+		}
+	})
+	t.Run("LatencyOverlaps", func(t *testing.T) {
+		// Chunks in flight overlap, as packets on a wire do: ten pings sent
+		// at once come back after about one round trip, not ten.
+		c, r := dial(t, p)
+		p.SetLatency(50 * time.Millisecond)
+		defer p.SetLatency(0)
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		start := time.Now()
+		for range 10 {
+			if _, err := c.Write([]byte("ping\n")); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Millisecond) // separate chunks
+		}
+		for range 10 {
+			if line, err := r.ReadString('\n'); err != nil || line != "ping\n" {
+				t.Fatalf("%q, %v", line, err)
+			}
+		}
+		if d := time.Since(start); d < 100*time.Millisecond || d >= 500*time.Millisecond {
+			t.Fatalf("ten pipelined pings took %v; want one round trip of 100ms, not ten", d)
 		}
 	})
 	t.Run("ResetIsAnRST", func(t *testing.T) {

@@ -1,11 +1,16 @@
-// Package netfault is a small in-process TCP proxy that injects network
-// faults between a client and a server, for tests: added latency, a
-// connection reset (RST), and a silent stall in which no byte moves and no
-// FIN is sent, as when a cable is cut or a host freezes.
+// Package tcpproxy is a small in-process TCP proxy that puts a network
+// between a client and a server on one machine: added latency, and the
+// faults tests need, a connection reset (RST) and a silent stall in which no
+// byte moves and no FIN is sent, as when a cable is cut or a host freezes.
 //
+// `paylock bench --latency` uses it to give loopback a round-trip time; the
+// fault tests use it to break connections under the library.
+//
+// Latency delays each chunk of bytes from the moment it arrives, and chunks
+// in flight overlap, as packets on a wire do: bandwidth is not limited.
 // Faults apply to every connection the proxy holds at the time; give each
-// client that a test wants to treat differently its own Proxy.
-package netfault
+// client that should be treated differently its own Proxy.
+package tcpproxy
 
 import (
 	"net"
@@ -19,7 +24,7 @@ import (
 type Proxy struct {
 	ln      net.Listener
 	target  string
-	latency atomic.Int64 // nanoseconds added before each chunk is forwarded
+	latency atomic.Int64 // nanoseconds added to each chunk, each way
 
 	mu      sync.Mutex
 	links   map[*link]struct{}
@@ -43,8 +48,7 @@ func Start(target string) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{ln: ln, target: target, links: map[*link]struct{}{}}
-	p.wg.Add(1)
-	go p.accept()
+	p.wg.Go(p.accept)
 	return p, nil
 }
 
@@ -116,7 +120,6 @@ func (p *Proxy) Close() error {
 }
 
 func (p *Proxy) accept() {
-	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
@@ -137,16 +140,15 @@ func (p *Proxy) accept() {
 		}
 		p.links[l] = struct{}{}
 		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(l, l.server, l.client)
-		go p.pipe(l, l.client, l.server)
+		p.wg.Go(func() { p.pipe(l, l.server, l.client) })
+		p.wg.Go(func() { p.pipe(l, l.client, l.server) })
 	}
 }
 
-// pipe copies from src to dst, honouring latency and stalls, until either
-// side ends; then it closes both, which passes the end on.
+// pipe copies from src to dst until either side ends; then it closes both,
+// which passes the end on. Each chunk leaves the latency after it arrived,
+// and not while the link is stalled.
 func (p *Proxy) pipe(l *link, dst, src *net.TCPConn) {
-	defer p.wg.Done()
 	defer func() {
 		p.mu.Lock()
 		delete(p.links, l)
@@ -154,22 +156,39 @@ func (p *Proxy) pipe(l *link, dst, src *net.TCPConn) {
 		src.Close()
 		dst.Close()
 	}()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if d := time.Duration(p.latency.Load()); d > 0 {
+	type chunk struct {
+		b  []byte
+		at time.Time
+	}
+	ch := make(chan chunk, 4096)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for c := range ch {
+			if d := time.Until(c.at); d > 0 {
 				time.Sleep(d)
 			}
-			if ch := l.stalled.Load(); ch != nil {
-				<-*ch
+			if s := l.stalled.Load(); s != nil {
+				<-*s
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
+			if _, err := dst.Write(c.b); err != nil {
+				src.Close() // the reader stops too
+				break
 			}
+		}
+		for range ch { // drain after a write error
+		}
+	}()
+	for {
+		b := make([]byte, 32<<10)
+		n, err := src.Read(b)
+		if n > 0 {
+			ch <- chunk{b[:n], time.Now().Add(time.Duration(p.latency.Load()))}
 		}
 		if err != nil {
-			return // EOF or error: closing both passes it on
+			break // EOF or error: closing both, once the chunks are out, passes it on
 		}
 	}
+	close(ch)
+	<-done
 }

@@ -1,0 +1,56 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/paylock/paylock/internal/worker"
+)
+
+func TestMain(m *testing.M) {
+	worker.Register("echo", func(ctx context.Context, args []string) error {
+		fmt.Printf("%q\n", args)
+		return nil
+	})
+	worker.Register("fail", func(ctx context.Context, args []string) error { return errors.New("boom") })
+	worker.Serve(context.Background())
+	os.Exit(m.Run())
+}
+
+func TestCommand(t *testing.T) {
+	ctx := context.Background()
+	t.Run("Args", func(t *testing.T) {
+		args := []string{"a b", "", "--flag", "x\x1fy", "é\n"}
+		out, err := worker.Command(ctx, "echo", args...).Output()
+		if want := fmt.Sprintf("%q\n", args); err != nil || string(out) != want {
+			t.Fatalf("echo worker: %q, %v; want %q", out, err, want)
+		}
+	})
+	for name, want := range map[string]int{"fail": 1, "nosuch": 2} {
+		t.Run(name, func(t *testing.T) {
+			cmd := worker.Command(ctx, name)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != want || !strings.Contains(stderr.String(), name) {
+				t.Fatalf("worker %s: %v, stderr %q; want exit code %d naming it", name, err, stderr.String(), want)
+			}
+		})
+	}
+}
+
+func TestRegisterTwicePanics(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Error("a second Register of one name did not panic")
+		}
+	}()
+	worker.Register("echo", nil)
+}
