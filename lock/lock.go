@@ -275,7 +275,7 @@ func (t *pgxTx) Closed() bool { return t.tx.Conn().IsClosed() }
 func (t *pgxTx) Commit(ctx context.Context) error {
 	t.m.Close()
 	if t.tx.Conn().PgConn().TxStatus() == 'E' {
-		txn.Rollback(ctx, t.tx)
+		txn.Rollback(ctx, t.tx.Conn().PgConn(), t.tx)
 		return pgx.ErrTxCommitRollback
 	}
 	err := t.tx.Commit(ctx)
@@ -287,7 +287,7 @@ func (t *pgxTx) Commit(ctx context.Context) error {
 
 func (t *pgxTx) Rollback(ctx context.Context) {
 	t.m.Close()
-	txn.Rollback(ctx, t.tx)
+	txn.Rollback(ctx, t.tx.Conn().PgConn(), t.tx)
 }
 
 func (t *pgxTx) Release() {

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/entityopt"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -147,7 +148,7 @@ func paylock(pool *pgxpool.Pool) op {
 // paylockNoQueue is the library without its per-key queue: every caller
 // waits at PostgreSQL.
 func paylockNoQueue(pool *pgxpool.Pool) op {
-	repo := payment.NewRepository(pool, payment.WithoutKeyQueue())
+	repo := payment.NewRepository(pool, entityopt.WithoutKeyQueue())
 	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		return 0, repo.With(ctx, key, bump)
