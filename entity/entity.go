@@ -131,16 +131,17 @@ type config struct {
 // DisableKeyQueue implements entityopt.Config.
 func (c *config) DisableKeyQueue() { c.noQueue = true }
 
-// ConnsPerKey is how many With calls of one Repository may hold a pool
-// connection for the same key at once: the one holding the key's lock, and
-// the next in line, already waiting for the lock at PostgreSQL so that it
-// runs as soon as the holder commits, with no round trip in between. Later
-// callers wait in the Repository's queue, in arrival order, without a
+// ConnsPerKey is how many [Repository.With] calls of one Repository may
+// hold a pool connection for the same key at once: the one holding the key's
+// lock, and the next in line, already waiting for the lock at PostgreSQL so
+// that it runs as soon as the holder commits, with no round trip in between.
+// Later callers wait in the Repository's queue, in arrival order, without a
 // connection, so a hot key leaves the rest of the pool to other keys.
 const ConnsPerKey = 2
 
-// WithLockOptions bounds how long With waits for and holds a key, and
-// whether it retries; see lock.Options for the fields and their defaults.
+// WithLockOptions bounds how long [Repository.With] waits for and holds a
+// key, and whether it retries; see [lock.Options] for the fields and their
+// defaults.
 func WithLockOptions(o lock.Options) Option { return option(func(c *config) { c.lock = o }) }
 
 // WithStrategy selects how callers are serialized; Advisory by default.
@@ -149,8 +150,10 @@ func WithStrategy(s Strategy) Option { return option(func(c *config) { c.strateg
 // WithHooks reports every With call to h.
 func WithHooks(h Hooks) Option { return option(func(c *config) { c.hooks = h }) }
 
-// New returns a Repository for table on pool. Make one per pool and table and
-// share it: its per-key queue works among the calls of one Repository.
+// New returns a Repository for table on pool, configured by opts
+// ([WithLockOptions], [WithStrategy], [WithHooks]). Make one per pool and
+// table and share it: its per-key queue works among the calls of one
+// Repository.
 func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repository[K, V] {
 	var c config
 	for _, o := range opts {
@@ -175,46 +178,49 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // With runs fn on the entity for k, creating its row if it does not exist,
 // while no other With call for the same key — in this process or any other —
 // runs. fn gets the row as the previous caller committed it. With saves what
-// fn changed (Table.Save) and commits; fn may use tx for its own statements,
-// which commit or roll back with the entity.
+// fn changed ([Table].Save) and commits; fn may use tx for its own
+// statements, which commit or roll back with the entity. This contract
+// holds for every With built on entity; payment's
+// ([github.com/paylock/paylock/payment.Repository.With]) documents only what
+// it adds.
 //
 // If fn returns an error, With rolls back and returns that error unchanged;
 // if fn panics, With rolls back and panics again. Either way nothing is
 // written (unless fn ended the transaction itself, see below) and the lock
-// is released. fn must not commit or roll back tx (lock.ErrManaged), nor end
-// the transaction with COMMIT or ROLLBACK in SQL: then With saves nothing
-// and returns ErrTxEnded (fn's own error, if it returned one, then matches
-// ErrTxEnded too), and what fn committed stays committed. fn must close
-// every result it reads (Rows, Row, BatchResults): if one is still open when
-// fn returns nil, With closes the connection, commits nothing and returns
-// ErrRowsOpen.
+// is released. fn must not commit or roll back tx ([lock.ErrManaged]), nor
+// end the transaction with COMMIT or ROLLBACK in SQL: then With saves
+// nothing and returns [ErrTxEnded] (fn's own error, if it returned one, then
+// matches ErrTxEnded too), and what fn committed stays committed. fn must
+// close every result it reads (Rows, Row, BatchResults): if one is still
+// open when fn returns nil, With closes the connection, commits nothing and
+// returns [ErrRowsOpen]. If a statement of fn's failed and fn returned nil,
+// With rolls back and returns [ErrTxAborted].
 //
-// tx and the savepoints from tx.Begin fail with pgx.ErrTxClosed once fn has
-// returned (a statement that a goroutine of fn's is running through them
+// tx and the savepoints from tx.Begin fail with [pgx.ErrTxClosed] once fn
+// has returned (a statement that a goroutine of fn's is running through them
 // then is waited for), large objects from tx.LargeObjects once With has
 // returned. tx.Conn returns nil once fn has returned; a *pgx.Conn taken from
 // it earlier escapes all this and must not be kept.
 //
 // With blocks until the key is free. Calls of one Repository for the same
 // key first wait their turn in process, in arrival order and without a pool
-// connection, so that one key holds at most ConnsPerKey of the pool's
-// connections (see WithoutKeyQueue). lock.Options.LockTimeout, if set,
-// bounds each of the two waits (lock.ErrLockTimeout). ctx governs both waits, fn (it is passed
+// connection, so that one key holds at most [ConnsPerKey] of the pool's
+// connections. [lock.Options].LockTimeout, if set, bounds each of the two
+// waits ([lock.ErrLockTimeout]). ctx governs both waits, fn (it is passed
 // on) and the commit: once ctx is done nothing more is committed and the
 // error matches ctx.Err().
 //
 // A With for the same key from inside fn, given fn's ctx, fails with
-// lock.ErrReentrant instead of waiting for itself. Given another ctx
+// [lock.ErrReentrant] instead of waiting for itself. Given another ctx
 // (context.Background(), say), it can't be told from a caller on another
 // goroutine, and it waits for the lock its own caller holds: until
-// lock.Options.LockTimeout, if set (it fails with lock.ErrLockTimeout, fn
-// gets that error); otherwise until the server ends the outer transaction,
-// idle for lock.Options.IdleTimeout (DefaultIdleTimeout unless set). Then
-// the outer's lock is released, the inner call runs and commits, and the
-// outer With commits nothing and returns an error saying the server ended
-// its transaction (a *pgconn.PgError with SQLSTATE 25P03, which Retry may
-// run again). With neither timeout it waits until its own ctx is done. Pass
-// fn's ctx on.
+// LockTimeout, if set (it fails with lock.ErrLockTimeout, fn gets that
+// error); otherwise until the server ends the outer transaction, idle for
+// IdleTimeout ([lock.DefaultIdleTimeout] unless set). Then the outer's lock
+// is released, the inner call runs and commits, and the outer With commits
+// nothing and returns an error saying the server ended its transaction (a
+// *pgconn.PgError with SQLSTATE 25P03, which Retry may run again). With
+// neither timeout it waits until its own ctx is done. Pass fn's ctx on.
 //
 // With runs the transaction at READ COMMITTED whatever the server's default
 // and makes two round trips when fn does none: BEGIN, the lock, Ensure and
@@ -224,10 +230,11 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // of tx.LargeObjects costs up to two more round trips.
 //
 // When the connection fails after COMMIT was sent, the outcome is unknown and
-// the error matches lock.ErrCommitUnknown; it is never retried. The Retry of
-// WithLockOptions may run the whole call, fn included, again after a failure
-// that left nothing committed (fn's error then comes back wrapped if the
-// connection was lost meanwhile; errors.Is and errors.As still find it).
+// the error matches [lock.ErrCommitUnknown]; it is never retried. The
+// [lock.Retry] of [WithLockOptions] may run the whole call, fn included,
+// again after a failure that left nothing committed (fn's error then comes
+// back wrapped if the connection was lost meanwhile; errors.Is and errors.As
+// still find it).
 func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) error {
 	return r.retry.Do(ctx, func() error { return r.with(ctx, k, fn) })
 }

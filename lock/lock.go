@@ -21,9 +21,10 @@ var (
 	// ErrDeadlock: PostgreSQL broke a deadlock by failing this transaction
 	// (SQLSTATE 40P01). Retrying the whole transaction is safe.
 	ErrDeadlock = txn.ErrDeadlock
-	// ErrReentrant: Run (or payment's With) was called, from inside fn, for a
-	// key that the enclosing call already holds. A second transaction would
-	// wait for the first forever, so it is refused; use fn's tx instead.
+	// ErrReentrant: Run (or [github.com/paylock/paylock/entity.Repository.With])
+	// was called, from inside fn, for a key that the enclosing call already
+	// holds. A second transaction would wait for the first forever, so it is
+	// refused; use fn's tx instead.
 	ErrReentrant = txn.ErrReentrant
 	// ErrManaged: fn called Commit or Rollback on the tx that Run manages.
 	ErrManaged = txn.ErrManaged
@@ -60,9 +61,9 @@ const DefaultIdleTimeout = txn.DefaultIdleTimeout
 type Options struct {
 	// LockTimeout bounds the wait for the lock (SET LOCAL lock_timeout).
 	// Past it Run fails with ErrLockTimeout. Zero: no limit but ctx.
-	// entity's With (and payment's) also bounds with it the wait in its
-	// Repository's in-process queue, so a call waits at most about twice
-	// LockTimeout in all.
+	// [github.com/paylock/paylock/entity.Repository.With] also bounds with
+	// it the wait in its Repository's in-process queue, so a call waits at
+	// most about twice LockTimeout in all.
 	LockTimeout time.Duration
 	// IdleTimeout bounds how long the transaction may sit idle between
 	// statements while it holds the lock (SET LOCAL
