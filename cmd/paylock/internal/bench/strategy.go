@@ -37,7 +37,7 @@ var extraStrategies = []struct {
 	doc  string
 	new  func(pool *pgxpool.Pool) op
 }{
-	{"paylock-noqueue", "payment.Repository.With without the per-key queue (payment.WithoutKeyQueue)", paylockNoQueue},
+	{"paylock-noqueue", "payment.Repository.With without the per-key queue (entityopt.WithoutKeyQueue)", paylockNoQueue},
 }
 
 const (

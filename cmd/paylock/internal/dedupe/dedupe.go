@@ -19,7 +19,7 @@
 // the keys that still have duplicates. A key's move is idempotent: once
 // merged it no longer shows up as duplicated.
 //
-// Then the unique index is built by payment.BuildUniqueIndex, the code
+// Then the unique index is built by schema.BuildUniqueIndex, the code
 // payment.Migrate runs, under its advisory lock schema.MigrateKey, so a
 // dedupe never races a Migrate or another dedupe: CREATE UNIQUE INDEX
 // CONCURRENTLY, which doesn't block writers, after dropping an INVALID index
@@ -284,7 +284,7 @@ func mergeBatch(ctx context.Context, pool *pgxpool.Pool, keys []payment.Key, loc
 var errNewDuplicate = errors.New("dedupe: a duplicate appeared during the index build")
 
 // IndexState reports whether payment.UniqueIndex exists on payments and is
-// valid (usable and enforcing), by payment.UniqueIndexState.
+// valid (usable and enforcing), by schema.UniqueIndexState.
 func IndexState(ctx context.Context, pool *pgxpool.Pool) (exists, valid bool, err error) {
 	st, err := schema.UniqueIndexState(ctx, pool)
 	if err != nil {
@@ -293,7 +293,7 @@ func IndexState(ctx context.Context, pool *pgxpool.Pool) (exists, valid bool, er
 	return st.Exists, st.Valid, nil
 }
 
-// EnsureIndex builds payment.UniqueIndex with payment.BuildUniqueIndex, the
+// EnsureIndex builds payment.UniqueIndex with schema.BuildUniqueIndex, the
 // mechanism payment.Migrate uses, under its advisory lock schema.MigrateKey:
 // it runs one at a time with Migrate and other dedupe runs, waits for a build
 // another session still runs rather than drop it, drops an INVALID index
