@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/internal/txn"
 )
 
 // ErrAdvisoryUnsupported is returned by CheckEngine when the server's
@@ -66,12 +68,12 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 	if err != nil {
 		return err
 	}
-	defer first.Rollback(context.WithoutCancel(ctx))
+	defer txn.Rollback(ctx, first.Conn().PgConn(), first)
 	second, err := b.Begin(ctx)
 	if err != nil {
 		return err
 	}
-	defer second.Rollback(context.WithoutCancel(ctx))
+	defer txn.Rollback(ctx, second.Conn().PgConn(), second)
 
 	if first.Conn() == second.Conn() {
 		return errors.New("both transactions run on one connection: pass a pool")
