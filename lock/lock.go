@@ -75,7 +75,7 @@ type Options struct {
 	// LOCAL statement_timeout). Zero leaves the server's setting.
 	StatementTimeout time.Duration
 	// Retry runs the transaction again after a failure that left nothing
-	// committed; see Retry. The zero value makes one attempt.
+	// committed; see [Retry]. The zero value makes one attempt.
 	Retry Retry
 }
 
@@ -144,7 +144,7 @@ func AcquireAll(ctx context.Context, tx pgx.Tx, keys ...Key) error {
 }
 
 // Run runs fn in a transaction that holds the lock for key, with the zero
-// Options. See Options.Run.
+// Options. See [Options.Run].
 func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	return Options{}.Run(ctx, db, key, fn)
 }
@@ -181,7 +181,7 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 //
 // When the connection fails after COMMIT was sent, the outcome is unknown and
 // the error matches ErrCommitUnknown. o.Retry may run the whole transaction,
-// fn included, again; see Retry.
+// fn included, again; see [Retry].
 func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	if fn == nil {
 		return errors.New("lock: Run called with a nil fn")
