@@ -112,10 +112,11 @@ type Repository[K, V any] struct {
 	// prepare: the pool's connections use pgx's statement cache, so the
 	// statements run as named prepared statements (see batch).
 	prepare bool
-	saves   savedSQL
+	saves   savedSQL // Save statements that worked, prepared before the lock
 }
 
-// Option configures a Repository.
+// Option configures a Repository: [WithLockOptions], [WithStrategy],
+// [WithHooks].
 type Option func(entityopt.Config)
 
 // option makes an Option of f.

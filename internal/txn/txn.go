@@ -1,5 +1,5 @@
-// Package txn holds the transaction machinery that [lock.Options.Run] and
-// [entity.Repository.With] share: the BEGIN statement with its
+// Package txn holds the transaction machinery that lock's Run and entity's
+// Repository.With share: the BEGIN statement with its
 // per-transaction settings, the pgx.Tx handed to fn, the context marker that
 // detects a nested call for a key already held, and the cleanup rollback.
 package txn
