@@ -1,10 +1,10 @@
 // Package entity is the find-or-create-then-update layer under
-// payment.Repository, for any table keyed by a logical key.
+// [github.com/paylock/paylock/payment.Repository], for any table keyed by a
+// logical key.
 //
 // You describe the table — how a key becomes a lock key, and the SQL that
-// ensures, finds and saves a row — by implementing Table. New gives a
-// Repository whose With supplies the rest, with every guarantee of
-// payment.Repository.With: callers for one key run one after another in any
+// ensures, finds and saves a row — by implementing [Table]. [New] gives a
+// Repository whose [Repository.With] supplies the rest: callers for one key run one after another in any
 // number of processes, the row is created exactly once (by the caller whose
 // Ensure affects a row), each caller sees the previous one's commit, an error
 // or panic in fn writes nothing, and a writer that doesn't take the lock
@@ -20,14 +20,14 @@
 //
 // # Strategies
 //
-// Advisory (the default) serializes on a transaction-scoped advisory lock.
-// RowLock serializes on the unique index and on Find's row lock instead, for
-// engines whose advisory locks are absent, no-ops or node-local; CheckEngine
-// refuses Advisory on those.
+// [Advisory] (the default) serializes on a transaction-scoped advisory lock.
+// [RowLock] serializes on the unique index and on Find's row lock instead,
+// for engines whose advisory locks are absent, no-ops or node-local;
+// [CheckEngine] refuses Advisory on those.
 //
 // # Observability
 //
-// WithHooks reports every call — lock wait (measured by the server), hold
+// [WithHooks] reports every call — lock wait (measured by the server), hold
 // time, outcome, whether the row was created — to a function and optionally
 // to a log/slog logger. Nothing is logged by default. Package
 // entity/otelentity turns the same events into OpenTelemetry spans and

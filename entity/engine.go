@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/internal/txn"
 )
 
 // ErrAdvisoryUnsupported is returned by CheckEngine when the server's
@@ -40,7 +42,7 @@ type Beginner interface {
 // 2; calls in one process run one at a time, so that concurrent calls on a
 // small pool can't each hold one connection and wait for a second. ctx bounds
 // it. Both transactions are rolled back, so it leaves no lock behind. Call it
-// once at startup; Repository.Check does it for a repository.
+// once at startup, with a Repository's pool and strategy.
 //
 // The probe sees only the nodes its two sessions reach: behind a load
 // balancer whose nodes' locks are local, both may land on one node and pass.
@@ -66,12 +68,12 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 	if err != nil {
 		return err
 	}
-	defer first.Rollback(context.WithoutCancel(ctx))
+	defer txn.Rollback(ctx, first.Conn().PgConn(), first)
 	second, err := b.Begin(ctx)
 	if err != nil {
 		return err
 	}
-	defer second.Rollback(context.WithoutCancel(ctx))
+	defer txn.Rollback(ctx, second.Conn().PgConn(), second)
 
 	if first.Conn() == second.Conn() {
 		return errors.New("both transactions run on one connection: pass a pool")
@@ -128,10 +130,3 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 
 // probing lets one CheckEngine probe run at a time in this process.
 var probing = make(chan struct{}, 1)
-
-// Check runs CheckEngine for r's pool and strategy. It does not look at the
-// table: with RowLock it passes even where the unique index RowLock relies
-// on is missing, and callers would then create duplicates.
-func (r *Repository[K, V]) Check(ctx context.Context) error {
-	return CheckEngine(ctx, r.pool, r.strategy)
-}

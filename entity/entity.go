@@ -4,18 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strconv"
-	"sync"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
-
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/entityopt"
 	"github.com/paylock/paylock/internal/keyqueue"
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
@@ -118,47 +112,15 @@ type Repository[K, V any] struct {
 	// prepare: the pool's connections use pgx's statement cache, so the
 	// statements run as named prepared statements (see batch).
 	prepare bool
-	saves   savedSQL
+	saves   savedSQL // Save statements that worked, prepared before the lock
 }
 
-// maxSaveStatements bounds how many distinct Save statements a Repository
-// prepares; others run as unnamed statements.
-const maxSaveStatements = 16
+// Option configures a Repository: [WithLockOptions], [WithStrategy],
+// [WithHooks].
+type Option func(entityopt.Config)
 
-// savedSQL is the set of statements Table.Save returned that then ran and
-// committed, which With prepares on each connection before it takes the
-// lock. A statement joins only once it worked, and leaves when the server
-// refuses to prepare it, so that one broken Save statement costs only the
-// calls that use it.
-type savedSQL struct {
-	mu   sync.RWMutex
-	sqls []string // never changed in place: list hands it out
-}
-
-func (s *savedSQL) add(sql string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.sqls) < maxSaveStatements && !slices.Contains(s.sqls, sql) {
-		s.sqls = append(slices.Clip(s.sqls), sql)
-	}
-}
-
-func (s *savedSQL) remove(sql string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if i := slices.Index(s.sqls, sql); i >= 0 {
-		s.sqls = slices.Delete(slices.Clone(s.sqls), i, i+1)
-	}
-}
-
-func (s *savedSQL) list() []string {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.sqls
-}
-
-// Option configures a Repository.
-type Option func(*config)
+// option makes an Option of f.
+func option(f func(*config)) Option { return func(c entityopt.Config) { f(c.(*config)) } }
 
 type config struct {
 	lock     lock.Options
@@ -167,32 +129,32 @@ type config struct {
 	noQueue  bool
 }
 
-// ConnsPerKey is how many With calls of one Repository may hold a pool
-// connection for the same key at once: the one holding the key's lock, and
-// the next in line, already waiting for the lock at PostgreSQL so that it
-// runs as soon as the holder commits, with no round trip in between. Later
-// callers wait in the Repository's queue, in arrival order, without a
+// DisableKeyQueue implements entityopt.Config.
+func (c *config) DisableKeyQueue() { c.noQueue = true }
+
+// ConnsPerKey is how many [Repository.With] calls of one Repository may
+// hold a pool connection for the same key at once: the one holding the key's
+// lock, and the next in line, already waiting for the lock at PostgreSQL so
+// that it runs as soon as the holder commits, with no round trip in between.
+// Later callers wait in the Repository's queue, in arrival order, without a
 // connection, so a hot key leaves the rest of the pool to other keys.
 const ConnsPerKey = 2
 
-// WithoutKeyQueue turns off the per-key queue: every With call takes a pool
-// connection at once and waits for the key's lock at PostgreSQL, so callers
-// of one hot key can take the whole pool. It exists to measure what the
-// queue buys; there is no other reason to use it.
-func WithoutKeyQueue() Option { return func(c *config) { c.noQueue = true } }
-
-// WithLockOptions bounds how long With waits for and holds a key, and
-// whether it retries; see lock.Options for the fields and their defaults.
-func WithLockOptions(o lock.Options) Option { return func(c *config) { c.lock = o } }
+// WithLockOptions bounds how long [Repository.With] waits for and holds a
+// key, and whether it retries; see [lock.Options] for the fields and their
+// defaults.
+func WithLockOptions(o lock.Options) Option { return option(func(c *config) { c.lock = o }) }
 
 // WithStrategy selects how callers are serialized; Advisory by default.
-func WithStrategy(s Strategy) Option { return func(c *config) { c.strategy = s } }
+func WithStrategy(s Strategy) Option { return option(func(c *config) { c.strategy = s }) }
 
 // WithHooks reports every With call to h.
-func WithHooks(h Hooks) Option { return func(c *config) { c.hooks = h } }
+func WithHooks(h Hooks) Option { return option(func(c *config) { c.hooks = h }) }
 
-// New returns a Repository for table on pool. Make one per pool and table and
-// share it: its per-key queue works among the calls of one Repository.
+// New returns a Repository for table on pool, configured by opts
+// ([WithLockOptions], [WithStrategy], [WithHooks]). Make one per pool and
+// table and share it: its per-key queue works among the calls of one
+// Repository.
 func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repository[K, V] {
 	var c config
 	for _, o := range opts {
@@ -217,46 +179,49 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // With runs fn on the entity for k, creating its row if it does not exist,
 // while no other With call for the same key — in this process or any other —
 // runs. fn gets the row as the previous caller committed it. With saves what
-// fn changed (Table.Save) and commits; fn may use tx for its own statements,
-// which commit or roll back with the entity.
+// fn changed ([Table].Save) and commits; fn may use tx for its own
+// statements, which commit or roll back with the entity. This contract
+// holds for every With built on entity; payment's
+// ([github.com/paylock/paylock/payment.Repository.With]) documents only what
+// it adds.
 //
 // If fn returns an error, With rolls back and returns that error unchanged;
 // if fn panics, With rolls back and panics again. Either way nothing is
 // written (unless fn ended the transaction itself, see below) and the lock
-// is released. fn must not commit or roll back tx (lock.ErrManaged), nor end
-// the transaction with COMMIT or ROLLBACK in SQL: then With saves nothing
-// and returns ErrTxEnded (fn's own error, if it returned one, then matches
-// ErrTxEnded too), and what fn committed stays committed. fn must close
-// every result it reads (Rows, Row, BatchResults): if one is still open when
-// fn returns nil, With closes the connection, commits nothing and returns
-// ErrRowsOpen.
+// is released. fn must not commit or roll back tx ([lock.ErrManaged]), nor
+// end the transaction with COMMIT or ROLLBACK in SQL: then With saves
+// nothing and returns [ErrTxEnded] (fn's own error, if it returned one, then
+// matches ErrTxEnded too), and what fn committed stays committed. fn must
+// close every result it reads (Rows, Row, BatchResults): if one is still
+// open when fn returns nil, With closes the connection, commits nothing and
+// returns [ErrRowsOpen]. If a statement of fn's failed and fn returned nil,
+// With rolls back and returns [ErrTxAborted].
 //
-// tx and the savepoints from tx.Begin fail with pgx.ErrTxClosed once fn has
-// returned (a statement that a goroutine of fn's is running through them
+// tx and the savepoints from tx.Begin fail with [pgx.ErrTxClosed] once fn
+// has returned (a statement that a goroutine of fn's is running through them
 // then is waited for), large objects from tx.LargeObjects once With has
 // returned. tx.Conn returns nil once fn has returned; a *pgx.Conn taken from
 // it earlier escapes all this and must not be kept.
 //
 // With blocks until the key is free. Calls of one Repository for the same
 // key first wait their turn in process, in arrival order and without a pool
-// connection, so that one key holds at most ConnsPerKey of the pool's
-// connections (see WithoutKeyQueue). lock.Options.LockTimeout, if set,
-// bounds each of the two waits (lock.ErrLockTimeout). ctx governs both waits, fn (it is passed
+// connection, so that one key holds at most [ConnsPerKey] of the pool's
+// connections. [lock.Options].LockTimeout, if set, bounds each of the two
+// waits ([lock.ErrLockTimeout]). ctx governs both waits, fn (it is passed
 // on) and the commit: once ctx is done nothing more is committed and the
 // error matches ctx.Err().
 //
 // A With for the same key from inside fn, given fn's ctx, fails with
-// lock.ErrReentrant instead of waiting for itself. Given another ctx
+// [lock.ErrReentrant] instead of waiting for itself. Given another ctx
 // (context.Background(), say), it can't be told from a caller on another
 // goroutine, and it waits for the lock its own caller holds: until
-// lock.Options.LockTimeout, if set (it fails with lock.ErrLockTimeout, fn
-// gets that error); otherwise until the server ends the outer transaction,
-// idle for lock.Options.IdleTimeout (DefaultIdleTimeout unless set). Then
-// the outer's lock is released, the inner call runs and commits, and the
-// outer With commits nothing and returns an error saying the server ended
-// its transaction (a *pgconn.PgError with SQLSTATE 25P03, which Retry may
-// run again). With neither timeout it waits until its own ctx is done. Pass
-// fn's ctx on.
+// LockTimeout, if set (it fails with lock.ErrLockTimeout, fn gets that
+// error); otherwise until the server ends the outer transaction, idle for
+// IdleTimeout ([lock.DefaultIdleTimeout] unless set). Then the outer's lock
+// is released, the inner call runs and commits, and the outer With commits
+// nothing and returns an error saying the server ended its transaction (a
+// *pgconn.PgError with SQLSTATE 25P03, which Retry may run again). With
+// neither timeout it waits until its own ctx is done. Pass fn's ctx on.
 //
 // With runs the transaction at READ COMMITTED whatever the server's default
 // and makes two round trips when fn does none: BEGIN, the lock, Ensure and
@@ -266,10 +231,11 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // of tx.LargeObjects costs up to two more round trips.
 //
 // When the connection fails after COMMIT was sent, the outcome is unknown and
-// the error matches lock.ErrCommitUnknown; it is never retried. The Retry of
-// WithLockOptions may run the whole call, fn included, again after a failure
-// that left nothing committed (fn's error then comes back wrapped if the
-// connection was lost meanwhile; errors.Is and errors.As still find it).
+// the error matches [lock.ErrCommitUnknown]; it is never retried. The
+// [lock.Retry] of [WithLockOptions] may run the whole call, fn included,
+// again after a failure that left nothing committed (fn's error then comes
+// back wrapped if the connection was lost meanwhile; errors.Is and errors.As
+// still find it).
 func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) error {
 	return r.retry.Do(ctx, func() error { return r.with(ctx, k, fn) })
 }
@@ -322,7 +288,7 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 			// prepared statements with it; the next call prepares afresh.
 			pc.Close(context.WithoutCancel(ctx))
 		case pc.TxStatus() != 'I': // failed, or fn panicked
-			rollback(ctx, pc)
+			txn.Rollback(ctx, pc, nil)
 		}
 	}()
 
@@ -378,239 +344,4 @@ func (r *Repository[K, V]) classify(err error) error {
 		return c.ClassifyError(err)
 	}
 	return err
-}
-
-// lockAndLoad sends BEGIN, the settings, the lock, Ensure and Find in one
-// round trip and scans the row twice: the copy for fn and the one Save
-// compares it with. prepared lists the Save statements prepared on conn.
-func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K, lk lock.Key, ev *Event) (before, v *V, prepared []string, err error) {
-	ensureSQL, ensureArgs := r.table.Ensure(k)
-	findSQL, findArgs := r.table.Find(k)
-	if r.prepare {
-		// Building the first pipeline prepares its statements, before it is
-		// sent; prepare now, before taking the lock, those of the second
-		// one too: a no-op (pgx's cache) but on a connection's first use.
-		if _, err := conn.Prepare(ctx, statementName("COMMIT"), "COMMIT"); err != nil {
-			return nil, nil, nil, txn.Classify(ctx, err)
-		}
-		for _, sql := range r.saves.list() {
-			if _, err := conn.Prepare(ctx, statementName(sql), sql); err != nil {
-				if conn.IsClosed() || ctx.Err() != nil {
-					return nil, nil, nil, txn.Classify(ctx, err)
-				}
-				// The server refuses a statement that once worked (its
-				// column was dropped, say): this call may not need it, and
-				// one that does sends it unnamed and learns why it fails.
-				r.saves.remove(sql)
-				continue
-			}
-			prepared = append(prepared, sql)
-		}
-	}
-	settings, err := r.settings.Probe(ctx, conn) // client_connection_check_interval if accepted
-	if err != nil {
-		return nil, nil, nil, txn.Classify(ctx, err)
-	}
-	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
-	b.add(txn.SQLBegin)
-	b.add(settings.SetSQL())
-	if r.strategy == Advisory {
-		// statement_timestamp() is when the lock statement started and
-		// clock_timestamp(), evaluated after the lock, when it was granted.
-		// Unnamed, never prepared: its comment names the key.
-		b.addUnnamed(txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
-	}
-	b.add(ensureSQL, ensureArgs...)
-	b.add(findSQL, findArgs...)
-	if b.err != nil {
-		return nil, nil, nil, b.err
-	}
-	sent := time.Now()
-	results, err := conn.PgConn().ExecBatch(ctx, &b.Batch).ReadAll()
-	returned := time.Now()
-	ev.RoundTrip = returned.Sub(sent)
-	// The statement that serializes callers: the advisory lock, or with
-	// RowLock the last one, Find, whose row lock is what callers wait for.
-	locker := b.n - 1
-	if r.strategy == Advisory {
-		locker = 2
-	}
-	if len(results) <= locker || results[locker].Err != nil {
-		// Never granted (a lock timeout, ctx done, the connection lost):
-		// the client waited for the whole round trip.
-		ev.Wait = ev.RoundTrip
-		if err == nil {
-			err = fmt.Errorf("%d results for %d statements", len(results), b.n)
-		}
-		return nil, nil, nil, txn.Classify(ctx, err)
-	}
-	ev.Granted = returned
-	if r.strategy == Advisory {
-		var wait pgtype.Interval
-		if err := scanRow(conn.TypeMap(), results[2], &wait); err != nil {
-			return nil, nil, nil, fmt.Errorf("read lock wait: %w", err)
-		}
-		ev.Wait = time.Duration(wait.Microseconds) * time.Microsecond
-	}
-	if err != nil {
-		return nil, nil, nil, txn.Classify(ctx, err)
-	}
-	if len(results) != b.n {
-		return nil, nil, nil, fmt.Errorf("%d results for %d statements", len(results), b.n)
-	}
-	ensured, found := results[len(results)-2], results[len(results)-1]
-	if len(found.Rows) == 0 {
-		return nil, nil, nil, ErrNotFound
-	}
-	ev.Created = ensured.CommandTag.RowsAffected() == 1
-	row := &resultRow{m: conn.TypeMap(), res: found}
-	if before, err = r.table.Scan(row, ev.Created); err != nil {
-		return nil, nil, nil, err
-	}
-	if v, err = r.table.Scan(row, ev.Created); err != nil {
-		return nil, nil, nil, err
-	}
-	return before, v, prepared, nil
-}
-
-// save sends txn.CheckSQL, sql, if any, and COMMIT in one round trip, with the lock held:
-// so it prepares nothing. prepared lists the Save statements lockAndLoad
-// prepared on conn (COMMIT always is); any other goes unnamed, and joins
-// r.saves, for later calls to prepare first, once it has worked.
-func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string, args []any, prepared []string) error {
-	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
-	// Fails unless this is still the transaction that holds the lock: fn
-	// may have ended it and begun another in one message ("COMMIT; BEGIN"),
-	// which the connection's status can't tell.
-	b.addUnnamed(txn.CheckSQL)
-	known := slices.Contains(prepared, sql)
-	switch {
-	case sql == "":
-	case known:
-		b.add(sql, args...) // in pgx's record of conn's statements: no round trip
-	default:
-		b.addUnnamed(sql, args...)
-	}
-	b.add("COMMIT")
-	if b.err != nil {
-		return txn.BeforeCommit(b.err, conn.IsClosed())
-	}
-	results, err := conn.PgConn().ExecBatch(ctx, &b.Batch).ReadAll()
-	if txn.EndedByFn(err) {
-		return ErrTxEnded // nothing after fn's COMMIT ran: the batch stopped at the check
-	}
-	if err != nil && !committed(results) {
-		return txn.AfterCommit(txn.Classify(ctx, err))
-	}
-	if tag := results[len(results)-1].CommandTag; tag.String() != "COMMIT" {
-		return fmt.Errorf("commit ended in %s", tag)
-	}
-	if r.prepare && sql != "" && !known {
-		r.saves.add(sql)
-	}
-	return nil
-}
-
-// committed reports whether results hold COMMIT's completion: an error after
-// it (a FATAL as the server shuts down) can't undo the commit.
-func committed(results []*pgconn.Result) bool {
-	n := len(results)
-	return n > 0 && results[n-1].Err == nil && results[n-1].CommandTag.String() == "COMMIT"
-}
-
-// batch builds a pgconn.Batch. With prepare set, statements go as named
-// prepared statements, prepared on the connection before the lock is taken
-// (one round trip each, once per connection) and cached by pgx; otherwise,
-// and always for the lock statement, as unnamed statements with text
-// parameters whose types the server infers, which is what a pooler without
-// prepared-statement support needs (pgx's exec and simple-protocol modes).
-type batch struct {
-	pgconn.Batch
-	ctx     context.Context
-	conn    *pgx.Conn
-	prepare bool
-	eqb     pgx.ExtendedQueryBuilder
-	n       int
-	err     error
-}
-
-func (b *batch) add(sql string, args ...any) {
-	if !b.prepare {
-		b.addUnnamed(sql, args...)
-		return
-	}
-	if b.err != nil {
-		return
-	}
-	sd, err := b.conn.Prepare(b.ctx, statementName(sql), sql)
-	if err != nil {
-		b.err = err
-		return
-	}
-	if b.err = b.eqb.Build(b.conn.TypeMap(), sd, args); b.err != nil {
-		return
-	}
-	b.ExecStatement(sd, b.eqb.ParamValues, b.eqb.ParamFormats, b.eqb.ResultFormats)
-	b.n++
-}
-
-func (b *batch) addUnnamed(sql string, args ...any) {
-	if b.err != nil {
-		return
-	}
-	if b.err = b.eqb.Build(b.conn.TypeMap(), nil, args); b.err != nil {
-		return
-	}
-	b.ExecParams(sql, b.eqb.ParamValues, nil, b.eqb.ParamFormats, b.eqb.ResultFormats)
-	b.n++
-}
-
-// statementName names a prepared statement after its text.
-func statementName(sql string) string {
-	return "paylock_" + strconv.FormatUint(xxhash.Sum64String(sql), 36)
-}
-
-// resultRow is a pgx.Row over the first row of a pgconn result.
-type resultRow struct {
-	m   *pgtype.Map
-	res *pgconn.Result
-}
-
-func (r *resultRow) Scan(dest ...any) error { return scanRow(r.m, r.res, dest...) }
-
-func scanRow(m *pgtype.Map, res *pgconn.Result, dest ...any) error {
-	if len(res.Rows) == 0 {
-		return pgx.ErrNoRows
-	}
-	values := res.Rows[0]
-	if len(dest) != len(values) {
-		return fmt.Errorf("scan: %d destinations for %d columns", len(dest), len(values))
-	}
-	for i, fd := range res.FieldDescriptions {
-		if err := m.Scan(fd.DataTypeOID, fd.Format, values[i], dest[i]); err != nil {
-			return fmt.Errorf("scan column %s: %w", fd.Name, err)
-		}
-	}
-	return nil
-}
-
-// stalePlan reports whether err is PostgreSQL refusing a prepared statement
-// whose result type changed under it (SQLSTATE 0A000, "cached plan must not
-// change result type").
-func stalePlan(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && txn.StalePlan(pgErr) // SQLSTATE and routine, not the translated message
-}
-
-// rollback ends a failed transaction even when ctx is done; if that fails the
-// connection is closed, so the pool destroys it.
-func rollback(ctx context.Context, pc *pgconn.PgConn) {
-	if pc.IsClosed() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if _, err := pc.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
-		pc.Close(ctx)
-	}
 }

@@ -208,7 +208,7 @@ func TestCheckAcceptsPostgreSQL(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setup(t)
 	for _, s := range []entity.Strategy{entity.Advisory, entity.RowLock} {
-		if err := entity.New(pool, payment.Table{}, entity.WithStrategy(s)).Check(ctx); err != nil {
+		if err := entity.CheckEngine(ctx, pool, s); err != nil {
 			t.Errorf("Check(%v) on PostgreSQL: %v", s, err)
 		}
 	}

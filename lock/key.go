@@ -11,7 +11,7 @@ import (
 )
 
 // ErrInvalidKey is returned, wrapped with the reason, for a Key that must not
-// be locked: see Key.Validate. No SQL runs for an invalid key.
+// be locked: see [Key.Validate]. No SQL runs for an invalid key.
 var ErrInvalidKey = errors.New("lock: invalid key")
 
 // Limits on a Key, enforced by Validate.
@@ -64,7 +64,7 @@ func (k Key) ID() int64 { return k.id }
 // (with objsubid = 1) for a lock taken with a single bigint.
 func (k Key) ClassID() uint32 { return uint32(uint64(k.id) >> 32) }
 
-// ObjID returns the low 32 bits of ID; see ClassID.
+// ObjID returns the low 32 bits of ID; see [Key.ClassID].
 func (k Key) ObjID() uint32 { return uint32(k.id) }
 
 // Namespace returns the entity kind the Key was made with.

@@ -21,9 +21,10 @@ var (
 	// ErrDeadlock: PostgreSQL broke a deadlock by failing this transaction
 	// (SQLSTATE 40P01). Retrying the whole transaction is safe.
 	ErrDeadlock = txn.ErrDeadlock
-	// ErrReentrant: Run (or payment's With) was called, from inside fn, for a
-	// key that the enclosing call already holds. A second transaction would
-	// wait for the first forever, so it is refused; use fn's tx instead.
+	// ErrReentrant: Run (or [github.com/paylock/paylock/entity.Repository.With])
+	// was called, from inside fn, for a key that the enclosing call already
+	// holds. A second transaction would wait for the first forever, so it is
+	// refused; use fn's tx instead.
 	ErrReentrant = txn.ErrReentrant
 	// ErrManaged: fn called Commit or Rollback on the tx that Run manages.
 	ErrManaged = txn.ErrManaged
@@ -60,9 +61,9 @@ const DefaultIdleTimeout = txn.DefaultIdleTimeout
 type Options struct {
 	// LockTimeout bounds the wait for the lock (SET LOCAL lock_timeout).
 	// Past it Run fails with ErrLockTimeout. Zero: no limit but ctx.
-	// entity's With (and payment's) also bounds with it the wait in its
-	// Repository's in-process queue, so a call waits at most about twice
-	// LockTimeout in all.
+	// [github.com/paylock/paylock/entity.Repository.With] also bounds with
+	// it the wait in its Repository's in-process queue, so a call waits at
+	// most about twice LockTimeout in all.
 	LockTimeout time.Duration
 	// IdleTimeout bounds how long the transaction may sit idle between
 	// statements while it holds the lock (SET LOCAL
@@ -74,7 +75,7 @@ type Options struct {
 	// LOCAL statement_timeout). Zero leaves the server's setting.
 	StatementTimeout time.Duration
 	// Retry runs the transaction again after a failure that left nothing
-	// committed; see Retry. The zero value makes one attempt.
+	// committed; see [Retry]. The zero value makes one attempt.
 	Retry Retry
 }
 
@@ -143,7 +144,7 @@ func AcquireAll(ctx context.Context, tx pgx.Tx, keys ...Key) error {
 }
 
 // Run runs fn in a transaction that holds the lock for key, with the zero
-// Options. See Options.Run.
+// Options. See [Options.Run].
 func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	return Options{}.Run(ctx, db, key, fn)
 }
@@ -180,7 +181,7 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 //
 // When the connection fails after COMMIT was sent, the outcome is unknown and
 // the error matches ErrCommitUnknown. o.Retry may run the whole transaction,
-// fn included, again; see Retry.
+// fn included, again; see [Retry].
 func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	if fn == nil {
 		return errors.New("lock: Run called with a nil fn")
@@ -275,7 +276,7 @@ func (t *pgxTx) Closed() bool { return t.tx.Conn().IsClosed() }
 func (t *pgxTx) Commit(ctx context.Context) error {
 	t.m.Close()
 	if t.tx.Conn().PgConn().TxStatus() == 'E' {
-		txn.Rollback(ctx, t.tx)
+		txn.Rollback(ctx, t.tx.Conn().PgConn(), t.tx)
 		return pgx.ErrTxCommitRollback
 	}
 	err := t.tx.Commit(ctx)
@@ -287,7 +288,7 @@ func (t *pgxTx) Commit(ctx context.Context) error {
 
 func (t *pgxTx) Rollback(ctx context.Context) {
 	t.m.Close()
-	txn.Rollback(ctx, t.tx)
+	txn.Rollback(ctx, t.tx.Conn().PgConn(), t.tx)
 }
 
 func (t *pgxTx) Release() {

@@ -56,8 +56,9 @@ type Retry struct {
 // Do calls attempt under r: again, after a backoff, as long as it fails with
 // an error Retry allows and attempts remain. It returns the last error; when
 // more than one attempt was made the error says how many. The waits honour
-// ctx. Do is what Run and payment's With use; it is exported for callers who
-// run their own transactions with Acquire.
+// ctx. Do is what [Options.Run] and
+// [github.com/paylock/paylock/entity.Repository.With] use; it is exported for
+// callers who run their own transactions with [Acquire].
 func (r Retry) Do(ctx context.Context, attempt func() error) error {
 	return r.policy().Do(ctx, attempt)
 }

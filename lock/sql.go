@@ -56,7 +56,7 @@ func literalLockSQL(fn string, key Key) string { return lockSQL(literalCall(fn, 
 
 func literalCall(fn string, key Key) string { return fn + "(" + strconv.FormatInt(key.ID(), 10) + ")" }
 
-// RunDB is Run for a *sql.DB, with the zero Options. See Options.RunDB.
+// RunDB is Run for a *sql.DB, with the zero Options. See [Options.RunDB].
 func RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context, tx *sql.Tx) error) error {
 	return Options{}.RunDB(ctx, db, key, fn)
 }

@@ -14,7 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/baseline"
+	"github.com/paylock/paylock/internal/entityopt"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -79,7 +81,7 @@ func p99(d []time.Duration) time.Duration {
 
 // benchRepo returns a pool on a migrated database with service 1 and a
 // Repository on it with opts.
-func benchRepo(b *testing.B, conns int32, opts ...payment.Option) (*payment.Repository, *pgxpool.Pool) {
+func benchRepo(b *testing.B, conns int32, opts ...entity.Option) (*payment.Repository, *pgxpool.Pool) {
 	b.Helper()
 	pool := pgtest.Pool(b, func(cfg *pgxpool.Config) {
 		cfg.MaxConns, cfg.MinConns = conns, conns
@@ -135,11 +137,11 @@ func BenchmarkHotKeyStorm(b *testing.B) {
 		name     string
 		storm    bool
 		separate bool
-		opts     []payment.Option
+		opts     []entity.Option
 	}{
 		{"storm=none", false, false, nil},
 		{"storm=64/queue=on", true, false, nil},
-		{"storm=64/queue=off", true, false, []payment.Option{payment.WithoutKeyQueue()}},
+		{"storm=64/queue=off", true, false, []entity.Option{entityopt.WithoutKeyQueue()}},
 		{"storm=64/queue=on/pool=separate", true, true, nil},
 	} {
 		b.Run(c.name, func(b *testing.B) {
@@ -209,10 +211,10 @@ func BenchmarkHotKeyStorm(b *testing.B) {
 func BenchmarkHotKeyQueue(b *testing.B) {
 	for _, c := range []struct {
 		name string
-		opts []payment.Option
+		opts []entity.Option
 	}{
 		{"queue=on", nil},
-		{"queue=off", []payment.Option{payment.WithoutKeyQueue()}},
+		{"queue=off", []entity.Option{entityopt.WithoutKeyQueue()}},
 	} {
 		b.Run("workers=64/conns=4/"+c.name, func(b *testing.B) {
 			repo, _ := benchRepo(b, 4, c.opts...)

@@ -17,10 +17,10 @@
 //
 // # How
 //
-// With takes a transaction-scoped advisory lock on the key (see package lock)
-// before it reads anything, so callers for one payment run one after another
-// even before its row exists; callers for different payments don't wait for
-// each other. The transaction runs at READ COMMITTED, and the row is read by a
+// [Repository.With] takes a transaction-scoped advisory lock on the key (see
+// package [github.com/paylock/paylock/lock]) before it reads anything, so
+// callers for one payment run one after another even before its row exists;
+// callers for different payments don't wait for each other. The transaction runs at READ COMMITTED, and the row is read by a
 // statement that starts after the lock is granted, so it sees the previous
 // holder's commit. The UNIQUE index on (service_id, line_item_id) is the safety
 // net: the row is created with INSERT ... ON CONFLICT DO NOTHING, so even a

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/schema"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -103,7 +104,7 @@ func TestKeyIDSQLGolden(t *testing.T) {
 	}{
 		{"SELECT paylock_key_id('payments', '7', 'li_123')", lock.NewKey("payments", "7", "li_123")},
 		{"SELECT paylock_key_id('payments', 7::text, 'li_123')", lock.NewKey("payments", "7", "li_123")},
-		{"SELECT paylock_key_id('paylock.migrate')", payment.MigrateKey},
+		{"SELECT paylock_key_id('paylock.migrate')", schema.MigrateKey},
 		{"SELECT public.paylock_key_id('payments', VARIADIC ARRAY['7', ''])", lock.NewKey("payments", "7", "")},
 	} {
 		var id int64

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/schema"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -521,7 +522,7 @@ func TestMigrateWaitsForMigrateKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1)", payment.MigrateKey.ID()); err != nil {
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1)", schema.MigrateKey.ID()); err != nil {
 		t.Fatal(err)
 	}
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
@@ -533,7 +534,7 @@ func TestMigrateWaitsForMigrateKey(t *testing.T) {
 	migrated := make(chan error, 1)
 	go func() { migrated <- payment.Migrate(ctx, pool) }()
 	time.Sleep(100 * time.Millisecond)
-	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock($1)", payment.MigrateKey.ID()); err != nil {
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock($1)", schema.MigrateKey.ID()); err != nil {
 		t.Fatal(err)
 	}
 	holder.Release()

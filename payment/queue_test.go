@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/entityopt"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -27,7 +29,7 @@ type storm struct {
 }
 
 // runStorm runs the storm until the cold goroutine has made coldCalls calls.
-func runStorm(t *testing.T, opts ...payment.Option) storm {
+func runStorm(t *testing.T, opts ...entity.Option) storm {
 	t.Helper()
 	_, pool := newRepo(t, func(cfg *pgxpool.Config) {
 		cfg.MaxConns, cfg.MinConns = 4, 4
@@ -157,7 +159,7 @@ func TestWithHotKeyCannotStarveThePool(t *testing.T) {
 	})
 	t.Run("NoQueueStarves", func(t *testing.T) {
 		t.Parallel()
-		s := runStorm(t, payment.WithoutKeyQueue())
+		s := runStorm(t, entityopt.WithoutKeyQueue())
 		if s.mostAcquired != 4 || s.emptyAcquires == 0 {
 			t.Errorf("without the queue the hot key took at most %d connections and %d acquires waited; "+
 				"want the whole pool and waits, or the test can't tell the queue works", s.mostAcquired, s.emptyAcquires)

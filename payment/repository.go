@@ -14,60 +14,36 @@ import (
 )
 
 // Repository finds, creates and updates payments, one caller per payment at a
-// time. It is built on entity.Repository. It is safe for concurrent use.
+// time. It is built on [entity.Repository]. It is safe for concurrent use.
 type Repository struct {
 	pool *pgxpool.Pool
 	r    *entity.Repository[Key, Payment]
 }
 
-// Option configures a Repository: WithLockOptions here, or any
-// entity.Option (entity.WithHooks, entity.WithStrategy).
-type Option = entity.Option
-
-// WithLockOptions bounds how long With waits for and holds a payment's lock;
-// see lock.Options for the fields and their defaults.
-func WithLockOptions(o lock.Options) Option { return entity.WithLockOptions(o) }
-
-// NewRepository returns a Repository on pool. Run Migrate once first. Make
-// one Repository per pool and share it: its per-key queue works among the
-// calls of one Repository.
-func NewRepository(pool *pgxpool.Pool, opts ...Option) *Repository {
+// NewRepository returns a Repository on pool, configured by the options of
+// package entity ([entity.WithLockOptions], [entity.WithHooks],
+// [entity.WithStrategy]). Run [Migrate] once first. Make one Repository per
+// pool and share it: its per-key queue works among the calls of one
+// Repository.
+func NewRepository(pool *pgxpool.Pool, opts ...entity.Option) *Repository {
 	return &Repository{pool: pool, r: entity.New(pool, Table{}, opts...)}
 }
 
 // With runs fn on the payment for key, creating it if it does not exist,
 // while no other With call for the same key — in this process or any other —
-// runs. fn gets the row as the previous caller committed it; p.IsNew reports
-// whether this call created it. fn may change AmountCents, Currency, Status
-// and Data; With saves them if they changed and commits. fn may use tx for
-// its own statements (a ledger row, say), which commit or roll back with the
-// payment.
+// runs, and saves what fn changed. It is [entity.Repository.With] on [Table],
+// with that contract (errors, panics, what fn may do with tx, waits, ctx,
+// round trips, retries); what differs:
 //
-// If fn returns an error, With rolls back and returns that error unchanged;
-// if fn panics, With rolls back and panics again. Either way nothing is
-// written and the lock is released. fn must not change the payment's identity
-// (ErrKeyChanged), must not commit or roll back tx (lock.ErrManaged) nor end
-// the transaction in SQL (ErrTxEnded), and must close the results it reads
-// (ErrRowsOpen). tx and its savepoints fail with pgx.ErrTxClosed once fn has
-// returned; see [entity.Repository.With] for the details, and for a nested
-// With on another ctx than fn's.
-//
-// With blocks until the lock is granted. Calls of one Repository for the
-// same payment first wait their turn in process, in arrival order and
-// without a pool connection, so that one hot payment holds at most two of
-// the pool's connections (see WithoutKeyQueue). ctx governs both waits, fn
-// (it is passed on) and the commit: once ctx is done nothing more is committed and
-// the error matches ctx.Err(). A With for the same key from inside fn, given
-// fn's ctx, fails with ErrReentrant instead of waiting for itself forever.
-//
-// With runs the transaction at READ COMMITTED whatever the server's default
-// and makes two round trips to PostgreSQL: BEGIN, the lock, the insert if
-// missing and the read go together; the update, if any, goes with COMMIT.
-//
-// When the connection fails after COMMIT was sent, the outcome is unknown and
-// the error matches ErrCommitUnknown; it is never retried. The Retry in
-// WithLockOptions may run the whole call, fn included, again after a failure
-// that left nothing committed; see lock.Retry.
+//   - p.IsNew reports whether this call created the payment.
+//   - fn may change AmountCents, Currency, Status and Data; With saves them if
+//     they changed. Changing the payment's identity (ID, ServiceID,
+//     LineItemID, CreatedAt) fails with [ErrKeyChanged], a value the table
+//     can't store with [ErrInvalidPayment]; either way nothing is written.
+//   - An invalid key fails with [ErrInvalidKey] before any SQL runs, a
+//     service_id with no services row with [ErrUnknownService].
+//   - This package re-exports the errors With returns ([ErrReentrant],
+//     [ErrLockTimeout], [ErrTxEnded], [ErrRowsOpen], [ErrCommitUnknown], ...).
 func (r *Repository) With(ctx context.Context, key Key, fn func(ctx context.Context, tx pgx.Tx, p *Payment) error) error {
 	return r.r.With(ctx, key, fn)
 }
@@ -89,9 +65,9 @@ func (r *Repository) Get(ctx context.Context, key Key) (*Payment, error) {
 	return p, nil
 }
 
-// Table is the payments table as an entity.Table. Repository uses it; it is
-// exported for callers that build their own entity.Repository (to pick a
-// strategy or hooks, or to embed payments in a larger unit).
+// Table is the payments table as an [entity.Table]. Repository uses it; it is
+// exported for callers that build their own [entity.Repository] (to embed
+// payments in a larger unit, say).
 type Table struct{}
 
 const (

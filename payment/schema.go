@@ -4,16 +4,10 @@ import (
 	"context"
 	_ "embed"
 	"errors"
-	"fmt"
-	"strings"
-	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/txn"
-	"github.com/paylock/paylock/lock"
+	"github.com/paylock/paylock/internal/schema"
 )
 
 // Schema is the SQL that creates the services and payments tables; Migrate
@@ -24,45 +18,39 @@ var Schema string
 
 // UniqueIndex is the name of the UNIQUE index on payments (service_id,
 // line_item_id): the safety net under the advisory lock.
-const UniqueIndex = "payments_service_id_line_item_id_key"
-
-// MigrateKey is the advisory lock Migrate holds from start to end, at
-// session level on a connection of its own, so concurrent Migrate calls run
-// one after another.
-var MigrateKey = lock.NewKey("paylock.migrate")
+const UniqueIndex = schema.UniqueIndex
 
 // ErrIndexBuildInProgress: Migrate's ctx ended while another session was
 // still building an index on payments (CREATE INDEX CONCURRENTLY, such as
 // `paylock dedupe`'s, or REINDEX CONCURRENTLY), which Migrate waits for
 // rather than disturb. The error also matches ctx.Err(). Migrate again later.
-var ErrIndexBuildInProgress = errors.New("payment: migrate: an index on payments is still being built by another session")
+var ErrIndexBuildInProgress = schema.ErrIndexBuildInProgress
 
 // MigrateLockTimeout bounds how long Migrate's schema transaction waits for
 // a table lock (SET LOCAL lock_timeout): while a lock request waits, later
 // readers and writers of that table queue behind it. Past it Migrate gives
 // up, with an error matching ErrLockTimeout, and changes nothing.
-const MigrateLockTimeout = 3 * time.Second
-
-const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (service_id, line_item_id)"
+const MigrateLockTimeout = schema.LockTimeout
 
 // Migrate creates the schema if it is missing. It is safe to run again, from
 // several processes at once, and while pollers read and write payments: no
-// lock it requests makes them queue for longer than MigrateLockTimeout. It
+// lock it requests makes them queue for longer than [MigrateLockTimeout]. It
 // blocks until done; ctx governs every step, the waits included.
 //
 // It takes a connection of its own from pool and holds the session-level
-// advisory lock MigrateKey on it until it returns, so concurrent Migrate
-// calls run one after another (waiting Migrates poll pg_try_advisory_lock
-// rather than sit in a transaction the running build would wait for). It
+// advisory lock lock.NewKey("paylock.migrate") on it until it returns, so
+// concurrent Migrate calls run one after another (waiting Migrates poll
+// pg_try_advisory_lock rather than sit in a transaction the running build
+// would wait for). It
 // needs a real session: behind pgbouncer in transaction pooling mode, give it
 // a direct connection (there, once its statements land in different server
-// sessions, it stops with an error matching ErrSessionChanged). Then, on
+// sessions, it stops with an error matching [ErrSessionChanged]). Then, on
 // that connection:
 //
-//  1. It applies Schema in a transaction with lock_timeout set to
-//     MigrateLockTimeout; past it, Migrate fails with an error matching
-//     ErrLockTimeout and changes nothing. If that transaction created
-//     payments, it also creates UniqueIndex in it, with a plain CREATE UNIQUE
+//  1. It applies [Schema] in a transaction with lock_timeout set to
+//     [MigrateLockTimeout]; past it, Migrate fails with an error matching
+//     [ErrLockTimeout] and changes nothing. If that transaction created
+//     payments, it also creates [UniqueIndex] in it, with a plain CREATE UNIQUE
 //     INDEX (no other session can see the new table before the commit, so
 //     nobody waits), and Migrate is done.
 //  2. If UniqueIndex exists and is valid, it is done.
@@ -72,11 +60,11 @@ const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (s
 //     UPDATE EXCLUSIVE lock), an INVALID UniqueIndex may still be on its way
 //     to valid: Migrate waits, polling and holding no table lock, and never
 //     drops it. If ctx ends first, the error matches both
-//     ErrIndexBuildInProgress and ctx.Err(). Once the build is over, Migrate
+//     [ErrIndexBuildInProgress] and ctx.Err(). Once the build is over, Migrate
 //     starts again from step 2.
 //  4. If payments holds duplicates it touches no row and no index (step 1
 //     has installed what was missing of Schema, paylock_key_id included)
-//     and returns a *DuplicatesError (matching ErrDuplicates) that names
+//     and returns a *[DuplicatesError] (matching [ErrDuplicates]) that names
 //     them: run `paylock dedupe` first.
 //  5. Otherwise it drops an INVALID UniqueIndex left by a failed or killed
 //     build with DROP INDEX CONCURRENTLY and builds UniqueIndex with CREATE
@@ -91,348 +79,33 @@ const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (s
 //     deadlock), Migrate drops the INVALID index it leaves too and returns
 //     the server's error.
 //
-// `paylock dedupe` builds the index with BuildUniqueIndex, under MigrateKey:
-// a Migrate started during it waits for that lock first.
+// `paylock dedupe` builds the index with the same code, under the same
+// lock: a Migrate started during it waits for that lock first.
 //
 // If ctx ends during the build, pgx sends the server a cancel request as it
 // closes the connection: the build stops and leaves an INVALID index, which
 // the next Migrate drops and rebuilds. If the process dies instead, the server
-// usually finishes the build and the next Migrate, waiting for MigrateKey until that
-// session ends, finds the index valid.
-func Migrate(ctx context.Context, pool *pgxpool.Pool) (err error) {
-	pc, err := pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("payment: migrate: acquire a connection: %w", txn.Classify(ctx, err))
+// usually finishes the build and the next Migrate, waiting for the lock
+// until that session ends, finds the index valid.
+func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	err := schema.Migrate(ctx, pool, Schema)
+	var dup *schema.DuplicatesError
+	if errors.As(err, &dup) {
+		return newDuplicatesError(dup)
 	}
-	conn := pc.Conn()
-	pid, err := lockMigrate(ctx, conn)
-	if err != nil {
-		pc.Release() // a connection that failed mid-query is closed, and destroyed
-		return err
-	}
-	defer func() {
-		if rerr := releaseMigrate(ctx, pc, pid); err == nil {
-			err = rerr
-		}
-	}()
-	created, err := applySchema(ctx, conn, pid)
-	if err != nil || created {
-		return err
-	}
-	return ensureIndex(ctx, conn, pid, &IndexBuild{})
+	return err
 }
 
-// IndexBuild is what BuildUniqueIndex did.
-type IndexBuild struct {
-	AlreadyValid    bool          // UniqueIndex was valid from the start: nothing done
-	DroppedInvalid  int           // INVALID indexes dropped (left by failed builds, this call's included)
-	Builds          int           // CREATE UNIQUE INDEX CONCURRENTLY statements run
-	DuplicateErrors int           // builds that failed on a duplicate inserted meanwhile
-	BuildDuration   time.Duration // time spent in those statements
-}
-
-// BuildUniqueIndex is steps 2 to 5 of Migrate on an existing payments table,
-// under the same advisory lock MigrateKey and with the same rules: it waits
-// for another session's build rather than drop it, returns a
-// *DuplicatesError (writing nothing) if payments holds duplicates, and
-// otherwise replaces an INVALID UniqueIndex and builds it concurrently. It is
-// for tools that prepare payments for the index, such as `paylock dedupe`,
-// so that they never race Migrate or each other. It does not apply Schema.
-func BuildUniqueIndex(ctx context.Context, pool *pgxpool.Pool) (b IndexBuild, err error) {
-	pc, err := pool.Acquire(ctx)
-	if err != nil {
-		return b, fmt.Errorf("payment: build index: acquire a connection: %w", txn.Classify(ctx, err))
-	}
-	pid, err := lockMigrate(ctx, pc.Conn())
-	if err != nil {
-		pc.Release()
-		return b, err
-	}
-	defer func() {
-		if rerr := releaseMigrate(ctx, pc, pid); err == nil {
-			err = rerr
-		}
-	}()
-	err = ensureIndex(ctx, pc.Conn(), pid, &b)
-	return b, err
-}
-
-// ErrSessionChanged: the statements Migrate (or BuildUniqueIndex) sent on its
+// ErrSessionChanged: the statements Migrate (or `paylock dedupe`) sent on its
 // connection did not all run in one server session, as behind a pooler in
 // transaction pooling mode such as pgbouncer's. The session-level lock
-// MigrateKey may then stay held by the server process named in the error,
+// Migrate holds may then stay held by the server process named in the error,
 // on a pooled server connection, until that connection closes: later
 // Migrate calls wait for it. Give Migrate a direct connection.
-var ErrSessionChanged = errors.New("payment: migrate: the server session changed between statements (a pooler in transaction mode?); Migrate needs a direct connection")
-
-// sameSession returns an error matching ErrSessionChanged unless got, the
-// pg_backend_pid() a statement returned, is pid, the session holding
-// MigrateKey.
-func sameSession(pid, got uint32) error {
-	if got == pid {
-		return nil
-	}
-	return fmt.Errorf("%w: a statement ran in server process %d, and %s may stay held by process %d until its connection closes",
-		ErrSessionChanged, got, MigrateKey, pid)
-}
-
-// lockMigrate takes the session-level advisory lock MigrateKey on conn,
-// trying again after a pause while another session holds it. It doesn't wait
-// in pg_advisory_lock: a statement waiting there is a transaction that a
-// CREATE INDEX CONCURRENTLY run by the holder would wait for in turn, and the
-// server would break that deadlock by failing one of them.
-//
-// It returns the pid of the server process that holds the lock: every later
-// statement checks that it runs there too (see ErrSessionChanged).
-func lockMigrate(ctx context.Context, conn *pgx.Conn) (pid uint32, err error) {
-	sql := txn.LockSQL("pg_try_advisory_lock($1), pg_backend_pid()", MigrateKey.String())
-	for pause := 5 * time.Millisecond; ; pause = min(2*pause, time.Second) {
-		var ok bool
-		if err := conn.QueryRow(ctx, sql, pgx.QueryExecModeExec, MigrateKey.ID()).Scan(&ok, &pid); err != nil {
-			return 0, fmt.Errorf("payment: migrate: acquire %s: %w", MigrateKey, txn.Classify(ctx, err))
-		}
-		if ok {
-			return pid, nil
-		}
-		if err := sleep(ctx, pause); err != nil {
-			return 0, fmt.Errorf("payment: migrate: wait for %s: %w", MigrateKey, err)
-		}
-	}
-}
-
-// sleep pauses for d and returns nil, or returns ctx.Err() as soon as ctx is
-// done.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// releaseMigrate unlocks MigrateKey, restores lock_timeout and returns the
-// connection to the pool; if that fails it closes the connection instead,
-// which ends the session and its lock. In a session other than pid's it
-// touches neither (the lock there may be another Migrate's) and returns an
-// error matching ErrSessionChanged.
-func releaseMigrate(ctx context.Context, pc *pgxpool.Conn, pid uint32) error {
-	defer pc.Release()
-	conn := pc.Conn()
-	if conn.IsClosed() {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	var got uint32
-	err := conn.QueryRow(ctx, `SELECT pg_backend_pid(),
-		CASE WHEN pg_backend_pid() = $2 THEN pg_advisory_unlock($1) END,
-		CASE WHEN pg_backend_pid() = $2 THEN set_config('lock_timeout', reset_val, false) END
-		FROM pg_settings WHERE name = 'lock_timeout'`, pgx.QueryExecModeExec, MigrateKey.ID(), pid).Scan(&got, nil, nil)
-	if err != nil {
-		conn.Close(ctx)
-		return nil
-	}
-	return sameSession(pid, got)
-}
-
-// applySchema runs Schema in a transaction under a bounded lock_timeout and,
-// if that transaction created payments, the unique index as well.
-func applySchema(ctx context.Context, conn *pgx.Conn, pid uint32) (created bool, err error) {
-	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		var got uint32
-		err := tx.QueryRow(ctx, "SELECT set_config('lock_timeout', $1, true), pg_backend_pid()",
-			fmt.Sprint(MigrateLockTimeout.Milliseconds())).Scan(nil, &got)
-		if err != nil {
-			return err
-		}
-		if err := sameSession(pid, got); err != nil {
-			return err
-		}
-		var existed bool
-		if err := tx.QueryRow(ctx, "SELECT to_regclass('payments') IS NOT NULL").Scan(&existed); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, Schema); err != nil {
-			return err
-		}
-		if existed {
-			return nil
-		}
-		created = true
-		_, err = tx.Exec(ctx, fmt.Sprintf(createIndexSQL, ""))
-		return err
-	})
-	if errors.Is(err, ErrSessionChanged) {
-		return false, err
-	}
-	if err != nil {
-		return false, fmt.Errorf("payment: migrate: apply schema: %w", txn.Classify(ctx, err))
-	}
-	return created, nil
-}
-
-// ensureIndex is steps 2 to 5 of Migrate, on the connection holding
-// MigrateKey, recording what it does in b.
-func ensureIndex(ctx context.Context, conn *pgx.Conn, pid uint32, b *IndexBuild) error {
-	for pause, first := 5*time.Millisecond, true; ; first = false {
-		// Concurrent builds and drops don't block writers; their waits
-		// (for older transactions) must not be cut short by a
-		// lock_timeout. Only in MigrateKey's session: elsewhere the
-		// setting would stay behind.
-		var got uint32
-		err := conn.QueryRow(ctx, `SELECT pg_backend_pid(),
-			CASE WHEN pg_backend_pid() = $1 THEN set_config('lock_timeout', '0', false) END`, pid).Scan(&got, nil)
-		if err != nil {
-			return fmt.Errorf("payment: migrate: %w", txn.Classify(ctx, err))
-		}
-		if err := sameSession(pid, got); err != nil {
-			return err
-		}
-		st, err := indexState(ctx, conn)
-		if err != nil {
-			return err
-		}
-		if st.Valid {
-			b.AlreadyValid = first
-			return nil
-		}
-		if st.Building {
-			if err := sleep(ctx, pause); err != nil {
-				return fmt.Errorf("%w: %w", ErrIndexBuildInProgress, err)
-			}
-			pause = min(2*pause, time.Second)
-			continue
-		}
-		if dup, err := FindDuplicates(ctx, conn, 5); err != nil {
-			return err
-		} else if dup.Groups > 0 {
-			return dup
-		}
-		if st.Exists {
-			if err := dropInvalidIndex(ctx, conn); err != nil {
-				return err
-			}
-			b.DroppedInvalid++
-		}
-		start := time.Now()
-		b.Builds++
-		_, err = conn.Exec(ctx, fmt.Sprintf(createIndexSQL, "CONCURRENTLY "))
-		b.BuildDuration += time.Since(start)
-		var pgErr *pgconn.PgError
-		switch {
-		case errors.As(err, &pgErr) && pgErr.Code == "42P07": // duplicate_table
-			// Another session (not a Migrate) started a build of its own
-			// since indexState looked: wait for it. Unless the name is
-			// taken by something that is not an index on payments.
-			if st, serr := indexState(ctx, conn); serr != nil || !st.Exists {
-				return fmt.Errorf("payment: migrate: create unique index: %w", err)
-			}
-			continue
-		case errors.As(err, &pgErr) && pgErr.Code == "23505": // unique_violation
-			// A writer that doesn't take the lock inserted a duplicate
-			// meanwhile. The failed build left an INVALID index that still
-			// slows writes down.
-			b.DuplicateErrors++
-			if err := dropInvalidIndex(ctx, conn); err != nil {
-				return err
-			}
-			b.DroppedInvalid++
-			if dup, derr := FindDuplicates(ctx, conn, 5); derr == nil && dup.Groups > 0 {
-				return dup
-			}
-			return fmt.Errorf("payment: migrate: create unique index: %w", err)
-		case err != nil:
-			err = fmt.Errorf("payment: migrate: create unique index: %w", txn.Classify(ctx, err))
-			// The server ended the build (statement_timeout, a cancel, a
-			// deadlock) and left an INVALID index that writers still
-			// maintain. It is this build's: MigrateKey is held, and a
-			// build of another session's would have failed it with
-			// 42P07. Drop it while the session lives.
-			// (Unless, since, another session started a build of its own.)
-			if ctx.Err() != nil || conn.IsClosed() {
-				return err
-			}
-			if st, serr := indexState(ctx, conn); serr != nil || !st.Exists || st.Valid || st.Building {
-				return err
-			}
-			if derr := dropInvalidIndex(ctx, conn); derr != nil {
-				return fmt.Errorf("%w; and then: %w", err, derr)
-			}
-			b.DroppedInvalid++
-			return err
-		}
-		if st, err = indexState(ctx, conn); err != nil {
-			return err
-		}
-		if !st.Valid {
-			return fmt.Errorf("payment: migrate: index %s is not valid after its build", UniqueIndex)
-		}
-		return nil
-	}
-}
-
-func dropInvalidIndex(ctx context.Context, conn *pgx.Conn) error {
-	if _, err := conn.Exec(ctx, "DROP INDEX CONCURRENTLY IF EXISTS "+UniqueIndex); err != nil {
-		return fmt.Errorf("payment: migrate: drop invalid index %s: %w", UniqueIndex, txn.Classify(ctx, err))
-	}
-	return nil
-}
-
-// IndexState is the state of UniqueIndex on payments, as UniqueIndexState
-// found it.
-type IndexState struct {
-	Exists bool // UniqueIndex exists on payments
-	Valid  bool // and is valid: it enforces uniqueness
-	// Building: another session is running CREATE INDEX CONCURRENTLY or
-	// REINDEX CONCURRENTLY on payments. Such a build shows in
-	// pg_stat_progress_create_index and holds the table's SHARE UPDATE
-	// EXCLUSIVE lock at session level for its whole run, so an INVALID
-	// index may still be on its way to valid: it must not be dropped. An
-	// INVALID index while nothing builds was left by a failed build.
-	// (pg_locks shows the lock's table to every role; the progress view
-	// hides relid from other roles.)
-	Building bool
-}
-
-// UniqueIndexState reports the state of UniqueIndex on payments: the one
-// test Migrate, BuildUniqueIndex and `paylock dedupe` use to tell a build in
-// progress from a failed one.
-func UniqueIndexState(ctx context.Context, q Querier) (IndexState, error) {
-	rows, err := q.Query(ctx, `
-		SELECT i.indisvalid, EXISTS (
-			SELECT 1 FROM pg_stat_progress_create_index p JOIN pg_locks l ON l.pid = p.pid
-			WHERE p.pid <> pg_backend_pid() AND p.datid = l.database
-			  AND l.locktype = 'relation' AND l.relation = i.indrelid
-			  AND l.mode = 'ShareUpdateExclusiveLock' AND l.granted
-			  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
-		FROM pg_index i
-		WHERE i.indexrelid = to_regclass($1) AND i.indrelid = to_regclass('payments')`, UniqueIndex)
-	if err != nil {
-		return IndexState{}, fmt.Errorf("payment: inspect index: %w", txn.Classify(ctx, err))
-	}
-	st, err := pgx.CollectExactlyOneRow(rows, func(r pgx.CollectableRow) (IndexState, error) {
-		st := IndexState{Exists: true}
-		return st, r.Scan(&st.Valid, &st.Building)
-	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return IndexState{}, nil
-	}
-	if err != nil {
-		return IndexState{}, fmt.Errorf("payment: inspect index: %w", txn.Classify(ctx, err))
-	}
-	return st, nil
-}
-
-// indexState is UniqueIndexState on Migrate's connection.
-func indexState(ctx context.Context, conn *pgx.Conn) (IndexState, error) {
-	return UniqueIndexState(ctx, conn)
-}
+var ErrSessionChanged = schema.ErrSessionChanged
 
 // ErrDuplicates is matched by a *DuplicatesError.
-var ErrDuplicates = errors.New("payment: payments holds duplicate (service_id, line_item_id) rows")
+var ErrDuplicates = schema.ErrDuplicates
 
 // DuplicatesError describes the duplicates that keep Migrate from creating
 // the unique index.
@@ -443,47 +116,20 @@ type DuplicatesError struct {
 	Counts []int // rows per key in Worst
 }
 
-// Querier runs queries: a pool, a connection or a transaction.
-type Querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
-
-// FindDuplicates counts duplicate groups in payments and lists the worst
-// ones, up to limit.
-func FindDuplicates(ctx context.Context, q Querier, limit int) (*DuplicatesError, error) {
-	rows, err := q.Query(ctx, `
-		SELECT service_id, line_item_id, n, count(*) OVER (), sum(n - 1) OVER ()
-		FROM (SELECT service_id, line_item_id, count(*) AS n FROM payments
-		      GROUP BY service_id, line_item_id HAVING count(*) > 1) d
-		ORDER BY n DESC, service_id, line_item_id LIMIT $1`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("payment: find duplicates: %w", err)
+func newDuplicatesError(d *schema.DuplicatesError) *DuplicatesError {
+	e := &DuplicatesError{Groups: d.Groups, Extra: d.Extra, Counts: d.Counts}
+	for _, k := range d.Worst {
+		e.Worst = append(e.Worst, Key(k))
 	}
-	d := &DuplicatesError{}
-	var k Key
-	var n int
-	_, err = pgx.ForEachRow(rows, []any{&k.ServiceID, &k.LineItemID, &n, &d.Groups, &d.Extra}, func() error {
-		d.Worst, d.Counts = append(d.Worst, k), append(d.Counts, n)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("payment: find duplicates: %w", err)
-	}
-	return d, nil
+	return e
 }
 
 func (e *DuplicatesError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%v: %d keys have %d extra rows", ErrDuplicates, e.Groups, e.Extra)
-	for i, k := range e.Worst {
-		sep := ", worst: "
-		if i > 0 {
-			sep = ", "
-		}
-		fmt.Fprintf(&b, "%s(%d, %q) x%d", sep, k.ServiceID, k.LineItemID, e.Counts[i])
+	d := &schema.DuplicatesError{Groups: e.Groups, Extra: e.Extra, Counts: e.Counts}
+	for _, k := range e.Worst {
+		d.Worst = append(d.Worst, schema.Key(k))
 	}
-	b.WriteString("; run `paylock dedupe` to merge them, then migrate again")
-	return b.String()
+	return d.Error()
 }
 
 // Is reports whether target is ErrDuplicates.

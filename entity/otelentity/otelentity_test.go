@@ -114,7 +114,7 @@ func TestLockTimeoutIsAWaitWithoutHold(t *testing.T) {
 		t.Fatal(err)
 	}
 	const timeout = 200 * time.Millisecond
-	repo := payment.NewRepository(pool, entity.WithHooks(hooks), payment.WithLockOptions(lock.Options{LockTimeout: timeout}))
+	repo := payment.NewRepository(pool, entity.WithHooks(hooks), entity.WithLockOptions(lock.Options{LockTimeout: timeout}))
 	key := payment.Key{ServiceID: 1, LineItemID: "li_timeout"}
 	tx, err := pool.Begin(ctx)
 	if err != nil {

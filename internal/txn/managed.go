@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -130,12 +129,12 @@ func (m *Managed) End(ctx context.Context) {
 		return
 	}
 	m.ownTx = false
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
 	if pc := m.conn.PgConn(); !pc.IsClosed() && pc.TxStatus() != 'I' {
-		_ = m.tx.Rollback(ctx)
+		Rollback(ctx, pc, m.tx)
 		return
 	}
+	ctx, cancel := CleanupContext(ctx)
+	defer cancel()
 	_ = m.tx.Commit(ctx) // CommitQuery: SELECT NULL
 }
 

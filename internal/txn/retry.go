@@ -11,9 +11,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// ErrCommitUnknown is what lock.ErrCommitUnknown and payment's With return
-// (wrapped) when the connection failed after COMMIT was sent and before its
-// answer arrived: the transaction may or may not have committed.
+// ErrCommitUnknown is lock.ErrCommitUnknown, what lock's Run and entity's
+// With return (wrapped) when the connection failed after COMMIT was sent and
+// before its answer arrived: the transaction may or may not have committed.
 var ErrCommitUnknown = errors.New("lock: connection lost after COMMIT was sent: the transaction may or may not have committed")
 
 // errConnLost marks an error after which the connection was gone before

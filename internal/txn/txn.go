@@ -1,7 +1,7 @@
-// Package txn holds the transaction machinery that lock.Run and
-// payment.Repository.With share: the BEGIN statement with its per-transaction
-// settings, the pgx.Tx handed to fn, the context marker that detects a nested
-// call for a key already held, and the cleanup rollback.
+// Package txn holds the transaction machinery that lock's Run and entity's
+// Repository.With share: the BEGIN statement with its
+// per-transaction settings, the pgx.Tx handed to fn, the context marker that
+// detects a nested call for a key already held, and the cleanup rollback.
 package txn
 
 import (
@@ -133,10 +133,38 @@ func heldIDs(ctx context.Context) []int64 {
 	return ids
 }
 
-// Rollback rolls back tx even when ctx is already cancelled, bounded by a
-// short timeout; pgx closes the connection if that fails.
-func Rollback(ctx context.Context, tx pgx.Tx) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+// cleanupTimeout bounds a cleanup that runs after a failure: a rollback, an
+// unlock.
+const cleanupTimeout = 5 * time.Second
+
+// CleanupContext returns a context for cleaning up after a failure even when
+// ctx is already done: it keeps ctx's values, not its cancellation, and ends
+// after a short timeout.
+func CleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+}
+
+// Rollback ends a transaction that failed or must not commit, on pc, even
+// when ctx is already done (see CleanupContext). If ROLLBACK fails, the
+// connection, its state unknown, is closed, so that a pool destroys it
+// rather than hand it out.
+//
+// tx is the pgx transaction object over pc, if the transaction has one:
+// then ROLLBACK goes through it, which marks it closed, so that what fn kept
+// of it (large objects) fails with pgx.ErrTxClosed, and pgx closes the
+// connection if it fails. With tx nil, ROLLBACK goes on pc, unless pc is
+// closed or out of any transaction.
+func Rollback(ctx context.Context, pc *pgconn.PgConn, tx pgx.Tx) {
+	ctx, cancel := CleanupContext(ctx)
 	defer cancel()
-	_ = tx.Rollback(ctx)
+	if tx != nil {
+		_ = tx.Rollback(ctx)
+		return
+	}
+	if pc.IsClosed() || pc.TxStatus() == 'I' {
+		return
+	}
+	if _, err := pc.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+		pc.Close(ctx)
+	}
 }

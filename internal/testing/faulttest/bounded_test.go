@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -26,7 +27,7 @@ func TestLockTimeoutAsTheLockIsGranted(t *testing.T) {
 	pool := newPool(t, nil)
 	repo := payment.NewRepository(pool)
 	const timeout = 50 * time.Millisecond
-	impatient := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{LockTimeout: timeout}))
+	impatient := payment.NewRepository(pool, entity.WithLockOptions(lock.Options{LockTimeout: timeout}))
 	l := newLedger()
 	k := key(1)
 	var ok, timedOut int
@@ -77,7 +78,7 @@ func TestIdleHolder(t *testing.T) {
 	ctx := testCtx(t, time.Minute)
 	pool := newPool(t, nil)
 	const idle = 300 * time.Millisecond
-	hanging := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{IdleTimeout: idle}))
+	hanging := payment.NewRepository(pool, entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
 	repo := payment.NewRepository(pool)
 	l := newLedger()
 	k := key(1)

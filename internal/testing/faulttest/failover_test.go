@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/testing/history"
 	"github.com/paylock/paylock/internal/testing/pgtest"
@@ -312,7 +313,7 @@ func laggingFailover(t *testing.T, sync bool) (l *ledger, problems, lagged []str
 		settings = append(settings, "synchronous_standby_names=*")
 	}
 	primary, standby, pool := replicated(t, ctx, settings...)
-	repo := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{Retry: pollRetry}))
+	repo := payment.NewRepository(pool, entity.WithLockOptions(lock.Options{Retry: pollRetry}))
 	l = newLedger()
 	for i := range 10 {
 		if err := l.call(ctx, repo, key(i%2), fmt.Sprint("caught-up.", i), nil); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/testing/history"
 	"github.com/paylock/paylock/internal/testing/pgtest"
@@ -418,7 +419,7 @@ var pollRetry = lock.Retry{Attempts: 10, Backoff: 50 * time.Millisecond, MaxBack
 // pollRetry, odd-numbered ones make one attempt.
 func pollerRepos(pool *pgxpool.Pool) func(w int) *payment.Repository {
 	plain := payment.NewRepository(pool)
-	retrying := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{Retry: pollRetry}))
+	retrying := payment.NewRepository(pool, entity.WithLockOptions(lock.Options{Retry: pollRetry}))
 	return func(w int) *payment.Repository {
 		if w%2 == 0 {
 			return retrying

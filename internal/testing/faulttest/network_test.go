@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/tcpproxy"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -106,7 +107,7 @@ func TestNetworkResetAroundCommit(t *testing.T) {
 			if err := l.call(ctx, payment.NewRepository(pool), k, "before", nil); err != nil {
 				t.Fatal(err)
 			}
-			repo := payment.NewRepository(viaProxy, payment.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 5}}))
+			repo := payment.NewRepository(viaProxy, entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 5}}))
 			if err := viaProxy.Ping(ctx); err != nil { // connect before the latency
 				t.Fatal(err)
 			}
@@ -159,7 +160,7 @@ func TestNetworkStall(t *testing.T) {
 			t.Fatal(err)
 		}
 		const idle = 500 * time.Millisecond
-		stalling := payment.NewRepository(viaProxy, payment.WithLockOptions(lock.Options{IdleTimeout: idle}))
+		stalling := payment.NewRepository(viaProxy, entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
 		holdCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
 		locked, release := make(chan struct{}), releaser(t)
@@ -195,7 +196,7 @@ func TestNetworkStall(t *testing.T) {
 			t.Fatal(err)
 		}
 		const limit = 300 * time.Millisecond
-		stalling := payment.NewRepository(viaProxy, payment.WithLockOptions(lock.Options{IdleTimeout: limit, StatementTimeout: limit}))
+		stalling := payment.NewRepository(viaProxy, entity.WithLockOptions(lock.Options{IdleTimeout: limit, StatementTimeout: limit}))
 		holdCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
 		locked, release := make(chan struct{}), make(chan struct{})

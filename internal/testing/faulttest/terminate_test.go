@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -68,7 +69,7 @@ func TestTerminateWaiter(t *testing.T) {
 	ctx := testCtx(t, time.Minute)
 	pool := newPool(t, nil)
 	repo := payment.NewRepository(pool)
-	retrying := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
+	retrying := payment.NewRepository(pool, entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
 	// Another poller: a Repository lets only the holder and one waiter per
 	// key reach the server (its in-process queue), so the third waiter at the
 	// server comes from a Repository of its own.

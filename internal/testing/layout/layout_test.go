@@ -12,7 +12,7 @@ const module = "github.com/paylock/paylock"
 
 // library lists the library's packages: lock, entity and payment, and the
 // internal packages they are built on.
-var library = []string{"lock", "entity", "payment", "internal/txn", "internal/keyqueue"}
+var library = []string{"lock", "entity", "payment", "internal/txn", "internal/keyqueue", "internal/schema", "internal/entityopt"}
 
 // allowed reports whether a non-test file of the library may import path:
 // the standard library, pgx, xxhash, the library's own packages, and

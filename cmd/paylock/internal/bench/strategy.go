@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/baseline"
+	"github.com/paylock/paylock/internal/entityopt"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -37,7 +38,7 @@ var extraStrategies = []struct {
 	doc  string
 	new  func(pool *pgxpool.Pool) op
 }{
-	{"paylock-noqueue", "payment.Repository.With without the per-key queue (payment.WithoutKeyQueue)", paylockNoQueue},
+	{"paylock-noqueue", "payment.Repository.With without the per-key queue (entityopt.WithoutKeyQueue)", paylockNoQueue},
 }
 
 const (
@@ -128,7 +129,7 @@ func paylock(pool *pgxpool.Pool) op {
 // paylockNoQueue is the library without its per-key queue: every caller
 // waits at PostgreSQL.
 func paylockNoQueue(pool *pgxpool.Pool) op {
-	repo := payment.NewRepository(pool, payment.WithoutKeyQueue())
+	repo := payment.NewRepository(pool, entityopt.WithoutKeyQueue())
 	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		return 0, repo.With(ctx, key, bump)

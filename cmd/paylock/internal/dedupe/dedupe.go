@@ -19,8 +19,8 @@
 // the keys that still have duplicates. A key's move is idempotent: once
 // merged it no longer shows up as duplicated.
 //
-// Then the unique index is built by payment.BuildUniqueIndex, the code
-// payment.Migrate runs, under its advisory lock payment.MigrateKey, so a
+// Then the unique index is built by schema.BuildUniqueIndex, the code
+// payment.Migrate runs, under its advisory lock schema.MigrateKey, so a
 // dedupe never races a Migrate or another dedupe: CREATE UNIQUE INDEX
 // CONCURRENTLY, which doesn't block writers, after dropping an INVALID index
 // left by an earlier failed build — but never one another session is still
@@ -40,6 +40,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/schema"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -283,17 +284,17 @@ func mergeBatch(ctx context.Context, pool *pgxpool.Pool, keys []payment.Key, loc
 var errNewDuplicate = errors.New("dedupe: a duplicate appeared during the index build")
 
 // IndexState reports whether payment.UniqueIndex exists on payments and is
-// valid (usable and enforcing), by payment.UniqueIndexState.
+// valid (usable and enforcing), by schema.UniqueIndexState.
 func IndexState(ctx context.Context, pool *pgxpool.Pool) (exists, valid bool, err error) {
-	st, err := payment.UniqueIndexState(ctx, pool)
+	st, err := schema.UniqueIndexState(ctx, pool)
 	if err != nil {
 		return false, false, fmt.Errorf("dedupe: %w", err)
 	}
 	return st.Exists, st.Valid, nil
 }
 
-// EnsureIndex builds payment.UniqueIndex with payment.BuildUniqueIndex, the
-// mechanism payment.Migrate uses, under its advisory lock payment.MigrateKey:
+// EnsureIndex builds payment.UniqueIndex with schema.BuildUniqueIndex, the
+// mechanism payment.Migrate uses, under its advisory lock schema.MigrateKey:
 // it runs one at a time with Migrate and other dedupe runs, waits for a build
 // another session still runs rather than drop it, drops an INVALID index
 // left by a failed build, builds with CREATE UNIQUE INDEX CONCURRENTLY and
@@ -302,7 +303,7 @@ func IndexState(ctx context.Context, pool *pgxpool.Pool) (exists, valid bool, er
 // returns an error that makes Run merge again. It must not run inside a
 // transaction.
 func EnsureIndex(ctx context.Context, pool *pgxpool.Pool) (IndexResult, error) {
-	b, err := payment.BuildUniqueIndex(ctx, pool)
+	b, err := schema.BuildUniqueIndex(ctx, pool)
 	r := IndexResult{
 		AlreadyValid:    b.AlreadyValid,
 		DroppedInvalid:  b.DroppedInvalid,
