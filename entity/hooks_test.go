@@ -14,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -56,16 +55,7 @@ func (r *recorder) last(t *testing.T) entity.Event {
 }
 
 func setup(t *testing.T) (*pgxpool.Pool, context.Context) {
-	pool := pgtest.Pool(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
-		t.Fatal(err)
-	}
-	return pool, ctx
+	return setupPool(t, nil)
 }
 
 func TestHooks(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -19,16 +20,7 @@ import (
 
 // setupPool is setup with the pool configured by configure.
 func setupPool(t *testing.T, configure func(*pgxpool.Config)) (*pgxpool.Pool, context.Context) {
-	pool := pgtest.Pool(t, configure)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
-		t.Fatal(err)
-	}
-	return pool, ctx
+	return paytest.Pool(t, configure), pgtest.Context(t, time.Minute)
 }
 
 func oneConn(cfg *pgxpool.Config) { cfg.MaxConns, cfg.MinConns = 1, 0 }
@@ -285,8 +277,7 @@ func TestWithNestedOnAnotherCtx(t *testing.T) {
 	if err := repo.With(ctx, key, noop); err != nil {
 		t.Fatal(err)
 	}
-	other, cancel := context.WithTimeout(context.Background(), time.Minute) // not fn's ctx
-	defer cancel()
+	other := pgtest.Context(t, time.Minute) // not fn's ctx
 	var innerErr error
 	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
 		if _, err := tx.Exec(ctx, "UPDATE payments SET status = 'outer' WHERE id = $1", p.ID); err != nil {

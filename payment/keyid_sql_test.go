@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -39,16 +40,6 @@ func readGoldenKeys(t testing.TB) []goldenKey {
 		t.Fatalf("testdata/keys.json: %v", err)
 	}
 	return keys
-}
-
-// migrated returns a pool on a fresh database that Migrate has run on.
-func migrated(t testing.TB, ctx context.Context) *pgxpool.Pool {
-	t.Helper()
-	pool := pgtest.Pool(t, nil)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	return pool
 }
 
 // sqlKeyIDs computes paylock_key_id for every key in one statement.
@@ -88,8 +79,8 @@ func sqlKeyIDs(t testing.TB, ctx context.Context, pool *pgxpool.Pool, keys []gol
 // would take as "lock nothing").
 func TestKeyIDSQLGolden(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
-	pool := migrated(t, ctx)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
 	keys := readGoldenKeys(t)
 	for i, id := range sqlKeyIDs(t, ctx, pool, keys) {
 		if id != keys[i].ID {
@@ -184,8 +175,8 @@ func randomLen(r *rand.Rand) int {
 // boundary of the encoding and of xxhash64, up to 16 kB.
 func TestKeyIDSQLMatchesGo(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 2)
-	pool := migrated(t, ctx)
+	ctx := pgtest.Context(t, 2*time.Minute)
+	pool := paytest.Pool(t)
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	r := rand.New(rand.NewPCG(seed, 0))
@@ -223,8 +214,8 @@ func TestKeyIDSQLMatchesGo(t *testing.T) {
 // caller's search_path can't replace a function paylock_key_id calls.
 func TestKeyIDSQLIgnoresSearchPath(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
-	pool := migrated(t, ctx)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -251,7 +242,7 @@ func TestKeyIDSQLIgnoresSearchPath(t *testing.T) {
 
 func BenchmarkKeyIDSQL(b *testing.B) {
 	ctx := context.Background()
-	pool := migrated(b, ctx)
+	pool := paytest.Pool(b)
 	const calls = 20000
 	var total time.Duration
 	for b.Loop() {

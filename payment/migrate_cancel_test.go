@@ -20,7 +20,7 @@ import (
 // pool's behind; and a Migrate with time to finish ends with a valid index.
 func TestMigrateCancelledAtEveryStage(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	configure := func(c *pgxpool.Config) {
 		c.MaxConns = 8
 		c.ConnConfig.RuntimeParams["lock_timeout"] = "100ms"

@@ -21,7 +21,7 @@ import (
 func liveTable(t *testing.T) (*payment.Repository, *pgxpool.Pool) {
 	t.Helper()
 	repo, pool := newRepo(t, func(c *pgxpool.Config) { c.MaxConns = 8 })
-	_, err := pool.Exec(testCtx(t, 1), `DROP INDEX `+payment.UniqueIndex+`;
+	_, err := pool.Exec(pgtest.Context(t, time.Minute), `DROP INDEX `+payment.UniqueIndex+`;
 		INSERT INTO payments (service_id, line_item_id) SELECT 1, 'li_' || g FROM generate_series(1, 100) g`)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +116,7 @@ func relationLockWaits(t *testing.T, pool *pgxpool.Pool) (n int) {
 // Migrate returns nil with that same index valid.
 func TestMigrateDuringConcurrentBuild(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	repo, pool := liveTable(t)
 	release := holdSnapshot(t, ctx, pool)
 	_, built := startBuild(t, ctx, pool,
@@ -168,7 +168,7 @@ func TestMigrateDuringConcurrentBuild(t *testing.T) {
 // ctx.Err(), and the build carries on to a valid index.
 func TestMigrateBuildInProgressError(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	_, pool := liveTable(t)
 	release := holdSnapshot(t, ctx, pool)
 	_, built := startBuild(t, ctx, pool,
@@ -202,7 +202,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 
 	t.Run("FailedBuild", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t, 1)
+		ctx := pgtest.Context(t, time.Minute)
 		_, pool := liveTable(t)
 		_, err := pool.Exec(ctx, "INSERT INTO payments (service_id, line_item_id) VALUES (1, 'li_1')")
 		if err != nil {
@@ -243,7 +243,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 	// the INVALID index its build left, its session still being there.
 	t.Run("CancelledBuild", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t, 1)
+		ctx := pgtest.Context(t, time.Minute)
 		_, pool := liveTable(t)
 		release := holdSnapshot(t, ctx, pool)
 		migrated := make(chan error, 1)
@@ -274,7 +274,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 	// and builds it again.
 	t.Run("TerminatedBuild", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t, 1)
+		ctx := pgtest.Context(t, time.Minute)
 		_, pool := liveTable(t)
 		release := holdSnapshot(t, ctx, pool)
 		migrated := make(chan error, 1)
@@ -306,7 +306,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 	// session hasn't ended yet, rebuilds it.
 	t.Run("CancelledMigrate", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t, 1)
+		ctx := pgtest.Context(t, time.Minute)
 		_, pool := liveTable(t)
 		release := holdSnapshot(t, ctx, pool)
 		mctx, cancel := context.WithCancel(ctx)
@@ -346,7 +346,7 @@ func waitForBuild(t *testing.T, ctx context.Context, pool *pgxpool.Pool) (pid ui
 // keeps working, and it ends valid.
 func TestMigrateConcurrentCallsOnLiveTable(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	repo, pool := liveTable(t)
 	errc := make(chan error, 4)
 	for range 4 {
@@ -376,7 +376,7 @@ func TestMigrateConcurrentCallsOnLiveTable(t *testing.T) {
 // must; the timeout is back in force on the connection afterwards.
 func TestMigrateBuildOutlastsLockTimeout(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	pool := pgtest.Pool(t, func(c *pgxpool.Config) {
 		c.ConnConfig.RuntimeParams["lock_timeout"] = "100ms"
 	})
@@ -410,7 +410,7 @@ func TestMigrateBuildOutlastsLockTimeout(t *testing.T) {
 // snapshot, With keeps completing and no backend waits for a table lock.
 func TestMigrateBuildsConcurrentlyOnLiveTable(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	repo, pool := liveTable(t)
 	release := holdSnapshot(t, ctx, pool)
 	migrated := make(chan error, 1)
@@ -444,7 +444,7 @@ func TestMigrateBuildsConcurrentlyOnLiveTable(t *testing.T) {
 // table references.
 func TestMigrateSchemaLockTimeout(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	pool := pgtest.Pool(t, nil)
 	if _, err := pool.Exec(ctx, "CREATE TABLE services (id bigint PRIMARY KEY, name text NOT NULL)"); err != nil {
 		t.Fatal(err)
@@ -479,7 +479,7 @@ func TestMigrateSchemaLockTimeout(t *testing.T) {
 // *DuplicatesError.
 func TestMigrateDuplicateDuringBuild(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	_, pool := liveTable(t)
 	tx, err := pool.Begin(ctx)
 	if err != nil {
@@ -515,7 +515,7 @@ func TestMigrateDuplicateDuringBuild(t *testing.T) {
 // MigrateKey, ctx bounding the wait, and leaves no lock or connection behind.
 func TestMigrateWaitsForMigrateKey(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	pool := pgtest.Pool(t, nil)
 	holder, err := pool.Acquire(ctx)
 	if err != nil {
@@ -553,7 +553,7 @@ func TestMigrateWaitsForMigrateKey(t *testing.T) {
 // Migrate; that Migrate, with the timeout lifted, builds the index.
 func TestMigrateStatementTimeout(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	_, pool := liveTable(t)
 	const roleTimeout = "ALTER ROLE %I IN DATABASE %I SET statement_timeout = %L"
 	setTimeout := func(v string) {

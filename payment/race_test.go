@@ -9,12 +9,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/testing/racetest"
 	"github.com/paylock/paylock/payment"
@@ -77,13 +79,12 @@ func audit(t *testing.T, ctx context.Context, pool *pgxpool.Pool, table string, 
 	return racetest.Audit(calls, got, creators)
 }
 
+// setupRace returns a migrated pool of 40 connections with service 1 and a
+// naive_payments table of the payments table's shape, without its indexes.
 func setupRace(t *testing.T, ctx context.Context) *pgxpool.Pool {
-	pool := pgtest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 40 })
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	_, err := pool.Exec(ctx, `INSERT INTO services VALUES (1, 'api');
-		CREATE TABLE naive_payments (LIKE payments INCLUDING DEFAULTS INCLUDING IDENTITY);`)
+	t.Helper()
+	pool := paytest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 40 })
+	_, err := pool.Exec(ctx, `CREATE TABLE naive_payments (LIKE payments INCLUDING DEFAULTS INCLUDING IDENTITY);`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +95,7 @@ func setupRace(t *testing.T, ctx context.Context) *pgxpool.Pool {
 // the proof that the race is strong enough to fail, then with each strategy.
 func TestRace(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 3)
+	ctx := pgtest.Context(t, 3*time.Minute)
 	pool := setupRace(t, ctx)
 	const workers, calls = 32, 200
 
@@ -139,7 +140,7 @@ func TestRace(t *testing.T) {
 // TestRaceProcesses runs the race across 4 OS processes.
 func TestRaceProcesses(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 3)
+	ctx := pgtest.Context(t, 3*time.Minute)
 	pool := setupRace(t, ctx)
 	const procs, workers, calls = 4, 8, 50
 	dsn := pool.Config().ConnString()

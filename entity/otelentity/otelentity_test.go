@@ -17,6 +17,7 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/entity/otelentity"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -25,13 +26,8 @@ import (
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
 
 func TestSpansAndHistograms(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	pool := pgtest.Pool(t, nil)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')")
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
 
 	spans := tracetest.NewSpanRecorder()
 	reader := sdkmetric.NewManualReader()
@@ -97,13 +93,8 @@ func TestSpansAndHistograms(t *testing.T) {
 // timeout records its wait, on the span and in paylock.lock.wait, marks the
 // span not granted, and records no hold.
 func TestLockTimeoutIsAWaitWithoutHold(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	pool := pgtest.Pool(t, nil)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')")
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
 
 	spans := tracetest.NewSpanRecorder()
 	reader := sdkmetric.NewManualReader()

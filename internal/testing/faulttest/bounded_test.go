@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -22,8 +23,8 @@ import (
 // lock is not left behind, and the next caller proceeds.
 func TestLockTimeoutAsTheLockIsGranted(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	repo := payment.NewRepository(pool)
 	const timeout = 50 * time.Millisecond
 	impatient := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{LockTimeout: timeout}))
@@ -74,8 +75,8 @@ func TestLockTimeoutAsTheLockIsGranted(t *testing.T) {
 // ended the session while waiting for a command, so before any COMMIT.
 func TestIdleHolder(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	const idle = 300 * time.Millisecond
 	hanging := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{IdleTimeout: idle}))
 	repo := payment.NewRepository(pool)
@@ -128,8 +129,8 @@ func TestFnFails(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := testCtx(t, time.Minute)
-			pool := newPool(t, nil)
+			ctx := pgtest.Context(t, time.Minute)
+			pool := newPool(t)
 			repo := payment.NewRepository(pool)
 			l := newLedger()
 			k := key(1)

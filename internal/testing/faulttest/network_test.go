@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/testing/netfault"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -31,8 +32,8 @@ func proxied(t *testing.T, pool *pgxpool.Pool, configure func(*pgxpool.Config)) 
 // 5ms, 2 payments: everything succeeds, invariants and history hold.
 func TestNetworkLatency(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	proxy, slow := proxied(t, pool, func(c *pgxpool.Config) { c.MaxConns = 8 })
 	proxy.SetLatency(5 * time.Millisecond)
 	repo := payment.NewRepository(slow)
@@ -52,8 +53,8 @@ func TestNetworkLatency(t *testing.T) {
 // With fails with an error safe to retry.
 func TestNetworkReset(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	proxy, viaProxy := proxied(t, pool, nil)
 	repo := payment.NewRepository(pool)
 	l := newLedger()
@@ -98,8 +99,8 @@ func TestNetworkResetAroundCommit(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := testCtx(t, time.Minute)
-			pool := newPool(t, nil)
+			ctx := pgtest.Context(t, time.Minute)
+			pool := newPool(t)
 			proxy, viaProxy := proxied(t, pool, nil)
 			l := newLedger()
 			k := key(1)
@@ -149,8 +150,8 @@ func TestNetworkStall(t *testing.T) {
 	t.Parallel()
 	t.Run("IdleInFn", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t, time.Minute)
-		pool := newPool(t, nil)
+		ctx := pgtest.Context(t, time.Minute)
+		pool := newPool(t)
 		proxy, viaProxy := proxied(t, pool, nil)
 		l := newLedger()
 		k := key(1)
@@ -185,8 +186,8 @@ func TestNetworkStall(t *testing.T) {
 	})
 	t.Run("InALongStatement", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t, time.Minute)
-		pool := newPool(t, nil)
+		ctx := pgtest.Context(t, time.Minute)
+		pool := newPool(t)
 		proxy, viaProxy := proxied(t, pool, nil)
 		l := newLedger()
 		k := key(1)

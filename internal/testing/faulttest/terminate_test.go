@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -28,8 +29,8 @@ func terminate(ctx context.Context, t *testing.T, pool interface {
 // With fails with an error that is safe to retry (nothing was committed).
 func TestTerminateHolder(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	repo := payment.NewRepository(pool)
 	l := newLedger()
 	k := key(1)
@@ -65,8 +66,8 @@ func TestTerminateHolder(t *testing.T) {
 // one with Retry queues again and succeeds; the other callers don't notice.
 func TestTerminateWaiter(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	repo := payment.NewRepository(pool)
 	retrying := payment.NewRepository(pool, payment.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
 	// Another poller: a Repository lets only the holder and one waiter per
