@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // recorder keeps the events its hooks see.
@@ -54,24 +52,20 @@ func (r *recorder) last(t *testing.T) entity.Event {
 	return r.events[len(r.events)-1]
 }
 
-func setup(t *testing.T) (*pgxpool.Pool, context.Context) {
-	return setupPool(t, nil)
-}
-
 func TestHooks(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setup(t)
 	var rec recorder
-	repo := entity.New(pool, payment.Table{}, entity.WithHooks(rec.hooks()),
+	repo := entity.New(pool, counters{}, entity.WithHooks(rec.hooks()),
 		entity.WithLockOptions(lock.Options{LockTimeout: 100 * time.Millisecond}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_hooks"}
-	noop := func(context.Context, pgx.Tx, *payment.Payment) error { return nil }
+	key := "li_hooks"
+	noop := func(context.Context, pgx.Tx, *counter) error { return nil }
 
 	t.Run("CreatedThenFound", func(t *testing.T) {
 		fnSawStartCtx := false
-		err := repo.With(ctx, key, func(ctx context.Context, _ pgx.Tx, p *payment.Payment) error {
-			fnSawStartCtx = ctx.Value(ctxKey{}) == key.LockKey().String()
-			p.AmountCents = 5
+		err := repo.With(ctx, key, func(ctx context.Context, _ pgx.Tx, p *counter) error {
+			fnSawStartCtx = ctx.Value(ctxKey{}) == lockKey(key).String()
+			p.N = 5
 			return nil
 		})
 		if err != nil {
@@ -81,7 +75,7 @@ func TestHooks(t *testing.T) {
 			t.Error("fn did not get the ctx Start returned")
 		}
 		ev := rec.last(t)
-		if ev.Outcome != entity.OutcomeOK || !ev.Created || ev.Namespace != "payments" || ev.Key != key.LockKey() ||
+		if ev.Outcome != entity.OutcomeOK || !ev.Created || ev.Namespace != "counters" || ev.Key != lockKey(key) ||
 			ev.Strategy != entity.Advisory || ev.Hold <= 0 || ev.Granted.Before(ev.Start) || ev.Err != nil {
 			t.Fatalf("event %+v", ev)
 		}
@@ -100,10 +94,10 @@ func TestHooks(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer tx.Rollback(ctx)
-		if err := lock.Acquire(ctx, tx, key.LockKey()); err != nil {
+		if err := lock.Acquire(ctx, tx, lockKey(key)); err != nil {
 			t.Fatal(err)
 		}
-		slow := entity.New(pool, payment.Table{}, entity.WithHooks(rec.hooks()))
+		slow := entity.New(pool, counters{}, entity.WithHooks(rec.hooks()))
 		done := make(chan error, 1)
 		go func() { done <- slow.With(ctx, key, noop) }()
 		// Once With waits at the server, keep it waiting for held.
@@ -128,7 +122,7 @@ func TestHooks(t *testing.T) {
 
 	t.Run("Outcomes", func(t *testing.T) {
 		boom := errors.New("boom")
-		if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { return boom }); err != boom {
+		if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *counter) error { return boom }); err != boom {
 			t.Fatal(err)
 		}
 		if ev := rec.last(t); ev.Outcome != entity.OutcomeFnError || ev.Err != boom {
@@ -141,7 +135,7 @@ func TestHooks(t *testing.T) {
 					t.Fatalf("recovered %v, want the panic re-raised", p)
 				}
 			}()
-			repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { panic("hooked") })
+			repo.With(ctx, key, func(context.Context, pgx.Tx, *counter) error { panic("hooked") })
 		}()
 		if ev := rec.last(t); ev.Outcome != entity.OutcomePanic || !strings.Contains(ev.Err.Error(), "hooked") {
 			t.Fatalf("panic: %+v", ev)
@@ -152,7 +146,7 @@ func TestHooks(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer tx.Rollback(ctx)
-		if err := lock.Acquire(ctx, tx, key.LockKey()); err != nil {
+		if err := lock.Acquire(ctx, tx, lockKey(key)); err != nil {
 			t.Fatal(err)
 		}
 		if err := repo.With(ctx, key, noop); !errors.Is(err, lock.ErrLockTimeout) {
@@ -167,7 +161,7 @@ func TestHooks(t *testing.T) {
 		if ev := rec.last(t); ev.Outcome != entity.OutcomeCanceled {
 			t.Fatalf("canceled: %+v", ev)
 		}
-		repo.With(ctx, payment.Key{}, noop)
+		repo.With(ctx, "", noop)
 		if n := len(rec.events); rec.events[n-1].Outcome == entity.OutcomeError {
 			t.Fatal("an invalid key was reported: hooks see only calls past validation")
 		}
@@ -179,18 +173,18 @@ func TestLoggerIsSilentByDefaultAndWarnsOnFailure(t *testing.T) {
 	pool, ctx := setup(t)
 	var buf bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	repo := entity.New(pool, payment.Table{}, entity.WithHooks(entity.Hooks{Logger: logger}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_log"}
-	if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { return nil }); err != nil {
+	repo := entity.New(pool, counters{}, entity.WithHooks(entity.Hooks{Logger: logger}))
+	key := "li_log"
+	if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *counter) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if buf.Len() != 0 {
 		t.Fatalf("a successful call logged at warn level: %s", buf.String())
 	}
-	repo.With(ctx, payment.Key{ServiceID: 2, LineItemID: "li_log"}, func(context.Context, pgx.Tx, *payment.Payment) error { return nil })
+	repo.With(ctx, "refused_log", func(context.Context, pgx.Tx, *counter) error { return nil })
 	if out := buf.String(); !strings.Contains(out, "level=WARN") || !strings.Contains(out, "outcome=error") ||
-		!strings.Contains(out, "payments/2/li_log") {
-		t.Fatalf("unknown service logged %q, want a warning with outcome and key", out)
+		!strings.Contains(out, "counters/refused_log") {
+		t.Fatalf("a refused key logged %q, want a warning with outcome and key", out)
 	}
 }
 
@@ -198,7 +192,7 @@ func TestCheckAcceptsPostgreSQL(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setup(t)
 	for _, s := range []entity.Strategy{entity.Advisory, entity.RowLock} {
-		if err := entity.New(pool, payment.Table{}, entity.WithStrategy(s)).Check(ctx); err != nil {
+		if err := entity.New(pool, counters{}, entity.WithStrategy(s)).Check(ctx); err != nil {
 			t.Errorf("Check(%v) on PostgreSQL: %v", s, err)
 		}
 	}
@@ -219,9 +213,9 @@ func TestChainCallsEveryHookInOrder(t *testing.T) {
 			},
 		}
 	}
-	repo := entity.New(pool, payment.Table{}, entity.WithHooks(entity.Chain(hook("a"), hook("b"))))
-	if err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_chain"},
-		func(context.Context, pgx.Tx, *payment.Payment) error { return nil }); err != nil {
+	repo := entity.New(pool, counters{}, entity.WithHooks(entity.Chain(hook("a"), hook("b"))))
+	if err := repo.With(ctx, "li_chain",
+		func(context.Context, pgx.Tx, *counter) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := strings.Join(calls, ", "), "a start, b start, a done after b, b done after b"; got != want {
