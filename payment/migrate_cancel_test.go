@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -63,11 +64,8 @@ func TestMigrateCancelledAtEveryStage(t *testing.T) {
 
 	t.Run("LiveTable", func(t *testing.T) {
 		t.Parallel()
-		pool := pgtest.Pool(t, configure)
-		if err := payment.Migrate(ctx, pool); err != nil {
-			t.Fatal(err)
-		}
-		_, err := pool.Exec(ctx, `INSERT INTO services VALUES (1, 'api'); DROP INDEX `+payment.UniqueIndex+`;
+		pool := paytest.Pool(t, configure)
+		_, err := pool.Exec(ctx, `DROP INDEX `+payment.UniqueIndex+`;
 			INSERT INTO payments (service_id, line_item_id) SELECT 1, 'li_' || g FROM generate_series(1, 100) g`)
 		if err != nil {
 			t.Fatal(err)

@@ -25,10 +25,10 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
 
-func TestSpansAndHistograms(t *testing.T) {
-	ctx := pgtest.Context(t, time.Minute)
-	pool := paytest.Pool(t)
-
+// recorded returns Hooks that record their spans in spans and their metrics
+// in reader.
+func recorded(t *testing.T) (*tracetest.SpanRecorder, *sdkmetric.ManualReader, entity.Hooks) {
+	t.Helper()
 	spans := tracetest.NewSpanRecorder()
 	reader := sdkmetric.NewManualReader()
 	hooks, err := otelentity.Hooks(
@@ -37,6 +37,13 @@ func TestSpansAndHistograms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return spans, reader, hooks
+}
+
+func TestSpansAndHistograms(t *testing.T) {
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
+	spans, reader, hooks := recorded(t)
 	repo := payment.NewRepository(pool, entity.WithHooks(hooks))
 	key := payment.Key{ServiceID: 1, LineItemID: "li_secret_customer"}
 
@@ -95,15 +102,7 @@ func TestSpansAndHistograms(t *testing.T) {
 func TestLockTimeoutIsAWaitWithoutHold(t *testing.T) {
 	ctx := pgtest.Context(t, time.Minute)
 	pool := paytest.Pool(t)
-
-	spans := tracetest.NewSpanRecorder()
-	reader := sdkmetric.NewManualReader()
-	hooks, err := otelentity.Hooks(
-		otelentity.WithTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))),
-		otelentity.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
-	if err != nil {
-		t.Fatal(err)
-	}
+	spans, reader, hooks := recorded(t)
 	const timeout = 200 * time.Millisecond
 	repo := payment.NewRepository(pool, entity.WithHooks(hooks), payment.WithLockOptions(lock.Options{LockTimeout: timeout}))
 	key := payment.Key{ServiceID: 1, LineItemID: "li_timeout"}
