@@ -106,4 +106,19 @@ func row(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key string) (n i
 	return n, label
 }
 
+// holdKey takes key's lock in a transaction of its own on pool and returns
+// that transaction; it rolls back when t ends, unless committed before.
+func holdKey(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key string) pgx.Tx {
+	t.Helper()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(context.Background()) })
+	if err := lock.Acquire(ctx, tx, lockKey(key)); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
+
 func noop(context.Context, pgx.Tx, *counter) error { return nil }

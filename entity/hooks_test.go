@@ -89,14 +89,7 @@ func TestHooks(t *testing.T) {
 
 	t.Run("WaitIsMeasuredByTheServer", func(t *testing.T) {
 		const held = 300 * time.Millisecond
-		tx, err := pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback(ctx)
-		if err := lock.Acquire(ctx, tx, lockKey(key)); err != nil {
-			t.Fatal(err)
-		}
+		tx := holdKey(t, ctx, pool, key)
 		slow := entity.New(pool, counters{}, entity.WithHooks(rec.hooks()))
 		done := make(chan error, 1)
 		go func() { done <- slow.With(ctx, key, noop) }()
@@ -141,14 +134,7 @@ func TestHooks(t *testing.T) {
 			t.Fatalf("panic: %+v", ev)
 		}
 
-		tx, err := pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback(ctx)
-		if err := lock.Acquire(ctx, tx, lockKey(key)); err != nil {
-			t.Fatal(err)
-		}
+		holdKey(t, ctx, pool, key)
 		if err := repo.With(ctx, key, noop); !errors.Is(err, lock.ErrLockTimeout) {
 			t.Fatalf("With = %v, want a lock timeout", err)
 		}

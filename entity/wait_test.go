@@ -20,14 +20,7 @@ func TestHooksLockTimeoutIsNotAGrant(t *testing.T) {
 	repo := entity.New(pool, counters{}, entity.WithHooks(rec.hooks()),
 		entity.WithLockOptions(lock.Options{LockTimeout: timeout}))
 	key := "li_timeout_event"
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	if err := lock.Acquire(ctx, tx, lockKey(key)); err != nil {
-		t.Fatal(err)
-	}
+	holdKey(t, ctx, pool, key)
 	if err := repo.With(ctx, key, noop); !errors.Is(err, lock.ErrLockTimeout) {
 		t.Fatalf("With = %v, want a lock timeout", err)
 	}

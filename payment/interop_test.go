@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/goldenkeys"
 	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/testing/racetest"
@@ -138,11 +139,8 @@ func TestInteropGolden(t *testing.T) {
 	ctx := pgtest.Context(t, time.Minute)
 	pool := paytest.Pool(t)
 	dsn := pool.Config().ConnString()
-	keys := readGoldenKeys(t)
-	golden, err := filepath.Abs(filepath.Join("..", "testdata", "keys.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := goldenkeys.Read(t)
+	golden := goldenkeys.Path(t)
 	check := func(t *testing.T, lines []string) {
 		if len(lines) != len(keys) {
 			t.Fatalf("%d lines for %d keys", len(lines), len(keys))

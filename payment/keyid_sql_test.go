@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,36 +12,15 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/goldenkeys"
 	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
 
-// goldenKey is one entry of the repository's testdata/keys.json, the golden
-// keys shared by the Go, SQL, Ruby and Python tests.
-type goldenKey struct {
-	Namespace string   `json:"namespace"`
-	Parts     []string `json:"parts"`
-	ID        int64    `json:"id"`
-	Key       string   `json:"key"` // lock.Key.String
-}
-
-func readGoldenKeys(t testing.TB) []goldenKey {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "keys.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []goldenKey
-	if err := json.Unmarshal(b, &keys); err != nil {
-		t.Fatalf("testdata/keys.json: %v", err)
-	}
-	return keys
-}
-
 // sqlKeyIDs computes paylock_key_id for every key in one statement.
-func sqlKeyIDs(t testing.TB, ctx context.Context, pool *pgxpool.Pool, keys []goldenKey) []int64 {
+func sqlKeyIDs(t testing.TB, ctx context.Context, pool *pgxpool.Pool, keys []goldenkeys.Key) []int64 {
 	t.Helper()
 	type in struct {
 		N string   `json:"n"`
@@ -81,7 +58,7 @@ func TestKeyIDSQLGolden(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, time.Minute)
 	pool := paytest.Pool(t)
-	keys := readGoldenKeys(t)
+	keys := goldenkeys.Read(t)
 	for i, id := range sqlKeyIDs(t, ctx, pool, keys) {
 		if id != keys[i].ID {
 			t.Errorf("paylock_key_id(%s) = %d, want %d", shortKey(keys[i].Key), id, keys[i].ID)
@@ -181,7 +158,7 @@ func TestKeyIDSQLMatchesGo(t *testing.T) {
 	t.Logf("seed %d", seed)
 	r := rand.New(rand.NewPCG(seed, 0))
 	const n = 1500
-	keys := make([]goldenKey, n)
+	keys := make([]goldenkeys.Key, n)
 	for i := range keys {
 		ns := randomText(r, 1+r.IntN(20))
 		if r.IntN(20) == 0 {
@@ -192,7 +169,7 @@ func TestKeyIDSQLMatchesGo(t *testing.T) {
 			parts[j] = randomText(r, randomLen(r))
 		}
 		k := lock.NewKey(ns, parts...)
-		keys[i] = goldenKey{Namespace: ns, Parts: parts, ID: k.ID(), Key: k.String()}
+		keys[i] = goldenkeys.Key{Namespace: ns, Parts: parts, ID: k.ID(), Key: k.String()}
 	}
 	bad := 0
 	for i, id := range sqlKeyIDs(t, ctx, pool, keys) {

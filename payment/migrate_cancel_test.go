@@ -56,9 +56,7 @@ func TestMigrateCancelledAtEveryStage(t *testing.T) {
 			if err := payment.Migrate(ctx, pool); err != nil {
 				t.Fatalf("Migrate after one cancelled after %v: %v", d, err)
 			}
-			if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-				t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-			}
+			assertValidIndex(t, pool)
 		}
 	})
 
@@ -84,9 +82,7 @@ func TestMigrateCancelledAtEveryStage(t *testing.T) {
 		if err := payment.Migrate(ctx, pool); err != nil {
 			t.Fatalf("Migrate after the cancelled ones: %v", err)
 		}
-		if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-			t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-		}
+		assertValidIndex(t, pool)
 		assertHealthy(t, pool)
 	})
 }

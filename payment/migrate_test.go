@@ -43,6 +43,14 @@ func uniqueIndex(t *testing.T, pool *pgxpool.Pool) (oid uint32, valid bool) {
 	return oid, valid
 }
 
+// assertValidIndex fails t unless payment.UniqueIndex exists and is valid.
+func assertValidIndex(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
+		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
+	}
+}
+
 // holdSnapshot begins a REPEATABLE READ transaction that has taken its
 // snapshot: a CREATE INDEX CONCURRENTLY started afterwards waits for it to
 // end before it marks its index valid. The returned func ends it.
@@ -364,9 +372,7 @@ func TestMigrateConcurrentCallsOnLiveTable(t *testing.T) {
 			t.Fatalf("concurrent Migrate: %v", err)
 		}
 	}
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-	}
+	assertValidIndex(t, pool)
 	assertHealthy(t, pool)
 }
 
@@ -394,9 +400,7 @@ func TestMigrateBuildOutlastsLockTimeout(t *testing.T) {
 	if err := <-migrated; err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-	}
+	assertValidIndex(t, pool)
 	var lt string
 	if err := pool.QueryRow(ctx, "SHOW lock_timeout").Scan(&lt); err != nil || lt != "100ms" {
 		t.Fatalf("lock_timeout after Migrate = %q, %v; want 100ms", lt, err)
@@ -430,9 +434,7 @@ func TestMigrateBuildsConcurrentlyOnLiveTable(t *testing.T) {
 	if err := <-migrated; err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-	}
+	assertValidIndex(t, pool)
 	assertHealthy(t, pool)
 }
 
@@ -538,9 +540,7 @@ func TestMigrateWaitsForMigrateKey(t *testing.T) {
 	if err := <-migrated; err != nil {
 		t.Fatalf("Migrate after the holder let go: %v", err)
 	}
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-	}
+	assertValidIndex(t, pool)
 	assertHealthy(t, pool)
 }
 
@@ -580,8 +580,6 @@ func TestMigrateStatementTimeout(t *testing.T) {
 	if err := payment.Migrate(ctx, pool); err != nil {
 		t.Fatalf("Migrate without the timeout: %v", err)
 	}
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-	}
+	assertValidIndex(t, pool)
 	assertHealthy(t, pool)
 }
