@@ -247,95 +247,89 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 		assertHealthy(t, pool)
 	})
 
-	// A Migrate whose build is cancelled on the server (pg_cancel_backend,
-	// statement_timeout, a deadlock) fails with the server's error and drops
-	// the INVALID index its build left, its session still being there.
-	t.Run("CancelledBuild", func(t *testing.T) {
-		t.Parallel()
-		ctx := pgtest.Context(t, time.Minute)
-		_, pool := liveTable(t)
-		release := holdSnapshot(t, ctx, pool)
-		migrated := make(chan error, 1)
-		go func() { migrated <- payment.Migrate(ctx, pool) }()
-		pid := waitForBuild(t, ctx, pool)
-		if _, err := pool.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
-			t.Fatal(err)
-		}
-		var pgErr *pgconn.PgError
-		if err := <-migrated; !errors.As(err, &pgErr) || pgErr.Code != "57014" {
-			t.Fatalf("Migrate whose build was cancelled = %v; want 57014 query_canceled", err)
-		}
-		release()
-		if oid, valid := uniqueIndex(t, pool); oid != 0 {
-			t.Fatalf("after the cancelled build: index oid %d, valid %v; want the INVALID index dropped", oid, valid)
-		}
-		if err := payment.Migrate(ctx, pool); err != nil {
-			t.Fatalf("Migrate: %v", err)
-		}
-		if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-			t.Fatalf("after Migrate: index oid %d, valid %v; want a valid index", oid, valid)
-		}
-		assertHealthy(t, pool)
-	})
-
-	// A Migrate whose session is killed during its build (pg_terminate_backend,
-	// a lost connection) leaves an INVALID index; the next Migrate drops it
-	// and builds it again.
-	t.Run("TerminatedBuild", func(t *testing.T) {
-		t.Parallel()
-		ctx := pgtest.Context(t, time.Minute)
-		_, pool := liveTable(t)
-		release := holdSnapshot(t, ctx, pool)
-		migrated := make(chan error, 1)
-		go func() { migrated <- payment.Migrate(ctx, pool) }()
-		pid := waitForBuild(t, ctx, pool)
-		if _, err := pool.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-migrated; err == nil {
-			t.Fatal("Migrate whose session was killed = nil; want an error")
-		}
-		release()
-		oid, valid := uniqueIndex(t, pool)
-		if oid == 0 || valid {
-			t.Fatalf("after the killed build: index oid %d, valid %v; want an INVALID index", oid, valid)
-		}
-		if err := payment.Migrate(ctx, pool); err != nil {
-			t.Fatalf("Migrate: %v", err)
-		}
-		if got, valid := uniqueIndex(t, pool); got == oid || !valid {
-			t.Fatalf("after Migrate: index oid %d, valid %v; want a new valid index (the invalid one was %d)", got, valid, oid)
-		}
-		assertHealthy(t, pool)
-	})
-
-	// A Migrate whose ctx ends during its build returns at once; pgx sends
-	// the server a cancel request as it closes the connection, which leaves
-	// an INVALID index. The next Migrate, waiting for MigrateKey if that
-	// session hasn't ended yet, rebuilds it.
-	t.Run("CancelledMigrate", func(t *testing.T) {
-		t.Parallel()
-		ctx := pgtest.Context(t, time.Minute)
-		_, pool := liveTable(t)
-		release := holdSnapshot(t, ctx, pool)
-		mctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		abandoned := make(chan error, 1)
-		go func() { abandoned <- payment.Migrate(mctx, pool) }()
-		waitForBuild(t, ctx, pool)
-		cancel()
-		if err := <-abandoned; !errors.Is(err, context.Canceled) {
-			t.Fatalf("cancelled Migrate = %v; want context.Canceled", err)
-		}
-		release()
-		if err := payment.Migrate(ctx, pool); err != nil {
-			t.Fatalf("Migrate: %v", err)
-		}
-		if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-			t.Fatalf("after Migrate: index oid %d, valid %v; want a valid index", oid, valid)
-		}
-		assertHealthy(t, pool)
-	})
+	// A Migrate interrupted during its build, which an old snapshot keeps
+	// waiting, in one of three ways:
+	//   - CancelledBuild: the build is cancelled on the server
+	//     (pg_cancel_backend, statement_timeout, a deadlock): Migrate fails
+	//     with the server's error and drops the INVALID index its build
+	//     left, its session still being there;
+	//   - TerminatedBuild: its session is killed (pg_terminate_backend, a
+	//     lost connection), which leaves an INVALID index;
+	//   - CancelledMigrate: its ctx ends; it returns at once, and pgx sends
+	//     the server a cancel request as it closes the connection, which
+	//     leaves an INVALID index, or none yet.
+	// Either way the next Migrate (waiting for the migration lock if that
+	// session hasn't ended yet) ends with a valid index, a new one where an
+	// INVALID one was left.
+	for _, tt := range []struct {
+		name      string
+		interrupt func(t *testing.T, ctx context.Context, pool *pgxpool.Pool, pid uint32, cancel context.CancelFunc)
+		errOK     func(err error) bool
+		want      string // what errOK wants, for the failure message
+		left      string // the index the interrupted build leaves: "dropped", "invalid", or "" (either)
+	}{
+		{
+			name: "CancelledBuild",
+			interrupt: func(t *testing.T, ctx context.Context, pool *pgxpool.Pool, pid uint32, _ context.CancelFunc) {
+				if _, err := pool.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
+					t.Fatal(err)
+				}
+			},
+			errOK: func(err error) bool {
+				var pgErr *pgconn.PgError
+				return errors.As(err, &pgErr) && pgErr.Code == "57014"
+			},
+			want: "57014 query_canceled", left: "dropped",
+		},
+		{
+			name: "TerminatedBuild",
+			interrupt: func(t *testing.T, ctx context.Context, pool *pgxpool.Pool, pid uint32, _ context.CancelFunc) {
+				if _, err := pool.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+					t.Fatal(err)
+				}
+			},
+			errOK: func(err error) bool { return err != nil },
+			want:  "an error", left: "invalid",
+		},
+		{
+			name: "CancelledMigrate",
+			interrupt: func(_ *testing.T, _ context.Context, _ *pgxpool.Pool, _ uint32, cancel context.CancelFunc) {
+				cancel()
+			},
+			errOK: func(err error) bool { return errors.Is(err, context.Canceled) },
+			want:  "context.Canceled", left: "",
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := pgtest.Context(t, time.Minute)
+			_, pool := liveTable(t)
+			release := holdSnapshot(t, ctx, pool)
+			mctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			migrated := make(chan error, 1)
+			go func() { migrated <- payment.Migrate(mctx, pool) }()
+			tt.interrupt(t, ctx, pool, waitForBuild(t, ctx, pool), cancel)
+			if err := <-migrated; !tt.errOK(err) {
+				t.Fatalf("interrupted Migrate = %v; want %s", err, tt.want)
+			}
+			release()
+			oid, valid := uniqueIndex(t, pool)
+			switch {
+			case tt.left == "dropped" && oid != 0:
+				t.Fatalf("after the interrupted build: index oid %d, valid %v; want the INVALID index dropped", oid, valid)
+			case tt.left == "invalid" && (oid == 0 || valid):
+				t.Fatalf("after the interrupted build: index oid %d, valid %v; want an INVALID index", oid, valid)
+			}
+			if err := payment.Migrate(ctx, pool); err != nil {
+				t.Fatalf("Migrate: %v", err)
+			}
+			if got, valid := uniqueIndex(t, pool); got == 0 || !valid || (tt.left == "invalid" && got == oid) {
+				t.Fatalf("after Migrate: index oid %d, valid %v; want a valid index, a new one if the invalid one (%d) was left", got, valid, oid)
+			}
+			assertHealthy(t, pool)
+		})
+	}
 }
 
 // waitForBuild waits until a CREATE INDEX CONCURRENTLY in this database
