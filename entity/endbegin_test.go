@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/payment"
 )
 
 // TestWithFnEndsAndBeginsInOneMessage: fn ends the transaction and begins
@@ -36,17 +35,17 @@ func TestWithFnEndsAndBeginsInOneMessage(t *testing.T) {
 		} {
 			t.Run(name+"/"+mode, func(t *testing.T) {
 				pool, ctx := setupPool(t, configure)
-				repo := entity.New(pool, payment.Table{})
-				key := payment.Key{ServiceID: 1, LineItemID: "li_endbegin"}
+				repo := entity.New(pool, counters{})
+				key := "li_endbegin"
 				if err := repo.With(ctx, key, noop); err != nil {
 					t.Fatal(err)
 				}
-				err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *counter) error {
 					if err := end(ctx, tx); err != nil {
 						return err
 					}
-					p.AmountCents = 77
-					_, err := tx.Exec(ctx, "UPDATE payments SET status = 'by_fn' WHERE id = $1", p.ID)
+					p.N = 77
+					_, err := tx.Exec(ctx, "UPDATE counters SET label = 'by_fn' WHERE id = $1", p.ID)
 					return err
 				})
 				if !errors.Is(err, entity.ErrTxEnded) {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/testing/pgtest"
-	"github.com/paylock/paylock/payment"
 )
 
 var _ entity.Beginner = (*pgxpool.Pool)(nil)
@@ -159,8 +158,8 @@ func TestCheckEngine(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer rp.Close()
-		withErr := payment.NewRepository(rp).With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_revoked"},
-			func(context.Context, pgx.Tx, *payment.Payment) error { return nil })
+		withErr := entity.New(rp, counters{}).With(ctx, "li_revoked",
+			func(context.Context, pgx.Tx, *counter) error { return nil })
 		if withErr == nil {
 			t.Fatal("With succeeded without EXECUTE on pg_advisory_xact_lock: the setup is wrong")
 		}

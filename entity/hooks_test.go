@@ -11,12 +11,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // recorder keeps the events its hooks see.
@@ -55,33 +52,20 @@ func (r *recorder) last(t *testing.T) entity.Event {
 	return r.events[len(r.events)-1]
 }
 
-func setup(t *testing.T) (*pgxpool.Pool, context.Context) {
-	pool := pgtest.Pool(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
-		t.Fatal(err)
-	}
-	return pool, ctx
-}
-
 func TestHooks(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setup(t)
 	var rec recorder
-	repo := entity.New(pool, payment.Table{}, entity.WithHooks(rec.hooks()),
+	repo := entity.New(pool, counters{}, entity.WithHooks(rec.hooks()),
 		entity.WithLockOptions(lock.Options{LockTimeout: 100 * time.Millisecond}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_hooks"}
-	noop := func(context.Context, pgx.Tx, *payment.Payment) error { return nil }
+	key := "li_hooks"
+	noop := func(context.Context, pgx.Tx, *counter) error { return nil }
 
 	t.Run("CreatedThenFound", func(t *testing.T) {
 		fnSawStartCtx := false
-		err := repo.With(ctx, key, func(ctx context.Context, _ pgx.Tx, p *payment.Payment) error {
-			fnSawStartCtx = ctx.Value(ctxKey{}) == key.LockKey().String()
-			p.AmountCents = 5
+		err := repo.With(ctx, key, func(ctx context.Context, _ pgx.Tx, p *counter) error {
+			fnSawStartCtx = ctx.Value(ctxKey{}) == lockKey(key).String()
+			p.N = 5
 			return nil
 		})
 		if err != nil {
@@ -91,7 +75,7 @@ func TestHooks(t *testing.T) {
 			t.Error("fn did not get the ctx Start returned")
 		}
 		ev := rec.last(t)
-		if ev.Outcome != entity.OutcomeOK || !ev.Created || ev.Namespace != "payments" || ev.Key != key.LockKey() ||
+		if ev.Outcome != entity.OutcomeOK || !ev.Created || ev.Namespace != "counters" || ev.Key != lockKey(key) ||
 			ev.Strategy != entity.Advisory || ev.Hold <= 0 || ev.Granted.Before(ev.Start) || ev.Err != nil {
 			t.Fatalf("event %+v", ev)
 		}
@@ -105,15 +89,8 @@ func TestHooks(t *testing.T) {
 
 	t.Run("WaitIsMeasuredByTheServer", func(t *testing.T) {
 		const held = 300 * time.Millisecond
-		tx, err := pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback(ctx)
-		if err := lock.Acquire(ctx, tx, key.LockKey()); err != nil {
-			t.Fatal(err)
-		}
-		slow := entity.New(pool, payment.Table{}, entity.WithHooks(rec.hooks()))
+		tx := holdKey(t, ctx, pool, key)
+		slow := entity.New(pool, counters{}, entity.WithHooks(rec.hooks()))
 		done := make(chan error, 1)
 		go func() { done <- slow.With(ctx, key, noop) }()
 		// Once With waits at the server, keep it waiting for held.
@@ -138,7 +115,7 @@ func TestHooks(t *testing.T) {
 
 	t.Run("Outcomes", func(t *testing.T) {
 		boom := errors.New("boom")
-		if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { return boom }); err != boom {
+		if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *counter) error { return boom }); err != boom {
 			t.Fatal(err)
 		}
 		if ev := rec.last(t); ev.Outcome != entity.OutcomeFnError || ev.Err != boom {
@@ -151,20 +128,13 @@ func TestHooks(t *testing.T) {
 					t.Fatalf("recovered %v, want the panic re-raised", p)
 				}
 			}()
-			repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { panic("hooked") })
+			repo.With(ctx, key, func(context.Context, pgx.Tx, *counter) error { panic("hooked") })
 		}()
 		if ev := rec.last(t); ev.Outcome != entity.OutcomePanic || !strings.Contains(ev.Err.Error(), "hooked") {
 			t.Fatalf("panic: %+v", ev)
 		}
 
-		tx, err := pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback(ctx)
-		if err := lock.Acquire(ctx, tx, key.LockKey()); err != nil {
-			t.Fatal(err)
-		}
+		holdKey(t, ctx, pool, key)
 		if err := repo.With(ctx, key, noop); !errors.Is(err, lock.ErrLockTimeout) {
 			t.Fatalf("With = %v, want a lock timeout", err)
 		}
@@ -177,7 +147,7 @@ func TestHooks(t *testing.T) {
 		if ev := rec.last(t); ev.Outcome != entity.OutcomeCanceled {
 			t.Fatalf("canceled: %+v", ev)
 		}
-		repo.With(ctx, payment.Key{}, noop)
+		repo.With(ctx, "", noop)
 		if n := len(rec.events); rec.events[n-1].Outcome == entity.OutcomeError {
 			t.Fatal("an invalid key was reported: hooks see only calls past validation")
 		}
@@ -189,18 +159,18 @@ func TestLoggerIsSilentByDefaultAndWarnsOnFailure(t *testing.T) {
 	pool, ctx := setup(t)
 	var buf bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	repo := entity.New(pool, payment.Table{}, entity.WithHooks(entity.Hooks{Logger: logger}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_log"}
-	if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { return nil }); err != nil {
+	repo := entity.New(pool, counters{}, entity.WithHooks(entity.Hooks{Logger: logger}))
+	key := "li_log"
+	if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *counter) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if buf.Len() != 0 {
 		t.Fatalf("a successful call logged at warn level: %s", buf.String())
 	}
-	repo.With(ctx, payment.Key{ServiceID: 2, LineItemID: "li_log"}, func(context.Context, pgx.Tx, *payment.Payment) error { return nil })
+	repo.With(ctx, "refused_log", func(context.Context, pgx.Tx, *counter) error { return nil })
 	if out := buf.String(); !strings.Contains(out, "level=WARN") || !strings.Contains(out, "outcome=error") ||
-		!strings.Contains(out, "payments/2/li_log") {
-		t.Fatalf("unknown service logged %q, want a warning with outcome and key", out)
+		!strings.Contains(out, "counters/refused_log") {
+		t.Fatalf("a refused key logged %q, want a warning with outcome and key", out)
 	}
 }
 
@@ -229,9 +199,9 @@ func TestChainCallsEveryHookInOrder(t *testing.T) {
 			},
 		}
 	}
-	repo := entity.New(pool, payment.Table{}, entity.WithHooks(entity.Chain(hook("a"), hook("b"))))
-	if err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_chain"},
-		func(context.Context, pgx.Tx, *payment.Payment) error { return nil }); err != nil {
+	repo := entity.New(pool, counters{}, entity.WithHooks(entity.Chain(hook("a"), hook("b"))))
+	if err := repo.With(ctx, "li_chain",
+		func(context.Context, pgx.Tx, *counter) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := strings.Join(calls, ", "), "a start, b start, a done after b, b done after b"; got != want {

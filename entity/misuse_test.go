@@ -14,37 +14,9 @@ import (
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
-// setupPool is setup with the pool configured by configure.
-func setupPool(t *testing.T, configure func(*pgxpool.Config)) (*pgxpool.Pool, context.Context) {
-	pool := pgtest.Pool(t, configure)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
-		t.Fatal(err)
-	}
-	return pool, ctx
-}
-
 func oneConn(cfg *pgxpool.Config) { cfg.MaxConns, cfg.MinConns = 1, 0 }
-
-// row reads the committed amount and status of key's payment.
-func row(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key payment.Key) (amount int64, status string) {
-	t.Helper()
-	err := pool.QueryRow(ctx, "SELECT amount_cents, status FROM payments WHERE service_id = $1 AND line_item_id = $2",
-		key.ServiceID, key.LineItemID).Scan(&amount, &status)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return amount, status
-}
-
-func noop(context.Context, pgx.Tx, *payment.Payment) error { return nil }
 
 // TestWithLeakedTxIsDeadAfterWith keeps what fn can reach through tx — tx, a
 // savepoint and one nested in it, large objects, the connection — and uses
@@ -54,10 +26,10 @@ func noop(context.Context, pgx.Tx, *payment.Payment) error { return nil }
 func TestWithLeakedTxIsDeadAfterWith(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setupPool(t, oneConn)
-	repo := entity.New(pool, payment.Table{})
-	victim := payment.Key{ServiceID: 1, LineItemID: "li_leak_victim"}
-	if err := repo.With(ctx, victim, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-		p.AmountCents = 1
+	repo := entity.New(pool, counters{})
+	victim := "li_leak_victim"
+	if err := repo.With(ctx, victim, func(_ context.Context, _ pgx.Tx, p *counter) error {
+		p.N = 1
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -67,7 +39,7 @@ func TestWithLeakedTxIsDeadAfterWith(t *testing.T) {
 		leakedTx, leakedSP, leakedNested pgx.Tx
 		leakedLO                         pgx.LargeObjects
 	)
-	err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_leak"}, func(ctx context.Context, tx pgx.Tx, _ *payment.Payment) error {
+	err := repo.With(ctx, "li_leak", func(ctx context.Context, tx pgx.Tx, _ *counter) error {
 		if tx.Conn() == nil {
 			t.Error("tx.Conn() is nil while fn runs")
 		}
@@ -89,7 +61,7 @@ func TestWithLeakedTxIsDeadAfterWith(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	update := "UPDATE payments SET amount_cents = 999 WHERE service_id = 1 AND line_item_id = 'li_leak_victim'"
+	update := "UPDATE counters SET n = 999 WHERE key = 'li_leak_victim'"
 	use := func(t *testing.T) {
 		t.Helper()
 		for name, leaked := range map[string]pgx.Tx{"tx": leakedTx, "savepoint": leakedSP, "nested savepoint": leakedNested} {
@@ -114,7 +86,7 @@ func TestWithLeakedTxIsDeadAfterWith(t *testing.T) {
 		}
 	}
 	// On the connection the next caller now holds, inside its transaction.
-	if err := repo.With(ctx, victim, func(context.Context, pgx.Tx, *payment.Payment) error {
+	if err := repo.With(ctx, victim, func(context.Context, pgx.Tx, *counter) error {
 		use(t)
 		return nil
 	}); err != nil {
@@ -138,9 +110,9 @@ func TestWithLeakedTxIsDeadAfterWith(t *testing.T) {
 func TestWithLargeObjectsInFn(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setupPool(t, oneConn)
-	repo := entity.New(pool, payment.Table{})
+	repo := entity.New(pool, counters{})
 	var oid uint32
-	err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_lo"}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	err := repo.With(ctx, "li_lo", func(ctx context.Context, tx pgx.Tx, p *counter) error {
 		los := tx.LargeObjects()
 		var err error
 		if oid, err = los.Create(ctx, 0); err != nil {
@@ -153,7 +125,7 @@ func TestWithLargeObjectsInFn(t *testing.T) {
 		if _, err := lo.Write([]byte("receipt")); err != nil {
 			return err
 		}
-		p.AmountCents = 3
+		p.N = 3
 		return lo.Close()
 	})
 	if err != nil {
@@ -163,7 +135,7 @@ func TestWithLargeObjectsInFn(t *testing.T) {
 	if err := pool.QueryRow(ctx, "SELECT length(lo_get($1))", oid).Scan(&n); err != nil || n != len("receipt") {
 		t.Fatalf("large object %d: length %d, %v; want it committed", oid, n, err)
 	}
-	if err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_lo"}, noop); err != nil {
+	if err := repo.With(ctx, "li_lo", noop); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -174,7 +146,7 @@ func TestWithLargeObjectsInFn(t *testing.T) {
 func TestWithFnEndsTheTransaction(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setupPool(t, nil)
-	repo := entity.New(pool, payment.Table{})
+	repo := entity.New(pool, counters{})
 	boom := errors.New("boom")
 	for _, tt := range []struct {
 		stmt      string
@@ -191,15 +163,15 @@ func TestWithFnEndsTheTransaction(t *testing.T) {
 			name += "ThenError"
 		}
 		t.Run(name, func(t *testing.T) {
-			key := payment.Key{ServiceID: 1, LineItemID: "li_end_" + name}
+			key := "li_end_" + name
 			if err := repo.With(ctx, key, noop); err != nil {
 				t.Fatal(err)
 			}
-			err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				if _, err := tx.Exec(ctx, "UPDATE payments SET status = 'by_fn' WHERE id = $1", p.ID); err != nil {
+			err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *counter) error {
+				if _, err := tx.Exec(ctx, "UPDATE counters SET label = 'by_fn' WHERE id = $1", p.ID); err != nil {
 					return err
 				}
-				p.AmountCents = 77
+				p.N = 77
 				for stmt := range strings.SplitSeq(tt.stmt, "; ") {
 					if _, err := tx.Exec(ctx, stmt); err != nil {
 						return err
@@ -233,8 +205,8 @@ func TestWithFnEndsTheTransaction(t *testing.T) {
 func TestWithRowsLeftOpen(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setupPool(t, oneConn)
-	repo := entity.New(pool, payment.Table{})
-	key := payment.Key{ServiceID: 1, LineItemID: "li_rows"}
+	repo := entity.New(pool, counters{})
+	key := "li_rows"
 	if err := repo.With(ctx, key, noop); err != nil {
 		t.Fatal(err)
 	}
@@ -252,11 +224,11 @@ func TestWithRowsLeftOpen(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				if _, err := tx.Exec(ctx, "UPDATE payments SET status = 'by_fn' WHERE id = $1", p.ID); err != nil {
+			err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *counter) error {
+				if _, err := tx.Exec(ctx, "UPDATE counters SET label = 'by_fn' WHERE id = $1", p.ID); err != nil {
 					return err
 				}
-				p.AmountCents = 55
+				p.N = 55
 				return leave(ctx, tx)
 			})
 			if !errors.Is(err, entity.ErrRowsOpen) || errors.Is(err, lock.ErrCommitUnknown) {
@@ -280,23 +252,22 @@ func TestWithRowsLeftOpen(t *testing.T) {
 func TestWithNestedOnAnotherCtx(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setupPool(t, nil)
-	repo := entity.New(pool, payment.Table{}, entity.WithLockOptions(lock.Options{IdleTimeout: 300 * time.Millisecond}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_nested"}
+	repo := entity.New(pool, counters{}, entity.WithLockOptions(lock.Options{IdleTimeout: 300 * time.Millisecond}))
+	key := "li_nested"
 	if err := repo.With(ctx, key, noop); err != nil {
 		t.Fatal(err)
 	}
-	other, cancel := context.WithTimeout(context.Background(), time.Minute) // not fn's ctx
-	defer cancel()
+	other := pgtest.Context(t, time.Minute) // not fn's ctx
 	var innerErr error
-	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		if _, err := tx.Exec(ctx, "UPDATE payments SET status = 'outer' WHERE id = $1", p.ID); err != nil {
+	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *counter) error {
+		if _, err := tx.Exec(ctx, "UPDATE counters SET label = 'outer' WHERE id = $1", p.ID); err != nil {
 			return err
 		}
-		innerErr = repo.With(other, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-			p.AmountCents = 42
+		innerErr = repo.With(other, key, func(_ context.Context, _ pgx.Tx, p *counter) error {
+			p.N = 42
 			return nil
 		})
-		p.AmountCents = 7
+		p.N = 7
 		return nil
 	})
 	if innerErr != nil {
@@ -323,15 +294,15 @@ func TestWithGoroutineLeftBehindStopsWhenFnReturns(t *testing.T) {
 	if _, err := pool.Exec(ctx, "CREATE TABLE side (xid xid8)"); err != nil {
 		t.Fatal(err)
 	}
-	repo := entity.New(pool, payment.Table{})
-	key := payment.Key{ServiceID: 1, LineItemID: "li_goroutine"}
+	repo := entity.New(pool, counters{})
+	key := "li_goroutine"
 	var (
 		xid      uint64
 		inserted int
 		last     error
 	)
 	stopped := make(chan struct{})
-	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *counter) error {
 		if err := tx.QueryRow(ctx, "SELECT pg_current_xact_id()::text::bigint").Scan(&xid); err != nil {
 			return err
 		}
@@ -348,7 +319,7 @@ func TestWithGoroutineLeftBehindStopsWhenFnReturns(t *testing.T) {
 			}
 		}()
 		<-started
-		p.AmountCents = 9
+		p.N = 9
 		return nil
 	})
 	if err != nil {
@@ -379,12 +350,12 @@ func TestLockTimeoutBoundsTheQueue(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setupPool(t, nil)
 	const lockTimeout = 500 * time.Millisecond
-	repo := entity.New(pool, payment.Table{}, entity.WithLockOptions(lock.Options{LockTimeout: lockTimeout}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_queue_timeout"}
+	repo := entity.New(pool, counters{}, entity.WithLockOptions(lock.Options{LockTimeout: lockTimeout}))
+	key := "li_queue_timeout"
 	held, done := make(chan struct{}), make(chan struct{})
 	holder := make(chan error, 1)
 	go func() {
-		holder <- repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error {
+		holder <- repo.With(ctx, key, func(context.Context, pgx.Tx, *counter) error {
 			close(held)
 			<-done
 			return nil

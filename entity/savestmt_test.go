@@ -11,19 +11,18 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/payment"
 )
 
-// noteTable is payments with a rarely used Save statement: a payment whose
-// Status fn sets to "note" gets its note column written, a column that may
+// noteTable is counters with a rarely used Save statement: a counter whose
+// Label fn sets to "note" gets its note column written, a column that may
 // not exist (not migrated yet, or dropped since).
-type noteTable struct{ payment.Table }
+type noteTable struct{ counters }
 
-func (t noteTable) Save(before, after *payment.Payment) (string, []any, error) {
-	if after.Status == "note" {
-		return "UPDATE payments SET note = $2 WHERE id = $1", []any{after.ID, "hello"}, nil
+func (t noteTable) Save(before, after *counter) (string, []any, error) {
+	if after.Label == "note" {
+		return "UPDATE counters SET note = $2 WHERE id = $1", []any{after.ID, "hello"}, nil
 	}
-	return t.Table.Save(before, after)
+	return t.counters.Save(before, after)
 }
 
 // TestWithABrokenSaveStatementFailsOnlyItsCalls: a Save statement that fails
@@ -35,19 +34,19 @@ func TestWithABrokenSaveStatementFailsOnlyItsCalls(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 2 })
 	repo := entity.New(pool, noteTable{})
-	note := func(context.Context, pgx.Tx, *payment.Payment) error { return nil }
-	setNote := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-		p.Status = "note"
+	note := func(context.Context, pgx.Tx, *counter) error { return nil }
+	setNote := func(_ context.Context, _ pgx.Tx, p *counter) error {
+		p.Label = "note"
 		return nil
 	}
-	change := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-		p.AmountCents++
+	change := func(_ context.Context, _ pgx.Tx, p *counter) error {
+		p.N++
 		return nil
 	}
 	others := func(t *testing.T, round string) {
 		t.Helper()
 		for i := range 4 { // more calls than connections: each connection is used
-			key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("li_other_%s_%d", round, i)}
+			key := fmt.Sprintf("li_other_%s_%d", round, i)
 			if err := repo.With(ctx, key, note); err != nil {
 				t.Fatalf("%s: With on another key, nothing to save: %v", round, err)
 			}
@@ -63,7 +62,7 @@ func TestWithABrokenSaveStatementFailsOnlyItsCalls(t *testing.T) {
 			t.Fatalf("With = %v, want the undefined column (42703)", err)
 		}
 	}
-	key := payment.Key{ServiceID: 1, LineItemID: "li_note"}
+	key := "li_note"
 
 	t.Run("NeverWorked", func(t *testing.T) {
 		undefinedColumn(t, repo.With(ctx, key, setNote))
@@ -73,7 +72,7 @@ func TestWithABrokenSaveStatementFailsOnlyItsCalls(t *testing.T) {
 	})
 
 	t.Run("WorkedThenColumnDropped", func(t *testing.T) {
-		if _, err := pool.Exec(ctx, "ALTER TABLE payments ADD COLUMN note text"); err != nil {
+		if _, err := pool.Exec(ctx, "ALTER TABLE counters ADD COLUMN note text"); err != nil {
 			t.Fatal(err)
 		}
 		for range 3 {
@@ -81,7 +80,7 @@ func TestWithABrokenSaveStatementFailsOnlyItsCalls(t *testing.T) {
 				t.Fatalf("With writing the note once the column exists: %v", err)
 			}
 		}
-		if _, err := pool.Exec(ctx, "ALTER TABLE payments DROP COLUMN note"); err != nil {
+		if _, err := pool.Exec(ctx, "ALTER TABLE counters DROP COLUMN note"); err != nil {
 			t.Fatal(err)
 		}
 		pool.Reset()

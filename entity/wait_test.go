@@ -7,7 +7,6 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // TestHooksLockTimeoutIsNotAGrant: a call whose wait for the lock ended in a
@@ -18,17 +17,10 @@ func TestHooksLockTimeoutIsNotAGrant(t *testing.T) {
 	pool, ctx := setup(t)
 	const timeout = 200 * time.Millisecond
 	var rec recorder
-	repo := entity.New(pool, payment.Table{}, entity.WithHooks(rec.hooks()),
+	repo := entity.New(pool, counters{}, entity.WithHooks(rec.hooks()),
 		entity.WithLockOptions(lock.Options{LockTimeout: timeout}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_timeout_event"}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	if err := lock.Acquire(ctx, tx, key.LockKey()); err != nil {
-		t.Fatal(err)
-	}
+	key := "li_timeout_event"
+	holdKey(t, ctx, pool, key)
 	if err := repo.With(ctx, key, noop); !errors.Is(err, lock.ErrLockTimeout) {
 		t.Fatalf("With = %v, want a lock timeout", err)
 	}

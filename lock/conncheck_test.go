@@ -3,6 +3,7 @@ package lock_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
@@ -13,7 +14,7 @@ import (
 // they still cancel a wait.
 func TestConnCheckRefused(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	url := pgtest.DB(t)
 	pgtest.RefuseConnCheck(t, url)
 	runs, _ := runners(t, url)
@@ -37,7 +38,7 @@ func TestConnCheckRefused(t *testing.T) {
 // client_connection_check_interval set, for Run and RunDB alike.
 func TestConnCheckAccepted(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	runs, _ := runners(t, pgtest.DB(t))
 	for _, r := range runs {
 		var interval string

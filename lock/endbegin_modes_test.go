@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -34,7 +35,7 @@ func TestRunFnEndsAndBeginsEveryMode(t *testing.T) {
 				t.Fatal(err)
 			}
 			cfg.ConnConfig.DefaultQueryExecMode = mode
-			ctx := testCtx(t)
+			ctx := pgtest.Context(t, 30*time.Second)
 			pool, err := pgxpool.NewWithConfig(ctx, cfg)
 			if err != nil {
 				t.Fatal(err)

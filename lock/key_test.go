@@ -2,14 +2,12 @@ package lock_test
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/paylock/paylock/internal/testing/goldenkeys"
 	"github.com/paylock/paylock/lock"
 )
 
@@ -19,7 +17,7 @@ import (
 // function paylock_key_id and of the Ruby and Python examples. A change here
 // is a deliberate, visible break.
 func TestKeyGolden(t *testing.T) {
-	keys := readGoldenKeys(t)
+	keys := goldenkeys.Read(t)
 	if len(keys) < 20 {
 		t.Fatalf("testdata/keys.json holds %d keys, want at least 20", len(keys))
 	}
@@ -35,27 +33,6 @@ func TestKeyGolden(t *testing.T) {
 			t.Errorf("ParseKey(%q) = %q, want %q", g.Key, p.Parts(), g.Parts)
 		}
 	}
-}
-
-// goldenKey is one entry of testdata/keys.json.
-type goldenKey struct {
-	Namespace string   `json:"namespace"`
-	Parts     []string `json:"parts"`
-	ID        int64    `json:"id"`
-	Key       string   `json:"key"` // Key.String
-}
-
-func readGoldenKeys(t *testing.T) []goldenKey {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "keys.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []goldenKey
-	if err := json.Unmarshal(b, &keys); err != nil {
-		t.Fatalf("testdata/keys.json: %v", err)
-	}
-	return keys
 }
 
 func TestKeyEncodeGolden(t *testing.T) {

@@ -20,7 +20,7 @@ import (
 // retried.
 func TestServerInGerman(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	runs, pool := runners(t, pgtest.DBMessages(t, "de_DE.UTF-8"))
 	if _, err := pool.Exec(ctx, "CREATE TABLE u (v int UNIQUE DEFERRABLE INITIALLY DEFERRED)"); err != nil {
 		t.Fatal(err)
@@ -70,7 +70,7 @@ func TestServerInGerman(t *testing.T) {
 // and unlocalized severity: retried, or returned at once with its sentinel.
 func TestServerInGermanClassifiesEveryPath(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	runs, pool := runners(t, pgtest.DBMessages(t, "de_DE.UTF-8"))
 	retry := lock.Retry{Attempts: 3, Backoff: time.Millisecond}
 	german := func(t *testing.T, err error, code string) {

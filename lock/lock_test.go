@@ -22,12 +22,6 @@ var (
 	_ lock.Beginner = (*pgx.Conn)(nil)
 )
 
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // lockRows counts advisory locks on key, by grant state.
 func lockRows(t *testing.T, pool *pgxpool.Pool, key lock.Key) (granted, waiting int) {
 	t.Helper()
@@ -72,7 +66,7 @@ func TestAcquire(t *testing.T) {
 	pool := pgtest.Pool(t, nil)
 
 	t.Run("SecondTransactionWaitsUntilFirstCommits", func(t *testing.T) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		key := lock.NewKey("test", "wait")
 		tx1 := begin(t, ctx, pool)
 		if err := lock.Acquire(ctx, tx1, key); err != nil {
@@ -103,7 +97,7 @@ func TestAcquire(t *testing.T) {
 	})
 
 	t.Run("DifferentKeysDoNotBlock", func(t *testing.T) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		tx1, tx2 := begin(t, ctx, pool), begin(t, ctx, pool)
 		if err := lock.Acquire(ctx, tx1, lock.NewKey("test", "a")); err != nil {
 			t.Fatal(err)
@@ -115,7 +109,7 @@ func TestAcquire(t *testing.T) {
 	})
 
 	t.Run("TryAcquireIsFalseWhileHeld", func(t *testing.T) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		key := lock.NewKey("test", "try")
 		tx1, tx2 := begin(t, ctx, pool), begin(t, ctx, pool)
 		if ok, err := lock.TryAcquire(ctx, tx1, key); err != nil || !ok {
@@ -136,7 +130,7 @@ func TestAcquire(t *testing.T) {
 	})
 
 	t.Run("CancelWhileWaitingReturnsPromptly", func(t *testing.T) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		key := lock.NewKey("test", "cancel")
 		tx1 := begin(t, ctx, pool)
 		if err := lock.Acquire(ctx, tx1, key); err != nil {
@@ -172,7 +166,7 @@ func TestAcquire(t *testing.T) {
 	})
 
 	t.Run("LockTimeout", func(t *testing.T) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		key := lock.NewKey("test", "timeout")
 		if err := lock.Acquire(ctx, begin(t, ctx, pool), key); err != nil {
 			t.Fatal(err)
@@ -186,7 +180,7 @@ func TestAcquire(t *testing.T) {
 	})
 
 	t.Run("CommentNamesTheKeyOfAWaiter", func(t *testing.T) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		key := lock.NewKey("payments", "7", "li 'x'*/")
 		holder := begin(t, ctx, pool)
 		if err := lock.Acquire(ctx, holder, key); err != nil {
@@ -215,7 +209,7 @@ func TestAcquire(t *testing.T) {
 	})
 
 	t.Run("PgLocksShowsClassIDAndObjID", func(t *testing.T) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		key := lock.NewKey("payments", "1", "a") // negative id: classid >= 2^31
 		tx := begin(t, ctx, pool)
 		if err := lock.Acquire(ctx, tx, key); err != nil {
@@ -234,7 +228,7 @@ func TestAcquire(t *testing.T) {
 	})
 
 	t.Run("InvalidKeyRunsNoSQL", func(t *testing.T) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		tx := begin(t, ctx, pool)
 		for _, err := range []error{
 			lock.Acquire(ctx, tx, lock.NewKey("BAD")),
@@ -261,7 +255,7 @@ func TestAcquireAll(t *testing.T) {
 	t.Run("OppositeOrdersDeadlockWithoutIt", func(t *testing.T) {
 		// The failure AcquireAll prevents: two transactions taking the same
 		// two keys one by one in opposite orders.
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		tx1, tx2 := begin(t, ctx, pool), begin(t, ctx, pool)
 		if err := lock.Acquire(ctx, tx1, a); err != nil {
 			t.Fatal(err)
@@ -281,7 +275,7 @@ func TestAcquireAll(t *testing.T) {
 	})
 
 	t.Run("OppositeOrdersFinish", func(t *testing.T) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		start := make(chan struct{})
 		var g errgroup.Group
 		for _, keys := range [][]lock.Key{{a, b}, {b, a}} {
@@ -310,7 +304,7 @@ func TestAcquireAll(t *testing.T) {
 	})
 
 	t.Run("HoldsEveryKey", func(t *testing.T) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		tx1, tx2 := begin(t, ctx, pool), begin(t, ctx, pool)
 		c := lock.NewKey("test", "c")
 		if err := lock.AcquireAll(ctx, tx1, c, a, b, a); err != nil {
@@ -327,7 +321,7 @@ func TestAcquireAll(t *testing.T) {
 func TestRun(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.Pool(t, nil)
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	if _, err := pool.Exec(ctx, "CREATE TABLE t (v int)"); err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,7 @@ import (
 // the row ('victim', 1).
 func managedSetup(t *testing.T) (*pgxpool.Pool, context.Context) {
 	pool := pgtest.Pool(t, func(cfg *pgxpool.Config) { cfg.MaxConns, cfg.MinConns = 1, 0 })
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	if _, err := pool.Exec(ctx, "CREATE TABLE t (k text PRIMARY KEY, v int); INSERT INTO t VALUES ('victim', 1)"); err != nil {
 		t.Fatal(err)
 	}
@@ -145,14 +145,13 @@ func TestRunRowsLeftOpen(t *testing.T) {
 func TestRunNestedOnAnotherCtx(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.Pool(t, nil)
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	if _, err := pool.Exec(ctx, "CREATE TABLE t (k text PRIMARY KEY, v int)"); err != nil {
 		t.Fatal(err)
 	}
 	o := lock.Options{IdleTimeout: 300 * time.Millisecond}
 	key := lock.NewKey("test", "nested")
-	other, cancel := context.WithTimeout(context.Background(), time.Minute) // not fn's ctx
-	defer cancel()
+	other := pgtest.Context(t, time.Minute) // not fn's ctx
 	var innerErr error
 	err := o.Run(ctx, pool, key, func(ctx context.Context, tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "INSERT INTO t VALUES ('outer', 1)"); err != nil {

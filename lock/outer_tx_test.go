@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -17,7 +18,7 @@ import (
 // would end the caller's transaction, committing what it meant to roll back.
 func TestRunOnAConnectionInATransaction(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	pool := pgtest.Pool(t, nil)
 	if _, err := pool.Exec(ctx, "CREATE TABLE outer_tx (v int)"); err != nil {
 		t.Fatal(err)

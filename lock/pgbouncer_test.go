@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -26,7 +27,7 @@ func TestBehindPgbouncer(t *testing.T) {
 	if _, err := pgbouncer.Find(); err != nil {
 		t.Skipf("skipping: %v", err)
 	}
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	direct := pgtest.Pool(t, nil)
 	cc := direct.Config().ConnConfig
 	b, err := pgbouncer.Start(ctx, cc.Host, int(cc.Port), cc.User, pgbouncer.Options{PoolSize: 1})

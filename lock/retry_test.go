@@ -49,8 +49,7 @@ func TestRetryDo(t *testing.T) {
 	t.Run("StopsWhenCtxIsDone", func(t *testing.T) {
 		// The deadline passes long before the first wait (an hour) ends,
 		// and possibly before the first attempt returns, on a loaded machine.
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-		defer cancel()
+		ctx := pgtest.Context(t, 20*time.Millisecond)
 		calls := 0
 		err := lock.Retry{Attempts: 100, Backoff: time.Hour, MaxBackoff: time.Hour}.Do(ctx, func() error {
 			calls++
@@ -84,8 +83,7 @@ func TestRetryDo(t *testing.T) {
 	})
 	t.Run("MaxBackoffCapsTheFirstWait", func(t *testing.T) {
 		// Without the cap the first wait is half an hour at least.
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
+		ctx := pgtest.Context(t, 20*time.Second)
 		calls := 0
 		err := lock.Retry{Attempts: 2, Backoff: time.Hour, MaxBackoff: time.Millisecond}.Do(ctx, func() error {
 			calls++
@@ -112,7 +110,7 @@ func TestRunRetriesADeadlock(t *testing.T) {
 	pool := pgtest.Pool(t, nil)
 	a, b := lock.NewKey("retry", "a"), lock.NewKey("retry", "b")
 	run := func(o lock.Options) (errs [2]error, runs int64) {
-		ctx := testCtx(t)
+		ctx := pgtest.Context(t, 30*time.Second)
 		var n atomic.Int64
 		first := make(chan struct{}, 2)
 		var g errgroup.Group

@@ -85,7 +85,7 @@ func values(t *testing.T, pool *pgxpool.Pool, lo, hi int) []int {
 // and refuse reentry alike.
 func TestRunAndRunDBShareOneContract(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	runs, pool := runners(t, pgtest.DB(t))
 	if _, err := pool.Exec(ctx, `
 		CREATE TABLE t (v int);

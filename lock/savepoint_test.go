@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -17,7 +18,7 @@ import (
 // them, and locks taken before the savepoint outlive its rollback.
 func TestSavepoints(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	pool := pgtest.Pool(t, nil)
 	outer, rolledBack, released := lock.NewKey("sp", "outer"), lock.NewKey("sp", "rolled-back"), lock.NewKey("sp", "released")
 	// free reports whether another transaction could take key now.
@@ -81,7 +82,7 @@ func TestSavepoints(t *testing.T) {
 // leaves no prepared statement per key on the connection.
 func TestTryAcquireTxPreparesNothing(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
+	ctx := pgtest.Context(t, 30*time.Second)
 	db, err := sql.Open("pgx", pgtest.DB(t))
 	if err != nil {
 		t.Fatal(err)

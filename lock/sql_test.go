@@ -60,8 +60,7 @@ func auditCounters(t *testing.T, ctx context.Context, db *sql.DB, calls []racete
 // pgx's stdlib driver: first without the lock (it must fail), then in RunDB.
 func TestRunDBRace(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	ctx := pgtest.Context(t, 3*time.Minute)
 	db, err := sql.Open("pgx", pgtest.DB(t))
 	if err != nil {
 		t.Fatal(err)
@@ -116,8 +115,7 @@ func TestRunDBRace(t *testing.T) {
 
 func TestAcquireTx(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := pgtest.Context(t, time.Minute)
 	url := pgtest.DB(t)
 	db, err := sql.Open("pgx", url)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/entityopt"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -39,8 +40,7 @@ func rowlockOp(pool *pgxpool.Pool) func(context.Context, payment.Key) error {
 // loop hands b.Loop's iterations to workers goroutines calling do, and
 // reports the p99 latency of a call.
 func loop(b *testing.B, workers int, do func(ctx context.Context, i int) error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+	ctx := pgtest.Context(b, 10*time.Minute)
 	work := make(chan int)
 	lat := make([][]time.Duration, workers)
 	g, gctx := errgroup.WithContext(ctx)
@@ -83,18 +83,10 @@ func p99(d []time.Duration) time.Duration {
 // Repository on it with opts.
 func benchRepo(b *testing.B, conns int32, opts ...entity.Option) (*payment.Repository, *pgxpool.Pool) {
 	b.Helper()
-	pool := pgtest.Pool(b, func(cfg *pgxpool.Config) {
+	pool := paytest.Pool(b, func(cfg *pgxpool.Config) {
 		cfg.MaxConns, cfg.MinConns = conns, conns
 		cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := payment.Migrate(ctx, pool); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'bench')"); err != nil {
-		b.Fatal(err)
-	}
 	for pool.Stat().TotalConns() < conns { // dialling is not timed
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -146,8 +138,7 @@ func BenchmarkHotKeyStorm(b *testing.B) {
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			repo, pool := benchRepo(b, 4, c.opts...)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-			defer cancel()
+			ctx := pgtest.Context(b, 10*time.Minute)
 			coldRepo := repo
 			if c.separate {
 				cold, err := pgxpool.NewWithConfig(ctx, pool.Config())

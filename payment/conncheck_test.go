@@ -3,6 +3,7 @@ package payment_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -26,7 +27,7 @@ func TestWithConnCheck(t *testing.T) {
 		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
 			t.Run(tt.name+"/"+mode.String(), func(t *testing.T) {
 				t.Parallel()
-				ctx := testCtx(t, 1)
+				ctx := pgtest.Context(t, time.Minute)
 				repo, _ := newRepo(t, func(cfg *pgxpool.Config) {
 					cfg.ConnConfig.DefaultQueryExecMode = mode
 					if tt.refuse {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -35,7 +36,7 @@ var hostile = []string{
 func TestWithHostileKeys(t *testing.T) {
 	t.Parallel()
 	repo, pool := newRepo(t, nil)
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	for _, li := range hostile {
 		k := payment.Key{ServiceID: 1, LineItemID: li}
 		if err := repo.With(ctx, k, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {

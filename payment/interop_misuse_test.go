@@ -5,7 +5,10 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
+	"github.com/paylock/paylock/internal/testing/paytest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 )
 
@@ -79,8 +82,8 @@ Payment.with(line_item_id: "li_iso", service_id: 7) { puts "isolation #{Payment.
 // READ COMMITTED on a database whose default is SERIALIZABLE.
 func TestInteropMisuse(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
-	pool := migrated(t, ctx)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
 	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (7, 'acme')"); err != nil {
 		t.Fatal(err)
 	}

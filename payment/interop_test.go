@@ -20,6 +20,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/goldenkeys"
+	"github.com/paylock/paylock/internal/testing/paytest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/testing/racetest"
 	"github.com/paylock/paylock/payment"
 )
@@ -133,14 +136,11 @@ func output(t *testing.T, cmd *exec.Cmd) []string {
 // Python's own xxhash, and the key strings of the paylock_key comments.
 func TestInteropGolden(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
-	pool := migrated(t, ctx)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
 	dsn := pool.Config().ConnString()
-	keys := readGoldenKeys(t)
-	golden, err := filepath.Abs(filepath.Join("..", "testdata", "keys.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := goldenkeys.Read(t)
+	golden := goldenkeys.Path(t)
 	check := func(t *testing.T, lines []string) {
 		if len(lines) != len(keys) {
 			t.Fatalf("%d lines for %d keys", len(lines), len(keys))
@@ -169,8 +169,8 @@ func TestInteropGolden(t *testing.T) {
 // statement word for word.
 func TestInteropDocSnippets(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
-	pool := migrated(t, ctx)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
 	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (7, 'acme')"); err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +317,7 @@ func language(op string) string {
 // violations on one with it.
 func TestInteropRace(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 2)
+	ctx := pgtest.Context(t, 2*time.Minute)
 	rb, py := ruby(t), python(t)
 	snippet := pythonSnippet(t)
 	pool := setupRace(t, ctx)

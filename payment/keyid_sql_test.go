@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,45 +13,14 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/schema"
+	"github.com/paylock/paylock/internal/testing/goldenkeys"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
-// goldenKey is one entry of the repository's testdata/keys.json, the golden
-// keys shared by the Go, SQL, Ruby and Python tests.
-type goldenKey struct {
-	Namespace string   `json:"namespace"`
-	Parts     []string `json:"parts"`
-	ID        int64    `json:"id"`
-	Key       string   `json:"key"` // lock.Key.String
-}
-
-func readGoldenKeys(t testing.TB) []goldenKey {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "keys.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []goldenKey
-	if err := json.Unmarshal(b, &keys); err != nil {
-		t.Fatalf("testdata/keys.json: %v", err)
-	}
-	return keys
-}
-
-// migrated returns a pool on a fresh database that Migrate has run on.
-func migrated(t testing.TB, ctx context.Context) *pgxpool.Pool {
-	t.Helper()
-	pool := pgtest.Pool(t, nil)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	return pool
-}
-
 // sqlKeyIDs computes paylock_key_id for every key in one statement.
-func sqlKeyIDs(t testing.TB, ctx context.Context, pool *pgxpool.Pool, keys []goldenKey) []int64 {
+func sqlKeyIDs(t testing.TB, ctx context.Context, pool *pgxpool.Pool, keys []goldenkeys.Key) []int64 {
 	t.Helper()
 	type in struct {
 		N string   `json:"n"`
@@ -89,9 +56,9 @@ func sqlKeyIDs(t testing.TB, ctx context.Context, pool *pgxpool.Pool, keys []gol
 // would take as "lock nothing").
 func TestKeyIDSQLGolden(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
-	pool := migrated(t, ctx)
-	keys := readGoldenKeys(t)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
+	keys := goldenkeys.Read(t)
 	for i, id := range sqlKeyIDs(t, ctx, pool, keys) {
 		if id != keys[i].ID {
 			t.Errorf("paylock_key_id(%s) = %d, want %d", shortKey(keys[i].Key), id, keys[i].ID)
@@ -185,13 +152,13 @@ func randomLen(r *rand.Rand) int {
 // boundary of the encoding and of xxhash64, up to 16 kB.
 func TestKeyIDSQLMatchesGo(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 2)
-	pool := migrated(t, ctx)
+	ctx := pgtest.Context(t, 2*time.Minute)
+	pool := paytest.Pool(t)
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	r := rand.New(rand.NewPCG(seed, 0))
 	const n = 1500
-	keys := make([]goldenKey, n)
+	keys := make([]goldenkeys.Key, n)
 	for i := range keys {
 		ns := randomText(r, 1+r.IntN(20))
 		if r.IntN(20) == 0 {
@@ -202,7 +169,7 @@ func TestKeyIDSQLMatchesGo(t *testing.T) {
 			parts[j] = randomText(r, randomLen(r))
 		}
 		k := lock.NewKey(ns, parts...)
-		keys[i] = goldenKey{Namespace: ns, Parts: parts, ID: k.ID(), Key: k.String()}
+		keys[i] = goldenkeys.Key{Namespace: ns, Parts: parts, ID: k.ID(), Key: k.String()}
 	}
 	bad := 0
 	for i, id := range sqlKeyIDs(t, ctx, pool, keys) {
@@ -224,8 +191,8 @@ func TestKeyIDSQLMatchesGo(t *testing.T) {
 // caller's search_path can't replace a function paylock_key_id calls.
 func TestKeyIDSQLIgnoresSearchPath(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
-	pool := migrated(t, ctx)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +219,7 @@ func TestKeyIDSQLIgnoresSearchPath(t *testing.T) {
 
 func BenchmarkKeyIDSQL(b *testing.B) {
 	ctx := context.Background()
-	pool := migrated(b, ctx)
+	pool := paytest.Pool(b)
 	const calls = 20000
 	var total time.Duration
 	for b.Loop() {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -20,7 +21,6 @@ import (
 // pool's behind; and a Migrate with time to finish ends with a valid index.
 func TestMigrateCancelledAtEveryStage(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
 	configure := func(c *pgxpool.Config) {
 		c.MaxConns = 8
 		c.ConnConfig.RuntimeParams["lock_timeout"] = "100ms"
@@ -28,7 +28,7 @@ func TestMigrateCancelledAtEveryStage(t *testing.T) {
 	delays := []time.Duration{0, time.Microsecond, 100 * time.Microsecond, 500 * time.Microsecond,
 		time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond, 8 * time.Millisecond,
 		16 * time.Millisecond, 32 * time.Millisecond, 64 * time.Millisecond}
-	check := func(t *testing.T, pool *pgxpool.Pool, d time.Duration, err error) {
+	check := func(t *testing.T, ctx context.Context, pool *pgxpool.Pool, d time.Duration, err error) {
 		t.Helper()
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Migrate cancelled after %v = %v; want nil or context.DeadlineExceeded", d, err)
@@ -44,30 +44,29 @@ func TestMigrateCancelledAtEveryStage(t *testing.T) {
 		}
 	}
 
+	// Each subtest's ctx starts when it runs: subtests of a parallel test
+	// may wait long for their turn on a loaded machine.
 	t.Run("FreshDatabase", func(t *testing.T) {
 		t.Parallel()
+		ctx := pgtest.Context(t, time.Minute)
 		for _, d := range delays {
 			pool := pgtest.Pool(t, configure)
 			short, cancel := context.WithTimeout(ctx, d)
 			err := payment.Migrate(short, pool)
 			cancel()
-			check(t, pool, d, err)
+			check(t, ctx, pool, d, err)
 			if err := payment.Migrate(ctx, pool); err != nil {
 				t.Fatalf("Migrate after one cancelled after %v: %v", d, err)
 			}
-			if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-				t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-			}
+			assertValidIndex(t, pool)
 		}
 	})
 
 	t.Run("LiveTable", func(t *testing.T) {
 		t.Parallel()
-		pool := pgtest.Pool(t, configure)
-		if err := payment.Migrate(ctx, pool); err != nil {
-			t.Fatal(err)
-		}
-		_, err := pool.Exec(ctx, `INSERT INTO services VALUES (1, 'api'); DROP INDEX `+payment.UniqueIndex+`;
+		ctx := pgtest.Context(t, time.Minute)
+		pool := paytest.Pool(t, configure)
+		_, err := pool.Exec(ctx, `DROP INDEX `+payment.UniqueIndex+`;
 			INSERT INTO payments (service_id, line_item_id) SELECT 1, 'li_' || g FROM generate_series(1, 100) g`)
 		if err != nil {
 			t.Fatal(err)
@@ -78,7 +77,7 @@ func TestMigrateCancelledAtEveryStage(t *testing.T) {
 			err := payment.Migrate(short, pool)
 			cancel()
 			release()
-			check(t, pool, d, err)
+			check(t, ctx, pool, d, err)
 			if err == nil {
 				break // it finished: nothing left to cancel
 			}
@@ -86,9 +85,7 @@ func TestMigrateCancelledAtEveryStage(t *testing.T) {
 		if err := payment.Migrate(ctx, pool); err != nil {
 			t.Fatalf("Migrate after the cancelled ones: %v", err)
 		}
-		if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-			t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-		}
+		assertValidIndex(t, pool)
 		assertHealthy(t, pool)
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/schema"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -22,7 +23,7 @@ import (
 func liveTable(t *testing.T) (*payment.Repository, *pgxpool.Pool) {
 	t.Helper()
 	repo, pool := newRepo(t, func(c *pgxpool.Config) { c.MaxConns = 8 })
-	_, err := pool.Exec(testCtx(t, 1), `DROP INDEX `+payment.UniqueIndex+`;
+	_, err := pool.Exec(pgtest.Context(t, time.Minute), `DROP INDEX `+payment.UniqueIndex+`;
 		INSERT INTO payments (service_id, line_item_id) SELECT 1, 'li_' || g FROM generate_series(1, 100) g`)
 	if err != nil {
 		t.Fatal(err)
@@ -41,6 +42,14 @@ func uniqueIndex(t *testing.T, pool *pgxpool.Pool) (oid uint32, valid bool) {
 		t.Fatal(err)
 	}
 	return oid, valid
+}
+
+// assertValidIndex fails t unless payment.UniqueIndex exists and is valid.
+func assertValidIndex(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
+		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
+	}
 }
 
 // holdSnapshot begins a REPEATABLE READ transaction that has taken its
@@ -117,7 +126,7 @@ func relationLockWaits(t *testing.T, pool *pgxpool.Pool) (n int) {
 // Migrate returns nil with that same index valid.
 func TestMigrateDuringConcurrentBuild(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	repo, pool := liveTable(t)
 	release := holdSnapshot(t, ctx, pool)
 	_, built := startBuild(t, ctx, pool,
@@ -169,7 +178,7 @@ func TestMigrateDuringConcurrentBuild(t *testing.T) {
 // ctx.Err(), and the build carries on to a valid index.
 func TestMigrateBuildInProgressError(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	_, pool := liveTable(t)
 	release := holdSnapshot(t, ctx, pool)
 	_, built := startBuild(t, ctx, pool,
@@ -203,7 +212,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 
 	t.Run("FailedBuild", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t, 1)
+		ctx := pgtest.Context(t, time.Minute)
 		_, pool := liveTable(t)
 		_, err := pool.Exec(ctx, "INSERT INTO payments (service_id, line_item_id) VALUES (1, 'li_1')")
 		if err != nil {
@@ -239,95 +248,89 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 		assertHealthy(t, pool)
 	})
 
-	// A Migrate whose build is cancelled on the server (pg_cancel_backend,
-	// statement_timeout, a deadlock) fails with the server's error and drops
-	// the INVALID index its build left, its session still being there.
-	t.Run("CancelledBuild", func(t *testing.T) {
-		t.Parallel()
-		ctx := testCtx(t, 1)
-		_, pool := liveTable(t)
-		release := holdSnapshot(t, ctx, pool)
-		migrated := make(chan error, 1)
-		go func() { migrated <- payment.Migrate(ctx, pool) }()
-		pid := waitForBuild(t, ctx, pool)
-		if _, err := pool.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
-			t.Fatal(err)
-		}
-		var pgErr *pgconn.PgError
-		if err := <-migrated; !errors.As(err, &pgErr) || pgErr.Code != "57014" {
-			t.Fatalf("Migrate whose build was cancelled = %v; want 57014 query_canceled", err)
-		}
-		release()
-		if oid, valid := uniqueIndex(t, pool); oid != 0 {
-			t.Fatalf("after the cancelled build: index oid %d, valid %v; want the INVALID index dropped", oid, valid)
-		}
-		if err := payment.Migrate(ctx, pool); err != nil {
-			t.Fatalf("Migrate: %v", err)
-		}
-		if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-			t.Fatalf("after Migrate: index oid %d, valid %v; want a valid index", oid, valid)
-		}
-		assertHealthy(t, pool)
-	})
-
-	// A Migrate whose session is killed during its build (pg_terminate_backend,
-	// a lost connection) leaves an INVALID index; the next Migrate drops it
-	// and builds it again.
-	t.Run("TerminatedBuild", func(t *testing.T) {
-		t.Parallel()
-		ctx := testCtx(t, 1)
-		_, pool := liveTable(t)
-		release := holdSnapshot(t, ctx, pool)
-		migrated := make(chan error, 1)
-		go func() { migrated <- payment.Migrate(ctx, pool) }()
-		pid := waitForBuild(t, ctx, pool)
-		if _, err := pool.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-migrated; err == nil {
-			t.Fatal("Migrate whose session was killed = nil; want an error")
-		}
-		release()
-		oid, valid := uniqueIndex(t, pool)
-		if oid == 0 || valid {
-			t.Fatalf("after the killed build: index oid %d, valid %v; want an INVALID index", oid, valid)
-		}
-		if err := payment.Migrate(ctx, pool); err != nil {
-			t.Fatalf("Migrate: %v", err)
-		}
-		if got, valid := uniqueIndex(t, pool); got == oid || !valid {
-			t.Fatalf("after Migrate: index oid %d, valid %v; want a new valid index (the invalid one was %d)", got, valid, oid)
-		}
-		assertHealthy(t, pool)
-	})
-
-	// A Migrate whose ctx ends during its build returns at once; pgx sends
-	// the server a cancel request as it closes the connection, which leaves
-	// an INVALID index. The next Migrate, waiting for MigrateKey if that
-	// session hasn't ended yet, rebuilds it.
-	t.Run("CancelledMigrate", func(t *testing.T) {
-		t.Parallel()
-		ctx := testCtx(t, 1)
-		_, pool := liveTable(t)
-		release := holdSnapshot(t, ctx, pool)
-		mctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		abandoned := make(chan error, 1)
-		go func() { abandoned <- payment.Migrate(mctx, pool) }()
-		waitForBuild(t, ctx, pool)
-		cancel()
-		if err := <-abandoned; !errors.Is(err, context.Canceled) {
-			t.Fatalf("cancelled Migrate = %v; want context.Canceled", err)
-		}
-		release()
-		if err := payment.Migrate(ctx, pool); err != nil {
-			t.Fatalf("Migrate: %v", err)
-		}
-		if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-			t.Fatalf("after Migrate: index oid %d, valid %v; want a valid index", oid, valid)
-		}
-		assertHealthy(t, pool)
-	})
+	// A Migrate interrupted during its build, which an old snapshot keeps
+	// waiting, in one of three ways:
+	//   - CancelledBuild: the build is cancelled on the server
+	//     (pg_cancel_backend, statement_timeout, a deadlock): Migrate fails
+	//     with the server's error and drops the INVALID index its build
+	//     left, its session still being there;
+	//   - TerminatedBuild: its session is killed (pg_terminate_backend, a
+	//     lost connection), which leaves an INVALID index;
+	//   - CancelledMigrate: its ctx ends; it returns at once, and pgx sends
+	//     the server a cancel request as it closes the connection, which
+	//     leaves an INVALID index, or none yet.
+	// Either way the next Migrate (waiting for the migration lock if that
+	// session hasn't ended yet) ends with a valid index, a new one where an
+	// INVALID one was left.
+	for _, tt := range []struct {
+		name      string
+		interrupt func(t *testing.T, ctx context.Context, pool *pgxpool.Pool, pid uint32, cancel context.CancelFunc)
+		errOK     func(err error) bool
+		want      string // what errOK wants, for the failure message
+		left      string // the index the interrupted build leaves: "dropped", "invalid", or "" (either)
+	}{
+		{
+			name: "CancelledBuild",
+			interrupt: func(t *testing.T, ctx context.Context, pool *pgxpool.Pool, pid uint32, _ context.CancelFunc) {
+				if _, err := pool.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
+					t.Fatal(err)
+				}
+			},
+			errOK: func(err error) bool {
+				var pgErr *pgconn.PgError
+				return errors.As(err, &pgErr) && pgErr.Code == "57014"
+			},
+			want: "57014 query_canceled", left: "dropped",
+		},
+		{
+			name: "TerminatedBuild",
+			interrupt: func(t *testing.T, ctx context.Context, pool *pgxpool.Pool, pid uint32, _ context.CancelFunc) {
+				if _, err := pool.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+					t.Fatal(err)
+				}
+			},
+			errOK: func(err error) bool { return err != nil },
+			want:  "an error", left: "invalid",
+		},
+		{
+			name: "CancelledMigrate",
+			interrupt: func(_ *testing.T, _ context.Context, _ *pgxpool.Pool, _ uint32, cancel context.CancelFunc) {
+				cancel()
+			},
+			errOK: func(err error) bool { return errors.Is(err, context.Canceled) },
+			want:  "context.Canceled", left: "",
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := pgtest.Context(t, time.Minute)
+			_, pool := liveTable(t)
+			release := holdSnapshot(t, ctx, pool)
+			mctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			migrated := make(chan error, 1)
+			go func() { migrated <- payment.Migrate(mctx, pool) }()
+			tt.interrupt(t, ctx, pool, waitForBuild(t, ctx, pool), cancel)
+			if err := <-migrated; !tt.errOK(err) {
+				t.Fatalf("interrupted Migrate = %v; want %s", err, tt.want)
+			}
+			release()
+			oid, valid := uniqueIndex(t, pool)
+			switch {
+			case tt.left == "dropped" && oid != 0:
+				t.Fatalf("after the interrupted build: index oid %d, valid %v; want the INVALID index dropped", oid, valid)
+			case tt.left == "invalid" && (oid == 0 || valid):
+				t.Fatalf("after the interrupted build: index oid %d, valid %v; want an INVALID index", oid, valid)
+			}
+			if err := payment.Migrate(ctx, pool); err != nil {
+				t.Fatalf("Migrate: %v", err)
+			}
+			if got, valid := uniqueIndex(t, pool); got == 0 || !valid || (tt.left == "invalid" && got == oid) {
+				t.Fatalf("after Migrate: index oid %d, valid %v; want a valid index, a new one if the invalid one (%d) was left", got, valid, oid)
+			}
+			assertHealthy(t, pool)
+		})
+	}
 }
 
 // waitForBuild waits until a CREATE INDEX CONCURRENTLY in this database
@@ -347,7 +350,7 @@ func waitForBuild(t *testing.T, ctx context.Context, pool *pgxpool.Pool) (pid ui
 // keeps working, and it ends valid.
 func TestMigrateConcurrentCallsOnLiveTable(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	repo, pool := liveTable(t)
 	errc := make(chan error, 4)
 	for range 4 {
@@ -364,9 +367,7 @@ func TestMigrateConcurrentCallsOnLiveTable(t *testing.T) {
 			t.Fatalf("concurrent Migrate: %v", err)
 		}
 	}
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-	}
+	assertValidIndex(t, pool)
 	assertHealthy(t, pool)
 }
 
@@ -377,14 +378,11 @@ func TestMigrateConcurrentCallsOnLiveTable(t *testing.T) {
 // must; the timeout is back in force on the connection afterwards.
 func TestMigrateBuildOutlastsLockTimeout(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
-	pool := pgtest.Pool(t, func(c *pgxpool.Config) {
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t, func(c *pgxpool.Config) {
 		c.ConnConfig.RuntimeParams["lock_timeout"] = "100ms"
 	})
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	_, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api'); DROP INDEX "+payment.UniqueIndex)
+	_, err := pool.Exec(ctx, "DROP INDEX "+payment.UniqueIndex)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,9 +395,7 @@ func TestMigrateBuildOutlastsLockTimeout(t *testing.T) {
 	if err := <-migrated; err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-	}
+	assertValidIndex(t, pool)
 	var lt string
 	if err := pool.QueryRow(ctx, "SHOW lock_timeout").Scan(&lt); err != nil || lt != "100ms" {
 		t.Fatalf("lock_timeout after Migrate = %q, %v; want 100ms", lt, err)
@@ -411,7 +407,7 @@ func TestMigrateBuildOutlastsLockTimeout(t *testing.T) {
 // snapshot, With keeps completing and no backend waits for a table lock.
 func TestMigrateBuildsConcurrentlyOnLiveTable(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	repo, pool := liveTable(t)
 	release := holdSnapshot(t, ctx, pool)
 	migrated := make(chan error, 1)
@@ -433,9 +429,7 @@ func TestMigrateBuildsConcurrentlyOnLiveTable(t *testing.T) {
 	if err := <-migrated; err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-	}
+	assertValidIndex(t, pool)
 	assertHealthy(t, pool)
 }
 
@@ -445,7 +439,7 @@ func TestMigrateBuildsConcurrentlyOnLiveTable(t *testing.T) {
 // table references.
 func TestMigrateSchemaLockTimeout(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	pool := pgtest.Pool(t, nil)
 	if _, err := pool.Exec(ctx, "CREATE TABLE services (id bigint PRIMARY KEY, name text NOT NULL)"); err != nil {
 		t.Fatal(err)
@@ -480,7 +474,7 @@ func TestMigrateSchemaLockTimeout(t *testing.T) {
 // *DuplicatesError.
 func TestMigrateDuplicateDuringBuild(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	_, pool := liveTable(t)
 	tx, err := pool.Begin(ctx)
 	if err != nil {
@@ -516,7 +510,7 @@ func TestMigrateDuplicateDuringBuild(t *testing.T) {
 // MigrateKey, ctx bounding the wait, and leaves no lock or connection behind.
 func TestMigrateWaitsForMigrateKey(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	pool := pgtest.Pool(t, nil)
 	holder, err := pool.Acquire(ctx)
 	if err != nil {
@@ -541,9 +535,7 @@ func TestMigrateWaitsForMigrateKey(t *testing.T) {
 	if err := <-migrated; err != nil {
 		t.Fatalf("Migrate after the holder let go: %v", err)
 	}
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-	}
+	assertValidIndex(t, pool)
 	assertHealthy(t, pool)
 }
 
@@ -554,7 +546,7 @@ func TestMigrateWaitsForMigrateKey(t *testing.T) {
 // Migrate; that Migrate, with the timeout lifted, builds the index.
 func TestMigrateStatementTimeout(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	_, pool := liveTable(t)
 	const roleTimeout = "ALTER ROLE %I IN DATABASE %I SET statement_timeout = %L"
 	setTimeout := func(v string) {
@@ -583,8 +575,6 @@ func TestMigrateStatementTimeout(t *testing.T) {
 	if err := payment.Migrate(ctx, pool); err != nil {
 		t.Fatalf("Migrate without the timeout: %v", err)
 	}
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
-		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
-	}
+	assertValidIndex(t, pool)
 	assertHealthy(t, pool)
 }

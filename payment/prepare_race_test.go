@@ -4,10 +4,12 @@ import (
 	"context"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -23,7 +25,7 @@ func TestWithSaveLearnedMeanwhileCostsNoRoundTripUnderLock(t *testing.T) {
 		rt.configure(cfg)
 		cfg.MaxConns = 2
 	})
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	change := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
 		p.AmountCents++
 		return nil

@@ -14,6 +14,7 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/entityopt"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -36,7 +37,7 @@ func runStorm(t *testing.T, opts ...entity.Option) storm {
 		cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	})
 	repo := payment.NewRepository(pool, opts...)
-	ctx := testCtx(t, 2)
+	ctx := pgtest.Context(t, 2*time.Minute)
 	// Watch from outside the pool, so the watching takes none of its
 	// connections.
 	watch, err := pgx.Connect(ctx, pool.Config().ConnConfig.ConnString())
@@ -173,7 +174,7 @@ func TestWithHotKeyCannotStarveThePool(t *testing.T) {
 func TestWithQueuedCallerHonoursCtx(t *testing.T) {
 	t.Parallel()
 	repo, pool := newRepo(t, nil)
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	key := payment.Key{ServiceID: 1, LineItemID: "li_queued"}
 	inFn, release := make(chan struct{}), make(chan struct{})
 	errs := make(chan error, 2)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/baseline"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/testing/racetest"
 	"github.com/paylock/paylock/payment"
@@ -66,14 +68,11 @@ func audit(t *testing.T, ctx context.Context, pool *pgxpool.Pool, table string, 
 	return racetest.Audit(calls, got, creators)
 }
 
+// setupRace returns a migrated pool of 40 connections with service 1 and
+// the naive baseline's table (baseline.Table), which has no unique index.
 func setupRace(t *testing.T, ctx context.Context) *pgxpool.Pool {
-	pool := pgtest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 40 })
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `INSERT INTO services VALUES (1, 'api')`); err != nil {
-		t.Fatal(err)
-	}
+	t.Helper()
+	pool := paytest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 40 })
 	if err := baseline.CreateTable(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +83,7 @@ func setupRace(t *testing.T, ctx context.Context) *pgxpool.Pool {
 // the proof that the race is strong enough to fail, then with each strategy.
 func TestRace(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 3)
+	ctx := pgtest.Context(t, 3*time.Minute)
 	pool := setupRace(t, ctx)
 	const workers, calls = 32, 200
 
@@ -129,7 +128,7 @@ func TestRace(t *testing.T) {
 // TestRaceProcesses runs the race across 4 OS processes.
 func TestRaceProcesses(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 3)
+	ctx := pgtest.Context(t, 3*time.Minute)
 	pool := setupRace(t, ctx)
 	const procs, workers, calls = 4, 8, 50
 	dsn := pool.Config().ConnString()

@@ -12,26 +12,17 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/testing/racetest"
 	"github.com/paylock/paylock/payment"
 )
 
-func testCtx(t *testing.T, minutes int) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(minutes)*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// newRepo returns a migrated database with services 1 and 2.
+// newRepo returns a repository on a migrated database with services 1 and 2.
 func newRepo(t *testing.T, configure func(*pgxpool.Config)) (*payment.Repository, *pgxpool.Pool) {
 	t.Helper()
-	pool := pgtest.Pool(t, configure)
-	ctx := testCtx(t, 1)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api'), (2, 'other')"); err != nil {
+	pool := paytest.Pool(t, configure)
+	if _, err := pool.Exec(pgtest.Context(t, time.Minute), "INSERT INTO services VALUES (2, 'other')"); err != nil {
 		t.Fatal(err)
 	}
 	return payment.NewRepository(pool), pool
@@ -74,7 +65,7 @@ const thisDB = "database = (SELECT oid FROM pg_database WHERE datname = current_
 func TestWith(t *testing.T) {
 	t.Parallel()
 	repo, pool := newRepo(t, nil)
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	key := payment.Key{ServiceID: 1, LineItemID: "li_1"}
 
 	t.Run("CreatesThenFinds", func(t *testing.T) {
@@ -294,7 +285,7 @@ func waitWaiting(t *testing.T, pool *pgxpool.Pool, n int) {
 func TestWithBadInput(t *testing.T) {
 	t.Parallel()
 	repo, pool := newRepo(t, nil)
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	ok := payment.Key{ServiceID: 1, LineItemID: "li_ok"}
 	noop := func(context.Context, pgx.Tx, *payment.Payment) error { return nil }
 	for _, tt := range []struct {
@@ -358,7 +349,7 @@ func TestWithBadInput(t *testing.T) {
 func TestWithNaiveWriterDuringRollout(t *testing.T) {
 	t.Parallel()
 	repo, pool := newRepo(t, nil)
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	for _, commit := range []bool{true, false} {
 		key := payment.Key{ServiceID: 1, LineItemID: "li_rollout_" + map[bool]string{true: "commit", false: "rollback"}[commit]}
 		old, err := pool.Begin(ctx)
@@ -426,7 +417,7 @@ func TestWithIgnoresServerIsolationDefault(t *testing.T) {
 	repo, pool := newRepo(t, func(c *pgxpool.Config) {
 		c.ConnConfig.RuntimeParams["default_transaction_isolation"] = "serializable"
 	})
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	done, err := racetest.Hammer(ctx, "iso", 8, 20, raceKeys, withDo(repo))
 	if err != nil {
 		t.Fatal(err)
@@ -450,7 +441,7 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestMigrate(t *testing.T) {
 	t.Parallel()
 	pool := pgtest.Pool(t, nil)
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	errc := make(chan error, 4)
 	for range 4 {
 		go func() { errc <- payment.Migrate(ctx, pool) }()
@@ -487,7 +478,7 @@ func TestMigrate(t *testing.T) {
 func TestWithAfterAColumnChangesType(t *testing.T) {
 	t.Parallel()
 	repo, pool := newRepo(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	key := payment.Key{ServiceID: 1, LineItemID: "li_alter"}
 	set := func(status string) error {
 		return repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {

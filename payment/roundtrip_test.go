@@ -5,10 +5,12 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -90,7 +92,7 @@ func testRoundTrips(t *testing.T, mode pgx.QueryExecMode) {
 		rt.configure(cfg)
 		cfg.ConnConfig.DefaultQueryExecMode = mode
 	})
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 
 	// measure runs one With and returns its round trips in all and those
 	// that started once fn was running, so with the lock held.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/entity/otelentity"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -24,15 +25,10 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
 
-func TestSpansAndHistograms(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	pool := pgtest.Pool(t, nil)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')")
-
+// recorded returns Hooks that record their spans in spans and their metrics
+// in reader.
+func recorded(t *testing.T) (*tracetest.SpanRecorder, *sdkmetric.ManualReader, entity.Hooks) {
+	t.Helper()
 	spans := tracetest.NewSpanRecorder()
 	reader := sdkmetric.NewManualReader()
 	hooks, err := otelentity.Hooks(
@@ -41,6 +37,13 @@ func TestSpansAndHistograms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return spans, reader, hooks
+}
+
+func TestSpansAndHistograms(t *testing.T) {
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
+	spans, reader, hooks := recorded(t)
 	repo := payment.NewRepository(pool, entity.WithHooks(hooks))
 	key := payment.Key{ServiceID: 1, LineItemID: "li_secret_customer"}
 
@@ -97,22 +100,9 @@ func TestSpansAndHistograms(t *testing.T) {
 // timeout records its wait, on the span and in paylock.lock.wait, marks the
 // span not granted, and records no hold.
 func TestLockTimeoutIsAWaitWithoutHold(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	pool := pgtest.Pool(t, nil)
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')")
-
-	spans := tracetest.NewSpanRecorder()
-	reader := sdkmetric.NewManualReader()
-	hooks, err := otelentity.Hooks(
-		otelentity.WithTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))),
-		otelentity.WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
+	spans, reader, hooks := recorded(t)
 	const timeout = 200 * time.Millisecond
 	repo := payment.NewRepository(pool, entity.WithHooks(hooks), entity.WithLockOptions(lock.Options{LockTimeout: timeout}))
 	key := payment.Key{ServiceID: 1, LineItemID: "li_timeout"}

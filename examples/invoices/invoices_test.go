@@ -23,8 +23,7 @@ func key(k int) invoices.Key {
 
 // TestRace is the payments race, on invoices, with both strategies.
 func TestRace(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	ctx := pgtest.Context(t, 3*time.Minute)
 	pool := pgtest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 40 })
 	if _, err := pool.Exec(ctx, invoices.Schema); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -23,8 +24,8 @@ import (
 // lock is not left behind, and the next caller proceeds.
 func TestLockTimeoutAsTheLockIsGranted(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	repo := payment.NewRepository(pool)
 	const timeout = 50 * time.Millisecond
 	impatient := payment.NewRepository(pool, entity.WithLockOptions(lock.Options{LockTimeout: timeout}))
@@ -69,38 +70,6 @@ func TestLockTimeoutAsTheLockIsGranted(t *testing.T) {
 	assertHealthy(t, pool)
 }
 
-// TestIdleHolder: a holder whose fn sleeps (a hung poller with its network
-// intact) is disconnected by the server after IdleTimeout, and the waiter
-// proceeds. The holder's With fails with an error safe to retry: the server
-// ended the session while waiting for a command, so before any COMMIT.
-func TestIdleHolder(t *testing.T) {
-	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
-	const idle = 300 * time.Millisecond
-	hanging := payment.NewRepository(pool, entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
-	repo := payment.NewRepository(pool)
-	l := newLedger()
-	k := key(1)
-	if err := l.call(ctx, repo, k, "before", nil); err != nil {
-		t.Fatal(err)
-	}
-	locked, release := make(chan struct{}), releaser(t)
-	lockedAt := make(chan time.Time, 1)
-	holder := holdThrough(ctx, l, hanging, k, "holder", locked, release, nil)
-	<-locked
-	lockedAt <- time.Now()
-	granted, waiter := waitGranted(t, ctx, l, pool, repo, k)
-	within(t, fmt.Sprintf("idle holder, IdleTimeout %v", idle), granted, <-lockedAt, idle+time.Second)
-	release <- struct{}{}
-	assertRolledBack(t, ctx, <-holder, "25P03") // idle-in-transaction timeout
-	if err := <-waiter; err != nil {
-		t.Fatal(err)
-	}
-	l.check(t, pool)
-	assertHealthy(t, pool)
-}
-
 // TestFnFails: fn panics, returns an error, or runs past ctx's deadline
 // (blocked in a statement, or ignoring ctx and returning nil late): nothing
 // is written, the lock is released, no connection leaks.
@@ -129,8 +98,8 @@ func TestFnFails(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := testCtx(t, time.Minute)
-			pool := newPool(t, nil)
+			ctx := pgtest.Context(t, time.Minute)
+			pool := newPool(t)
 			repo := payment.NewRepository(pool)
 			l := newLedger()
 			k := key(1)

@@ -182,7 +182,7 @@ func (p *pollers) merge(l *ledger) ([]string, error) {
 func TestFailover(t *testing.T) {
 	t.Parallel()
 	const procs, workers, before, after = 3, 4, 150, 150
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := pgtest.Context(t, 2*time.Minute)
 	primary, standby, pool := replicated(t, ctx, "synchronous_standby_names=*")
 	var syncState string
 	if err := pool.QueryRow(ctx, "SELECT sync_state FROM pg_stat_replication").Scan(&syncState); err != nil || syncState != "sync" {
@@ -307,7 +307,7 @@ func TestFailoverLaggingStandby(t *testing.T) {
 // problems on the new primary and the op ids of the calls made after the
 // standby stopped receiving.
 func laggingFailover(t *testing.T, sync bool) (l *ledger, problems, lagged []string) {
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := pgtest.Context(t, 2*time.Minute)
 	var settings []string
 	if sync {
 		settings = append(settings, "synchronous_standby_names=*")

@@ -20,6 +20,7 @@ import (
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/testing/history"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/testing/racetest"
 	"github.com/paylock/paylock/internal/txn"
@@ -27,34 +28,12 @@ import (
 	"github.com/paylock/paylock/payment"
 )
 
-func testCtx(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // newPool returns a pool on a fresh migrated database with service 1.
-func newPool(t *testing.T, configure func(*pgxpool.Config)) *pgxpool.Pool {
+func newPool(t *testing.T) *pgxpool.Pool {
 	t.Helper()
-	pool := pgtest.Pool(t, func(c *pgxpool.Config) {
+	return paytest.Pool(t, func(c *pgxpool.Config) {
 		c.MaxConns = 32 // room for the tests' observers beside the callers
-		if configure != nil {
-			configure(c)
-		}
 	})
-	migrate(t, testCtx(t, time.Minute), pool)
-	return pool
-}
-
-// migrate creates the schema and service 1 through pool.
-func migrate(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {
-	t.Helper()
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // serverPool creates database db on srv, a cluster of the test's own, with
@@ -81,7 +60,7 @@ func serverPool(t *testing.T, ctx context.Context, srv *pgserver.Server, db stri
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	migrate(t, ctx, pool)
+	paytest.Seed(t, ctx, pool)
 	return pool
 }
 
@@ -185,7 +164,7 @@ func (l *ledger) counts() (ok, failed, unknown int) {
 // audit) and returns the ops found applied.
 func (l *ledger) check(t *testing.T, pool *pgxpool.Pool) map[string]int {
 	t.Helper()
-	problems, applied, err := l.audit(testCtx(t, time.Minute), pool)
+	problems, applied, err := l.audit(pgtest.Context(t, time.Minute), pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +297,7 @@ func waitWaiters(ctx context.Context, pool *pgxpool.Pool, k payment.Key, n int) 
 // left beyond the connections the pools hold.
 func assertHealthy(t *testing.T, pool *pgxpool.Pool, pools ...*pgxpool.Pool) {
 	t.Helper()
-	ctx := testCtx(t, 10*time.Second)
+	ctx := pgtest.Context(t, 10*time.Second)
 	var locks, backends int
 	var conns, acquired int32
 	err := waitFor(ctx, "a healthy pool", func() (bool, error) {

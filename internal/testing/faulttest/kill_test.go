@@ -45,8 +45,8 @@ func holdWorker(ctx context.Context, args []string) error {
 // and the waiter gets the lock at once; the partial update is nowhere.
 func TestKilledHolder(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	repo := payment.NewRepository(pool)
 	l := newLedger()
 	k := key(1)

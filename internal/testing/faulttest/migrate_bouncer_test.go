@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -22,8 +23,8 @@ import (
 // Migrate afterwards timed out waiting for paylock.migrate.)
 func TestMigrateBehindPgbouncer(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	if _, err := pool.Exec(ctx, "DROP INDEX "+payment.UniqueIndex+
 		"; INSERT INTO payments (service_id, line_item_id) SELECT 1, 'li_' || g FROM generate_series(1, 1000) g"); err != nil {
 		t.Fatal(err)
@@ -68,7 +69,7 @@ func TestMigrateBehindPgbouncer(t *testing.T) {
 	if held > 0 {
 		t.Errorf("Migrate through pgbouncer returned nil, and %d advisory locks are still held", held)
 	}
-	if err := payment.Migrate(testCtx(t, 5*time.Second), pool); err != nil {
+	if err := payment.Migrate(pgtest.Context(t, 5*time.Second), pool); err != nil {
 		t.Fatalf("a direct Migrate after the one through pgbouncer: %v", err)
 	}
 }

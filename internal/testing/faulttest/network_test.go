@@ -12,6 +12,7 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/tcpproxy"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -32,8 +33,8 @@ func proxied(t *testing.T, pool *pgxpool.Pool, configure func(*pgxpool.Config)) 
 // 5ms, 2 payments: everything succeeds, invariants and history hold.
 func TestNetworkLatency(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	proxy, slow := proxied(t, pool, func(c *pgxpool.Config) { c.MaxConns = 8 })
 	proxy.SetLatency(5 * time.Millisecond)
 	repo := payment.NewRepository(slow)
@@ -46,40 +47,6 @@ func TestNetworkLatency(t *testing.T) {
 	t.Logf("FIGURE latency: %d calls through 5ms-per-chunk latency in %v", workers*calls, time.Since(began).Round(time.Millisecond))
 	l.check(t, pool)
 	assertHealthy(t, pool, slow)
-}
-
-// TestNetworkReset: the holder's connection is reset (RST) in the middle of
-// fn. The server rolls back at once and the waiter proceeds; the holder's
-// With fails with an error safe to retry.
-func TestNetworkReset(t *testing.T) {
-	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
-	proxy, viaProxy := proxied(t, pool, nil)
-	repo := payment.NewRepository(pool)
-	l := newLedger()
-	k := key(1)
-	if err := l.call(ctx, repo, k, "before", nil); err != nil {
-		t.Fatal(err)
-	}
-	locked, release := make(chan struct{}), releaser(t)
-	holder := holdThrough(ctx, l, payment.NewRepository(viaProxy), k, "holder", locked, release,
-		func(ctx context.Context, tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, "UPDATE payments SET status = 'partial'")
-			return err
-		})
-	<-locked
-	granted, waiter := waitGranted(t, ctx, l, pool, repo, k)
-	reset := time.Now()
-	proxy.Reset()
-	within(t, "reset", granted, reset, time.Second)
-	release <- struct{}{}
-	assertRolledBack(t, ctx, <-holder, "")
-	if err := <-waiter; err != nil {
-		t.Fatal(err)
-	}
-	l.check(t, pool)
-	assertHealthy(t, pool, viaProxy)
 }
 
 // TestNetworkResetAroundCommit: the connection is reset while COMMIT is in
@@ -99,8 +66,8 @@ func TestNetworkResetAroundCommit(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := testCtx(t, time.Minute)
-			pool := newPool(t, nil)
+			ctx := pgtest.Context(t, time.Minute)
+			pool := newPool(t)
 			proxy, viaProxy := proxied(t, pool, nil)
 			l := newLedger()
 			k := key(1)
@@ -148,91 +115,96 @@ func TestNetworkResetAroundCommit(t *testing.T) {
 // the waiter proceeds.
 func TestNetworkStall(t *testing.T) {
 	t.Parallel()
-	t.Run("IdleInFn", func(t *testing.T) {
-		t.Parallel()
-		ctx := testCtx(t, time.Minute)
-		pool := newPool(t, nil)
-		proxy, viaProxy := proxied(t, pool, nil)
-		l := newLedger()
-		k := key(1)
-		repo := payment.NewRepository(pool)
-		if err := l.call(ctx, repo, k, "before", nil); err != nil {
-			t.Fatal(err)
-		}
-		const idle = 500 * time.Millisecond
-		stalling := payment.NewRepository(viaProxy, entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
-		holdCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		defer cancel()
-		locked, release := make(chan struct{}), releaser(t)
-		holder := holdThrough(holdCtx, l, stalling, k, "holder", locked, release, nil)
-		<-locked
-		granted, waiter := waitGranted(t, ctx, l, pool, repo, k)
-		proxy.Stall()
-		stalled := time.Now()
-		release <- struct{}{} // fn returns: COMMIT goes into the void
-		within(t, fmt.Sprintf("stall, IdleTimeout %v", idle), granted, stalled, idle+time.Second)
-		err := <-holder
-		if !errors.Is(err, lock.ErrCommitUnknown) || !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("holder: %v; want ErrCommitUnknown and DeadlineExceeded", err)
-		}
-		if err := <-waiter; err != nil {
-			t.Fatal(err)
-		}
-		if applied := l.check(t, pool); applied["holder"] != 0 {
-			t.Error("the stalled holder's update was applied")
-		}
-		proxy.Resume()
-		assertHealthy(t, pool, viaProxy)
-	})
-	t.Run("InALongStatement", func(t *testing.T) {
-		t.Parallel()
-		ctx := testCtx(t, time.Minute)
-		pool := newPool(t, nil)
-		proxy, viaProxy := proxied(t, pool, nil)
-		l := newLedger()
-		k := key(1)
-		repo := payment.NewRepository(pool)
-		if err := l.call(ctx, repo, k, "before", nil); err != nil {
-			t.Fatal(err)
-		}
-		const limit = 300 * time.Millisecond
-		stalling := payment.NewRepository(viaProxy, entity.WithLockOptions(lock.Options{IdleTimeout: limit, StatementTimeout: limit}))
-		holdCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		defer cancel()
-		locked, release := make(chan struct{}), make(chan struct{})
-		close(release) // fn goes straight on to its long statement
-		sleepStart := make(chan time.Time, 1)
-		holder := holdThrough(holdCtx, l, stalling, k, "holder", locked, release, func(ctx context.Context, tx pgx.Tx) error {
-			sleepStart <- time.Now()
-			// One message, so the statement is running when the stall begins.
-			_, err := tx.Exec(ctx, "SELECT pg_sleep(30)", pgx.QueryExecModeSimpleProtocol)
-			return err
+	const idle, limit = 500 * time.Millisecond, 300 * time.Millisecond
+	for _, tt := range []struct {
+		name string
+		opts lock.Options // the holder's
+		// inStatement: fn runs pg_sleep(30) and the stall begins while it
+		// runs; otherwise fn waits, the stall begins, then fn returns and
+		// COMMIT goes into the void.
+		inStatement bool
+		what        string        // the case, as FIGURE lines name it
+		wait        time.Duration // the most the waiter may wait after the stall
+		holderOK    func(err error) bool
+		want        string // what holderOK wants, for the failure message
+	}{
+		{
+			name: "IdleInFn", opts: lock.Options{IdleTimeout: idle},
+			what: fmt.Sprintf("stall, IdleTimeout %v", idle), wait: idle + time.Second,
+			holderOK: func(err error) bool {
+				return errors.Is(err, lock.ErrCommitUnknown) && errors.Is(err, context.DeadlineExceeded)
+			},
+			want: "ErrCommitUnknown and DeadlineExceeded",
+		},
+		{
+			name: "InALongStatement", opts: lock.Options{IdleTimeout: limit, StatementTimeout: limit}, inStatement: true,
+			what: fmt.Sprintf("stall in a statement, StatementTimeout and IdleTimeout %v", limit), wait: 2*limit + time.Second,
+			holderOK: func(err error) bool { return err != nil && !errors.Is(err, lock.ErrCommitUnknown) },
+			want:     "a failure before commit",
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := pgtest.Context(t, time.Minute)
+			pool := newPool(t)
+			proxy, viaProxy := proxied(t, pool, nil)
+			l := newLedger()
+			k := key(1)
+			repo := payment.NewRepository(pool)
+			if err := l.call(ctx, repo, k, "before", nil); err != nil {
+				t.Fatal(err)
+			}
+			stalling := payment.NewRepository(viaProxy, entity.WithLockOptions(tt.opts))
+			holdCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			locked, release := make(chan struct{}), releaser(t)
+			sleepStart := make(chan time.Time, 1)
+			var fn func(ctx context.Context, tx pgx.Tx) error
+			if tt.inStatement {
+				fn = func(ctx context.Context, tx pgx.Tx) error {
+					sleepStart <- time.Now()
+					// One message, so the statement is running when the stall begins.
+					_, err := tx.Exec(ctx, "SELECT pg_sleep(30)", pgx.QueryExecModeSimpleProtocol)
+					return err
+				}
+			}
+			holder := holdThrough(holdCtx, l, stalling, k, "holder", locked, release, fn)
+			<-locked
+			if tt.inStatement {
+				release <- struct{}{} // fn goes straight on to its long statement
+			}
+			granted, waiter := waitGranted(t, ctx, l, pool, repo, k)
+			if tt.inStatement {
+				if err := waitFor(ctx, "pg_sleep running", func() (bool, error) {
+					var n int
+					err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+						WHERE datname = current_database() AND state = 'active' AND wait_event = 'PgSleep'`).Scan(&n)
+					return n == 1, err
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			proxy.Stall()
+			stalled := time.Now()
+			if !tt.inStatement {
+				release <- struct{}{} // fn returns: COMMIT goes into the void
+			}
+			d := within(t, tt.what, granted, stalled, tt.wait)
+			if tt.inStatement {
+				t.Logf("FIGURE stall in a statement: the waiter got the lock %v after the statement was sent",
+					(d + stalled.Sub(<-sleepStart)).Round(time.Millisecond))
+			}
+			if err := <-holder; !tt.holderOK(err) {
+				t.Errorf("holder: %v; want %s", err, tt.want)
+			}
+			if err := <-waiter; err != nil {
+				t.Fatal(err)
+			}
+			if applied := l.check(t, pool); applied["holder"] != 0 {
+				t.Error("the stalled holder's update was applied")
+			}
+			proxy.Resume()
+			assertHealthy(t, pool, viaProxy)
 		})
-		<-locked
-		granted, waiter := waitGranted(t, ctx, l, pool, repo, k)
-		if err := waitFor(ctx, "pg_sleep running", func() (bool, error) {
-			var n int
-			err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-				WHERE datname = current_database() AND state = 'active' AND wait_event = 'PgSleep'`).Scan(&n)
-			return n == 1, err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		proxy.Stall()
-		stalled := time.Now()
-		d := within(t, fmt.Sprintf("stall in a statement, StatementTimeout and IdleTimeout %v", limit), granted, stalled, 2*limit+time.Second)
-		t.Logf("FIGURE stall in a statement: the waiter got the lock %v after the statement was sent",
-			(d + stalled.Sub(<-sleepStart)).Round(time.Millisecond))
-		if err := <-holder; err == nil || errors.Is(err, lock.ErrCommitUnknown) {
-			t.Errorf("holder: %v; want a failure before commit", err)
-		}
-		if err := <-waiter; err != nil {
-			t.Fatal(err)
-		}
-		if applied := l.check(t, pool); applied["holder"] != 0 {
-			t.Error("the stalled holder's update was applied")
-		}
-		proxy.Resume()
-		assertHealthy(t, pool, viaProxy)
-	})
+	}
 }

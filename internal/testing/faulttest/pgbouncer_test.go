@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/testing/pgbouncer"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -27,7 +28,7 @@ func bouncer(t *testing.T, pool *pgxpool.Pool, poolSize int) *pgbouncer.Bouncer 
 	}
 	host, port, _ := net.SplitHostPort(serverAddr(pool))
 	p, _ := strconv.Atoi(port)
-	b, err := pgbouncer.Start(testCtx(t, time.Minute), host, p, pool.Config().ConnConfig.User, pgbouncer.Options{PoolSize: poolSize})
+	b, err := pgbouncer.Start(pgtest.Context(t, time.Minute), host, p, pool.Config().ConnConfig.User, pgbouncer.Options{PoolSize: poolSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,8 +48,8 @@ func TestPgbouncer(t *testing.T) {
 	// serialize.
 	t.Run("WithSerializes", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t, time.Minute)
-		pool := newPool(t, nil)
+		ctx := pgtest.Context(t, time.Minute)
+		pool := newPool(t)
 		b := bouncer(t, pool, 4)
 		viaBouncer := poolOn(t, pool, b.Addr(), func(c *pgxpool.Config) {
 			c.MaxConns = 8
@@ -73,7 +74,7 @@ func TestPgbouncer(t *testing.T) {
 	// works.
 	t.Run("FnQueriesNeedExecMode", func(t *testing.T) {
 		t.Parallel()
-		pool := newPool(t, nil)
+		pool := newPool(t)
 		b := bouncer(t, pool, 1) // one server connection: the clients share it
 		fnQuery := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
 			var n int64
@@ -84,7 +85,7 @@ func TestPgbouncer(t *testing.T) {
 			return nil
 		}
 		run := func(configure func(*pgxpool.Config)) error {
-			ctx := testCtx(t, 10*time.Second)
+			ctx := pgtest.Context(t, 10*time.Second)
 			for i := range 2 { // two clients, one after the other
 				c := poolOn(t, pool, b.Addr(), func(c *pgxpool.Config) {
 					c.MaxConns = 1
@@ -108,7 +109,7 @@ func TestPgbouncer(t *testing.T) {
 		if err := run(func(c *pgxpool.Config) { c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec }); err != nil {
 			t.Fatalf("exec mode behind pgbouncer: %v", err)
 		}
-		p, err := payment.NewRepository(pool).Get(testCtx(t, 10*time.Second), key(1))
+		p, err := payment.NewRepository(pool).Get(pgtest.Context(t, 10*time.Second), key(1))
 		if err != nil || p.AmountCents != 3 {
 			t.Fatalf("payment after 1 failed and 2 good calls: %+v, %v; want amount 3", p, err)
 		}
@@ -119,8 +120,8 @@ func TestPgbouncer(t *testing.T) {
 	// the next client given that connection holds it too.
 	t.Run("SessionLockDoesNotSerialize", func(t *testing.T) {
 		t.Parallel()
-		ctx := testCtx(t, 10*time.Second)
-		pool := newPool(t, nil)
+		ctx := pgtest.Context(t, 10*time.Second)
+		pool := newPool(t)
 		b := bouncer(t, pool, 1)
 		tryLock := func(p *pgxpool.Pool, id int64) bool {
 			var got bool

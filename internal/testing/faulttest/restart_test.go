@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 )
 
 // rounds repeats the restart and lock_timeout tests, for a soak run:
@@ -23,7 +24,7 @@ var rounds = flag.Int("faulttest.rounds", 1, "repeat the restart and lock_timeou
 // the restarts disturb no other test.
 func TestRestart(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 3*time.Minute)
+	ctx := pgtest.Context(t, 3*time.Minute)
 	srv, err := pgserver.Start(ctx, pgserver.Options{Fast: true})
 	if err != nil {
 		t.Fatalf("start a cluster of its own: %v", err)

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -24,50 +25,13 @@ func terminate(ctx context.Context, t *testing.T, pool interface {
 	}
 }
 
-// TestTerminateHolder: pg_terminate_backend on the backend that holds a
-// payment. The server rolls it back and the waiter proceeds; the holder's
-// With fails with an error that is safe to retry (nothing was committed).
-func TestTerminateHolder(t *testing.T) {
-	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
-	repo := payment.NewRepository(pool)
-	l := newLedger()
-	k := key(1)
-	if err := l.call(ctx, repo, k, "before", nil); err != nil {
-		t.Fatal(err)
-	}
-
-	locked, release := make(chan struct{}), releaser(t)
-	holderDone := holdThrough(ctx, l, repo, k, "holder", locked, release, func(ctx context.Context, tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, "UPDATE payments SET status = 'partial'")
-		return err
-	})
-	<-locked
-	granted, waiterDone := waitGranted(t, ctx, l, pool, repo, k)
-	holders, _, err := lockHolders(ctx, pool, k)
-	if err != nil || len(holders) != 1 {
-		t.Fatalf("holders %v, %v", holders, err)
-	}
-	start := time.Now()
-	terminate(ctx, t, pool, holders[0])
-	within(t, "terminate holder", granted, start, time.Second)
-	release <- struct{}{}
-	assertRolledBack(t, ctx, <-holderDone, "57P01") // admin shutdown
-	if err := <-waiterDone; err != nil {
-		t.Fatal(err)
-	}
-	l.check(t, pool)
-	assertHealthy(t, pool)
-}
-
 // TestTerminateWaiter: pg_terminate_backend on backends waiting for a
 // payment. A waiter without Retry fails at once with an error safe to retry;
 // one with Retry queues again and succeeds; the other callers don't notice.
 func TestTerminateWaiter(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
-	pool := newPool(t, nil)
+	ctx := pgtest.Context(t, time.Minute)
+	pool := newPool(t)
 	repo := payment.NewRepository(pool)
 	retrying := payment.NewRepository(pool, entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
 	// Another poller: a Repository lets only the holder and one waiter per
