@@ -72,7 +72,7 @@ func TestMigrateCancelledAtEveryStage(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, d := range append(delays, 128*time.Millisecond, 256*time.Millisecond) {
-			release := holdSnapshot(t, ctx, pool)
+			release := paytest.HoldSnapshot(t, ctx, pool)
 			short, cancel := context.WithTimeout(ctx, d)
 			err := payment.Migrate(short, pool)
 			cancel()

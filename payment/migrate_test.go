@@ -52,34 +52,6 @@ func assertValidIndex(t *testing.T, pool *pgxpool.Pool) {
 	}
 }
 
-// holdSnapshot begins a REPEATABLE READ transaction that has taken its
-// snapshot: a CREATE INDEX CONCURRENTLY started afterwards waits for it to
-// end before it marks its index valid. The returned func ends it.
-func holdSnapshot(t *testing.T, ctx context.Context, pool *pgxpool.Pool) (release func()) {
-	t.Helper()
-	c, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := c.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
-		t.Fatal(err)
-	}
-	released := false
-	release = func() {
-		if !released {
-			released = true
-			tx.Rollback(context.Background())
-			c.Release()
-		}
-	}
-	t.Cleanup(release)
-	return release
-}
-
 // startBuild runs sql (a CREATE INDEX CONCURRENTLY) on a connection of its
 // own and waits until the build has reached its last phase, waiting for
 // older snapshots: its index exists and is INVALID. It returns the backend's
@@ -128,7 +100,7 @@ func TestMigrateDuringConcurrentBuild(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, time.Minute)
 	repo, pool := liveTable(t)
-	release := holdSnapshot(t, ctx, pool)
+	release := paytest.HoldSnapshot(t, ctx, pool)
 	_, built := startBuild(t, ctx, pool,
 		"CREATE UNIQUE INDEX CONCURRENTLY "+payment.UniqueIndex+" ON payments (service_id, line_item_id)")
 	oid, valid := uniqueIndex(t, pool)
@@ -180,7 +152,7 @@ func TestMigrateBuildInProgressError(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, time.Minute)
 	_, pool := liveTable(t)
-	release := holdSnapshot(t, ctx, pool)
+	release := paytest.HoldSnapshot(t, ctx, pool)
 	_, built := startBuild(t, ctx, pool,
 		"CREATE UNIQUE INDEX CONCURRENTLY "+payment.UniqueIndex+" ON payments (service_id, line_item_id)")
 	oid, _ := uniqueIndex(t, pool)
@@ -305,7 +277,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 			t.Parallel()
 			ctx := pgtest.Context(t, time.Minute)
 			_, pool := liveTable(t)
-			release := holdSnapshot(t, ctx, pool)
+			release := paytest.HoldSnapshot(t, ctx, pool)
 			mctx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			migrated := make(chan error, 1)
@@ -386,7 +358,7 @@ func TestMigrateBuildOutlastsLockTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	release := holdSnapshot(t, ctx, pool)
+	release := paytest.HoldSnapshot(t, ctx, pool)
 	migrated := make(chan error, 1)
 	go func() { migrated <- payment.Migrate(ctx, pool) }()
 	waitForBuild(t, ctx, pool)
@@ -409,7 +381,7 @@ func TestMigrateBuildsConcurrentlyOnLiveTable(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, time.Minute)
 	repo, pool := liveTable(t)
-	release := holdSnapshot(t, ctx, pool)
+	release := paytest.HoldSnapshot(t, ctx, pool)
 	migrated := make(chan error, 1)
 	go func() { migrated <- payment.Migrate(ctx, pool) }()
 	waitForBuild(t, ctx, pool)
@@ -559,7 +531,7 @@ func TestMigrateStatementTimeout(t *testing.T) {
 		pool.Reset() // new sessions get the role's setting
 	}
 	setTimeout("200ms")
-	release := holdSnapshot(t, ctx, pool)
+	release := paytest.HoldSnapshot(t, ctx, pool)
 	migrated := make(chan error, 1)
 	go func() { migrated <- payment.Migrate(ctx, pool) }()
 	var pgErr *pgconn.PgError

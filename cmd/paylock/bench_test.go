@@ -5,10 +5,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/paylock/paylock/internal/testing/pgtest"
 )
 
 func TestBenchUsage(t *testing.T) {
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	for _, args := range [][]string{
 		{"--strategies", "nope"},
 		{"--workloads", "lukewarm"},
@@ -27,7 +29,7 @@ func TestBenchUsage(t *testing.T) {
 // TestBenchEscapes: a hostile flag or database name reaches stderr escaped
 // and on one line, never as raw control characters.
 func TestBenchEscapes(t *testing.T) {
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	for _, args := range [][]string{
 		{"--bogus\x1b[31mRED"},
 		{"--database-url", "postgres://u@127.0.0.1:1/x%1b%5b31mRED%e2%80%ae?connect_timeout=2", "--duration", "1ms"},

@@ -13,15 +13,10 @@ import (
 	"time"
 
 	"github.com/paylock/paylock/cmd/paylock/internal/dedupe"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-func testCtx(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 // paylock runs the CLI with args and returns its exit code and output.
 func paylock(ctx context.Context, args ...string) (code int, stdout, stderr string) {
@@ -80,7 +75,7 @@ func mask(s string, extra ...string) string {
 }
 
 func TestUsage(t *testing.T) {
-	ctx := testCtx(t, 10*time.Second)
+	ctx := pgtest.Context(t, 10*time.Second)
 	for _, tt := range []struct {
 		args []string
 		code int

@@ -43,7 +43,7 @@ func rowCount(t *testing.T, pool *pgxpool.Pool, table string) (n int) {
 
 func TestMigrateAndDedupe(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	url, pool, st := liveDB(t, ctx)
 
 	// migrate refuses, names the duplicates and points to dedupe.
@@ -77,7 +77,7 @@ func TestMigrateAndDedupe(t *testing.T) {
 }
 
 func TestMigrateFreshDatabase(t *testing.T) { // not parallel: it sets DATABASE_URL
-	ctx := testCtx(t, 30*time.Second)
+	ctx := pgtest.Context(t, 30*time.Second)
 	url := pgtest.DB(t)
 	for range 2 { // idempotent
 		if out := mustRun(t, ctx, "migrate", "--database-url", url); !strings.Contains(out, "up to date") {
@@ -93,7 +93,7 @@ func TestMigrateFreshDatabase(t *testing.T) { // not parallel: it sets DATABASE_
 // on; the next run finishes the job and the counts add up.
 func TestDedupeInterruptedThenResumed(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	url, pool, st := liveDB(t, ctx)
 	runCtx, cancel := context.WithCancel(ctx)
 	type result struct {

@@ -74,7 +74,7 @@ func noDemoSchema(t *testing.T, ctx context.Context, url string) {
 
 func TestDemoOnAGivenDatabase(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	url := pgtest.DB(t)
 	out := mustRun(t, ctx, "demo", "--payments", "150", "--database-url", url)
 	checkDemo(t, out)
@@ -86,7 +86,7 @@ func TestDemoOnAGivenDatabase(t *testing.T) {
 
 func TestDemoProcesses(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	url := pgtest.DB(t)
 	out := mustRun(t, ctx, "demo", "--processes", "--pollers", "4", "--payments", "100", "--database-url", url)
 	checkDemo(t, out)
@@ -103,7 +103,7 @@ func TestDemoThrowawayServer(t *testing.T) { // not parallel: it clears the data
 		t.Setenv(v, "") // restored when the test ends
 		os.Unsetenv(v)
 	}
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := pgtest.Context(t, 2*time.Minute)
 	out := mustRun(t, ctx, "demo", "--payments", "100")
 	checkDemo(t, out)
 	m := regexp.MustCompile(`cluster in (\S+) \(durable: fsync on; removed at the end\)`).FindStringSubmatch(out)
@@ -116,7 +116,7 @@ func TestDemoThrowawayServer(t *testing.T) { // not parallel: it clears the data
 }
 
 func TestDemoUsage(t *testing.T) {
-	ctx := testCtx(t, 10*time.Second)
+	ctx := pgtest.Context(t, 10*time.Second)
 	if code, _, errOut := paylock(ctx, "demo", "--pollers", "0"); code != 2 || !strings.Contains(errOut, "--pollers 0") {
 		t.Fatalf("demo --pollers 0 = %d, %s", code, errOut)
 	}

@@ -395,7 +395,7 @@ func hasPrefix(p string) func([]string) bool {
 // anything but pids, times, durations and the database name. -update
 // rewrites the blocks from this run.
 func TestDocsCaptured(t *testing.T) {
-	ctx := testCtx(t, 20*time.Second)
+	ctx := pgtest.Context(t, 20*time.Second)
 	const cliPath, readmePath = "../../docs/CLI.md", "../../README.md"
 	cli := outputLines(string(must(os.ReadFile(cliPath))))
 	readme := outputLines(string(must(os.ReadFile(readmePath))))

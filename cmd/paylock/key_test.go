@@ -14,7 +14,7 @@ import (
 // taken with lock.Acquire, and that its psql query finds it.
 func TestKey(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 30*time.Second)
+	ctx := pgtest.Context(t, 30*time.Second)
 	pool := pgtest.Pool(t, nil)
 	key := lock.NewKey("payments", "7", "li 1/é")
 
@@ -75,7 +75,7 @@ func TestKey(t *testing.T) {
 // the document still decodes to the same parts.
 func TestKeyJSONEscapesControls(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 10*time.Second)
+	ctx := pgtest.Context(t, 10*time.Second)
 	part := "li\u009b31m\u202eX\u2066"
 	out := mustRun(t, ctx, "key", "--json", "payments", "7", part)
 	for _, raw := range []string{"\u009b", "\u202e", "\u2066"} {

@@ -16,7 +16,7 @@ import (
 // A plain bigint lock stays "other".
 func TestLocksTakenFromSQL(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	url := pgtest.DB(t)
 	mustRun(t, ctx, "migrate", "--database-url", url)
 	monitor := openSession(t, ctx, url, "monitor").conn

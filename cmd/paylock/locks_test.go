@@ -104,7 +104,7 @@ func pids(bs []backend) (p []int) {
 // lock — and checks what `paylock locks` reports.
 func TestLocks(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	url := pgtest.DB(t)
 	key := lock.NewKey("payments", "7", "li_1")
 	quiet := lock.NewKey("payments", "8", "li 'x'*/")
@@ -378,7 +378,7 @@ func rawControls(s string) []string {
 // --json output; in text they show as Go escapes.
 func TestLocksEscapesServerStrings(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	url := sqlASCIIDB(t, ctx, pgtest.DB(t))
 	// What a hostile session puts in a key part, its application_name and a query.
 	part := "li\x1b[2K\r\nFORGED KEY\u202eevil\u2066\x7f\u009b"

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/testing/pgtest"
@@ -48,4 +49,32 @@ func Seed(t testing.TB, ctx context.Context, pool *pgxpool.Pool) {
 	if _, err := pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// HoldSnapshot begins a REPEATABLE READ transaction that has taken its
+// snapshot: a CREATE INDEX CONCURRENTLY started afterwards waits for it to
+// end before it marks its index valid. The returned func ends it.
+func HoldSnapshot(t *testing.T, ctx context.Context, pool *pgxpool.Pool) (release func()) {
+	t.Helper()
+	c, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := c.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release = func() {
+		if !released {
+			released = true
+			tx.Rollback(context.Background())
+			c.Release()
+		}
+	}
+	t.Cleanup(release)
+	return release
 }

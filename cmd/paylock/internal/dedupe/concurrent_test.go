@@ -15,6 +15,7 @@ import (
 
 	"github.com/paylock/paylock/cmd/paylock/internal/dedupe"
 	"github.com/paylock/paylock/internal/testing/livetable"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -49,7 +50,7 @@ func indexOID(t *testing.T, pool *pgxpool.Pool) (oid uint32, valid bool) {
 // Migrate's, valid, with no lock wait queued on payments meanwhile.
 func TestRunDuringMigrateBuild(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	pool := pgtest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 8 })
 	if _, err := pool.Exec(ctx, payment.Schema+`;
 		INSERT INTO services VALUES (1, 'api');
@@ -57,26 +58,7 @@ func TestRunDuringMigrateBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An old snapshot keeps Migrate's build in its last phase.
-	snap, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := snap.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
-		t.Fatal(err)
-	}
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			tx.Rollback(context.Background())
-			snap.Release()
-		}
-	}
-	defer release()
+	release := paytest.HoldSnapshot(t, ctx, pool)
 
 	migrated := make(chan error, 1)
 	go func() { migrated <- payment.Migrate(ctx, pool) }()
@@ -135,7 +117,7 @@ func TestRunDuringMigrateBuild(t *testing.T) {
 // dedupe succeeds, and the index ends valid with one row per key.
 func TestTwoMigratesAndADedupeWhilePollersWrite(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	pool, st := livePool(t, ctx, livetable.Options{Payments: 5_000, DuplicateRate: 0.02})
 	kept := lowest(t, ctx, pool)
 	keys := make([]payment.Key, 0, len(kept))

@@ -20,12 +20,6 @@ import (
 	"github.com/paylock/paylock/payment"
 )
 
-func testCtx(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // livePool returns a pool on a database whose payments table has no unique
 // index yet and holds the generated rows.
 func livePool(t *testing.T, ctx context.Context, o livetable.Options) (*pgxpool.Pool, livetable.Stats) {
@@ -117,7 +111,7 @@ func checkMerged(t *testing.T, ctx context.Context, pool *pgxpool.Pool, st livet
 // calling With on the duplicated keys.
 func TestRunWhilePollersWrite(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, 2*time.Minute)
+	ctx := pgtest.Context(t, 2*time.Minute)
 	began := time.Now()
 	pool, st := livePool(t, ctx, livetable.Options{Payments: 100_000, DuplicateRate: 0.01})
 	generated := time.Since(began)
@@ -206,7 +200,7 @@ func TestRunWhilePollersWrite(t *testing.T) {
 
 func TestRunResumesAfterCancel(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	pool, st := livePool(t, ctx, livetable.Options{Payments: 5_000, DuplicateRate: 0.05})
 	kept := lowest(t, ctx, pool)
 
@@ -247,7 +241,7 @@ func TestRunResumesAfterCancel(t *testing.T) {
 
 func TestRunReplacesInvalidIndex(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	pool, st := livePool(t, ctx, livetable.Options{Payments: 2_000, DuplicateRate: 0.05})
 	kept := lowest(t, ctx, pool)
 	// An earlier build failed on the duplicates and left an INVALID index.
@@ -281,7 +275,7 @@ func TestRunReplacesInvalidIndex(t *testing.T) {
 // duplicate while the merge runs: a second listing catches it.
 func TestRunCatchesDuplicatesAddedDuringTheMerge(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	pool, st := livePool(t, ctx, livetable.Options{Payments: 2_000, DuplicateRate: 0.05})
 	kept := lowest(t, ctx, pool)
 	// The first key merged (keys go in order), so its batch is done when
@@ -318,7 +312,7 @@ func TestRunCatchesDuplicatesAddedDuringTheMerge(t *testing.T) {
 
 func TestInspect(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	pool, st := livePool(t, ctx, livetable.Options{Payments: 3_000, DuplicateRate: 0.02})
 	r, err := dedupe.Inspect(ctx, pool, 5)
 	if err != nil {
