@@ -19,6 +19,9 @@ func TestMain(m *testing.M) {
 		return nil
 	})
 	worker.Register("fail", func(ctx context.Context, args []string) error { return errors.New("boom") })
+	worker.Register("code", func(ctx context.Context, args []string) error {
+		return fmt.Errorf("said so already: %w", worker.ExitCode(3))
+	})
 	worker.Serve(context.Background())
 	os.Exit(m.Run())
 }
@@ -43,6 +46,19 @@ func TestCommand(t *testing.T) {
 				t.Fatalf("worker %s: %v, stderr %q; want exit code %d naming it", name, err, stderr.String(), want)
 			}
 		})
+	}
+}
+
+// TestExitCode: a worker's ExitCode is the process's exit code, and
+// nothing is added to what the worker printed.
+func TestExitCode(t *testing.T) {
+	cmd := worker.Command(context.Background(), "code")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 || stderr.Len() != 0 {
+		t.Fatalf("worker code: %v, stderr %q; want exit code 3 and nothing on stderr", err, stderr.String())
 	}
 }
 
