@@ -60,7 +60,11 @@ func Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 		exe = os.Args[0]
 	}
 	b, _ := json.Marshal(call{Name: name, Args: args}) // strings always marshal
-	cmd := exec.CommandContext(ctx, exe)
+	// Serve ignores the command line. The one argument is for a binary that
+	// doesn't call Serve: a test binary then runs no test (rather than all,
+	// each test that starts a worker starting more), and the worker's
+	// caller sees it fail.
+	cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), env+"="+string(b))
 	cmd.Stderr = os.Stderr
 	return cmd

@@ -70,3 +70,25 @@ func TestRegisterTwicePanics(t *testing.T) {
 	}()
 	worker.Register("echo", nil)
 }
+
+// TestCommandWithoutServe: a binary that never calls Serve, started by
+// Command, runs nothing: a test binary runs no tests (not all of them, each
+// test that starts a worker starting more), and fails to be a worker.
+func TestCommandWithoutServe(t *testing.T) {
+	if os.Getenv("WORKER_TEST_CHILD") != "" {
+		t.Skip("in the child")
+	}
+	cmd := worker.Command(context.Background(), "echo", "x")
+	env := []string{"WORKER_TEST_CHILD=1"}
+	for _, kv := range cmd.Env {
+		if !strings.HasPrefix(kv, "PAYLOCK_WORKER=") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = env // as if this binary did not call Serve
+	cmd.Stderr = nil
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "no tests to run") {
+		t.Fatalf("test binary started by Command without Serve: %v, output %q; want it to run no tests", err, out)
+	}
+}
