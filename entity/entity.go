@@ -129,8 +129,13 @@ type config struct {
 	noQueue  bool
 }
 
-// DisableKeyQueue implements entityopt.Config.
-func (c *config) DisableKeyQueue() { c.noQueue = true }
+// DisableKeyQueue implements entityopt.Config: only entityopt's own
+// options, with a valid token, turn the queue off.
+func (c *config) DisableKeyQueue(t entityopt.Token) {
+	if t.Valid() {
+		c.noQueue = true
+	}
+}
 
 // ConnsPerKey is how many [Repository.With] calls of one Repository may
 // hold a pool connection for the same key at once: the one holding the key's

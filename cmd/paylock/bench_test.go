@@ -51,3 +51,20 @@ func TestBenchHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchHelpHidesDatabaseURL: bench's --help names $DATABASE_URL as the
+// default without printing its value, which may hold a password.
+func TestBenchHelpHidesDatabaseURL(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://u:s3cret@127.0.0.1:1/x?connect_timeout=2")
+	for _, args := range [][]string{{"bench", "--help"}, {"help", "bench"}} {
+		code, stdout, stderr := paylock(context.Background(), args...)
+		if code != 0 || strings.Contains(stdout+stderr, "s3cret") || !strings.Contains(stdout, "$DATABASE_URL") {
+			t.Errorf("paylock %q = %d, output %q; want the help naming $DATABASE_URL, not its value", args, code, stdout+stderr)
+		}
+	}
+	// The variable is still where bench connects.
+	code, _, stderr := paylock(context.Background(), "bench", "--duration", "1ms", "--workloads", "hot", "--strategies", "naive", "--no-pgbench")
+	if code != 1 || !strings.Contains(stderr, "127.0.0.1") || strings.Contains(stderr, "throwaway") {
+		t.Errorf("paylock bench with $DATABASE_URL unreachable = %d, stderr %q; want a failure to connect there", code, stderr)
+	}
+}

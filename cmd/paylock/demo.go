@@ -84,7 +84,7 @@ var cmdDemoWorker = &command{
 func init() {
 	worker.Register("paylock", func(ctx context.Context, args []string) error {
 		if code := run(ctx, args, os.Stdout, os.Stderr); code != 0 {
-			return exitCode(code)
+			return worker.ExitCode(code) // run has said why, as the binary would
 		}
 		return nil
 	})

@@ -3,11 +3,22 @@
 // option here is assignable to entity.Option.
 package entityopt
 
-// Config is what an entity.Option sets. Package entity implements it; an
-// option of this package calls it.
+// Token is what a Config method takes to prove that the option calling it
+// is one of this package's. Only this package makes a valid Token: its
+// field is unexported, and the package, internal, can't be imported from
+// outside the module. Code there can still make an entity.Option (reflect,
+// or a generic function whose type arguments are inferred) and hand it a
+// zero Token, which is not valid.
+type Token struct{ valid bool }
+
+// Valid reports whether t was made by this package.
+func (t Token) Valid() bool { return t.valid }
+
+// Config is what an entity.Option sets. Package entity implements it,
+// ignoring a call with an invalid Token; an option of this package calls it.
 type Config interface {
 	// DisableKeyQueue turns off the Repository's per-key queue.
-	DisableKeyQueue()
+	DisableKeyQueue(Token)
 }
 
 // WithoutKeyQueue returns an entity.Option that turns off the per-key queue:
@@ -15,4 +26,6 @@ type Config interface {
 // lock at PostgreSQL, so callers of one hot key can take the whole pool. It
 // exists to measure what the queue buys (`paylock bench`, strategy
 // paylock-noqueue); there is no other reason to use it.
-func WithoutKeyQueue() func(Config) { return func(c Config) { c.DisableKeyQueue() } }
+func WithoutKeyQueue() func(Config) {
+	return func(c Config) { c.DisableKeyQueue(Token{valid: true}) }
+}

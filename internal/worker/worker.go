@@ -10,6 +10,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,8 +21,15 @@ import (
 const env = "PAYLOCK_WORKER"
 
 // Func is a worker: it runs with the arguments Command was given, and its
-// error makes the process exit with code 1.
+// error makes the process exit with code 1, or with the code of an
+// [ExitCode].
 type Func func(ctx context.Context, args []string) error
+
+// ExitCode, returned by a Func (or wrapped in its error), makes the process
+// exit with that code and print nothing: the worker has already said why.
+type ExitCode int
+
+func (e ExitCode) Error() string { return fmt.Sprintf("exit code %d", int(e)) }
 
 var (
 	mu      sync.Mutex
@@ -52,15 +60,20 @@ func Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 		exe = os.Args[0]
 	}
 	b, _ := json.Marshal(call{Name: name, Args: args}) // strings always marshal
-	cmd := exec.CommandContext(ctx, exe)
+	// Serve ignores the command line. The one argument is for a binary that
+	// doesn't call Serve: a test binary then runs no test (rather than all,
+	// each test that starts a worker starting more), and the worker's
+	// caller sees it fail.
+	cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), env+"="+string(b))
 	cmd.Stderr = os.Stderr
 	return cmd
 }
 
 // Serve returns at once unless this process was started by Command; then it
-// runs the worker named there with ctx and exits: 0 when it returns nil, 1
-// on an error (printed on stderr), 2 when the worker is unknown.
+// runs the worker named there with ctx and exits: 0 when it returns nil,
+// the code of an [ExitCode] error, 1 on any other error (printed on
+// stderr), 2 when the worker is unknown.
 func Serve(ctx context.Context) {
 	v, ok := os.LookupEnv(env)
 	if !ok {
@@ -82,9 +95,15 @@ func serve(ctx context.Context, v string) int {
 		fmt.Fprintf(os.Stderr, "worker: unknown worker %q\n", c.Name)
 		return 2
 	}
-	if err := fn(ctx, c.Args); err != nil {
+	err := fn(ctx, c.Args)
+	var code ExitCode
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &code):
+		return int(code)
+	default:
 		fmt.Fprintf(os.Stderr, "worker %s: %v\n", c.Name, err)
 		return 1
 	}
-	return 0
 }

@@ -19,6 +19,9 @@ func TestMain(m *testing.M) {
 		return nil
 	})
 	worker.Register("fail", func(ctx context.Context, args []string) error { return errors.New("boom") })
+	worker.Register("code", func(ctx context.Context, args []string) error {
+		return fmt.Errorf("said so already: %w", worker.ExitCode(3))
+	})
 	worker.Serve(context.Background())
 	os.Exit(m.Run())
 }
@@ -46,6 +49,19 @@ func TestCommand(t *testing.T) {
 	}
 }
 
+// TestExitCode: a worker's ExitCode is the process's exit code, and
+// nothing is added to what the worker printed.
+func TestExitCode(t *testing.T) {
+	cmd := worker.Command(context.Background(), "code")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 || stderr.Len() != 0 {
+		t.Fatalf("worker code: %v, stderr %q; want exit code 3 and nothing on stderr", err, stderr.String())
+	}
+}
+
 func TestRegisterTwicePanics(t *testing.T) {
 	defer func() {
 		if recover() == nil {
@@ -53,4 +69,26 @@ func TestRegisterTwicePanics(t *testing.T) {
 		}
 	}()
 	worker.Register("echo", nil)
+}
+
+// TestCommandWithoutServe: a binary that never calls Serve, started by
+// Command, runs nothing: a test binary runs no tests (not all of them, each
+// test that starts a worker starting more), and fails to be a worker.
+func TestCommandWithoutServe(t *testing.T) {
+	if os.Getenv("WORKER_TEST_CHILD") != "" {
+		t.Skip("in the child")
+	}
+	cmd := worker.Command(context.Background(), "echo", "x")
+	env := []string{"WORKER_TEST_CHILD=1"}
+	for _, kv := range cmd.Env {
+		if !strings.HasPrefix(kv, "PAYLOCK_WORKER=") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = env // as if this binary did not call Serve
+	cmd.Stderr = nil
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "no tests to run") {
+		t.Fatalf("test binary started by Command without Serve: %v, output %q; want it to run no tests", err, out)
+	}
 }

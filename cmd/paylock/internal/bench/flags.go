@@ -49,8 +49,11 @@ func strategyNames() []string {
 
 // Flags defines bench's flags on fs, bound to o.
 func (o *Options) Flags(fs *flag.FlagSet) {
-	fs.StringVar(&o.db, "database-url", os.Getenv(EnvDatabase), "PostgreSQL URL of a server where the role may CREATE DATABASE (default $"+
+	fs.StringVar(&o.db, "database-url", "", "PostgreSQL URL of a server where the role may CREATE DATABASE (default $"+
 		EnvDatabase+"; none: a throwaway durable server is started)")
+	// The default, set after the flag so that --help doesn't print it: it
+	// may hold a password.
+	o.db = os.Getenv(EnvDatabase)
 	fs.StringVar(&o.strategyList, "strategies", strings.Join(strategyNames(), ","), "strategies to run, comma-separated")
 	fs.StringVar(&o.workloadList, "workloads", "hot,warm,cold", "workloads to run, comma-separated: hot, warm, cold")
 	fs.IntVar(&o.workers, "workers", 32, "concurrent callers in all")

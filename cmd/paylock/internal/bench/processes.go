@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 
+	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/internal/worker"
 )
 
@@ -86,7 +87,12 @@ func init() {
 		if len(args) != 1 {
 			return fmt.Errorf("want one argument, the load spec; got %d", len(args))
 		}
-		return workerMain(ctx, args[0], os.Stdin, os.Stdout)
+		if err := workerMain(ctx, args[0], os.Stdin, os.Stdout); err != nil {
+			// As `paylock bench` reports its errors: one line, escaped.
+			fmt.Fprintln(os.Stderr, "paylock bench:", term.Visible(oneLine(err.Error())))
+			return worker.ExitCode(1)
+		}
+		return nil
 	})
 }
 
