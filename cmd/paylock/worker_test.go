@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/worker"
 )
 
@@ -14,7 +15,7 @@ import (
 // would: the command's exit code (2 for a usage error) and its one line on
 // stderr, nothing added by the re-exec.
 func TestDemoWorkerExit(t *testing.T) {
-	ctx := testCtx(t, time.Minute)
+	ctx := pgtest.Context(t, time.Minute)
 	cmd := worker.Command(ctx, "paylock", "demo-worker", "--mode", "x")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
