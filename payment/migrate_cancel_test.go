@@ -48,7 +48,7 @@ func TestMigrateCancelledAtEveryStage(t *testing.T) {
 	// may wait long for their turn on a loaded machine.
 	t.Run("FreshDatabase", func(t *testing.T) {
 		t.Parallel()
-		ctx := pgtest.Context(t, time.Minute)
+		ctx := pgtest.Context(t, 3*time.Minute) // 11 to 13 databases and Migrates, on a loaded machine
 		for _, d := range delays {
 			pool := pgtest.Pool(t, configure)
 			short, cancel := context.WithTimeout(ctx, d)
@@ -64,7 +64,7 @@ func TestMigrateCancelledAtEveryStage(t *testing.T) {
 
 	t.Run("LiveTable", func(t *testing.T) {
 		t.Parallel()
-		ctx := pgtest.Context(t, time.Minute)
+		ctx := pgtest.Context(t, 3*time.Minute) // 11 to 13 databases and Migrates, on a loaded machine
 		pool := paytest.Pool(t, configure)
 		_, err := pool.Exec(ctx, `DROP INDEX `+payment.UniqueIndex+`;
 			INSERT INTO payments (service_id, line_item_id) SELECT 1, 'li_' || g FROM generate_series(1, 100) g`)
