@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -65,7 +66,7 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 		// statement_timestamp() is when the lock statement started and
 		// clock_timestamp(), evaluated after the lock, when it was granted.
 		// Unnamed, never prepared: its comment names the key.
-		b.addUnnamed(txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
+		b.addLock(txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
 	}
 	b.add(ensureSQL, ensureArgs...)
 	b.add(findSQL, findArgs...)
@@ -96,9 +97,9 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 		for rr.NextRow() {
 			switch {
 			case i == locker && r.strategy == Advisory:
-				waitErr = scanValues(conn.TypeMap(), rr.FieldDescriptions(), rr.Values(), &wait)
+				waitErr = scanValues(conn, rr.FieldDescriptions(), rr.Values(), &wait)
 			case i == find && rows == 0:
-				row := valuesRow{m: conn.TypeMap(), fds: rr.FieldDescriptions(), values: rr.Values()}
+				row := valuesRow{conn: conn, fds: rr.FieldDescriptions(), values: rr.Values()}
 				if before, scanErr = r.table.Scan(row, created); scanErr == nil {
 					v, scanErr = r.table.Scan(row, created)
 				}
@@ -224,7 +225,7 @@ type batch struct {
 	conn    *pgx.Conn
 	prepare bool
 	names   *stmtNames
-	eqb     pgx.ExtendedQueryBuilder
+	eqb     *pgx.ExtendedQueryBuilder // the connection's: see eqbOf
 	n       int
 	err     error
 }
@@ -242,7 +243,7 @@ func (b *batch) add(sql string, args ...any) {
 		b.err = err
 		return
 	}
-	if b.err = b.eqb.Build(b.conn.TypeMap(), sd, args); b.err != nil {
+	if b.err = b.builder().Build(b.conn.TypeMap(), sd, args); b.err != nil {
 		return
 	}
 	b.ExecStatement(sd, b.eqb.ParamValues, b.eqb.ParamFormats, b.eqb.ResultFormats)
@@ -253,12 +254,46 @@ func (b *batch) addUnnamed(sql string, args ...any) {
 	if b.err != nil {
 		return
 	}
-	if b.err = b.eqb.Build(b.conn.TypeMap(), nil, args); b.err != nil {
+	if b.err = b.builder().Build(b.conn.TypeMap(), nil, args); b.err != nil {
 		return
 	}
 	b.ExecParams(sql, b.eqb.ParamValues, nil, b.eqb.ParamFormats, b.eqb.ResultFormats)
 	b.n++
 }
+
+// binaryResults asks for every column in binary.
+var binaryResults = []int16{pgx.BinaryFormatCode}
+
+// addLock adds the lock statement, unnamed, with its one column (an
+// interval) in binary, which scans without parsing.
+func (b *batch) addLock(sql string, id int64) {
+	if b.err != nil {
+		return
+	}
+	if b.err = b.builder().Build(b.conn.TypeMap(), nil, []any{id}); b.err != nil {
+		return
+	}
+	b.ExecParams(sql, b.eqb.ParamValues, nil, b.eqb.ParamFormats, binaryResults)
+	b.n++
+}
+
+// builder returns the connection's query builder, kept in
+// pgconn.PgConn.CustomData so that its buffers serve every call on the
+// connection (only its holder uses it): pgconn copies the parameters into
+// the batch's message as each statement is added.
+func (b *batch) builder() *pgx.ExtendedQueryBuilder {
+	if b.eqb == nil {
+		data := b.conn.PgConn().CustomData()
+		b.eqb, _ = data[eqbKey].(*pgx.ExtendedQueryBuilder)
+		if b.eqb == nil {
+			b.eqb = new(pgx.ExtendedQueryBuilder)
+			data[eqbKey] = b.eqb
+		}
+	}
+	return b.eqb
+}
+
+const eqbKey = "paylock.query_builder"
 
 // statementName names a prepared statement after its text.
 func statementName(sql string) string {
@@ -268,23 +303,78 @@ func statementName(sql string) string {
 // valuesRow is a pgx.Row over a row's values as pgconn read them, valid
 // until the next row is read.
 type valuesRow struct {
-	m      *pgtype.Map
+	conn   *pgx.Conn
 	fds    []pgconn.FieldDescription
 	values [][]byte
 }
 
-func (r valuesRow) Scan(dest ...any) error { return scanValues(r.m, r.fds, r.values, dest...) }
+func (r valuesRow) Scan(dest ...any) error { return scanValues(r.conn, r.fds, r.values, dest...) }
 
-func scanValues(m *pgtype.Map, fds []pgconn.FieldDescription, values [][]byte, dest ...any) error {
+func scanValues(conn *pgx.Conn, fds []pgconn.FieldDescription, values [][]byte, dest ...any) error {
 	if len(dest) != len(values) {
 		return fmt.Errorf("scan: %d destinations for %d columns", len(dest), len(values))
 	}
+	plans := scanPlansOf(conn)
 	for i, fd := range fds {
-		if err := m.Scan(fd.DataTypeOID, fd.Format, values[i], dest[i]); err != nil {
+		if err := plans.scan(conn.TypeMap(), fd.DataTypeOID, fd.Format, values[i], dest[i]); err != nil {
 			return fmt.Errorf("scan column %s: %w", fd.Name, err)
 		}
 	}
 	return nil
+}
+
+// scanPlans caches on a connection the pgtype scan plans of With's reads:
+// pgtype.Map.Scan plans every value afresh, which was a tenth of With's
+// allocations. A plan is kept per column type, format and Go type, as pgx's
+// own Rows keep theirs for the rows of one query. Register types on a
+// connection before its first With (in the pool's AfterConnect), as pgx
+// expects anyway: a plan made earlier is not remade.
+type scanPlans struct{ plans []scanPlan }
+
+type scanPlan struct {
+	oid    uint32
+	format int16
+	typ    reflect.Type
+	plan   pgtype.ScanPlan
+}
+
+// scanPlansKey is where a connection's scanPlans are kept, in
+// pgconn.PgConn.CustomData: only the holder of the connection uses them.
+const scanPlansKey = "paylock.scan_plans"
+
+// maxScanPlans bounds a connection's scanPlans; others are planned each time.
+const maxScanPlans = 64
+
+func scanPlansOf(conn *pgx.Conn) *scanPlans {
+	data := conn.PgConn().CustomData()
+	sp, _ := data[scanPlansKey].(*scanPlans)
+	if sp == nil {
+		sp = &scanPlans{}
+		data[scanPlansKey] = sp
+	}
+	return sp
+}
+
+func (sp *scanPlans) scan(m *pgtype.Map, oid uint32, format int16, src []byte, dst any) error {
+	if dst == nil {
+		return nil // as pgtype.Map.Scan: the column is skipped
+	}
+	typ := reflect.TypeOf(dst)
+	for i := range sp.plans {
+		if p := &sp.plans[i]; p.oid == oid && p.format == format && p.typ == typ {
+			err := p.plan.Scan(src, dst)
+			if errors.Is(err, pgtype.ErrScanTargetTypeChanged) { // as pgx's Rows: plan again
+				p.plan = m.PlanScan(oid, format, dst)
+				err = p.plan.Scan(src, dst)
+			}
+			return err
+		}
+	}
+	plan := m.PlanScan(oid, format, dst)
+	if len(sp.plans) < maxScanPlans {
+		sp.plans = append(sp.plans, scanPlan{oid: oid, format: format, typ: typ, plan: plan})
+	}
+	return plan.Scan(src, dst)
 }
 
 // stmtNames caches statementName: With looks up each of its statements on
@@ -313,6 +403,9 @@ func (c *stmtNames) get(sql string) string {
 // whose result type changed under it (SQLSTATE 0A000, "cached plan must not
 // change result type").
 func stalePlan(err error) bool {
+	if err == nil {
+		return false // errors.As would allocate its target all the same
+	}
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && txn.StalePlan(pgErr) // SQLSTATE and routine, not the translated message
 }
