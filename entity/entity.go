@@ -113,6 +113,9 @@ type Repository[K, V any] struct {
 	// statements run as named prepared statements (see batch).
 	prepare bool
 	saves   savedSQL // Save statements that worked, prepared before the lock
+	names   stmtNames
+	// setSQL is settings.SetSQL() without and with ConnCheck.
+	setSQL [2]string
 }
 
 // Option configures a Repository: [WithLockOptions], [WithStrategy],
@@ -169,12 +172,16 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 	if !c.noQueue {
 		queue = keyqueue.New(ConnsPerKey)
 	}
+	settings := txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout)
+	withCheck := settings
+	withCheck.ConnCheck = true
 	return &Repository[K, V]{
+		setSQL:   [2]string{settings.SetSQL(), withCheck.SetSQL()},
 		prepare:  pool.Config().ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement,
 		queue:    queue,
 		pool:     pool,
 		table:    table,
-		settings: txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout),
+		settings: settings,
 		retry:    c.lock.Retry,
 		strategy: c.strategy,
 		hooks:    c.hooks,
