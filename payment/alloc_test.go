@@ -4,10 +4,12 @@ import (
 	"context"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -27,7 +29,7 @@ func TestWithAllocations(t *testing.T) { // not parallel: AllocsPerRun counts th
 		cfg.MaxConns, cfg.MinConns = 1, 1
 		cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	})
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 	var err error
 	for range 3 { // warm-up: prepares

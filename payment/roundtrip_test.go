@@ -207,7 +207,7 @@ func TestWithParsesOnlyTheLockStatement(t *testing.T) {
 	t.Parallel()
 	rt := &roundTrips{lastRead: map[net.Conn]bool{}}
 	repo, pool := newRepo(t, rt.configure)
-	ctx := testCtx(t, 1)
+	ctx := pgtest.Context(t, time.Minute)
 	if _, err := pool.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
