@@ -112,7 +112,8 @@ type Repository[K, V any] struct {
 	// prepare: the pool's connections use pgx's statement cache, so the
 	// statements run as named prepared statements (see batch).
 	prepare bool
-	saves   savedSQL // Save statements that worked, prepared before the lock
+	saves   savedSQL      // Save statements that worked, prepared before the lock
+	groups  *groups[K, V] // group commit (WithGroupCommit); nil: off
 }
 
 // Option configures a Repository: [WithLockOptions], [WithStrategy],
@@ -127,6 +128,7 @@ type config struct {
 	strategy Strategy
 	hooks    Hooks
 	noQueue  bool
+	group    int // WithGroupCommit's max
 }
 
 // DisableKeyQueue implements entityopt.Config.
@@ -164,7 +166,12 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 	if !c.noQueue {
 		queue = keyqueue.New(ConnsPerKey)
 	}
+	var gs *groups[K, V]
+	if _, ok := table.(Cloner[V]); ok && c.group > 1 && !c.noQueue {
+		gs = &groups[K, V]{max: c.group, keys: make(map[int64]*groupKey[K, V])}
+	}
 	return &Repository[K, V]{
+		groups:   gs,
 		prepare:  pool.Config().ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement,
 		queue:    queue,
 		pool:     pool,
@@ -237,6 +244,9 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // back wrapped if the connection was lost meanwhile; errors.Is and errors.As
 // still find it).
 func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) error {
+	if r.groups != nil {
+		return r.retry.Do(ctx, func() error { return r.withGroup(ctx, k, fn) })
+	}
 	return r.retry.Do(ctx, func() error { return r.with(ctx, k, fn) })
 }
 
