@@ -298,7 +298,13 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 		r: r, cloner: r.table.(Cloner[V]), lk: lk, conn: conn.Conn(), created: ev.Created,
 		before: before, first: v, cur: before, written: before, stepped: make(chan struct{}, 1),
 	}
+	// The leader's fn runs as in a call of its own, without a savepoint: if
+	// it fails, the transaction rolls back and nobody else has joined it; the
+	// first queued caller then leads the next one.
 	ok, panicked, ownErr := g.step(m, true)
+	if !ok {
+		g.broke(ownErr, false)
+	}
 	// The budget: about what the callers would hold the key for one by one,
 	// judged by the leader's round trip and fn.
 	budget := time.Duration(gs.max) * (time.Since(ev.Granted) + ev.RoundTrip - ev.Wait)
@@ -384,7 +390,7 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 	default:
 		v = g.cloner.Clone(g.cur, false)
 	}
-	tx := &memberTx[K, V]{g: g, m: txn.NewManaged(g.conn, nil), name: "paylock_group_" + strconv.Itoa(g.n)}
+	tx := &memberTx[K, V]{g: g, m: txn.NewManaged(g.conn, nil), name: "paylock_group_" + strconv.Itoa(g.n), plain: leader}
 	defer tx.m.End(m.ctx)
 	m.ev.stage = stageFn
 	fnErr := func() (err error) {
@@ -488,9 +494,10 @@ func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
 // memberTx is the pgx.Tx a member's fn gets: a txn.Managed whose first
 // statement first opens the member's savepoint.
 type memberTx[K, V any] struct {
-	g    *group[K, V]
-	m    *txn.Managed
-	name string
+	g     *group[K, V]
+	m     *txn.Managed
+	name  string
+	plain bool // the leader's: no savepoint
 
 	mu   sync.Mutex
 	done bool
@@ -505,7 +512,7 @@ func (t *memberTx[K, V]) opened() bool {
 
 // start opens the savepoint once, unless the transaction is closed to fn.
 func (t *memberTx[K, V]) start(ctx context.Context) error {
-	if t.m.Conn() == nil {
+	if t.plain || t.m.Conn() == nil {
 		return nil // closed: the call itself fails with pgx.ErrTxClosed
 	}
 	t.mu.Lock()

@@ -1,6 +1,7 @@
 package payment
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -118,6 +119,15 @@ func (Table) Scan(row pgx.Row, created bool) (*Payment, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// Clone returns a copy of p that shares nothing with it, for
+// entity.WithGroupCommit.
+func (Table) Clone(p *Payment, created bool) *Payment {
+	c := *p
+	c.Data = bytes.Clone(p.Data)
+	c.created = created
+	return &c
 }
 
 // Save returns the update of what fn changed, or "" if nothing changed. It

@@ -1,0 +1,561 @@
+package entity_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/lock"
+	"github.com/paylock/paylock/payment"
+)
+
+type payFn = func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error
+
+type payRepo = *entity.Repository[payment.Key, payment.Payment]
+
+// result is how one call of grouped ended.
+type result struct {
+	err      error
+	panicked any
+}
+
+// grouped runs fns[0] first and holds the key in it until fns[1:] all wait
+// behind it, queued one after another (so in that order); then it lets
+// them all go and returns how each call ended. ctxs[i], if set, is call i's
+// ctx.
+func grouped(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, ctxs []context.Context, fns ...payFn) []result {
+	t.Helper()
+	res := make([]result, len(fns))
+	held, gate := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	call := func(i int, fn payFn) {
+		defer wg.Done()
+		defer func() { res[i].panicked = recover() }()
+		c := ctx
+		if i < len(ctxs) && ctxs[i] != nil {
+			c = ctxs[i]
+		}
+		res[i].err = repo.With(c, key, fn)
+	}
+	wg.Add(1)
+	first := fns[0]
+	var once sync.Once
+	go call(0, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		once.Do(func() { close(held) }) // once: Retry may run it again
+		<-gate
+		return first(ctx, tx, p)
+	})
+	<-held
+	for i := 1; i < len(fns); i++ {
+		wg.Add(1)
+		go call(i, fns[i])
+		waitQueued(t, repo, key, i)
+	}
+	close(gate)
+	wg.Wait()
+	return res
+}
+
+// waitQueued waits until n callers of key are queued in repo.
+func waitQueued(t *testing.T, repo payRepo, key payment.Key, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); entity.Queued(repo, key.LockKey()) != n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d callers queued, want %d", entity.Queued(repo, key.LockKey()), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func groupSetup(t *testing.T) (*pgxpool.Pool, context.Context) {
+	pool, ctx := setup(t)
+	if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	return pool, ctx
+}
+
+func ledger(t *testing.T, ctx context.Context, pool *pgxpool.Pool) []string {
+	t.Helper()
+	rows, _ := pool.Query(ctx, "SELECT entry FROM ledger ORDER BY entry")
+	entries, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries
+}
+
+// seen is what one fn saw.
+type seen struct {
+	i       int
+	amount  int64 // p.AmountCents
+	inTx    int64 // amount_cents read through tx
+	txid    int64
+	created bool
+}
+
+// TestGroupCommitArrivalOrder: callers queued behind the key's transaction
+// run in one transaction, in arrival order, each seeing the row as the
+// previous one left it, in p and through tx; each gets an event with the
+// group's size.
+func TestGroupCommitArrivalOrder(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	var rec recorder
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithHooks(rec.hooks()))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_order"}
+	var mu sync.Mutex
+	var log []seen
+	fn := func(i int) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			s := seen{i: i, amount: p.AmountCents, created: p.IsNew()}
+			if err := tx.QueryRow(ctx, "SELECT amount_cents, txid_current() FROM payments WHERE id = $1", p.ID).Scan(&s.inTx, &s.txid); err != nil {
+				return err
+			}
+			mu.Lock()
+			log = append(log, s)
+			mu.Unlock()
+			p.AmountCents++
+			return nil
+		}
+	}
+	var fns []payFn
+	for i := range 6 {
+		fns = append(fns, fn(i))
+	}
+	for i, r := range grouped(t, ctx, repo, key, nil, fns...) {
+		if r.err != nil || r.panicked != nil {
+			t.Fatalf("call %d: %v, %v", i, r.err, r.panicked)
+		}
+	}
+	for i, s := range log {
+		if s.i != i || s.amount != int64(i) || s.inTx != int64(i) || s.txid != log[0].txid || s.created != (i == 0) {
+			t.Errorf("call %d saw %+v; want call %d, amount %d in p and through tx, txid %d, created only for the first", i, s, i, i, log[0].txid)
+		}
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 6 {
+		t.Errorf("amount %d, want 6", amount)
+	}
+	if len(rec.events) != 6 {
+		t.Fatalf("%d events, want 6", len(rec.events))
+	}
+	for _, ev := range rec.events {
+		if ev.GroupSize != 6 || ev.Outcome != entity.OutcomeOK {
+			t.Errorf("event %+v: want group size 6, ok", ev)
+		}
+	}
+}
+
+// TestGroupCommitLoneCaller: a caller alone runs in a transaction of its own,
+// as without the option.
+func TestGroupCommitLoneCaller(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	var rec recorder
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithHooks(rec.hooks()))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lone"}
+	for range 3 {
+		err := repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			p.AmountCents++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 3 {
+		t.Errorf("amount %d, want 3", amount)
+	}
+	for _, ev := range rec.events {
+		if ev.GroupSize != 1 {
+			t.Errorf("lone caller's group size %d, want 1", ev.GroupSize)
+		}
+	}
+	// Its fn's error, or a failed statement, rolls back as without the
+	// option.
+	errFn := errors.New("fn failed")
+	if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { return errFn }); err != errFn {
+		t.Errorf("fn's error came back as %v", err)
+	}
+	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents = 100
+		_, _ = tx.Exec(ctx, "SELECT 1/0")
+		return nil
+	})
+	if !errors.Is(err, entity.ErrTxAborted) {
+		t.Errorf("failed statement: %v, want ErrTxAborted", err)
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 3 {
+		t.Errorf("amount %d, want 3", amount)
+	}
+}
+
+// TestGroupCommitMax: no transaction takes more than max callers.
+func TestGroupCommitMax(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(3))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_max"}
+	var mu sync.Mutex
+	var order []int
+	txids := map[int64]int{}
+	var fns []payFn
+	for i := range 8 {
+		fns = append(fns, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			var txid int64
+			if err := tx.QueryRow(ctx, "SELECT txid_current()").Scan(&txid); err != nil {
+				return err
+			}
+			mu.Lock()
+			order = append(order, i)
+			txids[txid]++
+			mu.Unlock()
+			p.AmountCents++
+			return nil
+		})
+	}
+	for i, r := range grouped(t, ctx, repo, key, nil, fns...) {
+		if r.err != nil {
+			t.Fatalf("call %d: %v", i, r.err)
+		}
+	}
+	if !slices.Equal(order, []int{0, 1, 2, 3, 4, 5, 6, 7}) {
+		t.Errorf("order %v", order)
+	}
+	for txid, n := range txids {
+		if n > 3 {
+			t.Errorf("transaction %d ran %d callers, max 3", txid, n)
+		}
+	}
+	if len(txids) < 3 {
+		t.Errorf("%d transactions for 8 callers, max 3 each", len(txids))
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 8 {
+		t.Errorf("amount %d, want 8", amount)
+	}
+}
+
+// TestGroupCommitFailureIsolation: a member's error or panic undoes only its
+// own changes, row and SQL; its error comes back unchanged, its panic is
+// re-raised on its goroutine; the others commit.
+func TestGroupCommitFailureIsolation(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_isolation"}
+	errB, errF := errors.New("b failed"), errors.New("f failed")
+	entry := func(ctx context.Context, tx pgx.Tx, e string) error {
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", e)
+		return err
+	}
+	res := grouped(t, ctx, repo, key, nil,
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // a: ok
+			p.AmountCents++
+			return entry(ctx, tx, "a")
+		},
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // b: error after SQL
+			p.AmountCents += 100
+			if err := entry(ctx, tx, "b"); err != nil {
+				return err
+			}
+			return errB
+		},
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // c: panic after SQL
+			p.AmountCents += 1000
+			if err := entry(ctx, tx, "c"); err != nil {
+				return err
+			}
+			panic("c")
+		},
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // d: ok, sees a's amount
+			if p.AmountCents != 1 {
+				return fmt.Errorf("d saw amount %d, want 1", p.AmountCents)
+			}
+			p.AmountCents++
+			return entry(ctx, tx, "d")
+		},
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // e: failed statement, nil
+			p.AmountCents += 10000
+			_ = entry(ctx, tx, "e")
+			_, _ = tx.Exec(ctx, "SELECT 1/0")
+			return nil
+		},
+		func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { // f: error, no SQL
+			p.AmountCents += 5
+			p.Status = "f"
+			return errF
+		},
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // g: ok, no SQL
+			if p.AmountCents != 2 || p.Status == "f" {
+				return fmt.Errorf("g saw amount %d, status %q; want 2 and f's change undone", p.AmountCents, p.Status)
+			}
+			p.AmountCents++
+			return nil
+		},
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // h: fn changes the key: Save refuses
+			p.ID = -1
+			return entry(ctx, tx, "h")
+		},
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // i: ok, reads what g left
+			var inTx int64
+			if err := tx.QueryRow(ctx, "SELECT amount_cents FROM payments WHERE id = $1", p.ID).Scan(&inTx); err != nil {
+				return err
+			}
+			if inTx != 3 || p.AmountCents != 3 {
+				return fmt.Errorf("i saw %d in tx and %d in p, want 3", inTx, p.AmountCents)
+			}
+			p.AmountCents++
+			return entry(ctx, tx, "i")
+		},
+	)
+	want := []struct {
+		err   error
+		panic any
+	}{{nil, nil}, {errB, nil}, {nil, "c"}, {nil, nil}, {entity.ErrTxAborted, nil}, {errF, nil}, {nil, nil}, {payment.ErrKeyChanged, nil}, {nil, nil}}
+	for i, r := range res {
+		w := want[i]
+		switch {
+		case w.panic != nil:
+			if r.panicked != w.panic {
+				t.Errorf("call %c: panicked with %v, err %v; want panic %v", 'a'+i, r.panicked, r.err, w.panic)
+			}
+		case w.err == errB || w.err == errF:
+			if r.err != w.err {
+				t.Errorf("call %c: %v, want its own error unchanged", 'a'+i, r.err)
+			}
+		case !errors.Is(r.err, w.err) || (w.err == nil && r.err != nil) || r.panicked != nil:
+			t.Errorf("call %c: %v, %v; want %v", 'a'+i, r.err, r.panicked, w.err)
+		}
+	}
+	if amount, status := row(t, ctx, pool, key); amount != 4 || status == "f" {
+		t.Errorf("amount %d, status %q; want 4 (a, d, g, i)", amount, status)
+	}
+	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"a", "d", "i"}) {
+		t.Errorf("ledger %v, want [a d i]", got)
+	}
+}
+
+// TestGroupCommitNoSavepointWithoutSQL: an fn that runs no SQL takes no
+// savepoint, so more than MaxGroupSQL such callers share a transaction;
+// callers with SQL are at most MaxGroupSQL per transaction.
+func TestGroupCommitNoSavepointWithoutSQL(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	const n = entity.MaxGroupSQL + 6
+	for _, withSQL := range []bool{false, true} {
+		t.Run(fmt.Sprint("SQL=", withSQL), func(t *testing.T) {
+			var rec recorder
+			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(200), entity.WithHooks(rec.hooks()))
+			key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_nosp_", withSQL)}
+			var fns []payFn
+			for range n + 1 {
+				fns = append(fns, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+					p.AmountCents++
+					if withSQL {
+						_, err := tx.Exec(ctx, "SELECT 1")
+						return err
+					}
+					return nil
+				})
+			}
+			for i, r := range grouped(t, ctx, repo, key, nil, fns...) {
+				if r.err != nil {
+					t.Fatalf("call %d: %v", i, r.err)
+				}
+			}
+			largest := 0
+			for _, ev := range rec.events {
+				largest = max(largest, ev.GroupSize)
+			}
+			switch {
+			case !withSQL && largest != n+1:
+				t.Errorf("largest group %d, want all %d callers in one", largest, n+1)
+			case withSQL && largest != entity.MaxGroupSQL+1: // the leader takes no savepoint
+				t.Errorf("largest group %d, want %d", largest, entity.MaxGroupSQL+1)
+			}
+			if amount, _ := row(t, ctx, pool, key); amount != n+1 {
+				t.Errorf("amount %d, want %d", amount, n+1)
+			}
+		})
+	}
+}
+
+// TestGroupCommitCommitFails: when COMMIT fails, every member whose fn
+// succeeded gets the error, which matches what it would without the option,
+// and nothing is committed.
+func TestGroupCommitCommitFails(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	if _, err := pool.Exec(ctx, `
+CREATE FUNCTION refuse_big() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.amount_cents > 100 THEN RAISE EXCEPTION 'too big' USING ERRCODE = 'P0042'; END IF;
+	RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER refuse_big AFTER UPDATE ON payments DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW EXECUTE FUNCTION refuse_big()`); err != nil {
+		t.Fatal(err)
+	}
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_commitfail"}
+	if err := repo.With(ctx, key, noop); err != nil {
+		t.Fatal(err)
+	}
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents += 40
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+		return err
+	}
+	errOwn := errors.New("own")
+	res := grouped(t, ctx, repo, key, nil, add, add,
+		func(context.Context, pgx.Tx, *payment.Payment) error { return errOwn }, add)
+	for i, r := range res {
+		var pgErr *pgconn.PgError
+		switch {
+		case i == 2:
+			if r.err != errOwn {
+				t.Errorf("failed member got %v, want its own error", r.err)
+			}
+		case !errors.As(r.err, &pgErr) || pgErr.Code != "P0042":
+			t.Errorf("call %d: %v; want the commit's error", i, r.err)
+		}
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 0 {
+		t.Errorf("amount %d committed, want 0", amount)
+	}
+	if got := ledger(t, ctx, pool); len(got) != 0 {
+		t.Errorf("ledger %v committed", got)
+	}
+}
+
+// TestGroupCommitRetry: a member that loses the connection rolls the group
+// back before COMMIT; with Retry every member's call runs again, and each
+// is applied exactly once.
+func TestGroupCommitRetry(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16),
+		entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3, Backoff: time.Millisecond}}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_retry"}
+	var killed atomic.Bool
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+		return err
+	}
+	res := grouped(t, ctx, repo, key, nil, add, add,
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			if !killed.Swap(true) {
+				_, _ = tx.Exec(ctx, "SELECT pg_terminate_backend(pg_backend_pid())")
+				return nil
+			}
+			return add(ctx, tx, p)
+		}, add)
+	for i, r := range res {
+		if r.err != nil {
+			t.Errorf("call %d: %v", i, r.err)
+		}
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 4 {
+		t.Errorf("amount %d, want 4", amount)
+	}
+	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"1", "2", "3", "4"}) {
+		t.Errorf("ledger %v, want [1 2 3 4]", got)
+	}
+}
+
+// TestGroupCommitCtx: a caller whose ctx ends while it waits is dropped with
+// ctx.Err(), its fn never run; once its fn has returned, its ctx can't undo
+// its part: it gets the group's outcome.
+func TestGroupCommitCtx(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_ctx"}
+	held, gate := make(chan struct{}), make(chan struct{})
+	leader := make(chan error, 1)
+	go func() {
+		leader <- repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			close(held)
+			<-gate
+			p.AmountCents++
+			return nil
+		})
+	}()
+	<-held
+	dropCtx, drop := context.WithCancel(ctx)
+	dropped := make(chan error, 1)
+	var ran atomic.Bool
+	go func() {
+		dropped <- repo.With(dropCtx, key, func(context.Context, pgx.Tx, *payment.Payment) error {
+			ran.Store(true)
+			return nil
+		})
+	}()
+	waitQueued(t, repo, key, 1)
+	lateCtx, late := context.WithCancel(ctx)
+	lateErr := make(chan error, 1)
+	go func() {
+		lateErr <- repo.With(lateCtx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			late() // its own ctx ends once fn ran
+			p.AmountCents += 10
+			return nil
+		})
+	}()
+	waitQueued(t, repo, key, 2)
+	drop()
+	if err := <-dropped; !errors.Is(err, context.Canceled) {
+		t.Errorf("dropped caller: %v, want context.Canceled", err)
+	}
+	waitQueued(t, repo, key, 1)
+	close(gate)
+	if err := <-leader; err != nil {
+		t.Error(err)
+	}
+	if err := <-lateErr; err != nil {
+		t.Errorf("caller whose ctx ended after its fn: %v, want the group's outcome (nil)", err)
+	}
+	if ran.Load() {
+		t.Error("the dropped caller's fn ran")
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 11 {
+		t.Errorf("amount %d, want 11", amount)
+	}
+}
+
+// TestGroupCommitReentrant: a member's fn calling With for its key with its
+// ctx fails with lock.ErrReentrant, as without the option.
+func TestGroupCommitReentrant(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_reentrant"}
+	var inner [2]error
+	nested := func(i int) payFn {
+		return func(ctx context.Context, _ pgx.Tx, p *payment.Payment) error {
+			inner[i] = repo.With(ctx, key, noop)
+			p.AmountCents++
+			return nil
+		}
+	}
+	for i, r := range grouped(t, ctx, repo, key, nil, nested(0), nested(1)) {
+		if r.err != nil {
+			t.Errorf("call %d: %v", i, r.err)
+		}
+	}
+	for i, err := range inner {
+		if !errors.Is(err, lock.ErrReentrant) {
+			t.Errorf("nested With in call %d: %v, want ErrReentrant", i, err)
+		}
+	}
+}
