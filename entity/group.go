@@ -303,7 +303,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	// first queued caller then leads the next one.
 	ok, panicked, ownErr := g.step(m, true)
 	if !ok {
-		g.broke(ownErr, false)
+		g.broke(errors.New("the leader's fn failed"), false) // ownErr is nil after a panic
 	}
 	// The budget: about what the callers would hold the key for one by one,
 	// judged by the leader's round trip and fn.

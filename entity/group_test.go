@@ -2,8 +2,10 @@ package entity_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -557,5 +559,157 @@ func TestGroupCommitReentrant(t *testing.T) {
 		if !errors.Is(err, lock.ErrReentrant) {
 			t.Errorf("nested With in call %d: %v, want ErrReentrant", i, err)
 		}
+	}
+}
+
+// TestGroupCommitProperty: for random groups of calls that succeed, fail or
+// panic, with and without SQL, the grouped run leaves the same row and the
+// same ledger as running the calls that succeeded one by one, in order,
+// without group commit; and each of them saw what it would have seen then.
+func TestGroupCommitProperty(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	rng := rand.New(rand.NewPCG(11, uint64(time.Now().UnixNano())))
+	plain := entity.New(pool, payment.Table{})
+	errFn := errors.New("fn failed")
+	// op returns call j's fn of kind kind on key; seen gets the amount fn saw.
+	op := func(kind, j int, seen *int64) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			*seen = p.AmountCents
+			p.AmountCents += int64(j + 1)
+			var ops []int
+			if err := json.Unmarshal(p.Data, &ops); err != nil {
+				return fmt.Errorf("data %q: %w", p.Data, err)
+			}
+			data, err := json.Marshal(append(ops, j))
+			if err != nil {
+				return err
+			}
+			p.Data = data
+			if kind%2 == 1 { // SQL
+				if _, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprintf("%s/%d", p.LineItemID, j)); err != nil {
+					return err
+				}
+			}
+			switch kind {
+			case 2, 3:
+				return errFn
+			case 4, 5:
+				panic(errFn)
+			case 7:
+				_, _ = tx.Exec(ctx, "SELECT 1/0")
+			}
+			return nil
+		}
+	}
+	for round := range 12 {
+		n := 2 + rng.IntN(12)
+		repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(2+rng.IntN(n)))
+		kinds := make([]int, n)
+		for j := range kinds {
+			kinds[j] = rng.IntN(8) // 0, 1, 6: ok; 2, 3: error; 4, 5: panic; 7: a failed statement
+		}
+		grp := payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("g%d", round)}
+		ref := payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("r%d", round)}
+		if err := repo.With(ctx, grp, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			p.Data = json.RawMessage(`[]`)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := plain.With(ctx, ref, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			p.Data = json.RawMessage(`[]`)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		saw := make([]int64, n)
+		var fns []payFn
+		for j, kind := range kinds {
+			fns = append(fns, op(kind, j, &saw[j]))
+		}
+		res := grouped(t, ctx, repo, grp, nil, fns...)
+		for j, r := range res {
+			ok := kinds[j] == 0 || kinds[j] == 1 || kinds[j] == 6
+			if ok != (r.err == nil && r.panicked == nil) {
+				t.Fatalf("round %d (kinds %v): call %d ended with %v, %v", round, kinds, j, r.err, r.panicked)
+			}
+			if !ok {
+				continue
+			}
+			var want int64
+			if err := plain.With(ctx, ref, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				want = p.AmountCents
+				return op(kinds[j], j, new(int64))(ctx, tx, p)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if saw[j] != want {
+				t.Errorf("round %d (kinds %v): call %d saw amount %d, one by one %d", round, kinds, j, saw[j], want)
+			}
+		}
+		var gAmount, rAmount int64
+		var gData, rData string
+		q := "SELECT amount_cents, data::text FROM payments WHERE line_item_id = $1"
+		if err := pool.QueryRow(ctx, q, grp.LineItemID).Scan(&gAmount, &gData); err != nil {
+			t.Fatal(err)
+		}
+		if err := pool.QueryRow(ctx, q, ref.LineItemID).Scan(&rAmount, &rData); err != nil {
+			t.Fatal(err)
+		}
+		if gAmount != rAmount || gData != rData {
+			t.Errorf("round %d (kinds %v): grouped left %d %s, one by one %d %s", round, kinds, gAmount, gData, rAmount, rData)
+		}
+	}
+	var gEntries, rEntries []string
+	for _, e := range ledger(t, ctx, pool) {
+		if e[0] == 'g' {
+			gEntries = append(gEntries, e[1:])
+		} else {
+			rEntries = append(rEntries, e[1:])
+		}
+	}
+	if !slices.Equal(gEntries, rEntries) {
+		t.Errorf("ledger grouped %v, one by one %v", gEntries, rEntries)
+	}
+}
+
+// TestGroupCommitLeaderFails: the first caller's fn runs without a savepoint,
+// as a call of its own: when it fails or panics after SQL, its transaction
+// rolls back with nothing of it kept, and the callers queued behind it run
+// in the next one.
+func TestGroupCommitLeaderFails(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	errLeader := errors.New("leader failed")
+	for i, fail := range []func() error{func() error { return errLeader }, func() error { panic(errLeader) }} {
+		key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_leader_", i)}
+		add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents++
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(i, "/", p.AmountCents))
+			return err
+		}
+		res := grouped(t, ctx, repo, key, nil, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents += 100
+			if _, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(i, "/leader")); err != nil {
+				return err
+			}
+			return fail()
+		}, add, add)
+		if r := res[0]; r.err != errLeader && r.panicked != errLeader {
+			t.Errorf("leader %d: %v, %v", i, r.err, r.panicked)
+		}
+		for j, r := range res[1:] {
+			if r.err != nil || r.panicked != nil {
+				t.Errorf("call %d after leader %d: %v, %v", j+1, i, r.err, r.panicked)
+			}
+		}
+		if amount, _ := row(t, ctx, pool, key); amount != 2 {
+			t.Errorf("amount %d, want 2", amount)
+		}
+	}
+	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"0/1", "0/2", "1/1", "1/2"}) {
+		t.Errorf("ledger %v, want [0/1 0/2 1/1 1/2]", got)
 	}
 }
