@@ -332,8 +332,6 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 
 // commit writes the row and commits, unless no member succeeded or the
 // transaction broke; it returns what every member whose fn succeeded gets.
-// Once a member's fn returned, its ctx can't undo its part: the commit runs
-// on a ctx without cancellation.
 func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 	lk, pc := g.lk, g.conn.PgConn()
 	if len(g.ok) == 0 {
@@ -346,7 +344,11 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 		}
 		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", lk, ErrGroupRolledBack, g.broken), true)
 	}
-	ctx = context.WithoutCancel(ctx)
+	if g.size > 1 {
+		// Once a member's fn returned, its ctx can't undo its part; the
+		// leader's alone, as in a call of its own, still can.
+		ctx = context.WithoutCancel(ctx)
+	}
 	if pc.TxStatus() != 'T' {
 		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w", lk, ErrTxAborted), pc.IsClosed())
 	}

@@ -713,3 +713,27 @@ func TestGroupCommitLeaderFails(t *testing.T) {
 		t.Errorf("ledger %v, want [0/1 0/2 1/1 1/2]", got)
 	}
 }
+
+// TestGroupCommitLoneCallerCtx: a lone caller whose ctx ends during fn
+// commits nothing, as without the option.
+func TestGroupCommitLoneCallerCtx(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lone_ctx"}
+	if err := repo.With(ctx, key, noop); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	err := repo.With(cctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+		p.AmountCents = 7
+		cancel()
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("With = %v, want context.Canceled", err)
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 0 {
+		t.Errorf("amount %d committed after ctx ended", amount)
+	}
+}
