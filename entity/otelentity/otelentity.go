@@ -91,6 +91,9 @@ func Hooks(opts ...Option) (entity.Hooks, error) {
 				attribute.Bool("paylock.created", ev.Created),
 				attribute.Bool("paylock.lock.granted", granted),
 				attribute.Float64("paylock.lock.wait_ms", float64(ev.Wait.Microseconds())/1000))
+			if ev.GroupSize > 0 {
+				span.SetAttributes(attribute.Int("paylock.group_size", ev.GroupSize))
+			}
 			if ev.Err != nil {
 				span.RecordError(ev.Err)
 				span.SetStatus(codes.Error, string(ev.Outcome))
