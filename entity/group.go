@@ -20,7 +20,8 @@ import (
 // goroutine, and commit together. See WithGroupCommit.
 
 // MaxGroupSQL is the most callers whose fn ran SQL (each in its own
-// savepoint, a subtransaction) that one group transaction takes: PostgreSQL
+// savepoint, a subtransaction; the savepoints fn begins on tx count too)
+// that one group transaction takes: PostgreSQL
 // keeps the ids of 64 subtransactions per backend in shared memory
 // (PGPROC_MAX_CACHED_SUBXIDS); beyond that every snapshot taken anywhere in
 // the cluster has to look further.
@@ -403,6 +404,9 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		}()
 		return m.fn(txn.WithHeld(m.ctx, g.lk.ID()), tx, v)
 	}()
+	tx.mu.Lock()
+	g.withSQL += tx.begins
+	tx.mu.Unlock()
 	pc := g.conn.PgConn()
 	if panicked != nil || fnErr != nil {
 		if panicked != nil {
@@ -501,9 +505,10 @@ type memberTx[K, V any] struct {
 	name  string
 	plain bool // the leader's: no savepoint
 
-	mu   sync.Mutex
-	done bool
-	err  error
+	mu     sync.Mutex
+	done   bool
+	err    error
+	begins int // savepoints fn began directly on tx: subtransactions too
 }
 
 func (t *memberTx[K, V]) opened() bool {
@@ -531,7 +536,13 @@ func (t *memberTx[K, V]) Begin(ctx context.Context) (pgx.Tx, error) {
 	if err := t.start(ctx); err != nil {
 		return nil, err
 	}
-	return t.m.Begin(ctx)
+	sp, err := t.m.Begin(ctx)
+	if err == nil {
+		t.mu.Lock()
+		t.begins++
+		t.mu.Unlock()
+	}
+	return sp, err
 }
 
 // Commit refuses: the group's leader ends the transaction.
