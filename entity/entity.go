@@ -117,7 +117,7 @@ type Repository[K, V any] struct {
 }
 
 // Option configures a Repository: [WithLockOptions], [WithStrategy],
-// [WithHooks].
+// [WithHooks], [WithGroupCommit].
 type Option func(entityopt.Config)
 
 // option makes an Option of f.
@@ -236,6 +236,9 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // statement cache, a connection's first calls make more, before the lock, to
 // prepare the statements; the lock is never held across a prepare. fn's use
 // of tx.LargeObjects costs up to two more round trips.
+//
+// With [WithGroupCommit], callers of one key queued behind its transaction
+// run together in one transaction; what changes is documented there.
 //
 // When the connection fails after COMMIT was sent, the outcome is unknown and
 // the error matches [lock.ErrCommitUnknown]; it is never retried. The
