@@ -53,6 +53,19 @@ type Cloner[V any] interface {
 // exactly as without the option. See docs/DESIGN.md for the contract and for
 // when not to use it (fn doing slow I/O holds up every caller behind it).
 //
+// What changes for a caller: a caller whose ctx ends while it waits is
+// dropped with ctx.Err(), but once its fn has returned its ctx can't undo
+// its part, and it gets the group's outcome. If the write of the row or
+// COMMIT fails, every member whose fn succeeded gets that error, matching the
+// same sentinels as a call of its own; if another member broke the
+// transaction, [ErrGroupRolledBack]. At most [MaxGroupSQL] members with SQL
+// share a transaction, and a leader stops taking callers once it has held
+// the key about max times as long as a single call would. A With for the
+// same key from inside fn given another ctx than fn's waits in the queue
+// behind its own group: until LockTimeout, if set, else until that ctx ends
+// (the server's idle timeout does not free it, as it does without the
+// option). Pass fn's ctx on, and get [lock.ErrReentrant].
+//
 // It needs a Table that implements [Cloner]; with any other Table, and with
 // max below 2, it changes nothing.
 func WithGroupCommit(max int) Option { return option(func(c *config) { c.group = max }) }

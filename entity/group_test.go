@@ -737,3 +737,114 @@ func TestGroupCommitLoneCallerCtx(t *testing.T) {
 		t.Errorf("amount %d committed after ctx ended", amount)
 	}
 }
+
+// TestGroupCommitMemberBreaksTransaction: a member that leaves a result
+// open gets ErrRowsOpen, and the members before it, whose fns succeeded,
+// get ErrGroupRolledBack: nothing was committed, and Retry may run them
+// again. A member that ends the transaction with COMMIT in SQL gets
+// ErrTxEnded, and the members before it, whose work that COMMIT committed,
+// get ErrCommitUnknown, never a success nor a retry.
+func TestGroupCommitMemberBreaksTransaction(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.LineItemID, "/", p.AmountCents))
+		return err
+	}
+	t.Run("RowsOpen", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "rows"}
+		res := grouped(t, ctx, repo, key, nil, add, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			_, err := tx.Query(ctx, "SELECT generate_series(1, 100000)")
+			return err
+		}, add)
+		for i, want := range []error{entity.ErrGroupRolledBack, entity.ErrGroupRolledBack, entity.ErrRowsOpen, nil} {
+			if !errors.Is(res[i].err, want) || (want == nil && res[i].err != nil) {
+				t.Errorf("call %d: %v, want %v", i, res[i].err, want)
+			}
+			if want == entity.ErrGroupRolledBack && errors.Is(res[i].err, lock.ErrCommitUnknown) {
+				t.Errorf("call %d: %v matches ErrCommitUnknown", i, res[i].err)
+			}
+		}
+		if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"rows/1"}) {
+			t.Errorf("ledger %v, want only the last call's [rows/1]", got)
+		}
+	})
+	t.Run("TxEnded", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "ended"}
+		res := grouped(t, ctx, repo, key, nil, add, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			_, err := tx.Exec(ctx, "COMMIT")
+			return err
+		})
+		for i, want := range []error{lock.ErrCommitUnknown, lock.ErrCommitUnknown, entity.ErrTxEnded} {
+			if !errors.Is(res[i].err, want) {
+				t.Errorf("call %d: %v, want %v", i, res[i].err, want)
+			}
+		}
+	})
+}
+
+// TestGroupCommitConnsPerKey: however many callers a hot key has, group
+// commit takes at most ConnsPerKey of the pool's connections for it.
+func TestGroupCommitConnsPerKey(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(4))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_conns"}
+	var most atomic.Int32
+	var wg sync.WaitGroup
+	for range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+				for n := pool.Stat().AcquiredConns(); n > most.Load() && !most.CompareAndSwap(most.Load(), n); {
+				}
+				p.AmountCents++
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if most.Load() > entity.ConnsPerKey {
+		t.Errorf("%d connections acquired at once, want at most %d", most.Load(), entity.ConnsPerKey)
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 24 {
+		t.Errorf("amount %d, want 24", amount)
+	}
+}
+
+// TestGroupCommitLockTimeout: LockTimeout bounds the wait in the queue, as
+// without the option.
+func TestGroupCommitLockTimeout(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(4),
+		entity.WithLockOptions(lock.Options{LockTimeout: 50 * time.Millisecond}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_timeout"}
+	held, gate := make(chan struct{}), make(chan struct{})
+	leader := make(chan error, 1)
+	go func() {
+		leader <- repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error {
+			close(held)
+			<-gate
+			return nil
+		})
+	}()
+	<-held
+	err := repo.With(ctx, key, noop)
+	close(gate)
+	if !errors.Is(err, lock.ErrLockTimeout) {
+		t.Errorf("queued caller: %v, want ErrLockTimeout", err)
+	}
+	if err := <-leader; err != nil {
+		t.Error(err)
+	}
+	if n := entity.Queued(repo, key.LockKey()); n != 0 {
+		t.Errorf("%d callers left in the queue", n)
+	}
+}
