@@ -418,6 +418,7 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		return m.fn(txn.WithHeld(m.ctx, g.lk.ID()), tx, v)
 	}()
 	tx.mu.Lock()
+	tx.closed = true // no savepoint, no write of the row, from now on
 	g.withSQL += tx.begins
 	tx.mu.Unlock()
 	pc := g.conn.PgConn()
@@ -519,6 +520,7 @@ type memberTx[K, V any] struct {
 	plain bool // the leader's: no savepoint
 
 	mu     sync.Mutex
+	closed bool // fn returned
 	done   bool
 	err    error
 	begins int // savepoints fn began directly on tx: subtransactions too
@@ -532,11 +534,14 @@ func (t *memberTx[K, V]) opened() bool {
 
 // start opens the savepoint once, unless the transaction is closed to fn.
 func (t *memberTx[K, V]) start(ctx context.Context) error {
-	if t.plain || t.m.Conn() == nil {
-		return nil // closed: the call itself fails with pgx.ErrTxClosed
+	if t.plain {
+		return nil
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return nil // fn returned: the call itself fails with pgx.ErrTxClosed
+	}
 	if !t.done {
 		t.done = true
 		t.err = t.g.open(context.WithoutCancel(ctx), t)

@@ -848,3 +848,49 @@ func TestGroupCommitLockTimeout(t *testing.T) {
 		t.Errorf("%d callers left in the queue", n)
 	}
 }
+
+// TestGroupCommitLeakedTx: a member's tx, kept past its fn, fails with
+// pgx.ErrTxClosed, also while a later member of the group runs, and neither
+// writes nor breaks the group.
+func TestGroupCommitLeakedTx(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_leak"}
+	var leaked [2]pgx.Tx
+	var inGroup [2]error
+	keep := func(i int) payFn {
+		return func(_ context.Context, tx pgx.Tx, p *payment.Payment) error {
+			leaked[i] = tx
+			p.AmountCents++
+			return nil
+		}
+	}
+	res := grouped(t, ctx, repo, key, nil, keep(0), keep(1), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		for i, l := range leaked {
+			_, inGroup[i] = l.Exec(ctx, "INSERT INTO ledger VALUES ('leaked')")
+		}
+		p.AmountCents++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ('own')")
+		return err
+	})
+	for i, r := range res {
+		if r.err != nil {
+			t.Errorf("call %d: %v", i, r.err)
+		}
+	}
+	for i, err := range inGroup {
+		if !errors.Is(err, pgx.ErrTxClosed) {
+			t.Errorf("call %d's tx used by a later member: %v, want pgx.ErrTxClosed", i, err)
+		}
+		if _, err := leaked[i].Exec(ctx, "INSERT INTO ledger VALUES ('after')"); !errors.Is(err, pgx.ErrTxClosed) {
+			t.Errorf("call %d's tx used after the group: %v, want pgx.ErrTxClosed", i, err)
+		}
+	}
+	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"own"}) {
+		t.Errorf("ledger %v, want [own]", got)
+	}
+	if amount, _ := row(t, ctx, pool, key); amount != 3 {
+		t.Errorf("amount %d, want 3", amount)
+	}
+}
