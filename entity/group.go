@@ -360,8 +360,15 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 	}
 	if g.size > 1 {
 		// Once a member's fn returned, its ctx can't undo its part; the
-		// leader's alone, as in a call of its own, still can.
+		// leader's alone, as in a call of its own, still can. But when every
+		// member has a deadline, the wait for COMMIT's answer ends at the
+		// last one (a stalled network: ErrCommitUnknown), rather than never.
 		ctx = context.WithoutCancel(ctx)
+		if last, ok := g.lastDeadline(); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, last)
+			defer cancel()
+		}
 	}
 	if pc.TxStatus() != 'T' {
 		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w", lk, ErrTxAborted), pc.IsClosed())
@@ -381,6 +388,21 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 		o.ev.GroupSize = g.size
 	}
 	return nil
+}
+
+// lastDeadline returns the latest deadline of the ctxs of the members whose
+// fn succeeded, if each has one.
+func (g *group[K, V]) lastDeadline() (last time.Time, ok bool) {
+	for _, o := range g.ok {
+		d, ok := o.ctx.Deadline()
+		if !ok {
+			return time.Time{}, false
+		}
+		if d.After(last) {
+			last = d
+		}
+	}
+	return last, true
 }
 
 // step runs m's fn in g, on m's goroutine, and then hands g back to the
