@@ -3,6 +3,7 @@ package faulttest_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -140,4 +141,49 @@ func TestKilledGroup(t *testing.T) {
 		t.Errorf("the killed group's partial update is in %d rows", partial)
 	}
 	assertHealthy(t, pool)
+}
+
+// TestNetworkStallGroup: the network of a group's connection goes silent as
+// it sends COMMIT. The members, whose fns have returned, can't stop the
+// commit, but the wait for its answer ends at the last of their deadlines:
+// each gets ErrCommitUnknown, not a wait without end.
+func TestNetworkStallGroup(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t, time.Minute)
+	pool := newPool(t, nil)
+	proxy, viaProxy := proxied(t, pool, nil)
+	l := newLedger()
+	k := key(1)
+	if err := l.call(ctx, payment.NewRepository(pool), k, "before", nil); err != nil {
+		t.Fatal(err)
+	}
+	var started atomic.Int32
+	repo := payment.NewRepository(viaProxy, entity.WithGroupCommit(4), entity.WithHooks(entity.Hooks{
+		Start: func(ctx context.Context, _ string, _ lock.Key) context.Context { started.Add(1); return ctx },
+	}))
+	callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	locked, release := make(chan struct{}), releaser(t)
+	holder := holdThrough(callCtx, l, repo, k, "holder", locked, release, nil)
+	<-locked
+	member := make(chan error, 1)
+	go func() { member <- l.call(callCtx, repo, k, "member", nil) }()
+	for started.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // from Start into the queue: microseconds
+	proxy.Stall()
+	release <- struct{}{} // the member runs, then COMMIT goes into the void
+	for _, done := range []<-chan error{holder, member} {
+		select {
+		case err := <-done:
+			if !errors.Is(err, lock.ErrCommitUnknown) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("%v; want ErrCommitUnknown and DeadlineExceeded", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("a member still waits for COMMIT's answer 17s past its deadline")
+		}
+	}
+	proxy.Resume()
+	l.check(t, pool)
 }
