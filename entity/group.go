@@ -511,24 +511,23 @@ func (g *group[K, V]) broke(err error, ended bool) {
 // as the previous members left it, if that changed, and opens the member's
 // savepoint.
 func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
+	b := &pgx.Batch{}
 	if g.cur != g.written {
 		sql, args, err := g.r.table.Save(g.written, g.cur)
 		if err != nil {
 			return err
 		}
 		if sql != "" {
-			if _, err := tx.m.Exec(ctx, sql, args...); err != nil {
-				err = fmt.Errorf("entity: with %s: write the row for the next call in the group: %w", g.lk, err)
-				g.broke(err, false)
-				return err
-			}
+			b.Queue(sql, args...)
 		}
-		g.written = g.cur
 	}
-	if _, err := tx.m.Exec(ctx, "SAVEPOINT "+tx.name); err != nil {
+	b.Queue("SAVEPOINT " + tx.name) // one round trip with the write
+	if err := tx.m.SendBatch(ctx, b).Close(); err != nil {
+		err = fmt.Errorf("entity: with %s: write the row and open a savepoint for the next call in the group: %w", g.lk, err)
 		g.broke(err, false)
 		return err
 	}
+	g.written = g.cur
 	g.withSQL++
 	return nil
 }
