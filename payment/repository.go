@@ -23,7 +23,8 @@ type Repository struct {
 
 // NewRepository returns a Repository on pool, configured by the options of
 // package entity ([entity.WithLockOptions], [entity.WithHooks],
-// [entity.WithStrategy]). Run [Migrate] once first. Make one Repository per
+// [entity.WithStrategy], [entity.WithGroupCommit]: Table implements
+// [entity.Cloner]). Run [Migrate] once first. Make one Repository per
 // pool and share it: its per-key queue works among the calls of one
 // Repository.
 func NewRepository(pool *pgxpool.Pool, opts ...entity.Option) *Repository {
