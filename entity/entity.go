@@ -112,14 +112,15 @@ type Repository[K, V any] struct {
 	// prepare: the pool's connections use pgx's statement cache, so the
 	// statements run as named prepared statements (see batch).
 	prepare bool
-	saves   savedSQL // Save statements that worked, prepared before the lock
+	saves   savedSQL      // Save statements that worked, prepared before the lock
+	groups  *groups[K, V] // group commit (WithGroupCommit); nil: off
 	names   stmtNames
 	// setSQL is settings.SetSQL() without and with ConnCheck.
 	setSQL [2]string
 }
 
 // Option configures a Repository: [WithLockOptions], [WithStrategy],
-// [WithHooks].
+// [WithHooks], [WithGroupCommit].
 type Option func(entityopt.Config)
 
 // option makes an Option of f.
@@ -130,6 +131,7 @@ type config struct {
 	strategy Strategy
 	hooks    Hooks
 	noQueue  bool
+	group    int // WithGroupCommit's max
 }
 
 // DisableKeyQueue implements entityopt.Config: only entityopt's own
@@ -175,8 +177,13 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 	settings := txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout)
 	withCheck := settings
 	withCheck.ConnCheck = true
+	var gs *groups[K, V]
+	if _, ok := table.(Cloner[V]); ok && c.group > 1 && !c.noQueue {
+		gs = &groups[K, V]{max: c.group, keys: make(map[int64]*groupKey[K, V])}
+	}
 	return &Repository[K, V]{
 		setSQL:   [2]string{settings.SetSQL(), withCheck.SetSQL()},
+		groups:   gs,
 		prepare:  pool.Config().ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement,
 		queue:    queue,
 		pool:     pool,
@@ -242,6 +249,9 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // prepare the statements; the lock is never held across a prepare. fn's use
 // of tx.LargeObjects costs up to two more round trips.
 //
+// With [WithGroupCommit], callers of one key queued behind its transaction
+// run together in one transaction; what changes is documented there.
+//
 // When the connection fails after COMMIT was sent, the outcome is unknown and
 // the error matches [lock.ErrCommitUnknown]; it is never retried. The
 // [lock.Retry] of [WithLockOptions] may run the whole call, fn included,
@@ -249,6 +259,9 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // back wrapped if the connection was lost meanwhile; errors.Is and errors.As
 // still find it).
 func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) error {
+	if r.groups != nil {
+		return r.retry.Do(ctx, func() error { return r.withGroup(ctx, k, fn) })
+	}
 	return r.retry.Do(ctx, func() error { return r.with(ctx, k, fn) })
 }
 
