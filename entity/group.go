@@ -279,6 +279,8 @@ func (r *Repository[K, V]) waitTurn(ctx context.Context, lk lock.Key, m *member[
 
 // lead runs the transaction m leads: the lock and the row, m's fn, then the
 // fns of the callers queued behind it, then one write and one COMMIT.
+//
+//lint:ignore ST1008 the second result carries a panic of fn, raised again on its caller's goroutine; it is not a result in the usual sense
 func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member[K, V]) (err error, panicked any) {
 	gs := r.groups
 	leading := true
