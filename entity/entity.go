@@ -307,10 +307,12 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 	pc := conn.Conn().PgConn()
 	defer func() {
 		switch {
-		case stalePlan(err):
+		case stalePlan(err) || missingStatement(err):
 			// A statement prepared on this connection no longer matches the
-			// table (a column changed type): drop the connection, and its
-			// prepared statements with it; the next call prepares afresh.
+			// table (a column changed type), or is gone (user code ran
+			// DEALLOCATE ALL or DISCARD ALL): drop the connection, and pgx's
+			// record of its prepared statements with it; the next call
+			// prepares afresh.
 			pc.Close(context.WithoutCancel(ctx))
 		case pc.TxStatus() != 'I': // failed, or fn panicked
 			txn.Rollback(ctx, pc, nil)

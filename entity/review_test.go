@@ -1,0 +1,166 @@
+package entity_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/lock"
+)
+
+// blob is a row of blobs, its data scanned as pgtype.DriverBytes.
+type blob struct {
+	ID   int64
+	N    int64
+	Data pgtype.DriverBytes
+}
+
+// blobs is an entity.Table whose row holds a bytea scanned without a copy.
+type blobs struct{}
+
+func (blobs) LockKey(k string) (lock.Key, error) { return lock.NewKey("blobs", k), nil }
+func (blobs) Ensure(k string) (string, []any) {
+	return "INSERT INTO blobs (key, data) VALUES ($1::text, convert_to(repeat('A', 64), 'UTF8')) ON CONFLICT DO NOTHING", []any{k}
+}
+func (blobs) Find(k string) (string, []any) {
+	return "SELECT id, n, data FROM blobs WHERE key = $1::text FOR UPDATE", []any{k}
+}
+func (blobs) Scan(row pgx.Row, _ bool) (*blob, error) {
+	b := &blob{}
+	if err := row.Scan(&b.ID, &b.N, &b.Data); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+func (blobs) Save(before, after *blob) (string, []any, error) {
+	if after.N == before.N && string(after.Data) == string(before.Data) {
+		return "", nil, nil
+	}
+	return "UPDATE blobs SET n = $2::bigint, data = $3::bytea WHERE id = $1::bigint", []any{after.ID, after.N, []byte(after.Data)}, nil
+}
+
+// TestWithDriverBytesRowIsNotOverwritten: a row With scanned stays as read
+// while fn reads more on the connection. pgtype.DriverBytes keeps a
+// reference to the bytes it scanned; With's row must not be pgconn's read
+// buffer, which fn's next query overwrites (and Save then writes back).
+func TestWithDriverBytesRowIsNotOverwritten(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
+	if _, err := pool.Exec(ctx, "CREATE TABLE blobs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, key text UNIQUE NOT NULL, n bigint NOT NULL DEFAULT 0, data bytea NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	repo := entity.New(pool, blobs{})
+	want := strings.Repeat("A", 64)
+	for i := range 3 {
+		err := repo.With(ctx, "b", func(ctx context.Context, tx pgx.Tx, b *blob) error {
+			var s string
+			if err := tx.QueryRow(ctx, "SELECT repeat('Z', 200)").Scan(&s); err != nil {
+				return err
+			}
+			if got := string(b.Data); got != want {
+				t.Errorf("call %d: fn's row changed under it by fn's own query: data %q", i, got)
+			}
+			b.N++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var data []byte
+	if err := pool.QueryRow(ctx, "SELECT data FROM blobs WHERE key = 'b'").Scan(&data); err != nil {
+		t.Fatal(err)
+	}
+	if string(data) != want {
+		t.Fatalf("committed data = %q, want %q", data, want)
+	}
+}
+
+// TestWithAfterDeallocateAll: user code that runs DEALLOCATE ALL (or
+// DISCARD ALL) on a pooled connection, outside or inside fn.
+func TestWithAfterDeallocateAll(t *testing.T) {
+	t.Parallel()
+	for _, stmt := range []string{"DEALLOCATE ALL", "DISCARD ALL"} {
+		t.Run(strings.ReplaceAll(stmt, " ", "_"), func(t *testing.T) {
+			pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
+			repo := entity.New(pool, counters{})
+			inc := func(_ context.Context, _ pgx.Tx, c *counter) error { c.N++; return nil }
+			if err := repo.With(ctx, "k", inc); err != nil {
+				t.Fatal(err)
+			}
+			// Inside fn: the commit check and COMMIT, prepared, are gone.
+			err := repo.With(ctx, "k", func(ctx context.Context, tx pgx.Tx, c *counter) error {
+				c.N++
+				if stmt == "DISCARD ALL" {
+					return nil // can't run in a transaction
+				}
+				_, err := tx.Exec(ctx, stmt)
+				return err
+			})
+			t.Logf("With with %s in fn: %v (commit unknown: %v)", stmt, err, errors.Is(err, lock.ErrCommitUnknown))
+			n, _ := row(t, ctx, pool, "k")
+			t.Logf("n = %d", n)
+			if err != nil && errors.Is(err, lock.ErrCommitUnknown) {
+				t.Errorf("With = %v: commit reported unknown although nothing was committed (n = %d)", err, n)
+			}
+			// Outside With, on the pooled connection.
+			if _, err := pool.Exec(ctx, stmt); err != nil {
+				t.Fatal(err)
+			}
+			// The first call may fail (nothing committed: its BEGIN, named,
+			// failed); it drops the connection, and later calls work.
+			failed := 0
+			for i := range 3 {
+				if err := repo.With(ctx, "k", inc); err != nil {
+					failed++
+					if errors.Is(err, lock.ErrCommitUnknown) || failed > 1 {
+						t.Errorf("With %d after %s on the pooled connection: %v", i, stmt, err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// panicScan panics in Scan for key "panic".
+type panicScan struct{ counters }
+
+func (t panicScan) Scan(row pgx.Row, created bool) (*counter, error) {
+	c, err := t.counters.Scan(row, created)
+	if err == nil && c.Key == "panic" {
+		panic("scan")
+	}
+	return c, err
+}
+
+// TestWithScanPanicsMidRead: a Table.Scan that panics while With reads its
+// pipeline's results leaves no lock held and the pool usable.
+func TestWithScanPanicsMidRead(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
+	repo := entity.New(pool, panicScan{}, entity.WithLockOptions(lock.Options{LockTimeout: 5e9}))
+	func() {
+		defer func() {
+			if p := recover(); p != "scan" {
+				t.Errorf("recover = %v, want the panic of Scan", p)
+			}
+		}()
+		_ = repo.With(ctx, "panic", func(context.Context, pgx.Tx, *counter) error { return nil })
+	}()
+	for _, k := range []string{"other", "panic2"} {
+		if err := repo.With(ctx, k, func(_ context.Context, _ pgx.Tx, c *counter) error { c.N++; return nil }); err != nil {
+			t.Fatalf("With %s after a panicking Scan: %v", k, err)
+		}
+	}
+	// The key's lock was released.
+	other := entity.New(pool, counters{}, entity.WithLockOptions(lock.Options{LockTimeout: 5e9}))
+	if err := other.With(ctx, "panic", func(_ context.Context, _ pgx.Tx, c *counter) error { c.N++; return nil }); err != nil {
+		t.Fatalf("With on the key whose Scan panicked: %v", err)
+	}
+}
