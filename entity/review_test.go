@@ -164,3 +164,53 @@ func TestWithScanPanicsMidRead(t *testing.T) {
 		t.Fatalf("With on the key whose Scan panicked: %v", err)
 	}
 }
+
+// TestWithColumnTypeChanges: n changes type (bigint, numeric, integer, a
+// domain) under connections that ran With before, in every exec mode: after
+// at most one failed call per connection, With reads and writes the right
+// value (the connection's cached scan plans and prepared statements follow).
+func TestWithColumnTypeChanges(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeDescribeExec, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
+		t.Run(mode.String(), func(t *testing.T) {
+			pool, ctx := setupPool(t, func(cfg *pgxpool.Config) {
+				cfg.MaxConns = 2
+				cfg.ConnConfig.DefaultQueryExecMode = mode
+			})
+			repo := entity.New(pool, counters{})
+			want := int64(0)
+			inc := func(_ context.Context, _ pgx.Tx, c *counter) error {
+				if c.N != want {
+					t.Errorf("fn got n = %d, want %d", c.N, want)
+				}
+				c.N++
+				return nil
+			}
+			for _, typ := range []string{"numeric", "integer", "dn", "bigint"} {
+				if typ == "dn" {
+					if _, err := pool.Exec(ctx, "CREATE DOMAIN dn AS numeric(20) CHECK (VALUE >= 0)"); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := pool.Exec(ctx, "ALTER TABLE counters ALTER n DROP DEFAULT, ALTER n TYPE "+typ+", ALTER n SET DEFAULT 0"); err != nil {
+					t.Fatal(err)
+				}
+				failed := 0
+				for range 6 {
+					if err := repo.With(ctx, "k", inc); err != nil {
+						failed++
+						t.Logf("%s: %v", typ, err)
+						if errors.Is(err, lock.ErrCommitUnknown) || failed > 2 {
+							t.Fatalf("%s: With = %v", typ, err)
+						}
+						continue
+					}
+					want++
+				}
+				if n, _ := row(t, ctx, pool, "k"); n != want {
+					t.Fatalf("%s: n = %d, want %d", typ, n, want)
+				}
+			}
+		})
+	}
+}
