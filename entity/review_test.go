@@ -214,3 +214,87 @@ func TestWithColumnTypeChanges(t *testing.T) {
 		})
 	}
 }
+
+// gatedCounters' Save waits for the row of gate, which a test holds.
+type gatedCounters struct{ counters }
+
+func (gatedCounters) Save(before, after *counter) (string, []any, error) {
+	return `WITH g AS (SELECT 1 FROM gate FOR UPDATE)
+UPDATE counters SET n = $2::bigint WHERE id = $1::bigint AND EXISTS (SELECT FROM g)`, []any{after.ID, after.N}, nil
+}
+
+// terminateWaiter ends the backend of the session whose query matches like
+// once it waits for a lock.
+func terminateWaiter(t *testing.T, ctx context.Context, pool *pgxpool.Pool, like string) {
+	t.Helper()
+	for ctx.Err() == nil {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE wait_event_type = 'Lock' AND query LIKE $1 AND pid <> pg_backend_pid()`, like).Scan(&n); err != nil {
+			t.Error(err)
+			return
+		}
+		if n > 0 {
+			return
+		}
+	}
+}
+
+// TestWithConnectionKilledMidRead: With's backend killed while its first
+// round trip waits for the lock fails retryably, never ErrCommitUnknown;
+// killed while its second round trip (Save and COMMIT) waits, it fails with
+// ErrCommitUnknown and is not retried.
+func TestWithConnectionKilledMidRead(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 4 })
+	if _, err := pool.Exec(ctx, "CREATE TABLE gate (id int); INSERT INTO gate VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"lock", "save"} {
+		t.Run(mode, func(t *testing.T) {
+			key := "killed_" + mode
+			repo := entity.New(pool, gatedCounters{}, entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 2}}))
+			holder, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer holder.Rollback(ctx)
+			like := "%paylock_key=%" + key + "%"
+			if mode == "lock" {
+				if err := lock.Acquire(ctx, holder, lockKey(key)); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				if _, err := holder.Exec(ctx, "SELECT FROM gate FOR UPDATE"); err != nil {
+					t.Fatal(err)
+				}
+				like = "%FROM gate FOR UPDATE%UPDATE counters%"
+			}
+			calls := 0
+			done := make(chan error, 1)
+			go func() {
+				done <- repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, c *counter) error {
+					calls++
+					c.N++
+					return nil
+				})
+			}()
+			terminateWaiter(t, ctx, pool, like)
+			if mode == "lock" {
+				holder.Rollback(ctx) // the retry gets the lock
+			}
+			err = <-done
+			t.Logf("%s: With = %v, fn ran %d times", mode, err, calls)
+			switch mode {
+			case "lock":
+				if err != nil || calls != 1 {
+					t.Errorf("killed while waiting for the lock: With = %v after %d fn calls, want a retry that commits", err, calls)
+				}
+			case "save":
+				if !errors.Is(err, lock.ErrCommitUnknown) || calls != 1 {
+					t.Errorf("killed in Save before COMMIT's reply: With = %v after %d fn calls, want ErrCommitUnknown, no retry", err, calls)
+				}
+			}
+		})
+	}
+}
