@@ -3,6 +3,7 @@ package entity_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -296,5 +297,58 @@ func TestWithConnectionKilledMidRead(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// findOnly never creates a row: Find of a missing key returns none.
+type findOnly struct{ counters }
+
+func (findOnly) Ensure(k string) (string, []any) {
+	return "SELECT WHERE $1::text IS NULL", []any{k}
+}
+
+// TestWithErrorsMidBatch: Find with no row (ErrNotFound), Ensure refused by
+// the server, a lock timeout: each is reported as before the streamed read,
+// the key's lock is released and the connection serves the next call.
+func TestWithErrorsMidBatch(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 2 })
+	opts := entity.WithLockOptions(lock.Options{LockTimeout: 100 * 1e6})
+	find := entity.New(pool, findOnly{}, opts)
+	repo := entity.New(pool, counters{}, opts)
+	inc := func(_ context.Context, _ pgx.Tx, c *counter) error { c.N++; return nil }
+	for i := range 2 {
+		key := fmt.Sprintf("absent%d", i)
+		if err := find.With(ctx, key, inc); !errors.Is(err, entity.ErrNotFound) {
+			t.Fatalf("Find with no row: With = %v, want ErrNotFound", err)
+		}
+		if err := repo.With(ctx, "refused_x", inc); err == nil || errors.Is(err, lock.ErrCommitUnknown) {
+			t.Fatalf("Ensure refused: With = %v, want the CHECK violation", err)
+		}
+		if err := repo.With(ctx, key, inc); err != nil {
+			t.Fatalf("With after the failures: %v", err)
+		}
+		if err := find.With(ctx, key, inc); err != nil {
+			t.Fatalf("Find with the row: %v", err)
+		}
+		if n, _ := row(t, ctx, pool, key); n != 2 {
+			t.Fatalf("n = %d, want 2", n)
+		}
+	}
+	// A lock timeout mid-batch: another session holds the key.
+	holder, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if err := lock.Acquire(ctx, holder, lockKey("absent0")); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.With(ctx, "absent0", inc); !errors.Is(err, lock.ErrLockTimeout) {
+		t.Fatalf("With on a held key = %v, want ErrLockTimeout", err)
+	}
+	holder.Rollback(ctx)
+	if err := repo.With(ctx, "absent0", inc); err != nil {
+		t.Fatalf("With after the lock timeout: %v", err)
 	}
 }
