@@ -433,3 +433,33 @@ func TestWithByteSliceFieldsOwnTheirBytes(t *testing.T) {
 		})
 	}
 }
+
+// TestWithCommitCheckAfterManyCalls: the prepared commit check still stops
+// the commit of a transaction fn began after many calls on the connection
+// (PostgreSQL switches a prepared statement to a generic plan after five
+// executions; the check must not be folded into it).
+func TestWithCommitCheckAfterManyCalls(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
+	repo := entity.New(pool, counters{})
+	for range 12 {
+		if err := repo.With(ctx, "k", func(_ context.Context, _ pgx.Tx, c *counter) error { c.N++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		err := repo.With(ctx, "k", func(ctx context.Context, tx pgx.Tx, c *counter) error {
+			if _, err := tx.Exec(ctx, "COMMIT; BEGIN"); err != nil {
+				return err
+			}
+			c.N = 1000
+			return nil
+		})
+		if !errors.Is(err, entity.ErrTxEnded) {
+			t.Fatalf("With = %v, want ErrTxEnded", err)
+		}
+		if n, _ := row(t, ctx, pool, "k"); n != 12 {
+			t.Fatalf("n = %d, want 12: a transaction without the lock committed", n)
+		}
+	}
+}
