@@ -300,7 +300,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	pc := conn.Conn().PgConn()
 	defer func() {
 		switch {
-		case stalePlan(err):
+		case stalePlan(err) || missingStatement(err): // as in with
 			pc.Close(context.WithoutCancel(ctx))
 		case pc.TxStatus() != 'I':
 			txn.Rollback(ctx, pc, nil)

@@ -89,45 +89,59 @@ func TestWithDriverBytesRowIsNotOverwritten(t *testing.T) {
 func TestWithAfterDeallocateAll(t *testing.T) {
 	t.Parallel()
 	for _, stmt := range []string{"DEALLOCATE ALL", "DISCARD ALL"} {
-		t.Run(strings.ReplaceAll(stmt, " ", "_"), func(t *testing.T) {
-			pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
-			repo := entity.New(pool, counters{})
-			inc := func(_ context.Context, _ pgx.Tx, c *counter) error { c.N++; return nil }
-			if err := repo.With(ctx, "k", inc); err != nil {
-				t.Fatal(err)
-			}
-			// Inside fn: the commit check and COMMIT, prepared, are gone.
-			err := repo.With(ctx, "k", func(ctx context.Context, tx pgx.Tx, c *counter) error {
-				c.N++
-				if stmt == "DISCARD ALL" {
-					return nil // can't run in a transaction
+		for _, group := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/group=%v", strings.ReplaceAll(stmt, " ", "_"), group), func(t *testing.T) {
+				pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
+				repo := entity.New(pool, entity.Table[string, counter](counters{}))
+				if group {
+					repo = entity.New(pool, entity.Table[string, counter](cloningCounters{}), entity.WithGroupCommit(4))
 				}
-				_, err := tx.Exec(ctx, stmt)
-				return err
-			})
-			t.Logf("With with %s in fn: %v (commit unknown: %v)", stmt, err, errors.Is(err, lock.ErrCommitUnknown))
-			n, _ := row(t, ctx, pool, "k")
-			t.Logf("n = %d", n)
-			if err != nil && errors.Is(err, lock.ErrCommitUnknown) {
-				t.Errorf("With = %v: commit reported unknown although nothing was committed (n = %d)", err, n)
-			}
-			// Outside With, on the pooled connection.
-			if _, err := pool.Exec(ctx, stmt); err != nil {
-				t.Fatal(err)
-			}
-			// The first call may fail (nothing committed: its BEGIN, named,
-			// failed); it drops the connection, and later calls work.
-			failed := 0
-			for i := range 3 {
+				inc := func(_ context.Context, _ pgx.Tx, c *counter) error { c.N++; return nil }
 				if err := repo.With(ctx, "k", inc); err != nil {
-					failed++
-					if errors.Is(err, lock.ErrCommitUnknown) || failed > 1 {
-						t.Errorf("With %d after %s on the pooled connection: %v", i, stmt, err)
+					t.Fatal(err)
+				}
+				// Inside fn: the commit check and COMMIT, prepared, are gone.
+				err := repo.With(ctx, "k", func(ctx context.Context, tx pgx.Tx, c *counter) error {
+					c.N++
+					if stmt == "DISCARD ALL" {
+						return nil // can't run in a transaction
+					}
+					_, err := tx.Exec(ctx, stmt)
+					return err
+				})
+				t.Logf("With with %s in fn: %v (commit unknown: %v)", stmt, err, errors.Is(err, lock.ErrCommitUnknown))
+				n, _ := row(t, ctx, pool, "k")
+				t.Logf("n = %d", n)
+				if err != nil && errors.Is(err, lock.ErrCommitUnknown) {
+					t.Errorf("With = %v: commit reported unknown although nothing was committed (n = %d)", err, n)
+				}
+				// Outside With, on the pooled connection.
+				if _, err := pool.Exec(ctx, stmt); err != nil {
+					t.Fatal(err)
+				}
+				// The first call may fail (nothing committed: its BEGIN, named,
+				// failed); it drops the connection, and later calls work.
+				failed := 0
+				for i := range 3 {
+					if err := repo.With(ctx, "k", inc); err != nil {
+						failed++
+						if errors.Is(err, lock.ErrCommitUnknown) || failed > 1 {
+							t.Errorf("With %d after %s on the pooled connection: %v", i, stmt, err)
+						}
 					}
 				}
-			}
-		})
+			})
+		}
 	}
+}
+
+// cloningCounters is counters with a Cloner, for WithGroupCommit.
+type cloningCounters struct{ counters }
+
+func (cloningCounters) Clone(v *counter, created bool) *counter {
+	c := *v
+	c.Created = created
+	return &c
 }
 
 // panicScan panics in Scan for key "panic".
