@@ -321,6 +321,13 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 
 	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, &ev)
 	if err != nil {
+		if missingStatement(err) {
+			// Gone from the server (user code ran DEALLOCATE ALL or DISCARD
+			// ALL on this connection): drop the connection now, so that the
+			// error, before fn ran, with nothing committed, is one Retry
+			// retries.
+			pc.Close(context.WithoutCancel(ctx))
+		}
 		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed())
 	}
 	tx := txn.NewManaged(conn.Conn(), nil)
