@@ -307,10 +307,12 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 	pc := conn.Conn().PgConn()
 	defer func() {
 		switch {
-		case stalePlan(err):
+		case stalePlan(err) || missingStatement(err):
 			// A statement prepared on this connection no longer matches the
-			// table (a column changed type): drop the connection, and its
-			// prepared statements with it; the next call prepares afresh.
+			// table (a column changed type), or is gone (user code ran
+			// DEALLOCATE ALL or DISCARD ALL): drop the connection, and pgx's
+			// record of its prepared statements with it; the next call
+			// prepares afresh.
 			pc.Close(context.WithoutCancel(ctx))
 		case pc.TxStatus() != 'I': // failed, or fn panicked
 			txn.Rollback(ctx, pc, nil)
@@ -319,6 +321,13 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 
 	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, &ev)
 	if err != nil {
+		if missingStatement(err) {
+			// Gone from the server (user code ran DEALLOCATE ALL or DISCARD
+			// ALL on this connection): drop the connection now, so that the
+			// error, before fn ran, with nothing committed, is one Retry
+			// retries.
+			pc.Close(context.WithoutCancel(ctx))
+		}
 		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed())
 	}
 	tx := txn.NewManaged(conn.Conn(), nil)

@@ -300,7 +300,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	pc := conn.Conn().PgConn()
 	defer func() {
 		switch {
-		case stalePlan(err):
+		case stalePlan(err) || missingStatement(err): // as in with
 			pc.Close(context.WithoutCancel(ctx))
 		case pc.TxStatus() != 'I':
 			txn.Rollback(ctx, pc, nil)
@@ -308,6 +308,13 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	}()
 	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, ev)
 	if err != nil {
+		if missingStatement(err) {
+			// Gone from the server (user code ran DEALLOCATE ALL or DISCARD
+			// ALL on this connection): drop the connection now, so that the
+			// error, before fn ran, with nothing committed, is one Retry
+			// retries.
+			pc.Close(context.WithoutCancel(ctx))
+		}
 		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed()), nil
 	}
 	g := &group[K, V]{

@@ -1,6 +1,7 @@
 package entity
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -359,6 +360,12 @@ func (sp *scanPlans) scan(m *pgtype.Map, oid uint32, format int16, src []byte, d
 	if dst == nil {
 		return nil // as pgtype.Map.Scan: the column is skipped
 	}
+	if _, ok := dst.(*pgtype.DriverBytes); ok && src != nil {
+		// DriverBytes keeps what it scans: src is pgconn's read buffer,
+		// which fn's next statement overwrites (pgx refuses DriverBytes in
+		// QueryRow for this reason); give it a copy of its own.
+		src = bytes.Clone(src)
+	}
 	typ := reflect.TypeOf(dst)
 	for i := range sp.plans {
 		if p := &sp.plans[i]; p.oid == oid && p.format == format && p.typ == typ {
@@ -408,6 +415,17 @@ func stalePlan(err error) bool {
 	}
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && txn.StalePlan(pgErr) // SQLSTATE and routine, not the translated message
+}
+
+// missingStatement reports whether err is PostgreSQL not knowing a
+// prepared statement pgx believes prepared on the connection (SQLSTATE
+// 26000): user code ran DEALLOCATE ALL or DISCARD ALL on it.
+func missingStatement(err error) bool {
+	if err == nil {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "26000"
 }
 
 // maxSaveStatements bounds how many distinct Save statements a Repository
