@@ -115,7 +115,9 @@ func TestNetworkResetAroundCommit(t *testing.T) {
 // the waiter proceeds.
 func TestNetworkStall(t *testing.T) {
 	t.Parallel()
-	const idle, limit = 500 * time.Millisecond, 300 * time.Millisecond
+	// limit is long enough that the waiter queues behind the holder before
+	// the holder's statement times out, even on a loaded machine.
+	const idle, limit = 500 * time.Millisecond, time.Second
 	for _, tt := range []struct {
 		name string
 		opts lock.Options // the holder's
@@ -155,7 +157,7 @@ func TestNetworkStall(t *testing.T) {
 				t.Fatal(err)
 			}
 			stalling := payment.NewRepository(viaProxy, entity.WithLockOptions(tt.opts))
-			holdCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			holdCtx, cancel := context.WithTimeout(ctx, 4*time.Second)
 			defer cancel()
 			locked, release := make(chan struct{}), releaser(t)
 			sleepStart := make(chan time.Time, 1)
