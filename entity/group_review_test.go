@@ -1,0 +1,129 @@
+package entity_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/lock"
+	"github.com/paylock/paylock/payment"
+)
+
+// TestGroupCommitLargeObjects: a fn that uses tx.LargeObjects commits under
+// group commit as it does without it, alone or in a group: the end of its
+// large objects must not end the group's transaction.
+func TestGroupCommitLargeObjects(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	lo := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		los := tx.LargeObjects()
+		if _, err := los.Create(ctx, 0); err != nil {
+			return err
+		}
+		return nil
+	}
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+		return err
+	}
+	t.Run("Alone", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lo_alone"}
+		if err := repo.With(ctx, key, lo); err != nil {
+			t.Errorf("lone caller using large objects: %v", err)
+		}
+		if amount, _ := row(t, ctx, pool, key); amount != 1 {
+			t.Errorf("amount %d, want 1", amount)
+		}
+	})
+	t.Run("Grouped", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lo_group"}
+		res := grouped(t, ctx, repo, key, nil, add, lo, add)
+		for i, r := range res {
+			if r.err != nil {
+				t.Errorf("call %d: %v", i, r.err)
+			}
+		}
+		if amount, _ := row(t, ctx, pool, key); amount != 3 {
+			t.Errorf("amount %d, want 3", amount)
+		}
+	})
+}
+
+// TestGroupCommitCommitBegin: a member whose fn commits the group's
+// transaction with "COMMIT; BEGIN" (the connection stays in a transaction,
+// so nothing tells the client) commits what the members before it did. They
+// must never be told that nothing of theirs was committed
+// (ErrGroupRolledBack), and Retry must not run them again: the outcome, for
+// them, is unknown.
+func TestGroupCommitCommitBegin(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	add := func(name string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents++
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(name, "/", p.AmountCents))
+			return err
+		}
+	}
+	errC := errors.New("c failed")
+	cases := []struct {
+		name string
+		fns  []payFn
+	}{
+		{"ThenFail", []payFn{add("a"), add("b"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			if _, err := tx.Exec(ctx, "COMMIT; BEGIN"); err != nil {
+				return err
+			}
+			return errC
+		}}},
+		{"ThenRowsOpen", []payFn{add("a"), add("b"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			_, err := tx.Exec(ctx, "COMMIT; BEGIN")
+			return err
+		}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			_, err := tx.Query(ctx, "SELECT generate_series(1, 100000)")
+			return err
+		}}},
+	}
+	for _, retry := range []bool{false, true} {
+		for _, c := range cases {
+			t.Run(fmt.Sprint(c.name, "/retry=", retry), func(t *testing.T) {
+				var opts []entity.Option
+				if retry {
+					opts = append(opts, entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
+				}
+				repo := entity.New(pool, payment.Table{}, append(opts, entity.WithGroupCommit(16))...)
+				key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_cb_", c.name, retry)}
+				res := grouped(t, ctx, repo, key, nil, c.fns...)
+				committed := map[string]int{}
+				rows, _ := pool.Query(ctx, "SELECT entry FROM ledger WHERE entry LIKE 'a/%' OR entry LIKE 'b/%'")
+				entries, err := pgx.CollectRows(rows, pgx.RowTo[string])
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = pool.Exec(ctx, "DELETE FROM ledger")
+				for _, e := range entries {
+					committed[strings.Split(e, "/")[0]]++
+				}
+				for i, name := range []string{"a", "b"} {
+					if committed[name] > 1 {
+						t.Errorf("call %s applied %d times (ledger %v): %v", name, committed[name], entries, res[i].err)
+					}
+					if committed[name] == 1 && errors.Is(res[i].err, entity.ErrGroupRolledBack) {
+						t.Errorf("call %s committed but told ErrGroupRolledBack: %v", name, res[i].err)
+					}
+					if committed[name] == 1 && res[i].err != nil && !errors.Is(res[i].err, lock.ErrCommitUnknown) {
+						t.Errorf("call %s committed, error %v does not match ErrCommitUnknown", name, res[i].err)
+					}
+				}
+			})
+		}
+	}
+}
