@@ -187,7 +187,8 @@ type group[K, V any] struct {
 	withSQL int
 	ok      []*member[K, V] // members whose fn succeeded, in order
 	broken  error           // why the transaction can't commit
-	ended   bool            // a member's fn ended the transaction itself
+	ended   bool            // a member's fn ended the transaction itself, or may have
+	txs     []*txn.Managed  // each member's tx, ended once the transaction is
 	size    int             // callers whose fn ran, set before the outcome is sent
 	stepped chan struct{}
 }
@@ -333,6 +334,11 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	stop()
 	g.size = g.n
 	outcome := g.commit(ctx, prepared)
+	for _, m := range g.txs {
+		// Only now: ending a tx whose fn used LargeObjects rolls back the
+		// transaction unless it is over.
+		m.End(ctx)
+	}
 	for _, o := range g.ok {
 		if o != m {
 			o.done <- outcome
@@ -353,7 +359,7 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 	}
 	if g.broken != nil {
 		if g.ended {
-			return fmt.Errorf("entity: with %s: %w: another call in the same group transaction ended it with SQL, committing what ran before it: %w",
+			return fmt.Errorf("entity: with %s: %w: another call in the same group transaction ended it with SQL (or may have), committing what ran before it: %w",
 				lk, txn.ErrCommitUnknown, g.broken)
 		}
 		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", lk, ErrGroupRolledBack, g.broken), true)
@@ -381,6 +387,12 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 		return fmt.Errorf("entity: with %s: %w", lk, err)
 	}
 	if err := g.r.save(ctx, g.conn, sql, args, prepared); err != nil {
+		if errors.Is(err, ErrTxEnded) && g.size > 1 {
+			// A member's fn ended the transaction and began another: what
+			// ran before it is committed, what ran after it is not.
+			return fmt.Errorf("entity: with %s: %w: a call in the same group transaction ended it with SQL, committing what ran before it: %w",
+				lk, txn.ErrCommitUnknown, err)
+		}
 		return g.r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
 	}
 	for _, o := range g.ok {
@@ -429,7 +441,8 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		v = g.cloner.Clone(g.cur, false)
 	}
 	tx := &memberTx[K, V]{g: g, m: txn.NewManaged(g.conn, nil), name: "paylock_group_" + strconv.Itoa(g.n), plain: leader}
-	defer tx.m.End(m.ctx)
+	g.txs = append(g.txs, tx.m) // the leader ends it once the transaction is
+	defer tx.m.Close()
 	m.ev.stage = stageFn
 	fnErr := func() (err error) {
 		defer func() {
@@ -497,7 +510,11 @@ func (g *group[K, V]) undo(ctx context.Context, tx *memberTx[K, V], cause error)
 	ctx, cancel := txn.CleanupContext(ctx)
 	defer cancel()
 	if _, err := pc.Exec(ctx, "ROLLBACK TO SAVEPOINT "+tx.name).ReadAll(); err != nil {
-		g.broke(fmt.Errorf("roll back to savepoint: %w", err), false)
+		// On a live connection the savepoint is gone: fn released it, rolled
+		// back past it, or ended the transaction ("COMMIT; BEGIN") and with
+		// it committed what the members before it did.
+		var pgErr *pgconn.PgError
+		g.broke(fmt.Errorf("roll back to savepoint: %w", err), errors.As(err, &pgErr) && !pc.IsClosed())
 	}
 }
 
@@ -512,6 +529,10 @@ func (g *group[K, V]) broke(err error, ended bool) {
 // savepoint.
 func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
 	b := &pgx.Batch{}
+	// Fails unless this is still the transaction that holds the lock: a
+	// member before may have ended it and begun another ("COMMIT; BEGIN"),
+	// committing what the members before it did.
+	b.Queue(txn.CheckSQL)
 	if g.cur != g.written {
 		sql, args, err := g.r.table.Save(g.written, g.cur)
 		if err != nil {
@@ -523,8 +544,12 @@ func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
 	}
 	b.Queue("SAVEPOINT " + tx.name) // one round trip with the write
 	if err := tx.m.SendBatch(ctx, b).Close(); err != nil {
+		ended := txn.EndedByFn(err)
 		err = fmt.Errorf("entity: with %s: write the row and open a savepoint for the next call in the group: %w", g.lk, err)
-		g.broke(err, false)
+		if ended {
+			err = fmt.Errorf("%w: %w", ErrTxEnded, err)
+		}
+		g.broke(err, ended)
 		return err
 	}
 	g.written = g.cur
