@@ -188,6 +188,7 @@ type group[K, V any] struct {
 	ok      []*member[K, V] // members whose fn succeeded, in order
 	broken  error           // why the transaction can't commit
 	ended   bool            // a member's fn ended the transaction itself, or may have
+	openSP  string          // the savepoint of the last member with SQL, not yet released
 	txs     []*txn.Managed  // each member's tx, ended once the transaction is
 	size    int             // callers whose fn ran, set before the outcome is sent
 	stepped chan struct{}
@@ -386,7 +387,17 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 	if err := txn.ReadyToCommit(ctx, pc.IsClosed()); err != nil {
 		return fmt.Errorf("entity: with %s: %w", lk, err)
 	}
-	if err := g.r.save(ctx, g.conn, sql, args, prepared); err != nil {
+	var release string
+	if g.openSP != "" {
+		// Fails if the last member with SQL rolled back past its savepoint
+		// (to one an earlier member's fn left open), undoing what those
+		// before it did: then nothing commits.
+		release = "RELEASE SAVEPOINT " + g.openSP
+	}
+	if err := g.r.save(ctx, g.conn, release, sql, args, prepared); err != nil {
+		if savepointGone(err) {
+			return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (a call's fn rolled back past its savepoint: %w)", lk, ErrGroupRolledBack, err), true)
+		}
 		if errors.Is(err, ErrTxEnded) && g.size > 1 {
 			// A member's fn ended the transaction and began another: what
 			// ran before it is committed, what ran after it is not.
@@ -533,6 +544,13 @@ func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
 	// member before may have ended it and begun another ("COMMIT; BEGIN"),
 	// committing what the members before it did.
 	b.Queue(txn.CheckSQL)
+	if g.openSP != "" {
+		// The previous member with SQL is done: release its savepoint, so
+		// that no later fn can roll back into what it did. That fails if it
+		// rolled back past its savepoint itself, to one an earlier member's
+		// fn left open, undoing what the members before it did.
+		b.Queue("RELEASE SAVEPOINT " + g.openSP)
+	}
 	if g.cur != g.written {
 		sql, args, err := g.r.table.Save(g.written, g.cur)
 		if err != nil {
@@ -553,8 +571,16 @@ func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
 		return err
 	}
 	g.written = g.cur
+	g.openSP = tx.name
 	g.withSQL++
 	return nil
+}
+
+// savepointGone reports whether err is PostgreSQL's answer to RELEASE or
+// ROLLBACK TO a savepoint that does not exist (SQLSTATE 3B001).
+func savepointGone(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "3B001"
 }
 
 // memberTx is the pgx.Tx a member's fn gets: a txn.Managed whose first

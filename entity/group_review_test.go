@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -125,5 +126,68 @@ func TestGroupCommitCommitBegin(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestGroupCommitForeignSavepoint: a member's fn that rolls back to a
+// savepoint it did not create (one an earlier member's fn left open) must
+// not undo what earlier members did while they are told it committed:
+// every call reported a success has its ledger entry and its increment.
+func TestGroupCommitForeignSavepoint(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	spThenAdd := func(name string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents++
+			if _, err := tx.Exec(ctx, "SAVEPOINT sp1"); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
+			return err
+		}
+	}
+	rollbackTo := func(name string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents++
+			if _, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name); err != nil {
+				return err
+			}
+			_, _ = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT sp1") // not its own
+			return nil
+		}
+	}
+	for _, c := range []struct {
+		name string
+		fns  []payFn
+	}{
+		{"Leader", []payFn{spThenAdd("a"), rollbackTo("b")}},
+		{"Member", []payFn{spThenAdd("a"), spThenAdd("b"), rollbackTo("c")}},
+		{"NotLast", []payFn{spThenAdd("a"), spThenAdd("b"), rollbackTo("c"), spThenAdd("d")}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			key := payment.Key{ServiceID: 1, LineItemID: "li_gc_fsp_" + c.name}
+			res := grouped(t, ctx, repo, key, nil, c.fns...)
+			got := ledger(t, ctx, pool)
+			_, _ = pool.Exec(ctx, "DELETE FROM ledger")
+			var amount int64
+			if err := pool.QueryRow(ctx, "SELECT coalesce(sum(amount_cents), 0) FROM payments WHERE service_id = $1 AND line_item_id = $2",
+				key.ServiceID, key.LineItemID).Scan(&amount); err != nil {
+				t.Fatal(err)
+			}
+			ok := 0
+			for i, r := range res {
+				name := string(rune('a' + i))
+				if r.err == nil {
+					ok++
+					if !slices.Contains(got, name) {
+						t.Errorf("call %s reported committed, its ledger entry is missing (ledger %v)", name, got)
+					}
+				}
+			}
+			if amount != int64(ok) {
+				t.Errorf("amount %d, but %d calls reported committed (%v)", amount, ok, res)
+			}
+		})
 	}
 }
