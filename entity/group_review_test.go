@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -189,5 +191,56 @@ func TestGroupCommitForeignSavepoint(t *testing.T) {
 				t.Errorf("amount %d, but %d calls reported committed (%v)", amount, ok, res)
 			}
 		})
+	}
+}
+
+// TestGroupCommitKilledDuringCommit: the connection killed while COMMIT runs
+// leaves the outcome unknown for every member whose fn succeeded: each gets
+// ErrCommitUnknown, none success, and Retry runs none again.
+func TestGroupCommitKilledDuringCommit(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	if _, err := pool.Exec(ctx, `
+CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.status = 'slow' THEN PERFORM pg_sleep(30); END IF;
+	RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON payments DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW EXECUTE FUNCTION slow_commit()`); err != nil {
+		t.Fatal(err)
+	}
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16),
+		entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_killcommit"}
+	go func() {
+		for ctx.Err() == nil {
+			var n int
+			_ = pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+				WHERE datname = current_database() AND query = 'COMMIT' AND wait_event = 'PgSleep'`).Scan(&n)
+			if n > 0 {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	var runs atomic.Int32
+	add := func(name string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			runs.Add(1)
+			p.AmountCents++
+			p.Status = "slow"
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
+			return err
+		}
+	}
+	res := grouped(t, ctx, repo, key, nil, add("a"), add("b"), add("c"))
+	for i, r := range res {
+		if !errors.Is(r.err, lock.ErrCommitUnknown) {
+			t.Errorf("call %d: %v, want ErrCommitUnknown", i, r.err)
+		}
+	}
+	if n := runs.Load(); n != 3 {
+		t.Errorf("fns ran %d times, want 3 (no retry after ErrCommitUnknown)", n)
 	}
 }
