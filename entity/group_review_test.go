@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/lock"
@@ -243,4 +245,68 @@ CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON payments DEFERRABLE INITIA
 	if n := runs.Load(); n != 3 {
 		t.Errorf("fns ran %d times, want 3 (no retry after ErrCommitUnknown)", n)
 	}
+}
+
+// countConn counts what a client writes to and reads from the server.
+type countConn struct {
+	net.Conn
+	writes, written *atomic.Int64
+}
+
+func (c countConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	c.written.Add(int64(len(b)))
+	return c.Conn.Write(b)
+}
+
+// TestGroupCommitLoneCallerWire: a lone caller sends exactly what it sends
+// without group commit: the same messages, byte for byte in length, in the
+// same number of writes.
+func TestGroupCommitLoneCallerWire(t *testing.T) {
+	t.Parallel()
+	type wire struct{ writes, written atomic.Int64 }
+	run := func(opts ...entity.Option) (writes, written int64) {
+		var w wire
+		pool, ctx := setupPool(t, func(c *pgxpool.Config) {
+			c.MaxConns = 1
+			dial := c.ConnConfig.DialFunc
+			c.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				conn, err := dial(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return countConn{conn, &w.writes, &w.written}, nil
+			}
+		})
+		if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
+			t.Fatal(err)
+		}
+		repo := entity.New(pool, payment.Table{}, opts...)
+		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_wire"}
+		call := func(i int) {
+			err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				p.AmountCents++
+				_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprintf("%04d", i))
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range 3 { // prepares
+			call(i)
+		}
+		w.writes.Store(0)
+		w.written.Store(0)
+		for i := 3; i < 13; i++ {
+			call(i)
+		}
+		return w.writes.Load(), w.written.Load()
+	}
+	writes, written := run()
+	gWrites, gWritten := run(entity.WithGroupCommit(16))
+	if gWrites != writes || gWritten != written {
+		t.Errorf("lone caller with group commit: %d writes, %d bytes; without: %d writes, %d bytes", gWrites, gWritten, writes, written)
+	}
+	t.Logf("10 calls: %d writes, %d bytes", writes, written)
 }
