@@ -310,3 +310,53 @@ func TestGroupCommitLoneCallerWire(t *testing.T) {
 	}
 	t.Logf("10 calls: %d writes, %d bytes", writes, written)
 }
+
+// TestGroupCommitIdleTimeout: the server ending the group's transaction,
+// idle while a member's fn runs no SQL for longer than IdleTimeout, commits
+// nothing, and no member is told otherwise; with Retry each call is applied
+// exactly once.
+func TestGroupCommitIdleTimeout(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	for _, retry := range []int{1, 3} {
+		t.Run(fmt.Sprint("attempts=", retry), func(t *testing.T) {
+			_, _ = pool.Exec(ctx, "DELETE FROM ledger")
+			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithLockOptions(lock.Options{
+				IdleTimeout: 200 * time.Millisecond, Retry: lock.Retry{Attempts: retry, Backoff: time.Millisecond}}))
+			key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_idle_", retry)}
+			add := func(name string) payFn {
+				return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+					p.AmountCents++
+					_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
+					return err
+				}
+			}
+			var slept atomic.Bool
+			res := grouped(t, ctx, repo, key, nil, add("a"), add("b"), func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+				if !slept.Swap(true) {
+					time.Sleep(time.Second)
+				}
+				p.AmountCents++
+				return nil
+			}, add("d"))
+			got := ledger(t, ctx, pool)
+			var amount int64
+			_ = pool.QueryRow(ctx, "SELECT coalesce(sum(amount_cents), 0) FROM payments WHERE line_item_id = $1", key.LineItemID).Scan(&amount)
+			ok := 0
+			for i, r := range res {
+				name := string(rune('a' + i))
+				if r.err == nil {
+					ok++
+					if i != 2 && !slices.Contains(got, name) {
+						t.Errorf("call %s reported committed, its entry is missing (ledger %v)", name, got)
+					}
+				} else if i != 2 && slices.Contains(got, name) {
+					t.Errorf("call %s failed (%v) but its entry is committed", name, r.err)
+				}
+			}
+			if amount != int64(ok) {
+				t.Errorf("amount %d, %d calls reported committed: %v", amount, ok, res)
+			}
+		})
+	}
+}
