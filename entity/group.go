@@ -334,7 +334,21 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	}
 	stop()
 	g.size = g.n
-	outcome := g.commit(ctx, prepared)
+	var commitPanic any
+	outcome := func() (err error) {
+		defer func() {
+			if commitPanic = recover(); commitPanic != nil {
+				// Table.Save panicked, or an ErrorClassifier: the members
+				// still get an outcome, the leader the panic.
+				if pc.IsClosed() || pc.TxStatus() == 'I' {
+					err = fmt.Errorf("entity: with %s: %w: the group's final write panicked: %v", lk, txn.ErrCommitUnknown, commitPanic)
+				} else {
+					err = fmt.Errorf("entity: with %s: %w (the group's final write panicked: %v)", lk, ErrGroupRolledBack, commitPanic)
+				}
+			}
+		}()
+		return g.commit(ctx, prepared)
+	}()
 	for _, m := range g.txs {
 		// Only now: ending a tx whose fn used LargeObjects rolls back the
 		// transaction unless it is over.
@@ -347,6 +361,9 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	}
 	if !ok || panicked != nil {
 		return ownErr, panicked
+	}
+	if commitPanic != nil {
+		return nil, commitPanic
 	}
 	return outcome, nil
 }
@@ -499,9 +516,18 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		g.broke(err, false)
 		return false, nil, err
 	}
-	if _, _, err := g.r.table.Save(g.cur, v); err != nil {
-		g.undo(m.ctx, tx, err)
-		return false, nil, err
+	var saveErr error
+	func() {
+		defer func() { panicked = recover() }()
+		_, _, saveErr = g.r.table.Save(g.cur, v)
+	}()
+	if panicked != nil || saveErr != nil {
+		cause := saveErr
+		if panicked != nil {
+			cause = fmt.Errorf("Save panicked: %v", panicked)
+		}
+		g.undo(m.ctx, tx, cause)
+		return false, panicked, saveErr
 	}
 	g.cur = v
 	g.ok = append(g.ok, m)

@@ -360,3 +360,59 @@ func TestGroupCommitIdleTimeout(t *testing.T) {
 		})
 	}
 }
+
+// boomTable is payment.Table whose Save panics on a row whose status is
+// "boom", or when the amount went from 0 to 2 or more in one write.
+type boomTable struct{ payment.Table }
+
+func (b boomTable) Save(before, after *payment.Payment) (string, []any, error) {
+	if after.Status == "boom" || (before.AmountCents == 0 && after.AmountCents >= 2) {
+		panic("boom")
+	}
+	return b.Table.Save(before, after)
+}
+
+// TestGroupCommitSavePanics: a Table whose Save panics fails only the call
+// it panics for, which leaves nothing committed, and never leaves a caller
+// waiting for an outcome that never comes.
+func TestGroupCommitSavePanics(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, entity.Table[payment.Key, payment.Payment](boomTable{}), entity.WithGroupCommit(16))
+	add := func(name string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents = 1
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
+			return err
+		}
+	}
+	t.Run("Member", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_boom_member"}
+		res := grouped(t, ctx, repo, key, nil, add("a"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.Status = "boom"
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ('b')")
+			return err
+		}, add("c"))
+		if res[0].err != nil || res[2].err != nil || res[1].panicked == nil {
+			t.Errorf("results %v, want a and c nil, b panicked", res)
+		}
+		if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"a", "c"}) {
+			t.Errorf("ledger %v, want [a c]: the call whose Save panicked left its SQL", got)
+		}
+		_, _ = pool.Exec(ctx, "DELETE FROM ledger")
+	})
+	t.Run("Commit", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_boom_commit"}
+		inc := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+		done := make(chan []result, 1)
+		go func() { done <- grouped(t, ctx, repo, key, nil, inc, inc) }()
+		select {
+		case res := <-done:
+			if res[0].panicked == nil || res[1].err == nil {
+				t.Errorf("results %v, want the leader's panic and an error for the other", res)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a member still waits for the outcome of a group whose final write panicked")
+		}
+	})
+}
