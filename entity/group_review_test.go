@@ -416,3 +416,57 @@ func TestGroupCommitSavePanics(t *testing.T) {
 		}
 	})
 }
+
+// TestGroupCommitExecModes: the checks a member's first statement carries
+// (the transaction is still the group's, the previous member's savepoint is
+// still there) work in every pgx query mode.
+func TestGroupCommitExecModes(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
+		t.Run(mode.String(), func(t *testing.T) {
+			pool, ctx := setupPool(t, func(c *pgxpool.Config) { c.ConnConfig.DefaultQueryExecMode = mode })
+			if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
+				t.Fatal(err)
+			}
+			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+			add := func(name string) payFn {
+				return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+					p.AmountCents++
+					_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
+					return err
+				}
+			}
+			key := payment.Key{ServiceID: 1, LineItemID: "li_gc_modes"}
+			res := grouped(t, ctx, repo, key, nil, add("a"), add("b"), add("c"))
+			for i, r := range res {
+				if r.err != nil {
+					t.Errorf("call %d: %v", i, r.err)
+				}
+			}
+			res = grouped(t, ctx, repo, key, nil, add("d"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				_, err := tx.Exec(ctx, "COMMIT; BEGIN")
+				return err
+			}, add("f"))
+			if !errors.Is(res[0].err, lock.ErrCommitUnknown) || res[2].err == nil {
+				t.Errorf("COMMIT; BEGIN: %v", res)
+			}
+			_, _ = pool.Exec(ctx, "DELETE FROM ledger WHERE entry = 'd'")
+			res = grouped(t, ctx, repo, key, nil, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				_, err := tx.Exec(ctx, "SAVEPOINT sp1")
+				return err
+			}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				_, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT sp1")
+				return err
+			}, add("g"))
+			if !errors.Is(res[0].err, entity.ErrGroupRolledBack) {
+				t.Errorf("foreign savepoint: %v", res)
+			}
+			if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"a", "b", "c"}) {
+				t.Errorf("ledger %v, want [a b c]", got)
+			}
+			if amount, _ := row(t, ctx, pool, key); amount != 4 { // a, b, c and d, which COMMIT; BEGIN committed
+				t.Errorf("amount %d, want 4", amount)
+			}
+		})
+	}
+}
