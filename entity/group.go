@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,11 +61,12 @@ type Cloner[V any] interface {
 // same sentinels as a call of its own; if another member broke the
 // transaction, [ErrGroupRolledBack]. At most [MaxGroupSQL] members with SQL
 // share a transaction, and a leader stops taking callers once it has held
-// the key about max times as long as a single call would. A With for the
-// same key from inside fn given another ctx than fn's waits in the queue
-// behind its own group: until LockTimeout, if set, else until that ctx ends
-// (the server's idle timeout does not free it, as it does without the
-// option). Pass fn's ctx on, and get [lock.ErrReentrant].
+// the key about max times as long as a single call would, or once one fn has
+// run for IdleTimeout (the server has ended the transaction by then). A With
+// for the same key from inside fn given another ctx than fn's waits in the
+// queue behind its own group: until LockTimeout, if set, or until fn has run
+// for IdleTimeout, when it runs as without the option. Pass fn's ctx on,
+// and get [lock.ErrReentrant].
 //
 // It needs a Table that implements [Cloner]; with any other Table, and with
 // max below 2, it changes nothing.
@@ -283,14 +285,25 @@ func (r *Repository[K, V]) waitTurn(ctx context.Context, lk lock.Key, m *member[
 // fns of the callers queued behind it, then one write and one COMMIT.
 func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member[K, V]) (err error, panicked any) {
 	gs := r.groups
-	leading := true
+	var leading atomic.Bool
+	leading.Store(true)
 	stop := func() {
-		if leading {
-			leading = false
+		if leading.Swap(false) {
 			gs.stopLeading(lk.ID())
 		}
 	}
 	defer stop()
+	// watch stops the gathering if an fn runs for IdleTimeout: by then the
+	// server has ended the transaction, idle that long, and the next caller,
+	// which may be a With for this key from inside that fn given another
+	// ctx, takes the lock as it would without group commit, rather than
+	// wait in the queue behind its own caller for good.
+	watch := func() (unwatch func() bool) {
+		if idle := r.settings.IdleTimeout; idle > 0 {
+			return time.AfterFunc(idle, stop).Stop
+		}
+		return func() bool { return false }
+	}
 	ev := m.ev
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
@@ -317,20 +330,24 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	// The leader's fn runs as in a call of its own, without a savepoint: if
 	// it fails, the transaction rolls back and nobody else has joined it; the
 	// first queued caller then leads the next one.
+	unwatch := watch()
 	ok, panicked, ownErr := g.step(m, true)
+	unwatch()
 	if !ok {
 		g.broke(errors.New("the leader's fn failed"), false) // ownErr is nil after a panic
 	}
 	// The budget: about what the callers would hold the key for one by one,
 	// judged by the leader's round trip and fn.
 	budget := time.Duration(gs.max) * (time.Since(ev.Granted) + ev.RoundTrip - ev.Wait)
-	for g.broken == nil && g.n < gs.max && g.withSQL < MaxGroupSQL && time.Since(ev.Granted) < budget {
+	for g.broken == nil && leading.Load() && g.n < gs.max && g.withSQL < MaxGroupSQL && time.Since(ev.Granted) < budget {
 		next := gs.pop(lk.ID())
 		if next == nil {
 			break
 		}
 		next.turn <- g
+		unwatch := watch()
 		<-g.stepped
+		unwatch()
 	}
 	stop()
 	g.size = g.n

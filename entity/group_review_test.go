@@ -470,3 +470,57 @@ func TestGroupCommitExecModes(t *testing.T) {
 		})
 	}
 }
+
+// TestGroupCommitReentrantOtherCtx: a With for the key from inside fn given
+// another ctx than fn's, with no LockTimeout, is freed as without group
+// commit: the server ends the outer transaction, idle for IdleTimeout, the
+// inner call runs and commits, and the outer group commits nothing.
+func TestGroupCommitReentrantOtherCtx(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	for _, leader := range []bool{true, false} {
+		t.Run(fmt.Sprint("leader=", leader), func(t *testing.T) {
+			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16),
+				entity.WithLockOptions(lock.Options{IdleTimeout: 300 * time.Millisecond}))
+			key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_reother_", leader)}
+			innerCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			var inner error
+			nested := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+				inner = repo.With(innerCtx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+					p.AmountCents += 100
+					return nil
+				})
+				p.AmountCents++
+				return nil
+			}
+			inc := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+			fns := []payFn{inc, nested}
+			if leader {
+				fns = []payFn{nested, inc}
+			}
+			res := grouped(t, ctx, repo, key, nil, fns...)
+			if inner != nil {
+				t.Errorf("inner With: %v, want nil once the server ended the outer transaction", inner)
+			}
+			// The outer group: both calls, or, when the nested call leads,
+			// it alone (the other then leads the next group, which the
+			// inner call joins).
+			outer, want := res, int64(100)
+			if leader {
+				outer, want = res[:1], 101
+				if res[1].err != nil {
+					t.Errorf("call 1, after the outer group: %v", res[1].err)
+				}
+			}
+			for i, r := range outer {
+				if r.err == nil || errors.Is(r.err, lock.ErrCommitUnknown) {
+					t.Errorf("call %d: %v, want an error saying nothing was committed", i, r.err)
+				}
+			}
+			if amount, _ := row(t, ctx, pool, key); amount != want {
+				t.Errorf("amount %d, want %d", amount, want)
+			}
+		})
+	}
+}
