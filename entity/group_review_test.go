@@ -524,3 +524,34 @@ func TestGroupCommitReentrantOtherCtx(t *testing.T) {
 		})
 	}
 }
+
+// TestGroupCommitIdleTimeoutThenFail: a member that ran SQL, then outlived
+// the idle timeout and failed, leaves the others a retryable error saying
+// nothing was committed (the server ended the session, so nothing was), not
+// ErrCommitUnknown.
+func TestGroupCommitIdleTimeoutThenFail(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithLockOptions(lock.Options{
+		IdleTimeout: 200 * time.Millisecond}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_idlefail"}
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+		return err
+	}
+	errB := errors.New("b failed")
+	res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		if err := add(ctx, tx, p); err != nil {
+			return err
+		}
+		time.Sleep(500 * time.Millisecond)
+		return errB
+	})
+	if !errors.Is(res[0].err, entity.ErrGroupRolledBack) || errors.Is(res[0].err, lock.ErrCommitUnknown) {
+		t.Errorf("call 0: %v, want ErrGroupRolledBack", res[0].err)
+	}
+	if !errors.Is(res[1].err, errB) {
+		t.Errorf("call 1: %v, want its own error", res[1].err)
+	}
+}
