@@ -563,12 +563,20 @@ func (g *group[K, V]) undo(ctx context.Context, tx *memberTx[K, V], cause error)
 	}
 	ctx, cancel := txn.CleanupContext(ctx)
 	defer cancel()
-	if _, err := pc.Exec(ctx, "ROLLBACK TO SAVEPOINT "+tx.name).ReadAll(); err != nil {
-		// On a live connection the savepoint is gone: fn released it, rolled
-		// back past it, or ended the transaction ("COMMIT; BEGIN") and with
-		// it committed what the members before it did.
+	sql := "ROLLBACK TO SAVEPOINT " + tx.name
+	checked := pc.TxStatus() == 'T'
+	if checked {
+		// First make sure this is still the group's transaction: fn may
+		// have ended it and begun another ("COMMIT; BEGIN").
+		sql = txn.CheckSQL + "; " + sql
+	}
+	if _, err := pc.Exec(ctx, sql).ReadAll(); err != nil {
+		// On a live connection the savepoint is gone: fn released it or
+		// rolled back past it (nothing will commit), or ended the
+		// transaction, committing what the members before it did.
 		var pgErr *pgconn.PgError
-		g.broke(fmt.Errorf("roll back to savepoint: %w", err), errors.As(err, &pgErr) && !pc.IsClosed())
+		ended := txn.EndedByFn(err) || (!checked && errors.As(err, &pgErr) && !pc.IsClosed())
+		g.broke(fmt.Errorf("roll back to savepoint: %w", err), ended)
 	}
 }
 

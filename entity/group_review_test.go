@@ -555,3 +555,32 @@ func TestGroupCommitIdleTimeoutThenFail(t *testing.T) {
 		t.Errorf("call 1: %v, want its own error", res[1].err)
 	}
 }
+
+// TestGroupCommitReleasedOwnSavepoint: a member whose fn released its own
+// savepoint and then failed breaks the transaction, which then commits
+// nothing: the others are told so (ErrGroupRolledBack), not
+// ErrCommitUnknown.
+func TestGroupCommitReleasedOwnSavepoint(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_released"}
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+		return err
+	}
+	errB := errors.New("b failed")
+	res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT paylock_group_2"); err != nil {
+			return err
+		}
+		return errB
+	})
+	if !errors.Is(res[0].err, entity.ErrGroupRolledBack) || errors.Is(res[0].err, lock.ErrCommitUnknown) {
+		t.Errorf("call 0: %v, want ErrGroupRolledBack", res[0].err)
+	}
+	if got := ledger(t, ctx, pool); len(got) != 0 {
+		t.Errorf("ledger %v committed", got)
+	}
+}
