@@ -68,6 +68,11 @@ type Cloner[V any] interface {
 // for IdleTimeout, when it runs as without the option. Pass fn's ctx on,
 // and get [lock.ErrReentrant].
 //
+// fn must not change the entity's own row through tx (an UPDATE of it, or a
+// trigger on a table fn writes that updates it): the callers after it in
+// the group get the row without that change, and their Save may overwrite
+// it, though its caller was told it committed.
+//
 // It needs a Table that implements [Cloner]; with any other Table, and with
 // max below 2, it changes nothing.
 func WithGroupCommit(max int) Option { return option(func(c *config) { c.group = max }) }
