@@ -350,7 +350,7 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 	if err := txn.ReadyToCommit(ctx, pc.IsClosed()); err != nil {
 		return fmt.Errorf("entity: with %s: %w", lk, err)
 	}
-	if err := r.save(ctx, conn.Conn(), sql, args, prepared); err != nil {
+	if err := r.save(ctx, conn.Conn(), "", sql, args, prepared); err != nil {
 		return r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
 	}
 	ev.stage = stageDone

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,11 +61,17 @@ type Cloner[V any] interface {
 // same sentinels as a call of its own; if another member broke the
 // transaction, [ErrGroupRolledBack]. At most [MaxGroupSQL] members with SQL
 // share a transaction, and a leader stops taking callers once it has held
-// the key about max times as long as a single call would. A With for the
-// same key from inside fn given another ctx than fn's waits in the queue
-// behind its own group: until LockTimeout, if set, else until that ctx ends
-// (the server's idle timeout does not free it, as it does without the
-// option). Pass fn's ctx on, and get [lock.ErrReentrant].
+// the key about max times as long as a single call would, or once one fn has
+// run for IdleTimeout (the server has ended the transaction by then). A With
+// for the same key from inside fn given another ctx than fn's waits in the
+// queue behind its own group: until LockTimeout, if set, or until fn has run
+// for IdleTimeout, when it runs as without the option. Pass fn's ctx on,
+// and get [lock.ErrReentrant].
+//
+// fn must not change the entity's own row through tx (an UPDATE of it, or a
+// trigger on a table fn writes that updates it): the callers after it in
+// the group get the row without that change, and their Save may overwrite
+// it, though its caller was told it committed.
 //
 // It needs a Table that implements [Cloner]; with any other Table, and with
 // max below 2, it changes nothing.
@@ -187,7 +194,9 @@ type group[K, V any] struct {
 	withSQL int
 	ok      []*member[K, V] // members whose fn succeeded, in order
 	broken  error           // why the transaction can't commit
-	ended   bool            // a member's fn ended the transaction itself
+	ended   bool            // a member's fn ended the transaction itself, or may have
+	openSP  string          // the savepoint of the last member with SQL, not yet released
+	txs     []*txn.Managed  // each member's tx, ended once the transaction is
 	size    int             // callers whose fn ran, set before the outcome is sent
 	stepped chan struct{}
 }
@@ -283,14 +292,25 @@ func (r *Repository[K, V]) waitTurn(ctx context.Context, lk lock.Key, m *member[
 //lint:ignore ST1008 the second result carries a panic of fn, raised again on its caller's goroutine; it is not a result in the usual sense
 func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member[K, V]) (err error, panicked any) {
 	gs := r.groups
-	leading := true
+	var leading atomic.Bool
+	leading.Store(true)
 	stop := func() {
-		if leading {
-			leading = false
+		if leading.Swap(false) {
 			gs.stopLeading(lk.ID())
 		}
 	}
 	defer stop()
+	// watch stops the gathering if an fn runs for IdleTimeout: by then the
+	// server has ended the transaction, idle that long, and the next caller,
+	// which may be a With for this key from inside that fn given another
+	// ctx, takes the lock as it would without group commit, rather than
+	// wait in the queue behind its own caller for good.
+	watch := func() (unwatch func() bool) {
+		if idle := r.settings.IdleTimeout; idle > 0 {
+			return time.AfterFunc(idle, stop).Stop
+		}
+		return func() bool { return false }
+	}
 	ev := m.ev
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
@@ -324,24 +344,47 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	// The leader's fn runs as in a call of its own, without a savepoint: if
 	// it fails, the transaction rolls back and nobody else has joined it; the
 	// first queued caller then leads the next one.
+	unwatch := watch()
 	ok, panicked, ownErr := g.step(m, true)
+	unwatch()
 	if !ok {
 		g.broke(errors.New("the leader's fn failed"), false) // ownErr is nil after a panic
 	}
 	// The budget: about what the callers would hold the key for one by one,
 	// judged by the leader's round trip and fn.
 	budget := time.Duration(gs.max) * (time.Since(ev.Granted) + ev.RoundTrip - ev.Wait)
-	for g.broken == nil && g.n < gs.max && g.withSQL < MaxGroupSQL && time.Since(ev.Granted) < budget {
+	for g.broken == nil && leading.Load() && g.n < gs.max && g.withSQL < MaxGroupSQL && time.Since(ev.Granted) < budget {
 		next := gs.pop(lk.ID())
 		if next == nil {
 			break
 		}
 		next.turn <- g
+		unwatch := watch()
 		<-g.stepped
+		unwatch()
 	}
 	stop()
 	g.size = g.n
-	outcome := g.commit(ctx, prepared)
+	var commitPanic any
+	outcome := func() (err error) {
+		defer func() {
+			if commitPanic = recover(); commitPanic != nil {
+				// Table.Save panicked, or an ErrorClassifier: the members
+				// still get an outcome, the leader the panic.
+				if pc.IsClosed() || pc.TxStatus() == 'I' {
+					err = fmt.Errorf("entity: with %s: %w: the group's final write panicked: %v", lk, txn.ErrCommitUnknown, commitPanic)
+				} else {
+					err = fmt.Errorf("entity: with %s: %w (the group's final write panicked: %v)", lk, ErrGroupRolledBack, commitPanic)
+				}
+			}
+		}()
+		return g.commit(ctx, prepared)
+	}()
+	for _, m := range g.txs {
+		// Only now: ending a tx whose fn used LargeObjects rolls back the
+		// transaction unless it is over.
+		m.End(ctx)
+	}
 	for _, o := range g.ok {
 		if o != m {
 			o.done <- outcome
@@ -349,6 +392,9 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	}
 	if !ok || panicked != nil {
 		return ownErr, panicked
+	}
+	if commitPanic != nil {
+		return nil, commitPanic
 	}
 	return outcome, nil
 }
@@ -362,7 +408,7 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 	}
 	if g.broken != nil {
 		if g.ended {
-			return fmt.Errorf("entity: with %s: %w: another call in the same group transaction ended it with SQL, committing what ran before it: %w",
+			return fmt.Errorf("entity: with %s: %w: another call in the same group transaction ended it with SQL (or may have), committing what ran before it: %w",
 				lk, txn.ErrCommitUnknown, g.broken)
 		}
 		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", lk, ErrGroupRolledBack, g.broken), true)
@@ -389,7 +435,23 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 	if err := txn.ReadyToCommit(ctx, pc.IsClosed()); err != nil {
 		return fmt.Errorf("entity: with %s: %w", lk, err)
 	}
-	if err := g.r.save(ctx, g.conn, sql, args, prepared); err != nil {
+	var release string
+	if g.openSP != "" {
+		// Fails if the last member with SQL rolled back past its savepoint
+		// (to one an earlier member's fn left open), undoing what those
+		// before it did: then nothing commits.
+		release = "RELEASE SAVEPOINT " + g.openSP
+	}
+	if err := g.r.save(ctx, g.conn, release, sql, args, prepared); err != nil {
+		if savepointGone(err) {
+			return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (a call's fn rolled back past its savepoint: %w)", lk, ErrGroupRolledBack, err), true)
+		}
+		if errors.Is(err, ErrTxEnded) && g.size > 1 {
+			// A member's fn ended the transaction and began another: what
+			// ran before it is committed, what ran after it is not.
+			return fmt.Errorf("entity: with %s: %w: a call in the same group transaction ended it with SQL, committing what ran before it: %w",
+				lk, txn.ErrCommitUnknown, err)
+		}
 		return g.r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
 	}
 	for _, o := range g.ok {
@@ -438,7 +500,8 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		v = g.cloner.Clone(g.cur, false)
 	}
 	tx := &memberTx[K, V]{g: g, m: txn.NewManaged(g.conn, nil), name: "paylock_group_" + strconv.Itoa(g.n), plain: leader}
-	defer tx.m.End(m.ctx)
+	g.txs = append(g.txs, tx.m) // the leader ends it once the transaction is
+	defer tx.m.Close()
 	m.ev.stage = stageFn
 	fnErr := func() (err error) {
 		defer func() {
@@ -484,9 +547,18 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		g.broke(err, false)
 		return false, nil, err
 	}
-	if _, _, err := g.r.table.Save(g.cur, v); err != nil {
-		g.undo(m.ctx, tx, err)
-		return false, nil, err
+	var saveErr error
+	func() {
+		defer func() { panicked = recover() }()
+		_, _, saveErr = g.r.table.Save(g.cur, v)
+	}()
+	if panicked != nil || saveErr != nil {
+		cause := saveErr
+		if panicked != nil {
+			cause = fmt.Errorf("Save panicked: %v", panicked)
+		}
+		g.undo(m.ctx, tx, cause)
+		return false, panicked, saveErr
 	}
 	g.cur = v
 	g.ok = append(g.ok, m)
@@ -505,8 +577,20 @@ func (g *group[K, V]) undo(ctx context.Context, tx *memberTx[K, V], cause error)
 	}
 	ctx, cancel := txn.CleanupContext(ctx)
 	defer cancel()
-	if _, err := pc.Exec(ctx, "ROLLBACK TO SAVEPOINT "+tx.name).ReadAll(); err != nil {
-		g.broke(fmt.Errorf("roll back to savepoint: %w", err), false)
+	sql := "ROLLBACK TO SAVEPOINT " + tx.name
+	checked := pc.TxStatus() == 'T'
+	if checked {
+		// First make sure this is still the group's transaction: fn may
+		// have ended it and begun another ("COMMIT; BEGIN").
+		sql = txn.CheckSQL + "; " + sql
+	}
+	if _, err := pc.Exec(ctx, sql).ReadAll(); err != nil {
+		// On a live connection the savepoint is gone: fn released it or
+		// rolled back past it (nothing will commit), or ended the
+		// transaction, committing what the members before it did.
+		var pgErr *pgconn.PgError
+		ended := txn.EndedByFn(err) || (!checked && errors.As(err, &pgErr) && !pc.IsClosed())
+		g.broke(fmt.Errorf("roll back to savepoint: %w", err), ended)
 	}
 }
 
@@ -521,6 +605,17 @@ func (g *group[K, V]) broke(err error, ended bool) {
 // savepoint.
 func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
 	b := &pgx.Batch{}
+	// Fails unless this is still the transaction that holds the lock: a
+	// member before may have ended it and begun another ("COMMIT; BEGIN"),
+	// committing what the members before it did.
+	b.Queue(txn.CheckSQL)
+	if g.openSP != "" {
+		// The previous member with SQL is done: release its savepoint, so
+		// that no later fn can roll back into what it did. That fails if it
+		// rolled back past its savepoint itself, to one an earlier member's
+		// fn left open, undoing what the members before it did.
+		b.Queue("RELEASE SAVEPOINT " + g.openSP)
+	}
 	if g.cur != g.written {
 		sql, args, err := g.r.table.Save(g.written, g.cur)
 		if err != nil {
@@ -532,13 +627,25 @@ func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
 	}
 	b.Queue("SAVEPOINT " + tx.name) // one round trip with the write
 	if err := tx.m.SendBatch(ctx, b).Close(); err != nil {
+		ended := txn.EndedByFn(err)
 		err = fmt.Errorf("entity: with %s: write the row and open a savepoint for the next call in the group: %w", g.lk, err)
-		g.broke(err, false)
+		if ended {
+			err = fmt.Errorf("%w: %w", ErrTxEnded, err)
+		}
+		g.broke(err, ended)
 		return err
 	}
 	g.written = g.cur
+	g.openSP = tx.name
 	g.withSQL++
 	return nil
+}
+
+// savepointGone reports whether err is PostgreSQL's answer to RELEASE or
+// ROLLBACK TO a savepoint that does not exist (SQLSTATE 3B001).
+func savepointGone(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "3B001"
 }
 
 // memberTx is the pgx.Tx a member's fn gets: a txn.Managed whose first

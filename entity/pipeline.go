@@ -159,16 +159,20 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 	return before, v, prepared, nil
 }
 
-// save sends txn.CheckSQL, sql, if any, and COMMIT in one round trip, with the lock held:
+// save sends txn.CheckSQL, release (a RELEASE SAVEPOINT), if any, sql, if
+// any, and COMMIT in one round trip, with the lock held:
 // so it prepares nothing. prepared lists the Save statements lockAndLoad
 // prepared on conn (COMMIT and CheckSQL always are); any other goes unnamed, and joins
 // r.saves, for later calls to prepare first, once it has worked.
-func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string, args []any, prepared []string) error {
+func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, release, sql string, args []any, prepared []string) error {
 	b := batch{ctx: ctx, conn: conn, prepare: r.prepare, names: &r.names}
 	// Fails unless this is still the transaction that holds the lock: fn
 	// may have ended it and begun another in one message ("COMMIT; BEGIN"),
 	// which the connection's status can't tell.
 	b.add(txn.CheckSQL)
+	if release != "" {
+		b.addUnnamed(release)
+	}
 	known := slices.Contains(prepared, sql)
 	switch {
 	case sql == "":
