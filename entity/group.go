@@ -555,7 +555,7 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 	if panicked != nil || saveErr != nil {
 		cause := saveErr
 		if panicked != nil {
-			cause = fmt.Errorf("Save panicked: %v", panicked)
+			cause = fmt.Errorf("entity: Table.Save panicked: %v", panicked)
 		}
 		g.undo(m.ctx, tx, cause)
 		return false, panicked, saveErr
