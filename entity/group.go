@@ -68,10 +68,10 @@ type Cloner[V any] interface {
 // for IdleTimeout, when it runs as without the option. Pass fn's ctx on,
 // and get [lock.ErrReentrant].
 //
-// fn must not change the entity's own row through tx (an UPDATE of it, or a
-// trigger on a table fn writes that updates it): the callers after it in
-// the group get the row without that change, and their Save may overwrite
-// it, though its caller was told it committed.
+// After a member whose fn ran statements through tx, the row is written as
+// fn left p and read back in one more round trip, so that a change fn made
+// to the row itself through tx (an UPDATE of it, or a trigger) reaches the
+// next member as it would reach the next call without the option.
 //
 // It needs a Table that implements [Cloner]; with any other Table, and with
 // max below 2, it changes nothing.
@@ -181,6 +181,7 @@ func (gs *groups[K, V]) forget(key int64, gk *groupKey[K, V]) {
 // by one goroutine at a time: the leader's, then each member's in turn, which
 // hand it over through member.turn and group.stepped.
 type group[K, V any] struct {
+	k       K
 	r       *Repository[K, V]
 	cloner  Cloner[V]
 	lk      lock.Key
@@ -196,6 +197,7 @@ type group[K, V any] struct {
 	broken  error           // why the transaction can't commit
 	ended   bool            // a member's fn ended the transaction itself, or may have
 	openSP  string          // the savepoint of the last member with SQL, not yet released
+	stale   bool            // the last member ran SQL: reload before the next one
 	txs     []*txn.Managed  // each member's tx, ended once the transaction is
 	size    int             // callers whose fn ran, set before the outcome is sent
 	stepped chan struct{}
@@ -338,7 +340,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed()), nil
 	}
 	g := &group[K, V]{
-		r: r, cloner: r.table.(Cloner[V]), lk: lk, conn: conn.Conn(), created: ev.Created,
+		k: k, r: r, cloner: r.table.(Cloner[V]), lk: lk, conn: conn.Conn(), created: ev.Created,
 		before: before, first: v, cur: before, written: before, stepped: make(chan struct{}, 1),
 	}
 	// The leader's fn runs as in a call of its own, without a savepoint: if
@@ -357,6 +359,12 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 		next := gs.pop(lk.ID())
 		if next == nil {
 			break
+		}
+		if g.stale {
+			g.stale = false
+			if err := g.reload(context.WithoutCancel(ctx)); err != nil {
+				g.broke(fmt.Errorf("read the row back after a call's statements: %w", err), false)
+			}
 		}
 		next.turn <- g
 		unwatch := watch()
@@ -486,6 +494,9 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		if err := m.ctx.Err(); err != nil {
 			return false, nil, fmt.Errorf("entity: with %s: wait in queue: %w", g.lk, err) // dropped, fn not run
 		}
+		if g.broken != nil { // the reload before this turn failed: fn not run
+			return false, nil, txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", g.lk, ErrGroupRolledBack, g.broken), true)
+		}
 		m.ev.Granted, m.ev.Wait = time.Now(), time.Since(m.ev.Start)
 	}
 	g.n++
@@ -560,9 +571,51 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		g.undo(m.ctx, tx, cause)
 		return false, panicked, saveErr
 	}
+	tx.mu.Lock()
+	used := tx.used
+	tx.mu.Unlock()
 	g.cur = v
+	// fn's SQL may have changed the row itself (an UPDATE, a trigger): a
+	// next member first gets the row written as fn left p and read back
+	// (reload), as a call of its own would; the final write alone needs no
+	// read, so a lone caller sends what it sends without the option.
+	g.stale = used
 	g.ok = append(g.ok, m)
 	return true, nil, nil
+}
+
+// reload writes what the last member's fn changed in p (g.cur, as Save
+// sees it against the row as the transaction holds it) and reads the row
+// back with Find, in one round trip, inside that member's savepoint. The
+// result is both the row the transaction holds and the one the next member
+// starts from.
+func (g *group[K, V]) reload(ctx context.Context) error {
+	b := &pgx.Batch{}
+	sql, args, err := g.r.table.Save(g.written, g.cur)
+	if err != nil {
+		return err
+	}
+	if sql != "" {
+		b.Queue(sql, args...)
+	}
+	findSQL, findArgs := g.r.table.Find(g.k)
+	b.Queue(findSQL, findArgs...)
+	br := g.conn.SendBatch(ctx, b)
+	if sql != "" {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return err
+		}
+	}
+	fresh, err := g.r.table.Scan(br.QueryRow(), false)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	g.written, g.cur = fresh, fresh
+	return nil
 }
 
 // undo rolls back to m's savepoint, if it opened one; if that fails, or the
@@ -658,6 +711,7 @@ type memberTx[K, V any] struct {
 
 	mu     sync.Mutex
 	closed bool // fn returned
+	used   bool // fn ran a statement through tx
 	done   bool
 	err    error
 	begins int // savepoints fn began directly on tx: subtransactions too
@@ -671,13 +725,14 @@ func (t *memberTx[K, V]) opened() bool {
 
 // start opens the savepoint once, unless the transaction is closed to fn.
 func (t *memberTx[K, V]) start(ctx context.Context) error {
-	if t.plain {
-		return nil
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return nil // fn returned: the call itself fails with pgx.ErrTxClosed
+	}
+	t.used = true
+	if t.plain {
+		return nil
 	}
 	if !t.done {
 		t.done = true
