@@ -112,11 +112,15 @@ type Repository[K, V any] struct {
 	// prepare: the pool's connections use pgx's statement cache, so the
 	// statements run as named prepared statements (see batch).
 	prepare bool
-	saves   savedSQL // Save statements that worked, prepared before the lock
+	saves   savedSQL      // Save statements that worked, prepared before the lock
+	groups  *groups[K, V] // group commit (WithGroupCommit); nil: off
+	names   stmtNames
+	// setSQL is settings.SetSQL() without and with ConnCheck.
+	setSQL [2]string
 }
 
 // Option configures a Repository: [WithLockOptions], [WithStrategy],
-// [WithHooks].
+// [WithHooks], [WithGroupCommit].
 type Option func(entityopt.Config)
 
 // option makes an Option of f.
@@ -127,6 +131,7 @@ type config struct {
 	strategy Strategy
 	hooks    Hooks
 	noQueue  bool
+	group    int // WithGroupCommit's max
 }
 
 // DisableKeyQueue implements entityopt.Config: only entityopt's own
@@ -169,12 +174,21 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 	if !c.noQueue {
 		queue = keyqueue.New(ConnsPerKey)
 	}
+	settings := txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout)
+	withCheck := settings
+	withCheck.ConnCheck = true
+	var gs *groups[K, V]
+	if _, ok := table.(Cloner[V]); ok && c.group > 1 && !c.noQueue {
+		gs = &groups[K, V]{max: c.group, keys: make(map[int64]*groupKey[K, V])}
+	}
 	return &Repository[K, V]{
+		setSQL:   [2]string{settings.SetSQL(), withCheck.SetSQL()},
+		groups:   gs,
 		prepare:  pool.Config().ConnConfig.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement,
 		queue:    queue,
 		pool:     pool,
 		table:    table,
-		settings: txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout),
+		settings: settings,
 		retry:    c.lock.Retry,
 		strategy: c.strategy,
 		hooks:    c.hooks,
@@ -235,6 +249,9 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // prepare the statements; the lock is never held across a prepare. fn's use
 // of tx.LargeObjects costs up to two more round trips.
 //
+// With [WithGroupCommit], callers of one key queued behind its transaction
+// run together in one transaction; what changes is documented there.
+//
 // When the connection fails after COMMIT was sent, the outcome is unknown and
 // the error matches [lock.ErrCommitUnknown]; it is never retried. The
 // [lock.Retry] of [WithLockOptions] may run the whole call, fn included,
@@ -242,6 +259,9 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // back wrapped if the connection was lost meanwhile; errors.Is and errors.As
 // still find it).
 func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) error {
+	if r.groups != nil {
+		return r.retry.Do(ctx, func() error { return r.withGroup(ctx, k, fn) })
+	}
 	return r.retry.Do(ctx, func() error { return r.with(ctx, k, fn) })
 }
 
@@ -287,10 +307,12 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 	pc := conn.Conn().PgConn()
 	defer func() {
 		switch {
-		case stalePlan(err):
+		case stalePlan(err) || missingStatement(err):
 			// A statement prepared on this connection no longer matches the
-			// table (a column changed type): drop the connection, and its
-			// prepared statements with it; the next call prepares afresh.
+			// table (a column changed type), or is gone (user code ran
+			// DEALLOCATE ALL or DISCARD ALL): drop the connection, and pgx's
+			// record of its prepared statements with it; the next call
+			// prepares afresh.
 			pc.Close(context.WithoutCancel(ctx))
 		case pc.TxStatus() != 'I': // failed, or fn panicked
 			txn.Rollback(ctx, pc, nil)
@@ -299,6 +321,13 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 
 	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, &ev)
 	if err != nil {
+		if missingStatement(err) {
+			// Gone from the server (user code ran DEALLOCATE ALL or DISCARD
+			// ALL on this connection): drop the connection now, so that the
+			// error, before fn ran, with nothing committed, is one Retry
+			// retries.
+			pc.Close(context.WithoutCancel(ctx))
+		}
 		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed())
 	}
 	tx := txn.NewManaged(conn.Conn(), nil)
@@ -321,7 +350,7 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 	if err := txn.ReadyToCommit(ctx, pc.IsClosed()); err != nil {
 		return fmt.Errorf("entity: with %s: %w", lk, err)
 	}
-	if err := r.save(ctx, conn.Conn(), sql, args, prepared); err != nil {
+	if err := r.save(ctx, conn.Conn(), "", sql, args, prepared); err != nil {
 		return r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
 	}
 	ev.stage = stageDone

@@ -49,7 +49,12 @@ type Event struct {
 	Hold time.Duration
 	// Created reports whether this call inserted the row.
 	Created bool
-	Outcome Outcome
+	// GroupSize is, under WithGroupCommit, how many callers' fns ran in the
+	// transaction this call's fn ran in (for a call whose fn failed: its
+	// place in that transaction); 0 for a call whose fn never ran, and
+	// without group commit.
+	GroupSize int
+	Outcome   Outcome
 	// Err is what With returned (nil when Outcome is OutcomeOK).
 	Err error
 

@@ -1,12 +1,15 @@
 package entity
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -21,7 +24,8 @@ import (
 
 // The wire side of With: the two round trips (lockAndLoad, save), the
 // pipelines they send (batch), the prepared statements they use
-// (statementName, savedSQL) and the reading of their results (resultRow).
+// (statementName, stmtNames, savedSQL) and the reading of their results
+// (valuesRow).
 
 // lockAndLoad sends BEGIN, the settings, the lock, Ensure and Find in one
 // round trip and scans the row twice: the copy for fn and the one Save
@@ -33,11 +37,13 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 		// Building the first pipeline prepares its statements, before it is
 		// sent; prepare now, before taking the lock, those of the second
 		// one too: a no-op (pgx's cache) but on a connection's first use.
-		if _, err := conn.Prepare(ctx, statementName("COMMIT"), "COMMIT"); err != nil {
-			return nil, nil, nil, txn.Classify(ctx, err)
+		for _, sql := range [...]string{txn.CheckSQL, "COMMIT"} {
+			if _, err := conn.Prepare(ctx, r.names.get(sql), sql); err != nil {
+				return nil, nil, nil, txn.Classify(ctx, err)
+			}
 		}
 		for _, sql := range r.saves.list() {
-			if _, err := conn.Prepare(ctx, statementName(sql), sql); err != nil {
+			if _, err := conn.Prepare(ctx, r.names.get(sql), sql); err != nil {
 				if conn.IsClosed() || ctx.Err() != nil {
 					return nil, nil, nil, txn.Classify(ctx, err)
 				}
@@ -54,78 +60,119 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 	if err != nil {
 		return nil, nil, nil, txn.Classify(ctx, err)
 	}
-	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
+	b := batch{ctx: ctx, conn: conn, prepare: r.prepare, names: &r.names}
 	b.add(txn.SQLBegin)
-	b.add(settings.SetSQL())
+	b.add(r.setSQL[b2i(settings.ConnCheck)])
 	if r.strategy == Advisory {
 		// statement_timestamp() is when the lock statement started and
 		// clock_timestamp(), evaluated after the lock, when it was granted.
 		// Unnamed, never prepared: its comment names the key.
-		b.addUnnamed(txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
+		b.addLock(txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
 	}
 	b.add(ensureSQL, ensureArgs...)
 	b.add(findSQL, findArgs...)
 	if b.err != nil {
 		return nil, nil, nil, b.err
 	}
-	sent := time.Now()
-	results, err := conn.PgConn().ExecBatch(ctx, &b.Batch).ReadAll()
-	returned := time.Now()
-	ev.RoundTrip = returned.Sub(sent)
 	// The statement that serializes callers: the advisory lock, or with
 	// RowLock the last one, Find, whose row lock is what callers wait for.
-	locker := b.n - 1
+	locker, ensure, find := b.n-1, b.n-2, b.n-1
 	if r.strategy == Advisory {
 		locker = 2
 	}
-	if len(results) <= locker || results[locker].Err != nil {
+	// The results are read as they arrive, not copied (ReadAll would copy
+	// every row): the lock's wait and the row are scanned from pgconn's
+	// buffer, which a row's values are valid in until the next row is read.
+	var (
+		rows, done int   // rows of Find, results read without error
+		failed     error // the first statement's error
+		wait       pgtype.Interval
+		waitErr    error
+		scanErr    error
+		created    bool // Ensure inserted the row
+	)
+	sent := time.Now()
+	mrr := conn.PgConn().ExecBatch(ctx, &b.Batch)
+	for i := 0; mrr.NextResult(); i++ {
+		rr := mrr.ResultReader()
+		for rr.NextRow() {
+			switch {
+			case i == locker && r.strategy == Advisory:
+				waitErr = scanValues(conn, rr.FieldDescriptions(), rr.Values(), &wait)
+			case i == find && rows == 0:
+				row := valuesRow{conn: conn, fds: rr.FieldDescriptions(), values: rr.Values()}
+				if before, scanErr = r.table.Scan(row, created); scanErr == nil {
+					v, scanErr = r.table.Scan(row, created)
+				}
+			}
+			if i == find {
+				rows++
+			}
+		}
+		tag, err := rr.Close()
+		if err != nil {
+			if failed == nil {
+				failed = err
+			}
+			continue
+		}
+		done++
+		if i == ensure {
+			created = tag.RowsAffected() == 1
+		}
+	}
+	err = mrr.Close()
+	returned := time.Now()
+	ev.RoundTrip = returned.Sub(sent)
+	if err == nil {
+		err = failed
+	}
+	if done <= locker {
 		// Never granted (a lock timeout, ctx done, the connection lost):
 		// the client waited for the whole round trip.
 		ev.Wait = ev.RoundTrip
 		if err == nil {
-			err = fmt.Errorf("%d results for %d statements", len(results), b.n)
+			err = fmt.Errorf("%d results for %d statements", done, b.n)
 		}
 		return nil, nil, nil, txn.Classify(ctx, err)
 	}
 	ev.Granted = returned
 	if r.strategy == Advisory {
-		var wait pgtype.Interval
-		if err := scanRow(conn.TypeMap(), results[2], &wait); err != nil {
-			return nil, nil, nil, fmt.Errorf("read lock wait: %w", err)
+		if waitErr != nil {
+			return nil, nil, nil, fmt.Errorf("read lock wait: %w", waitErr)
 		}
 		ev.Wait = time.Duration(wait.Microseconds) * time.Microsecond
 	}
 	if err != nil {
 		return nil, nil, nil, txn.Classify(ctx, err)
 	}
-	if len(results) != b.n {
-		return nil, nil, nil, fmt.Errorf("%d results for %d statements", len(results), b.n)
+	if done != b.n {
+		return nil, nil, nil, fmt.Errorf("%d results for %d statements", done, b.n)
 	}
-	ensured, found := results[len(results)-2], results[len(results)-1]
-	if len(found.Rows) == 0 {
+	if rows == 0 {
 		return nil, nil, nil, ErrNotFound
 	}
-	ev.Created = ensured.CommandTag.RowsAffected() == 1
-	row := &resultRow{m: conn.TypeMap(), res: found}
-	if before, err = r.table.Scan(row, ev.Created); err != nil {
-		return nil, nil, nil, err
+	if scanErr != nil {
+		return nil, nil, nil, scanErr
 	}
-	if v, err = r.table.Scan(row, ev.Created); err != nil {
-		return nil, nil, nil, err
-	}
+	ev.Created = created
 	return before, v, prepared, nil
 }
 
-// save sends txn.CheckSQL, sql, if any, and COMMIT in one round trip, with the lock held:
+// save sends txn.CheckSQL, release (a RELEASE SAVEPOINT), if any, sql, if
+// any, and COMMIT in one round trip, with the lock held:
 // so it prepares nothing. prepared lists the Save statements lockAndLoad
-// prepared on conn (COMMIT always is); any other goes unnamed, and joins
+// prepared on conn (COMMIT and CheckSQL always are); any other goes unnamed, and joins
 // r.saves, for later calls to prepare first, once it has worked.
-func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string, args []any, prepared []string) error {
-	b := batch{ctx: ctx, conn: conn, prepare: r.prepare}
+func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, release, sql string, args []any, prepared []string) error {
+	b := batch{ctx: ctx, conn: conn, prepare: r.prepare, names: &r.names}
 	// Fails unless this is still the transaction that holds the lock: fn
 	// may have ended it and begun another in one message ("COMMIT; BEGIN"),
 	// which the connection's status can't tell.
-	b.addUnnamed(txn.CheckSQL)
+	b.add(txn.CheckSQL)
+	if release != "" {
+		b.addUnnamed(release)
+	}
 	known := slices.Contains(prepared, sql)
 	switch {
 	case sql == "":
@@ -138,15 +185,25 @@ func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string,
 	if b.err != nil {
 		return txn.BeforeCommit(b.err, conn.IsClosed())
 	}
-	results, err := conn.PgConn().ExecBatch(ctx, &b.Batch).ReadAll()
+	// Read without copying: only the last result's tag and error matter.
+	var (
+		n    int
+		last pgconn.CommandTag
+		lerr error
+	)
+	mrr := conn.PgConn().ExecBatch(ctx, &b.Batch)
+	for ; mrr.NextResult(); n++ {
+		last, lerr = mrr.ResultReader().Close()
+	}
+	err := mrr.Close()
 	if txn.EndedByFn(err) {
 		return ErrTxEnded // nothing after fn's COMMIT ran: the batch stopped at the check
 	}
-	if err != nil && !committed(results) {
+	if err != nil && !committed(n, last, lerr) {
 		return txn.AfterCommit(txn.Classify(ctx, err))
 	}
-	if tag := results[len(results)-1].CommandTag; tag.String() != "COMMIT" {
-		return fmt.Errorf("commit ended in %s", tag)
+	if last.String() != "COMMIT" {
+		return fmt.Errorf("commit ended in %s", last)
 	}
 	if r.prepare && sql != "" && !known {
 		r.saves.add(sql)
@@ -154,11 +211,11 @@ func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, sql string,
 	return nil
 }
 
-// committed reports whether results hold COMMIT's completion: an error after
-// it (a FATAL as the server shuts down) can't undo the commit.
-func committed(results []*pgconn.Result) bool {
-	n := len(results)
-	return n > 0 && results[n-1].Err == nil && results[n-1].CommandTag.String() == "COMMIT"
+// committed reports whether the last of n results read, tag and err, is
+// COMMIT's completion: an error after it (a FATAL as the server shuts down)
+// can't undo the commit.
+func committed(n int, tag pgconn.CommandTag, err error) bool {
+	return n > 0 && err == nil && tag.String() == "COMMIT"
 }
 
 // batch builds a pgconn.Batch. With prepare set, statements go as named
@@ -172,7 +229,8 @@ type batch struct {
 	ctx     context.Context
 	conn    *pgx.Conn
 	prepare bool
-	eqb     pgx.ExtendedQueryBuilder
+	names   *stmtNames
+	eqb     *pgx.ExtendedQueryBuilder // the connection's: see eqbOf
 	n       int
 	err     error
 }
@@ -185,12 +243,12 @@ func (b *batch) add(sql string, args ...any) {
 	if b.err != nil {
 		return
 	}
-	sd, err := b.conn.Prepare(b.ctx, statementName(sql), sql)
+	sd, err := b.conn.Prepare(b.ctx, b.names.get(sql), sql)
 	if err != nil {
 		b.err = err
 		return
 	}
-	if b.err = b.eqb.Build(b.conn.TypeMap(), sd, args); b.err != nil {
+	if b.err = b.builder().Build(b.conn.TypeMap(), sd, args); b.err != nil {
 		return
 	}
 	b.ExecStatement(sd, b.eqb.ParamValues, b.eqb.ParamFormats, b.eqb.ResultFormats)
@@ -201,48 +259,177 @@ func (b *batch) addUnnamed(sql string, args ...any) {
 	if b.err != nil {
 		return
 	}
-	if b.err = b.eqb.Build(b.conn.TypeMap(), nil, args); b.err != nil {
+	if b.err = b.builder().Build(b.conn.TypeMap(), nil, args); b.err != nil {
 		return
 	}
 	b.ExecParams(sql, b.eqb.ParamValues, nil, b.eqb.ParamFormats, b.eqb.ResultFormats)
 	b.n++
 }
 
+// binaryResults asks for every column in binary.
+var binaryResults = []int16{pgx.BinaryFormatCode}
+
+// addLock adds the lock statement, unnamed, with its one column (an
+// interval) in binary, which scans without parsing.
+func (b *batch) addLock(sql string, id int64) {
+	if b.err != nil {
+		return
+	}
+	if b.err = b.builder().Build(b.conn.TypeMap(), nil, []any{id}); b.err != nil {
+		return
+	}
+	b.ExecParams(sql, b.eqb.ParamValues, nil, b.eqb.ParamFormats, binaryResults)
+	b.n++
+}
+
+// builder returns the connection's query builder, kept in
+// pgconn.PgConn.CustomData so that its buffers serve every call on the
+// connection (only its holder uses it): pgconn copies the parameters into
+// the batch's message as each statement is added.
+func (b *batch) builder() *pgx.ExtendedQueryBuilder {
+	if b.eqb == nil {
+		data := b.conn.PgConn().CustomData()
+		b.eqb, _ = data[eqbKey].(*pgx.ExtendedQueryBuilder)
+		if b.eqb == nil {
+			b.eqb = new(pgx.ExtendedQueryBuilder)
+			data[eqbKey] = b.eqb
+		}
+	}
+	return b.eqb
+}
+
+const eqbKey = "paylock.query_builder"
+
 // statementName names a prepared statement after its text.
 func statementName(sql string) string {
 	return "paylock_" + strconv.FormatUint(xxhash.Sum64String(sql), 36)
 }
 
-// resultRow is a pgx.Row over the first row of a pgconn result.
-type resultRow struct {
-	m   *pgtype.Map
-	res *pgconn.Result
+// valuesRow is a pgx.Row over a row's values as pgconn read them, valid
+// until the next row is read.
+type valuesRow struct {
+	conn   *pgx.Conn
+	fds    []pgconn.FieldDescription
+	values [][]byte
 }
 
-func (r *resultRow) Scan(dest ...any) error { return scanRow(r.m, r.res, dest...) }
+func (r valuesRow) Scan(dest ...any) error { return scanValues(r.conn, r.fds, r.values, dest...) }
 
-func scanRow(m *pgtype.Map, res *pgconn.Result, dest ...any) error {
-	if len(res.Rows) == 0 {
-		return pgx.ErrNoRows
-	}
-	values := res.Rows[0]
+func scanValues(conn *pgx.Conn, fds []pgconn.FieldDescription, values [][]byte, dest ...any) error {
 	if len(dest) != len(values) {
 		return fmt.Errorf("scan: %d destinations for %d columns", len(dest), len(values))
 	}
-	for i, fd := range res.FieldDescriptions {
-		if err := m.Scan(fd.DataTypeOID, fd.Format, values[i], dest[i]); err != nil {
+	plans := scanPlansOf(conn)
+	for i, fd := range fds {
+		if err := plans.scan(conn.TypeMap(), fd.DataTypeOID, fd.Format, values[i], dest[i]); err != nil {
 			return fmt.Errorf("scan column %s: %w", fd.Name, err)
 		}
 	}
 	return nil
 }
 
+// scanPlans caches on a connection the pgtype scan plans of With's reads:
+// pgtype.Map.Scan plans every value afresh, which was a tenth of With's
+// allocations. A plan is kept per column type, format and Go type, as pgx's
+// own Rows keep theirs for the rows of one query. Register types on a
+// connection before its first With (in the pool's AfterConnect), as pgx
+// expects anyway: a plan made earlier is not remade.
+type scanPlans struct{ plans []scanPlan }
+
+type scanPlan struct {
+	oid    uint32
+	format int16
+	typ    reflect.Type
+	plan   pgtype.ScanPlan
+}
+
+// scanPlansKey is where a connection's scanPlans are kept, in
+// pgconn.PgConn.CustomData: only the holder of the connection uses them.
+const scanPlansKey = "paylock.scan_plans"
+
+// maxScanPlans bounds a connection's scanPlans; others are planned each time.
+const maxScanPlans = 64
+
+func scanPlansOf(conn *pgx.Conn) *scanPlans {
+	data := conn.PgConn().CustomData()
+	sp, _ := data[scanPlansKey].(*scanPlans)
+	if sp == nil {
+		sp = &scanPlans{}
+		data[scanPlansKey] = sp
+	}
+	return sp
+}
+
+func (sp *scanPlans) scan(m *pgtype.Map, oid uint32, format int16, src []byte, dst any) error {
+	if dst == nil {
+		return nil // as pgtype.Map.Scan: the column is skipped
+	}
+	if _, ok := dst.(*pgtype.DriverBytes); ok && src != nil {
+		// DriverBytes keeps what it scans: src is pgconn's read buffer,
+		// which fn's next statement overwrites (pgx refuses DriverBytes in
+		// QueryRow for this reason); give it a copy of its own.
+		src = bytes.Clone(src)
+	}
+	typ := reflect.TypeOf(dst)
+	for i := range sp.plans {
+		if p := &sp.plans[i]; p.oid == oid && p.format == format && p.typ == typ {
+			err := p.plan.Scan(src, dst)
+			if errors.Is(err, pgtype.ErrScanTargetTypeChanged) { // as pgx's Rows: plan again
+				p.plan = m.PlanScan(oid, format, dst)
+				err = p.plan.Scan(src, dst)
+			}
+			return err
+		}
+	}
+	plan := m.PlanScan(oid, format, dst)
+	if len(sp.plans) < maxScanPlans {
+		sp.plans = append(sp.plans, scanPlan{oid: oid, format: format, typ: typ, plan: plan})
+	}
+	return plan.Scan(src, dst)
+}
+
+// stmtNames caches statementName: With looks up each of its statements on
+// every call. It keeps at most maxStatementNames texts (a Table that puts
+// values in its SQL would otherwise grow it forever); others are hashed
+// each time.
+type stmtNames struct {
+	m sync.Map // sql -> name
+	n atomic.Int32
+}
+
+const maxStatementNames = 64
+
+func (c *stmtNames) get(sql string) string {
+	if name, ok := c.m.Load(sql); ok {
+		return name.(string)
+	}
+	name := statementName(sql)
+	if c.n.Add(1) <= maxStatementNames {
+		c.m.Store(sql, name)
+	}
+	return name
+}
+
 // stalePlan reports whether err is PostgreSQL refusing a prepared statement
 // whose result type changed under it (SQLSTATE 0A000, "cached plan must not
 // change result type").
 func stalePlan(err error) bool {
+	if err == nil {
+		return false // errors.As would allocate its target all the same
+	}
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && txn.StalePlan(pgErr) // SQLSTATE and routine, not the translated message
+}
+
+// missingStatement reports whether err is PostgreSQL not knowing a
+// prepared statement pgx believes prepared on the connection (SQLSTATE
+// 26000): user code ran DEALLOCATE ALL or DISCARD ALL on it.
+func missingStatement(err error) bool {
+	if err == nil {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "26000"
 }
 
 // maxSaveStatements bounds how many distinct Save statements a Repository
@@ -279,4 +466,12 @@ func (s *savedSQL) list() []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.sqls
+}
+
+// b2i is 1 for true, 0 for false.
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -100,12 +101,25 @@ func TestRace(t *testing.T) {
 	}
 	t.Logf("naive: %v", report)
 
-	for _, strategy := range []entity.Strategy{entity.Advisory, entity.RowLock} {
-		t.Run(strategy.String(), func(t *testing.T) {
+	for _, strategy := range []entity.Strategy{entity.Advisory, entity.RowLock, groupCommit} {
+		name := strategy.String()
+		if strategy == groupCommit {
+			name = "group"
+		}
+		t.Run(name, func(t *testing.T) {
 			if _, err := pool.Exec(ctx, "TRUNCATE payments"); err != nil {
 				t.Fatal(err)
 			}
 			repo := payment.NewRepository(pool, entity.WithStrategy(strategy))
+			var largest atomic.Int64 // the largest group seen
+			if strategy == groupCommit {
+				repo = payment.NewRepository(pool, entity.WithGroupCommit(32), entity.WithHooks(entity.Hooks{
+					Done: func(_ context.Context, ev entity.Event) {
+						for n := largest.Load(); int64(ev.GroupSize) > n && !largest.CompareAndSwap(n, int64(ev.GroupSize)); n = largest.Load() {
+						}
+					},
+				}))
+			}
 			done, err := racetest.Hammer(ctx, "g", workers, calls, raceKeys, withDo(repo))
 			if err != nil {
 				t.Fatal(err)
@@ -120,13 +134,27 @@ func TestRace(t *testing.T) {
 			if ok, why := racetest.Linearizable(done); !ok {
 				t.Error("history:", why)
 			}
-			t.Logf("%s: %v; history linearizable per key", strategy, report)
+			if strategy == groupCommit && largest.Load() < 2 {
+				t.Errorf("no two calls ran in one transaction (largest group %d): the race tested no group", largest.Load())
+			}
+			t.Logf("%s: %v; history linearizable per key; largest group %d", name, report, largest.Load())
 		})
 	}
 }
 
-// TestRaceProcesses runs the race across 4 OS processes.
+// groupCommit stands for Advisory with entity.WithGroupCommit in TestRace.
+const groupCommit entity.Strategy = -1
+
+// TestRaceProcesses runs the race across 4 OS processes, each process's
+// callers with and without group commit.
 func TestRaceProcesses(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"single", "group"} {
+		t.Run(mode, func(t *testing.T) { raceProcesses(t, mode) })
+	}
+}
+
+func raceProcesses(t *testing.T, mode string) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 3*time.Minute)
 	pool := setupRace(t, ctx)
@@ -138,7 +166,7 @@ func TestRaceProcesses(t *testing.T) {
 	var g errgroup.Group
 	for p := range procs {
 		g.Go(func() error {
-			cmd := pgtest.Command(ctx, "race", dsn, fmt.Sprintf("p%d.", p), strconv.Itoa(workers), strconv.Itoa(calls))
+			cmd := pgtest.Command(ctx, "race", dsn, fmt.Sprintf("p%d.", p), strconv.Itoa(workers), strconv.Itoa(calls), mode)
 			out, err := cmd.Output()
 			if err != nil {
 				return fmt.Errorf("worker %d: %w", p, err)
@@ -172,11 +200,16 @@ func TestRaceProcesses(t *testing.T) {
 }
 
 // raceWorker is TestRaceProcesses' worker process: args are the database
-// URL, an op prefix, the goroutine count and the calls per goroutine. It
-// prints one line per successful call.
+// URL, an op prefix, the goroutine count, the calls per goroutine and
+// "group" for group commit (anything else: without). It prints one line per
+// successful call.
 func raceWorker(ctx context.Context, args []string) error {
-	if len(args) != 4 {
-		return fmt.Errorf("want 4 args, got %q", args)
+	if len(args) != 5 {
+		return fmt.Errorf("want 5 args, got %q", args)
+	}
+	var opts []entity.Option
+	if args[4] == "group" {
+		opts = append(opts, entity.WithGroupCommit(32))
 	}
 	workers, _ := strconv.Atoi(args[2])
 	calls, _ := strconv.Atoi(args[3])
@@ -185,7 +218,7 @@ func raceWorker(ctx context.Context, args []string) error {
 		return err
 	}
 	defer pool.Close()
-	done, err := racetest.Hammer(ctx, args[1], workers, calls, raceKeys, withDo(payment.NewRepository(pool)))
+	done, err := racetest.Hammer(ctx, args[1], workers, calls, raceKeys, withDo(payment.NewRepository(pool, opts...)))
 	for _, c := range done {
 		fmt.Fprintf(os.Stdout, "%s %s %t %d %d %d %d\n", c.Key, c.Op, c.Created, c.ID, c.Read, c.CallAt, c.ReturnAt)
 	}

@@ -1,6 +1,7 @@
 package payment
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,7 +23,8 @@ type Repository struct {
 
 // NewRepository returns a Repository on pool, configured by the options of
 // package entity ([entity.WithLockOptions], [entity.WithHooks],
-// [entity.WithStrategy]). Run [Migrate] once first. Make one Repository per
+// [entity.WithStrategy], [entity.WithGroupCommit]: Table implements
+// [entity.Cloner]). Run [Migrate] once first. Make one Repository per
 // pool and share it: its per-key queue works among the calls of one
 // Repository.
 func NewRepository(pool *pgxpool.Pool, opts ...entity.Option) *Repository {
@@ -118,6 +120,15 @@ func (Table) Scan(row pgx.Row, created bool) (*Payment, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// Clone returns a copy of p that shares nothing with it, for
+// entity.WithGroupCommit.
+func (Table) Clone(p *Payment, created bool) *Payment {
+	c := *p
+	c.Data = bytes.Clone(p.Data)
+	c.created = created
+	return &c
 }
 
 // Save returns the update of what fn changed, or "" if nothing changed. It

@@ -2,6 +2,7 @@ package payment_test
 
 import (
 	"context"
+	"encoding/binary"
 	"net"
 	"sync"
 	"testing"
@@ -20,6 +21,16 @@ type roundTrips struct {
 	mu       sync.Mutex
 	n        int
 	lastRead map[net.Conn]bool
+	// parses counts the Parse messages written (statements the server
+	// parses and plans), all but the first write of a connection (its
+	// startup message, which has no type byte) being whole messages.
+	parses int
+}
+
+func (r *roundTrips) parseCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.parses
 }
 
 func (r *roundTrips) count() int {
@@ -60,8 +71,15 @@ func (c *countingConn) Read(b []byte) (int, error) {
 
 func (c *countingConn) Write(b []byte) (int, error) {
 	c.r.mu.Lock()
-	if read, seen := c.r.lastRead[c]; read || !seen {
+	read, seen := c.r.lastRead[c]
+	if read || !seen {
 		c.r.n++
+	}
+	for m := b; seen && len(m) >= 5; {
+		if m[0] == 'P' {
+			c.r.parses++
+		}
+		m = m[min(1+int(binary.BigEndian.Uint32(m[1:5])), len(m)):]
 	}
 	c.r.lastRead[c] = false
 	c.r.mu.Unlock()
@@ -177,4 +195,54 @@ func testRoundTrips(t *testing.T, mode pgx.QueryExecMode) {
 			t.Errorf("the rowlock transaction counted %d round trips, want 5", got)
 		}
 	})
+}
+
+// TestWithParsesOnlyTheLockStatement: with pgx's statement cache, once a
+// connection has prepared With's statements, a call sends exactly one
+// statement for the server to parse and plan, the lock (unnamed: its comment
+// names the key); every other one, the commit check included, runs
+// prepared. The rowlock transaction's statements, sent unnamed, count 3,
+// proof that the counter counts.
+func TestWithParsesOnlyTheLockStatement(t *testing.T) {
+	t.Parallel()
+	rt := &roundTrips{lastRead: map[net.Conn]bool{}}
+	repo, pool := newRepo(t, rt.configure)
+	ctx := pgtest.Context(t, time.Minute)
+	if _, err := pool.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	for i := range 2 { // warm-up: prepares
+		if err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_parse_warm"}, bump); err != nil {
+			t.Fatalf("warm-up call %d: %v", i+1, err)
+		}
+	}
+	for _, key := range []string{"li_parse_1", "li_parse_1"} { // new row, then existing
+		before := rt.parseCount()
+		if err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: key}, bump); err != nil {
+			t.Fatal(err)
+		}
+		if got := rt.parseCount() - before; got != 1 {
+			t.Errorf("With on %s sent %d statements to parse, want 1 (the lock)", key, got)
+		}
+	}
+	before := rt.parseCount()
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO payments (service_id, line_item_id) VALUES (1, $1)
+			ON CONFLICT DO NOTHING`, pgx.QueryExecModeExec, "li_parse_2"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "UPDATE payments SET amount_cents = 1 WHERE line_item_id = $1", pgx.QueryExecModeExec, "li_parse_2")
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, "SELECT $1::int", pgx.QueryExecModeExec, 1)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rt.parseCount() - before; got != 3 {
+		t.Errorf("three unnamed statements counted %d parses, want 3", got)
+	}
 }

@@ -6,8 +6,9 @@
 //	repo := payment.NewRepository(pool, entity.WithHooks(hooks))
 //
 // Spans are named "paylock.with <namespace>" and carry paylock.namespace,
-// paylock.outcome, paylock.created, paylock.lock.granted and
-// paylock.lock.wait_ms; the entity's key is recorded (paylock.key) only with
+// paylock.outcome, paylock.created, paylock.lock.granted,
+// paylock.lock.wait_ms and, under entity.WithGroupCommit, paylock.group_size
+// (the calls whose fn ran in the call's transaction); the entity's key is recorded (paylock.key) only with
 // WithKeyAttribute, since it may name a customer. Metrics: paylock.lock.wait
 // (also for a wait that ended without the lock, a lock timeout say) and
 // paylock.lock.hold (only for calls that were granted the lock), in seconds,
@@ -91,6 +92,9 @@ func Hooks(opts ...Option) (entity.Hooks, error) {
 				attribute.Bool("paylock.created", ev.Created),
 				attribute.Bool("paylock.lock.granted", granted),
 				attribute.Float64("paylock.lock.wait_ms", float64(ev.Wait.Microseconds())/1000))
+			if ev.GroupSize > 0 {
+				span.SetAttributes(attribute.Int("paylock.group_size", ev.GroupSize))
+			}
 			if ev.Err != nil {
 				span.RecordError(ev.Err)
 				span.SetStatus(codes.Error, string(ev.Outcome))

@@ -149,3 +149,61 @@ func TestLockTimeoutIsAWaitWithoutHold(t *testing.T) {
 		t.Fatalf("histogram counts %v, sums %v; want one wait of at least %v and no hold", counts, sums, timeout)
 	}
 }
+
+// TestGroupCommitSpans: under entity.WithGroupCommit every call still gets
+// its own span, in which its fn runs, with the size of its group.
+func TestGroupCommitSpans(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := pgtest.Pool(t, nil)
+	if err := payment.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	pool.Exec(ctx, "INSERT INTO services VALUES (1, 'api')")
+	spans := tracetest.NewSpanRecorder()
+	hooks, err := otelentity.Hooks(otelentity.WithTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := payment.NewRepository(pool, entity.WithHooks(hooks), entity.WithGroupCommit(8))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_group"}
+	const n = 16
+	fnSpans := make(chan trace.SpanID, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			errs <- repo.With(ctx, key, func(ctx context.Context, _ pgx.Tx, p *payment.Payment) error {
+				fnSpans <- trace.SpanContextFromContext(ctx).SpanID()
+				p.AmountCents++
+				return nil
+			})
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ended := spans.Ended()
+	if len(ended) != n {
+		t.Fatalf("%d spans, want %d", len(ended), n)
+	}
+	ids := map[trace.SpanID]bool{}
+	for _, s := range ended {
+		ids[s.SpanContext().SpanID()] = true
+		size := 0
+		for _, a := range s.Attributes() {
+			if a.Key == "paylock.group_size" {
+				size = int(a.Value.AsInt64())
+			}
+		}
+		if size < 1 || size > 8 {
+			t.Errorf("span %v: group size %d", s.SpanContext().SpanID(), size)
+		}
+	}
+	for range n {
+		if id := <-fnSpans; !ids[id] {
+			t.Errorf("an fn ran in span %v, not its call's", id)
+		}
+	}
+}

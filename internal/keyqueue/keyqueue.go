@@ -13,27 +13,29 @@ package keyqueue
 import (
 	"context"
 	"sync"
-
-	"golang.org/x/sync/semaphore"
+	"sync/atomic"
 )
 
 // Queue is a set of per-key FIFO queues. The zero value is not usable; a nil
 // *Queue lets every caller through at once. It is safe for concurrent use.
 type Queue struct {
-	width int64
+	width int
 	mu    sync.Mutex
 	keys  map[int64]*entry
+	free  sync.Pool // of *entry, so that a key seen once costs no allocation
 }
 
+// entry is one key's queue; its fields are guarded by Queue.mu.
 type entry struct {
-	sem  *semaphore.Weighted // FIFO: a waiter is never overtaken
-	refs int                 // callers waiting or holding; guarded by Queue.mu
+	held    int             // callers through, at most width
+	waiters []chan struct{} // in arrival order; closed when the caller is let through
+	refs    int             // callers waiting or holding
 }
 
 // New returns a Queue that lets width callers per key through at once; width
 // below 1 means 1.
 func New(width int) *Queue {
-	return &Queue{width: int64(max(width, 1)), keys: make(map[int64]*entry)}
+	return &Queue{width: max(width, 1), keys: make(map[int64]*entry)}
 }
 
 // Acquire blocks until the caller may go on with key: fewer than the queue's
@@ -45,35 +47,86 @@ func (q *Queue) Acquire(ctx context.Context, key int64) (release func(), err err
 	if q == nil {
 		return func() {}, nil
 	}
+	done := ctx.Done()
 	q.mu.Lock()
+	if done != nil && ctx.Err() != nil {
+		q.mu.Unlock()
+		return nil, ctx.Err()
+	}
 	e := q.keys[key]
 	if e == nil {
-		e = &entry{sem: semaphore.NewWeighted(q.width)}
+		e, _ = q.free.Get().(*entry)
+		if e == nil {
+			e = &entry{}
+		}
 		q.keys[key] = e
 	}
 	e.refs++
+	if e.held < q.width && len(e.waiters) == 0 {
+		e.held++
+		q.mu.Unlock()
+		return q.releaser(key, e), nil
+	}
+	ready := make(chan struct{})
+	e.waiters = append(e.waiters, ready)
 	q.mu.Unlock()
 
-	if err := e.sem.Acquire(ctx, 1); err != nil {
-		q.leave(key, e)
-		return nil, err
+	select {
+	case <-ready:
+		return q.releaser(key, e), nil
+	case <-done:
 	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			e.sem.Release(1)
-			q.leave(key, e)
-		})
-	}, nil
+	q.mu.Lock()
+	select {
+	case <-ready: // let through meanwhile: pass the slot on
+		q.mu.Unlock()
+		q.release(key, e)
+		return nil, ctx.Err()
+	default:
+	}
+	for i, w := range e.waiters {
+		if w == ready {
+			e.waiters = append(e.waiters[:i], e.waiters[i+1:]...)
+			break
+		}
+	}
+	q.leave(key, e)
+	q.mu.Unlock()
+	return nil, ctx.Err()
 }
 
-// leave drops a reference to e and forgets it when it was the last.
-func (q *Queue) leave(key int64, e *entry) {
+// releaser returns the release function of a caller let through on e.
+func (q *Queue) releaser(key int64, e *entry) func() {
+	var once atomic.Bool
+	return func() {
+		if !once.Swap(true) {
+			q.release(key, e)
+		}
+	}
+}
+
+// release gives a slot of e back: to the first waiter, if any.
+func (q *Queue) release(key int64, e *entry) {
 	q.mu.Lock()
+	if len(e.waiters) > 0 {
+		close(e.waiters[0]) // the slot passes on: held is unchanged
+		e.waiters[0] = nil
+		e.waiters = e.waiters[1:]
+	} else {
+		e.held--
+	}
+	q.leave(key, e)
+	q.mu.Unlock()
+}
+
+// leave drops a reference to e and forgets it when it was the last. q.mu is
+// held.
+func (q *Queue) leave(key int64, e *entry) {
 	if e.refs--; e.refs == 0 {
 		delete(q.keys, key)
+		*e = entry{waiters: e.waiters[:0]}
+		q.free.Put(e)
 	}
-	q.mu.Unlock()
 }
 
 // Len returns the number of keys with a caller waiting or holding a slot.

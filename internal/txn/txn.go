@@ -89,6 +89,9 @@ const CheckSQL = "SELECT ('" + endedMarker + "' || coalesce(current_setting('" +
 // EndedByFn reports whether err is CheckSQL's error: the transaction about
 // to commit is not the one that holds the lock.
 func EndedByFn(err error) bool {
+	if err == nil {
+		return false // errors.As would allocate its target all the same
+	}
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "22P02" && strings.Contains(pgErr.Message, endedMarker)
 }
@@ -112,6 +115,21 @@ func LockSQL(expr string, keys ...string) string {
 
 type heldKey struct{}
 
+// heldCtx is the ctx WithHeld returns: one allocation where
+// context.WithValue of a slice takes three (With makes one per call).
+type heldCtx struct {
+	context.Context
+	ids []int64 // the parent's held ids, then the new ones
+	one [1]int64
+}
+
+func (c *heldCtx) Value(key any) any {
+	if key == (heldKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
 // Held reports whether ctx was passed to fn by a call that holds the lock id.
 func Held(ctx context.Context, id int64) bool {
 	for _, h := range heldIDs(ctx) {
@@ -124,13 +142,21 @@ func Held(ctx context.Context, id int64) bool {
 
 // WithHeld returns a ctx recording that its caller holds the lock ids.
 func WithHeld(ctx context.Context, ids ...int64) context.Context {
-	held := append(append([]int64(nil), heldIDs(ctx)...), ids...)
-	return context.WithValue(ctx, heldKey{}, held)
+	c := &heldCtx{Context: ctx}
+	if parent := heldIDs(ctx); len(parent) == 0 && len(ids) == 1 {
+		c.one[0] = ids[0]
+		c.ids = c.one[:]
+	} else {
+		c.ids = append(append([]int64(nil), parent...), ids...)
+	}
+	return c
 }
 
 func heldIDs(ctx context.Context) []int64 {
-	ids, _ := ctx.Value(heldKey{}).([]int64)
-	return ids
+	if c, ok := ctx.Value(heldKey{}).(*heldCtx); ok {
+		return c.ids
+	}
+	return nil
 }
 
 // cleanupTimeout bounds a cleanup that runs after a failure: a rollback, an

@@ -7,5 +7,5 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	pgtest.Main(m, pgtest.Workers{"hold": holdWorker, "failover": failoverWorker})
+	pgtest.Main(m, pgtest.Workers{"hold": holdWorker, "holdgroup": groupHoldWorker, "failover": failoverWorker})
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/txn"
 )
 
 // runBench parses args as `paylock bench` does and runs bench with them.
@@ -121,5 +122,33 @@ func TestHistQuantile(t *testing.T) {
 	var empty hist
 	if empty.quantile(0.5) != 0 {
 		t.Error("quantile of an empty histogram is not 0")
+	}
+}
+
+// TestPgbenchScriptSendsWithsStatements: the pgbench row is the server-side
+// limit of With's own statements, so its script sends each statement With
+// sends besides the table's, in the same round trip: BEGIN, the settings and
+// the lock in the first, the commit check and COMMIT in the second.
+func TestPgbenchScriptSendsWithsStatements(t *testing.T) {
+	t.Parallel()
+	for _, workload := range []string{"hot", "warm", "cold"} {
+		pipelines := strings.Split(pgbenchScript(workload), `\startpipeline`)
+		if len(pipelines) != 3 {
+			t.Fatalf("%s: %d pipelines, want 2", workload, len(pipelines)-1)
+		}
+		for _, want := range []struct {
+			pipeline int
+			sql      string
+		}{
+			{1, txn.SQLBegin + ";"},
+			{1, txn.Settings{IdleTimeout: txn.DefaultIdleTimeout, ConnCheck: true}.SetSQL() + ";"},
+			{1, "pg_advisory_xact_lock("},
+			{2, txn.CheckSQL + ";"},
+			{2, "COMMIT;"},
+		} {
+			if !strings.Contains(pipelines[want.pipeline], want.sql) {
+				t.Errorf("%s: pipeline %d lacks %q", workload, want.pipeline, want.sql)
+			}
+		}
 	}
 }

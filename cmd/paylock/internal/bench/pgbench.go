@@ -38,10 +38,11 @@ func findPgbench() string {
 
 // pgbenchScript returns the script of one op: With's two round trips, with
 // the same statements and settings (payment/repository.go), the first five
-// in one pipeline, the update and COMMIT in another. pgbench can't carry a
-// value from a pipelined SELECT to the UPDATE (\gset is refused in a
-// pipeline), so the update adds 1 in SQL and finds the row by its key; it
-// can't compute paylock's xxhash either, so the lock id is the key's number.
+// in one pipeline, the commit check (txn.CheckSQL), the update and COMMIT in
+// another. pgbench can't carry a value from a pipelined SELECT to the UPDATE
+// (\gset is refused in a pipeline), so the update adds 1 in SQL and finds
+// the row by its key; it can't compute paylock's xxhash either, so the lock
+// id is the key's number.
 func pgbenchScript(workload string) string {
 	var set, li, lockID string
 	switch workload {
@@ -63,6 +64,7 @@ INSERT INTO payments (service_id, line_item_id) SELECT 1, ` + li + ` WHERE NOT E
 SELECT id, service_id, line_item_id, amount_cents, currency, status, data, created_at, updated_at FROM payments WHERE ` + where + ` ORDER BY id LIMIT 1 FOR NO KEY UPDATE;
 \endpipeline
 \startpipeline
+` + txn.CheckSQL + `;
 UPDATE payments SET amount_cents = amount_cents + 1, updated_at = now() WHERE ` + where + `;
 COMMIT;
 \endpipeline

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/entityopt"
 	"github.com/paylock/paylock/payment"
@@ -39,6 +40,7 @@ var extraStrategies = []struct {
 	new  func(pool *pgxpool.Pool) op
 }{
 	{"paylock-noqueue", "payment.Repository.With without the per-key queue (entityopt.WithoutKeyQueue)", paylockNoQueue},
+	{"paylock-group", "payment.Repository.With with group commit (entity.WithGroupCommit(32))", paylockGroup},
 }
 
 const (
@@ -130,6 +132,16 @@ func paylock(pool *pgxpool.Pool) op {
 // waits at PostgreSQL.
 func paylockNoQueue(pool *pgxpool.Pool) op {
 	repo := payment.NewRepository(pool, entityopt.WithoutKeyQueue())
+	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	return func(ctx context.Context, key payment.Key) (int, error) {
+		return 0, repo.With(ctx, key, bump)
+	}
+}
+
+// paylockGroup is the library with group commit: a hot key's callers queued
+// in this process commit together.
+func paylockGroup(pool *pgxpool.Pool) op {
+	repo := payment.NewRepository(pool, entity.WithGroupCommit(32))
 	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		return 0, repo.With(ctx, key, bump)

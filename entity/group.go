@@ -1,0 +1,828 @@
+package entity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/paylock/paylock/internal/txn"
+	"github.com/paylock/paylock/lock"
+)
+
+// Group commit: the callers of one key that wait behind the transaction in
+// progress run in the next one, one after another, each fn on its caller's
+// goroutine, and commit together. See WithGroupCommit.
+
+// MaxGroupSQL is the most callers whose fn ran SQL (each in its own
+// savepoint, a subtransaction; the savepoints fn begins on tx count too)
+// that one group transaction takes: PostgreSQL
+// keeps the ids of 64 subtransactions per backend in shared memory
+// (PGPROC_MAX_CACHED_SUBXIDS); beyond that every snapshot taken anywhere in
+// the cluster has to look further.
+const MaxGroupSQL = 64
+
+// ErrGroupRolledBack: fn returned nil, but another caller run in the same
+// group transaction (see [WithGroupCommit]) broke that transaction, so it was
+// rolled back before COMMIT: nothing of this call was committed, and
+// lock.Retry may run it again. The error also says why.
+var ErrGroupRolledBack = errors.New("entity: another call in the same group transaction broke it, so it was rolled back and nothing of this call was committed")
+
+// Cloner is implemented by a Table whose rows [WithGroupCommit] may hand from
+// one caller to the next within one transaction.
+type Cloner[V any] interface {
+	// Clone returns a deep copy of v, sharing nothing fn could change in
+	// place (slices, maps, pointers) with it, as Scan would have returned it
+	// with the given created.
+	Clone(v *V, created bool) *V
+}
+
+// WithGroupCommit turns group commit on, with at most max callers per
+// transaction: callers of one key in one Repository that wait behind the
+// key's transaction in progress run in the next transaction together, in
+// arrival order, and commit once. Each fn runs on its caller's goroutine with
+// its caller's ctx and gets the row as the previous caller in the group left
+// it; its statements run in a savepoint opened at its first statement, so
+// that an error or a panic of fn's undoes only its own changes. A caller
+// learns of success only once the shared COMMIT succeeded. A lone caller runs
+// exactly as without the option. See docs/DESIGN.md for the contract and for
+// when not to use it (fn doing slow I/O holds up every caller behind it).
+//
+// What changes for a caller: a caller whose ctx ends while it waits is
+// dropped with ctx.Err(), but once its fn has returned its ctx can't undo
+// its part, and it gets the group's outcome. If the write of the row or
+// COMMIT fails, every member whose fn succeeded gets that error, matching the
+// same sentinels as a call of its own; if another member broke the
+// transaction, [ErrGroupRolledBack]. At most [MaxGroupSQL] members with SQL
+// share a transaction, and a leader stops taking callers once it has held
+// the key about max times as long as a single call would, or once one fn has
+// run for IdleTimeout (the server has ended the transaction by then). A With
+// for the same key from inside fn given another ctx than fn's waits in the
+// queue behind its own group: until LockTimeout, if set, or until fn has run
+// for IdleTimeout, when it runs as without the option. Pass fn's ctx on,
+// and get [lock.ErrReentrant].
+//
+// After a member whose fn ran statements through tx, the row is written as
+// fn left p and read back in one more round trip, so that a change fn made
+// to the row itself through tx (an UPDATE of it, or a trigger) reaches the
+// next member as it would reach the next call without the option.
+//
+// It needs a Table that implements [Cloner]; with any other Table, and with
+// max below 2, it changes nothing.
+func WithGroupCommit(max int) Option { return option(func(c *config) { c.group = max }) }
+
+// groups is a Repository's group commit state: for each key, whether a
+// leader is gathering callers for its transaction, and the callers queued.
+type groups[K, V any] struct {
+	max  int
+	mu   sync.Mutex
+	keys map[int64]*groupKey[K, V]
+}
+
+type groupKey[K, V any] struct {
+	// leading: a caller leads the key's next transaction, which has not
+	// stopped taking callers; later callers queue.
+	leading bool
+	queue   []*member[K, V]
+}
+
+// member is one caller in a group.
+type member[K, V any] struct {
+	ctx  context.Context // the caller's, as the hooks' Start returned it
+	fn   func(ctx context.Context, tx pgx.Tx, v *V) error
+	ev   *Event
+	turn chan *group[K, V] // nil: lead; else run in that group
+	done chan error        // the group's outcome, for a member whose fn succeeded
+}
+
+// arrive enqueues m for key, or makes it the leader when no leader is
+// gathering and nobody waits: a lone caller leads at once.
+func (gs *groups[K, V]) arrive(key int64, m *member[K, V]) (lead bool) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	gk := gs.keys[key]
+	if gk == nil {
+		gk = &groupKey[K, V]{}
+		gs.keys[key] = gk
+	}
+	if !gk.leading && len(gk.queue) == 0 {
+		gk.leading = true
+		return true
+	}
+	gk.queue = append(gk.queue, m)
+	return false
+}
+
+// leave takes m out of key's queue if it is still there (reporting whether it
+// was); otherwise a leader took it, and its turn is in m.turn.
+func (gs *groups[K, V]) leave(key int64, m *member[K, V]) bool {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	gk := gs.keys[key]
+	if gk == nil {
+		return false
+	}
+	for i, q := range gk.queue {
+		if q == m {
+			gk.queue = append(gk.queue[:i], gk.queue[i+1:]...)
+			gs.forget(key, gk)
+			return true
+		}
+	}
+	return false
+}
+
+// pop takes the first queued caller of key, nil if none.
+func (gs *groups[K, V]) pop(key int64) *member[K, V] {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	gk := gs.keys[key]
+	if gk == nil || len(gk.queue) == 0 {
+		return nil
+	}
+	m := gk.queue[0]
+	gk.queue[0] = nil
+	gk.queue = gk.queue[1:]
+	return m
+}
+
+// stopLeading ends the current leader's gathering: the first queued caller,
+// if any, becomes the leader of the next transaction and goes to wait for the
+// lock at PostgreSQL while this one commits (two connections per key, as
+// with the key queue).
+func (gs *groups[K, V]) stopLeading(key int64) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	gk := gs.keys[key]
+	if len(gk.queue) == 0 {
+		gk.leading = false
+		gs.forget(key, gk)
+		return
+	}
+	m := gk.queue[0]
+	gk.queue[0] = nil
+	gk.queue = gk.queue[1:]
+	m.turn <- nil // buffered: never blocks
+}
+
+func (gs *groups[K, V]) forget(key int64, gk *groupKey[K, V]) {
+	if !gk.leading && len(gk.queue) == 0 {
+		delete(gs.keys, key)
+	}
+}
+
+// group is one transaction shared by callers of one key. Its fields are used
+// by one goroutine at a time: the leader's, then each member's in turn, which
+// hand it over through member.turn and group.stepped.
+type group[K, V any] struct {
+	k       K
+	r       *Repository[K, V]
+	cloner  Cloner[V]
+	lk      lock.Key
+	conn    *pgx.Conn
+	created bool
+	before  *V // the row as read
+	first   *V // the leader's copy
+	cur     *V // the row as the last successful member left it
+	written *V // the row as the transaction holds it
+	n       int
+	withSQL int
+	ok      []*member[K, V] // members whose fn succeeded, in order
+	broken  error           // why the transaction can't commit
+	ended   bool            // a member's fn ended the transaction itself, or may have
+	openSP  string          // the savepoint of the last member with SQL, not yet released
+	stale   bool            // the last member ran SQL: reload before the next one
+	txs     []*txn.Managed  // each member's tx, ended once the transaction is
+	size    int             // callers whose fn ran, set before the outcome is sent
+	stepped chan struct{}
+}
+
+// withGroup is one attempt of With under group commit.
+func (r *Repository[K, V]) withGroup(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (err error) {
+	if fn == nil {
+		return errors.New("entity: With called with a nil fn")
+	}
+	lk, err := r.table.LockKey(k)
+	if err != nil {
+		return err
+	}
+	if err := lk.Validate(); err != nil {
+		return err
+	}
+	if txn.Held(ctx, lk.ID()) {
+		return fmt.Errorf("entity: with %s: %w", lk, lock.ErrReentrant)
+	}
+	ev := &Event{Namespace: lk.Namespace(), Key: lk, Strategy: r.strategy, Start: time.Now()}
+	var panicked any
+	if !r.hooks.none() {
+		if r.hooks.Start != nil {
+			ctx = r.hooks.Start(ctx, lk.Namespace(), lk)
+		}
+		defer func() {
+			p := panicked
+			if p == nil {
+				p = recover()
+			}
+			r.hooks.finish(ctx, ev, err, p)
+			if p != nil {
+				panic(p)
+			}
+		}()
+	}
+	m := &member[K, V]{ctx: ctx, fn: fn, ev: ev, turn: make(chan *group[K, V], 1), done: make(chan error, 1)}
+	gs := r.groups
+	if !gs.arrive(lk.ID(), m) {
+		g, err := r.waitTurn(ctx, lk, m)
+		if err != nil {
+			return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err))
+		}
+		if g != nil {
+			var ok bool
+			ok, panicked, err = g.step(m, false)
+			if panicked != nil {
+				if r.hooks.none() {
+					panic(panicked)
+				}
+				return nil // the deferred hook re-raises it
+			}
+			if !ok {
+				return err
+			}
+			return <-m.done
+		}
+	}
+	err, panicked = r.lead(ctx, k, lk, m)
+	if panicked != nil && r.hooks.none() {
+		panic(panicked)
+	}
+	return err
+}
+
+// waitTurn waits until a leader takes m into its group (returned) or makes
+// it the leader (nil), for at most LockTimeout when that is set. If ctx ends
+// first, m leaves the queue.
+func (r *Repository[K, V]) waitTurn(ctx context.Context, lk lock.Key, m *member[K, V]) (*group[K, V], error) {
+	qctx := ctx
+	if r.settings.LockTimeout > 0 {
+		var cancel context.CancelFunc
+		qctx, cancel = context.WithTimeoutCause(ctx, r.settings.LockTimeout, txn.ErrLockTimeout)
+		defer cancel()
+	}
+	select {
+	case g := <-m.turn:
+		return g, nil
+	case <-qctx.Done():
+	}
+	if !r.groups.leave(lk.ID(), m) {
+		return <-m.turn, nil // taken meanwhile: its turn has come
+	}
+	if ctx.Err() == nil && errors.Is(context.Cause(qctx), txn.ErrLockTimeout) {
+		return nil, fmt.Errorf("%w (%s in the in-process queue)", txn.ErrLockTimeout, r.settings.LockTimeout)
+	}
+	return nil, ctx.Err()
+}
+
+// lead runs the transaction m leads: the lock and the row, m's fn, then the
+// fns of the callers queued behind it, then one write and one COMMIT.
+//
+//lint:ignore ST1008 the second result carries a panic of fn, raised again on its caller's goroutine; it is not a result in the usual sense
+func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member[K, V]) (err error, panicked any) {
+	gs := r.groups
+	var leading atomic.Bool
+	leading.Store(true)
+	stop := func() {
+		if leading.Swap(false) {
+			gs.stopLeading(lk.ID())
+		}
+	}
+	defer stop()
+	// watch stops the gathering if an fn runs for IdleTimeout: by then the
+	// server has ended the transaction, idle that long, and the next caller,
+	// which may be a With for this key from inside that fn given another
+	// ctx, takes the lock as it would without group commit, rather than
+	// wait in the queue behind its own caller for good.
+	watch := func() (unwatch func() bool) {
+		if idle := r.settings.IdleTimeout; idle > 0 {
+			return time.AfterFunc(idle, stop).Stop
+		}
+		return func() bool { return false }
+	}
+	ev := m.ev
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err))), nil
+	}
+	defer conn.Release()
+	pc := conn.Conn().PgConn()
+	defer func() {
+		switch {
+		case stalePlan(err) || missingStatement(err): // as in with
+			pc.Close(context.WithoutCancel(ctx))
+		case pc.TxStatus() != 'I':
+			txn.Rollback(ctx, pc, nil)
+		}
+	}()
+	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, ev)
+	if err != nil {
+		if missingStatement(err) {
+			// Gone from the server (user code ran DEALLOCATE ALL or DISCARD
+			// ALL on this connection): drop the connection now, so that the
+			// error, before fn ran, with nothing committed, is one Retry
+			// retries.
+			pc.Close(context.WithoutCancel(ctx))
+		}
+		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed()), nil
+	}
+	g := &group[K, V]{
+		k: k, r: r, cloner: r.table.(Cloner[V]), lk: lk, conn: conn.Conn(), created: ev.Created,
+		before: before, first: v, cur: before, written: before, stepped: make(chan struct{}, 1),
+	}
+	// The leader's fn runs as in a call of its own, without a savepoint: if
+	// it fails, the transaction rolls back and nobody else has joined it; the
+	// first queued caller then leads the next one.
+	unwatch := watch()
+	ok, panicked, ownErr := g.step(m, true)
+	unwatch()
+	if !ok {
+		g.broke(errors.New("the leader's fn failed"), false) // ownErr is nil after a panic
+	}
+	// The budget: about what the callers would hold the key for one by one,
+	// judged by the leader's round trip and fn.
+	budget := time.Duration(gs.max) * (time.Since(ev.Granted) + ev.RoundTrip - ev.Wait)
+	for g.broken == nil && leading.Load() && g.n < gs.max && g.withSQL < MaxGroupSQL && time.Since(ev.Granted) < budget {
+		next := gs.pop(lk.ID())
+		if next == nil {
+			break
+		}
+		if g.stale {
+			g.stale = false
+			if err := g.reload(context.WithoutCancel(ctx)); err != nil {
+				g.broke(fmt.Errorf("read the row back after a call's statements: %w", err), false)
+			}
+		}
+		next.turn <- g
+		unwatch := watch()
+		<-g.stepped
+		unwatch()
+	}
+	stop()
+	g.size = g.n
+	var commitPanic any
+	outcome := func() (err error) {
+		defer func() {
+			if commitPanic = recover(); commitPanic != nil {
+				// Table.Save panicked, or an ErrorClassifier: the members
+				// still get an outcome, the leader the panic.
+				if pc.IsClosed() || pc.TxStatus() == 'I' {
+					err = fmt.Errorf("entity: with %s: %w: the group's final write panicked: %v", lk, txn.ErrCommitUnknown, commitPanic)
+				} else {
+					err = fmt.Errorf("entity: with %s: %w (the group's final write panicked: %v)", lk, ErrGroupRolledBack, commitPanic)
+				}
+			}
+		}()
+		return g.commit(ctx, prepared)
+	}()
+	for _, m := range g.txs {
+		// Only now: ending a tx whose fn used LargeObjects rolls back the
+		// transaction unless it is over.
+		m.End(ctx)
+	}
+	for _, o := range g.ok {
+		if o != m {
+			o.done <- outcome
+		}
+	}
+	if !ok || panicked != nil {
+		return ownErr, panicked
+	}
+	if commitPanic != nil {
+		return nil, commitPanic
+	}
+	return outcome, nil
+}
+
+// commit writes the row and commits, unless no member succeeded or the
+// transaction broke; it returns what every member whose fn succeeded gets.
+func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
+	lk, pc := g.lk, g.conn.PgConn()
+	if len(g.ok) == 0 {
+		return nil
+	}
+	if g.broken != nil {
+		if g.ended {
+			return fmt.Errorf("entity: with %s: %w: another call in the same group transaction ended it with SQL (or may have), committing what ran before it: %w",
+				lk, txn.ErrCommitUnknown, g.broken)
+		}
+		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", lk, ErrGroupRolledBack, g.broken), true)
+	}
+	if g.size > 1 {
+		// Once a member's fn returned, its ctx can't undo its part; the
+		// leader's alone, as in a call of its own, still can. But when every
+		// member has a deadline, the wait for COMMIT's answer ends at the
+		// last one (a stalled network: ErrCommitUnknown), rather than never.
+		ctx = context.WithoutCancel(ctx)
+		if last, ok := g.lastDeadline(); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, last)
+			defer cancel()
+		}
+	}
+	if pc.TxStatus() != 'T' {
+		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w", lk, ErrTxAborted), pc.IsClosed())
+	}
+	sql, args, err := g.r.table.Save(g.written, g.cur)
+	if err != nil {
+		return err
+	}
+	if err := txn.ReadyToCommit(ctx, pc.IsClosed()); err != nil {
+		return fmt.Errorf("entity: with %s: %w", lk, err)
+	}
+	var release string
+	if g.openSP != "" {
+		// Fails if the last member with SQL rolled back past its savepoint
+		// (to one an earlier member's fn left open), undoing what those
+		// before it did: then nothing commits.
+		release = "RELEASE SAVEPOINT " + g.openSP
+	}
+	if err := g.r.save(ctx, g.conn, release, sql, args, prepared); err != nil {
+		if savepointGone(err) {
+			return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (a call's fn rolled back past its savepoint: %w)", lk, ErrGroupRolledBack, err), true)
+		}
+		if errors.Is(err, ErrTxEnded) && g.size > 1 {
+			// A member's fn ended the transaction and began another: what
+			// ran before it is committed, what ran after it is not.
+			return fmt.Errorf("entity: with %s: %w: a call in the same group transaction ended it with SQL, committing what ran before it: %w",
+				lk, txn.ErrCommitUnknown, err)
+		}
+		return g.r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
+	}
+	for _, o := range g.ok {
+		o.ev.stage = stageDone
+		o.ev.GroupSize = g.size
+	}
+	return nil
+}
+
+// lastDeadline returns the latest deadline of the ctxs of the members whose
+// fn succeeded, if each has one.
+func (g *group[K, V]) lastDeadline() (last time.Time, ok bool) {
+	for _, o := range g.ok {
+		d, ok := o.ctx.Deadline()
+		if !ok {
+			return time.Time{}, false
+		}
+		if d.After(last) {
+			last = d
+		}
+	}
+	return last, true
+}
+
+// step runs m's fn in g, on m's goroutine, and then hands g back to the
+// leader (unless m is the leader). ok reports whether fn succeeded and its
+// part stays in the transaction; otherwise err or panicked is what m's call
+// ends with.
+func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any, err error) {
+	if !leader {
+		defer func() { g.stepped <- struct{}{} }()
+		if err := m.ctx.Err(); err != nil {
+			return false, nil, fmt.Errorf("entity: with %s: wait in queue: %w", g.lk, err) // dropped, fn not run
+		}
+		if g.broken != nil { // the reload before this turn failed: fn not run
+			return false, nil, txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", g.lk, ErrGroupRolledBack, g.broken), true)
+		}
+		m.ev.Granted, m.ev.Wait = time.Now(), time.Since(m.ev.Start)
+	}
+	g.n++
+	m.ev.GroupSize = g.n
+	var v *V
+	switch {
+	case leader:
+		v = g.first
+	case g.cur == g.before:
+		v = g.cloner.Clone(g.before, g.created)
+	default:
+		v = g.cloner.Clone(g.cur, false)
+	}
+	tx := &memberTx[K, V]{g: g, m: txn.NewManaged(g.conn, nil), name: "paylock_group_" + strconv.Itoa(g.n), plain: leader}
+	g.txs = append(g.txs, tx.m) // the leader ends it once the transaction is
+	defer tx.m.Close()
+	m.ev.stage = stageFn
+	fnErr := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				panicked = p
+			}
+		}()
+		return m.fn(txn.WithHeld(m.ctx, g.lk.ID()), tx, v)
+	}()
+	tx.mu.Lock()
+	tx.closed = true // no savepoint, no write of the row, from now on
+	g.withSQL += tx.begins
+	tx.mu.Unlock()
+	pc := g.conn.PgConn()
+	if panicked != nil || fnErr != nil {
+		if panicked != nil {
+			fnErr = fmt.Errorf("fn panicked: %v", panicked)
+		}
+		fnErr = tx.m.FnError(fnErr)
+		if errors.Is(fnErr, ErrTxEnded) {
+			g.broke(fnErr, true)
+		} else {
+			g.undo(m.ctx, tx, fnErr)
+		}
+		if panicked != nil {
+			return false, panicked, nil
+		}
+		return false, nil, txn.BeforeCommit(fnErr, pc.IsClosed())
+	}
+	m.ev.stage = stageCommit
+	if err := tx.m.Finish(); err != nil {
+		err = fmt.Errorf("entity: with %s: %w", g.lk, err)
+		g.broke(err, errors.Is(err, ErrTxEnded))
+		return false, nil, err
+	}
+	if pc.TxStatus() == 'E' && tx.opened() {
+		err := fmt.Errorf("entity: with %s: %w", g.lk, ErrTxAborted)
+		g.undo(m.ctx, tx, err)
+		return false, nil, err
+	}
+	if pc.TxStatus() != 'T' {
+		err := txn.BeforeCommit(fmt.Errorf("entity: with %s: %w", g.lk, ErrTxAborted), pc.IsClosed())
+		g.broke(err, false)
+		return false, nil, err
+	}
+	var saveErr error
+	func() {
+		defer func() { panicked = recover() }()
+		_, _, saveErr = g.r.table.Save(g.cur, v)
+	}()
+	if panicked != nil || saveErr != nil {
+		cause := saveErr
+		if panicked != nil {
+			cause = fmt.Errorf("entity: Table.Save panicked: %v", panicked)
+		}
+		g.undo(m.ctx, tx, cause)
+		return false, panicked, saveErr
+	}
+	tx.mu.Lock()
+	used := tx.used
+	tx.mu.Unlock()
+	g.cur = v
+	// fn's SQL may have changed the row itself (an UPDATE, a trigger): a
+	// next member first gets the row written as fn left p and read back
+	// (reload), as a call of its own would; the final write alone needs no
+	// read, so a lone caller sends what it sends without the option.
+	g.stale = used
+	g.ok = append(g.ok, m)
+	return true, nil, nil
+}
+
+// reload writes what the last member's fn changed in p (g.cur, as Save
+// sees it against the row as the transaction holds it) and reads the row
+// back with Find, in one round trip, inside that member's savepoint. The
+// result is both the row the transaction holds and the one the next member
+// starts from.
+func (g *group[K, V]) reload(ctx context.Context) error {
+	b := &pgx.Batch{}
+	sql, args, err := g.r.table.Save(g.written, g.cur)
+	if err != nil {
+		return err
+	}
+	if sql != "" {
+		b.Queue(sql, args...)
+	}
+	findSQL, findArgs := g.r.table.Find(g.k)
+	b.Queue(findSQL, findArgs...)
+	br := g.conn.SendBatch(ctx, b)
+	if sql != "" {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return err
+		}
+	}
+	fresh, err := g.r.table.Scan(br.QueryRow(), false)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	g.written, g.cur = fresh, fresh
+	return nil
+}
+
+// undo rolls back to m's savepoint, if it opened one; if that fails, or the
+// transaction failed outside any savepoint, g is broken.
+func (g *group[K, V]) undo(ctx context.Context, tx *memberTx[K, V], cause error) {
+	pc := g.conn.PgConn()
+	if !tx.opened() {
+		if pc.TxStatus() != 'T' {
+			g.broke(cause, false)
+		}
+		return
+	}
+	ctx, cancel := txn.CleanupContext(ctx)
+	defer cancel()
+	sql := "ROLLBACK TO SAVEPOINT " + tx.name
+	checked := pc.TxStatus() == 'T'
+	if checked {
+		// First make sure this is still the group's transaction: fn may
+		// have ended it and begun another ("COMMIT; BEGIN").
+		sql = txn.CheckSQL + "; " + sql
+	}
+	if _, err := pc.Exec(ctx, sql).ReadAll(); err != nil {
+		// On a live connection the savepoint is gone: fn released it or
+		// rolled back past it (nothing will commit), or ended the
+		// transaction, committing what the members before it did.
+		var pgErr *pgconn.PgError
+		ended := txn.EndedByFn(err) || (!checked && errors.As(err, &pgErr) && !pc.IsClosed())
+		g.broke(fmt.Errorf("roll back to savepoint: %w", err), ended)
+	}
+}
+
+func (g *group[K, V]) broke(err error, ended bool) {
+	if g.broken == nil {
+		g.broken, g.ended = err, ended
+	}
+}
+
+// open runs before the first statement of a member's fn: it writes the row
+// as the previous members left it, if that changed, and opens the member's
+// savepoint.
+func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
+	b := &pgx.Batch{}
+	// Fails unless this is still the transaction that holds the lock: a
+	// member before may have ended it and begun another ("COMMIT; BEGIN"),
+	// committing what the members before it did.
+	b.Queue(txn.CheckSQL)
+	if g.openSP != "" {
+		// The previous member with SQL is done: release its savepoint, so
+		// that no later fn can roll back into what it did. That fails if it
+		// rolled back past its savepoint itself, to one an earlier member's
+		// fn left open, undoing what the members before it did.
+		b.Queue("RELEASE SAVEPOINT " + g.openSP)
+	}
+	if g.cur != g.written {
+		sql, args, err := g.r.table.Save(g.written, g.cur)
+		if err != nil {
+			return err
+		}
+		if sql != "" {
+			b.Queue(sql, args...)
+		}
+	}
+	b.Queue("SAVEPOINT " + tx.name) // one round trip with the write
+	if err := tx.m.SendBatch(ctx, b).Close(); err != nil {
+		ended := txn.EndedByFn(err)
+		err = fmt.Errorf("entity: with %s: write the row and open a savepoint for the next call in the group: %w", g.lk, err)
+		if ended {
+			err = fmt.Errorf("%w: %w", ErrTxEnded, err)
+		}
+		g.broke(err, ended)
+		return err
+	}
+	g.written = g.cur
+	g.openSP = tx.name
+	g.withSQL++
+	return nil
+}
+
+// savepointGone reports whether err is PostgreSQL's answer to RELEASE or
+// ROLLBACK TO a savepoint that does not exist (SQLSTATE 3B001).
+func savepointGone(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "3B001"
+}
+
+// memberTx is the pgx.Tx a member's fn gets: a txn.Managed whose first
+// statement first opens the member's savepoint.
+type memberTx[K, V any] struct {
+	g     *group[K, V]
+	m     *txn.Managed
+	name  string
+	plain bool // the leader's: no savepoint
+
+	mu     sync.Mutex
+	closed bool // fn returned
+	used   bool // fn ran a statement through tx
+	done   bool
+	err    error
+	begins int // savepoints fn began directly on tx: subtransactions too
+}
+
+func (t *memberTx[K, V]) opened() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.done && t.err == nil
+}
+
+// start opens the savepoint once, unless the transaction is closed to fn.
+func (t *memberTx[K, V]) start(ctx context.Context) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil // fn returned: the call itself fails with pgx.ErrTxClosed
+	}
+	t.used = true
+	if t.plain {
+		return nil
+	}
+	if !t.done {
+		t.done = true
+		t.err = t.g.open(context.WithoutCancel(ctx), t)
+	}
+	return t.err
+}
+
+// Begin opens a savepoint nested in the member's.
+func (t *memberTx[K, V]) Begin(ctx context.Context) (pgx.Tx, error) {
+	if err := t.start(ctx); err != nil {
+		return nil, err
+	}
+	sp, err := t.m.Begin(ctx)
+	if err == nil {
+		t.mu.Lock()
+		t.begins++
+		t.mu.Unlock()
+	}
+	return sp, err
+}
+
+// Commit refuses: the group's leader ends the transaction.
+func (t *memberTx[K, V]) Commit(context.Context) error { return lock.ErrManaged }
+
+// Rollback refuses: the group's leader ends the transaction.
+func (t *memberTx[K, V]) Rollback(context.Context) error { return lock.ErrManaged }
+
+// CopyFrom runs COPY FROM in the member's savepoint.
+func (t *memberTx[K, V]) CopyFrom(ctx context.Context, tn pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
+	if err := t.start(ctx); err != nil {
+		return 0, err
+	}
+	return t.m.CopyFrom(ctx, tn, cols, src)
+}
+
+// SendBatch sends a batch in the member's savepoint.
+func (t *memberTx[K, V]) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if err := t.start(ctx); err != nil {
+		return pgx.FailedBatchResults(b, err)
+	}
+	return t.m.SendBatch(ctx, b)
+}
+
+// LargeObjects returns the large object API, in the member's savepoint.
+func (t *memberTx[K, V]) LargeObjects() pgx.LargeObjects {
+	if err := t.start(context.Background()); err != nil {
+		return pgx.LargeObjects{}
+	}
+	return t.m.LargeObjects()
+}
+
+// Prepare prepares a statement on the connection.
+func (t *memberTx[K, V]) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	return t.m.Prepare(ctx, name, sql)
+}
+
+// Exec runs a statement in the member's savepoint.
+func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := t.start(ctx); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return t.m.Exec(ctx, sql, args...)
+}
+
+// Query runs a query in the member's savepoint.
+func (t *memberTx[K, V]) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := t.start(ctx); err != nil {
+		return nil, err
+	}
+	return t.m.Query(ctx, sql, args...)
+}
+
+// QueryRow runs a query in the member's savepoint.
+func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := t.start(ctx); err != nil {
+		return errRow{err}
+	}
+	return t.m.QueryRow(ctx, sql, args...)
+}
+
+// Conn returns the connection, with the member's savepoint open, so that
+// statements run on it directly are the member's too.
+func (t *memberTx[K, V]) Conn() *pgx.Conn {
+	if err := t.start(context.Background()); err != nil {
+		return nil
+	}
+	return t.m.Conn()
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
