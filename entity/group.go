@@ -314,6 +314,15 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 		return func() bool { return false }
 	}
 	ev := m.ev
+	// Leaders take a place in the key queue, as callers without the option
+	// do, and give it back after their connection: the leader that
+	// committed may not have released its connection yet when the next
+	// one's successor wants one, and a key holds at most ConnsPerKey.
+	release, err := r.queue.Acquire(ctx, lk.ID())
+	if err != nil {
+		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err)), nil
+	}
+	defer release()
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err))), nil
