@@ -1,11 +1,13 @@
 package faulttest_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -489,4 +491,23 @@ func (l *ledger) unknownApplied(applied map[string]int) int {
 		}
 	}
 	return n
+}
+
+// startWorker starts the test binary as worker name with args and returns
+// it with the first line it printed (the worker says it holds the key).
+func startWorker(t *testing.T, ctx context.Context, name string, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	cmd := pgtest.Command(ctx, name, args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("worker %s printed %q: %v", name, line, err)
+	}
+	return cmd, line
 }

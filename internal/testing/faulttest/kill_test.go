@@ -1,7 +1,6 @@
 package faulttest_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -56,16 +55,9 @@ func TestKilledHolder(t *testing.T) {
 		}
 	}
 
-	cmd := pgtest.Command(ctx, "hold", pool.Config().ConnString(), k.LineItemID, "killed")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "holding\n" {
-		t.Fatalf("worker printed %q, %v", line, err)
+	cmd, line := startWorker(t, ctx, "hold", pool.Config().ConnString(), k.LineItemID, "killed")
+	if line != "holding\n" {
+		t.Fatalf("worker printed %q", line)
 	}
 
 	granted, waiterDone := waitGranted(t, ctx, l, pool, repo, k)

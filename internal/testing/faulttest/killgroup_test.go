@@ -1,7 +1,6 @@
 package faulttest_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -97,17 +96,9 @@ func TestKilledGroup(t *testing.T) {
 		}
 	}
 
-	cmd := pgtest.Command(ctx, "holdgroup", pool.Config().ConnString(), k.LineItemID, "killed.")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "holding ") {
-		t.Fatalf("worker printed %q, %v", line, err)
+	cmd, line := startWorker(t, ctx, "holdgroup", pool.Config().ConnString(), k.LineItemID, "killed.")
+	if !strings.HasPrefix(line, "holding ") {
+		t.Fatalf("worker printed %q", line)
 	}
 	txids := strings.Fields(line)[1:]
 	for _, id := range txids {
