@@ -265,20 +265,30 @@ func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Co
 	return r.retry.Do(ctx, func() error { return r.with(ctx, k, fn) })
 }
 
-// with is one attempt of With.
-func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (err error) {
+// lockKey checks a call of With before anything else runs: fn is set, k's
+// lock key is valid, and ctx does not already hold it (lock.ErrReentrant).
+func (r *Repository[K, V]) lockKey(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (lock.Key, error) {
 	if fn == nil {
-		return errors.New("entity: With called with a nil fn")
+		return lock.Key{}, errors.New("entity: With called with a nil fn")
 	}
 	lk, err := r.table.LockKey(k)
 	if err != nil {
-		return err
+		return lock.Key{}, err
 	}
 	if err := lk.Validate(); err != nil {
-		return err
+		return lock.Key{}, err
 	}
 	if txn.Held(ctx, lk.ID()) {
-		return fmt.Errorf("entity: with %s: %w", lk, lock.ErrReentrant)
+		return lock.Key{}, fmt.Errorf("entity: with %s: %w", lk, lock.ErrReentrant)
+	}
+	return lk, nil
+}
+
+// with is one attempt of With.
+func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (err error) {
+	lk, err := r.lockKey(ctx, k, fn)
+	if err != nil {
+		return err
 	}
 	ev := Event{Namespace: lk.Namespace(), Key: lk, Strategy: r.strategy, Start: time.Now()}
 	if !r.hooks.none() {

@@ -205,18 +205,9 @@ type group[K, V any] struct {
 
 // withGroup is one attempt of With under group commit.
 func (r *Repository[K, V]) withGroup(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (err error) {
-	if fn == nil {
-		return errors.New("entity: With called with a nil fn")
-	}
-	lk, err := r.table.LockKey(k)
+	lk, err := r.lockKey(ctx, k, fn)
 	if err != nil {
 		return err
-	}
-	if err := lk.Validate(); err != nil {
-		return err
-	}
-	if txn.Held(ctx, lk.ID()) {
-		return fmt.Errorf("entity: with %s: %w", lk, lock.ErrReentrant)
 	}
 	ev := &Event{Namespace: lk.Namespace(), Key: lk, Strategy: r.strategy, Start: time.Now()}
 	var panicked any
