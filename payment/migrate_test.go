@@ -31,23 +31,10 @@ func liveTable(t *testing.T) (*payment.Repository, *pgxpool.Pool) {
 	return repo, pool
 }
 
-// uniqueIndex reports the oid of payment.UniqueIndex (0 if missing) and
-// whether it is valid.
-func uniqueIndex(t *testing.T, pool *pgxpool.Pool) (oid uint32, valid bool) {
-	t.Helper()
-	err := pool.QueryRow(context.Background(), `
-		SELECT coalesce(to_regclass($1)::oid, 0), coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)), false)`,
-		payment.UniqueIndex).Scan(&oid, &valid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return oid, valid
-}
-
 // assertValidIndex fails t unless payment.UniqueIndex exists and is valid.
 func assertValidIndex(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
-	if oid, valid := uniqueIndex(t, pool); oid == 0 || !valid {
+	if oid, valid := paytest.UniqueIndex(t, pool); oid == 0 || !valid {
 		t.Fatalf("index oid %d, valid %v; want a valid index", oid, valid)
 	}
 }
@@ -103,7 +90,7 @@ func TestMigrateDuringConcurrentBuild(t *testing.T) {
 	release := paytest.HoldSnapshot(t, ctx, pool)
 	_, built := startBuild(t, ctx, pool,
 		"CREATE UNIQUE INDEX CONCURRENTLY "+payment.UniqueIndex+" ON payments (service_id, line_item_id)")
-	oid, valid := uniqueIndex(t, pool)
+	oid, valid := paytest.UniqueIndex(t, pool)
 	if oid == 0 || valid {
 		t.Fatalf("during the build: index oid %d, valid %v; want an INVALID index", oid, valid)
 	}
@@ -139,7 +126,7 @@ func TestMigrateDuringConcurrentBuild(t *testing.T) {
 	if err := <-migrated; err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
-	if got, valid := uniqueIndex(t, pool); got != oid || !valid {
+	if got, valid := paytest.UniqueIndex(t, pool); got != oid || !valid {
 		t.Fatalf("after Migrate: index oid %d, valid %v; want the build's index %d, valid", got, valid, oid)
 	}
 	assertHealthy(t, pool)
@@ -155,7 +142,7 @@ func TestMigrateBuildInProgressError(t *testing.T) {
 	release := paytest.HoldSnapshot(t, ctx, pool)
 	_, built := startBuild(t, ctx, pool,
 		"CREATE UNIQUE INDEX CONCURRENTLY "+payment.UniqueIndex+" ON payments (service_id, line_item_id)")
-	oid, _ := uniqueIndex(t, pool)
+	oid, _ := paytest.UniqueIndex(t, pool)
 
 	// The build can't finish while the snapshot is held: Migrate reaches
 	// its wait long before the deadline, even on a loaded machine, and
@@ -170,7 +157,7 @@ func TestMigrateBuildInProgressError(t *testing.T) {
 	if err := <-built; err != nil {
 		t.Fatalf("the concurrent build failed: %v", err)
 	}
-	if got, valid := uniqueIndex(t, pool); got != oid || !valid {
+	if got, valid := paytest.UniqueIndex(t, pool); got != oid || !valid {
 		t.Fatalf("index oid %d, valid %v; want the build's index %d, valid", got, valid, oid)
 	}
 	assertHealthy(t, pool)
@@ -195,7 +182,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 		if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
 			t.Fatalf("build on duplicates: %v; want 23505", err)
 		}
-		oid, valid := uniqueIndex(t, pool)
+		oid, valid := paytest.UniqueIndex(t, pool)
 		if oid == 0 || valid {
 			t.Fatalf("after the failed build: index oid %d, valid %v; want an INVALID index", oid, valid)
 		}
@@ -204,7 +191,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 		if err := payment.Migrate(ctx, pool); !errors.Is(err, payment.ErrDuplicates) {
 			t.Fatalf("Migrate with duplicates = %v; want ErrDuplicates", err)
 		}
-		if got, valid := uniqueIndex(t, pool); got != oid || valid {
+		if got, valid := paytest.UniqueIndex(t, pool); got != oid || valid {
 			t.Fatalf("after refusing: index oid %d, valid %v; want %d, INVALID, untouched", got, valid, oid)
 		}
 
@@ -214,7 +201,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 		if err := payment.Migrate(ctx, pool); err != nil {
 			t.Fatalf("Migrate: %v", err)
 		}
-		if got, valid := uniqueIndex(t, pool); got == oid || !valid {
+		if got, valid := paytest.UniqueIndex(t, pool); got == oid || !valid {
 			t.Fatalf("after Migrate: index oid %d, valid %v; want a new valid index (the invalid one was %d)", got, valid, oid)
 		}
 		assertHealthy(t, pool)
@@ -287,7 +274,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 				t.Fatalf("interrupted Migrate = %v; want %s", err, tt.want)
 			}
 			release()
-			oid, valid := uniqueIndex(t, pool)
+			oid, valid := paytest.UniqueIndex(t, pool)
 			switch {
 			case tt.left == "dropped" && oid != 0:
 				t.Fatalf("after the interrupted build: index oid %d, valid %v; want the INVALID index dropped", oid, valid)
@@ -297,7 +284,7 @@ func TestMigrateRepairsInvalidIndex(t *testing.T) {
 			if err := payment.Migrate(ctx, pool); err != nil {
 				t.Fatalf("Migrate: %v", err)
 			}
-			if got, valid := uniqueIndex(t, pool); got == 0 || !valid || (tt.left == "invalid" && got == oid) {
+			if got, valid := paytest.UniqueIndex(t, pool); got == 0 || !valid || (tt.left == "invalid" && got == oid) {
 				t.Fatalf("after Migrate: index oid %d, valid %v; want a valid index, a new one if the invalid one (%d) was left", got, valid, oid)
 			}
 			assertHealthy(t, pool)
@@ -472,7 +459,7 @@ func TestMigrateDuplicateDuringBuild(t *testing.T) {
 	if !errors.As(err, &dup) || dup.Groups != 1 || dup.Worst[0] != (payment.Key{ServiceID: 1, LineItemID: "li_1"}) {
 		t.Fatalf("Migrate = %v; want a DuplicatesError naming (1, li_1)", err)
 	}
-	if oid, _ := uniqueIndex(t, pool); oid != 0 {
+	if oid, _ := paytest.UniqueIndex(t, pool); oid != 0 {
 		t.Fatalf("the failed build's INVALID index %d is still there", oid)
 	}
 	assertHealthy(t, pool)
@@ -540,7 +527,7 @@ func TestMigrateStatementTimeout(t *testing.T) {
 	if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
 		t.Fatalf("Migrate under a 200ms statement_timeout while an old snapshot is held = %v; want 57014", err)
 	}
-	if oid, valid := uniqueIndex(t, pool); oid != 0 {
+	if oid, valid := paytest.UniqueIndex(t, pool); oid != 0 {
 		t.Fatalf("after the timed-out build: index oid %d, valid %v; want no index left behind", oid, valid)
 	}
 	setTimeout("0")

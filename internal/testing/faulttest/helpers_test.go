@@ -511,3 +511,20 @@ func startWorker(t *testing.T, ctx context.Context, name string, args ...string)
 	}
 	return cmd, line
 }
+
+// killWhileWaited queues a waiter for k behind the worker cmd, kills cmd
+// with SIGKILL and asserts that the waiter got the lock within a second and
+// succeeded: the server ended the dead process's transaction at once.
+func killWhileWaited(t *testing.T, ctx context.Context, l *ledger, pool *pgxpool.Pool, repo *payment.Repository, k payment.Key, cmd *exec.Cmd, what string) {
+	t.Helper()
+	granted, waiterDone := waitGranted(t, ctx, l, pool, repo, k)
+	killed := time.Now()
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	within(t, what, granted, killed, time.Second)
+	if err := <-waiterDone; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -60,16 +60,7 @@ func TestKilledHolder(t *testing.T) {
 		t.Fatalf("worker printed %q", line)
 	}
 
-	granted, waiterDone := waitGranted(t, ctx, l, pool, repo, k)
-	killed := time.Now()
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
-	within(t, "sigkill", granted, killed, time.Second)
-	if err := <-waiterDone; err != nil {
-		t.Fatal(err)
-	}
+	killWhileWaited(t, ctx, l, pool, repo, k, cmd, "sigkill")
 
 	l.mu.Lock()
 	l.outcomes["killed"] = history.Failed // never acknowledged: must be nowhere

@@ -107,16 +107,7 @@ func TestKilledGroup(t *testing.T) {
 		}
 	}
 
-	granted, waiterDone := waitGranted(t, ctx, l, pool, repo, k)
-	killed := time.Now()
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
-	within(t, "sigkill mid-group", granted, killed, time.Second)
-	if err := <-waiterDone; err != nil {
-		t.Fatal(err)
-	}
+	killWhileWaited(t, ctx, l, pool, repo, k, cmd, "sigkill mid-group")
 
 	l.mu.Lock()
 	for i := range groupSize {

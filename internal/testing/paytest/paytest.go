@@ -78,3 +78,16 @@ func HoldSnapshot(t *testing.T, ctx context.Context, pool *pgxpool.Pool) (releas
 	t.Cleanup(release)
 	return release
 }
+
+// UniqueIndex reports the oid of payment.UniqueIndex (0 if missing) and
+// whether it is valid.
+func UniqueIndex(t testing.TB, pool *pgxpool.Pool) (oid uint32, valid bool) {
+	t.Helper()
+	err := pool.QueryRow(context.Background(), `
+		SELECT coalesce(to_regclass($1)::oid, 0), coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)), false)`,
+		payment.UniqueIndex).Scan(&oid, &valid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return oid, valid
+}

@@ -30,19 +30,6 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// indexOID reports the oid of payment.UniqueIndex (0 if missing) and whether
-// it is valid.
-func indexOID(t *testing.T, pool *pgxpool.Pool) (oid uint32, valid bool) {
-	t.Helper()
-	err := pool.QueryRow(context.Background(), `
-		SELECT coalesce(to_regclass($1)::oid, 0), coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)), false)`,
-		payment.UniqueIndex).Scan(&oid, &valid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return oid, valid
-}
-
 // TestRunDuringMigrateBuild: `paylock dedupe` started while Migrate's CREATE
 // UNIQUE INDEX CONCURRENTLY waits for an old snapshot sees an INVALID index
 // that is still on its way to valid. It must neither drop it nor start a
@@ -68,7 +55,7 @@ func TestRunDuringMigrateBuild(t *testing.T) {
 			WHERE phase = 'waiting for old snapshots' AND datid = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&n)
 		return err == nil && n == 1
 	})
-	oid, valid := indexOID(t, pool)
+	oid, valid := paytest.UniqueIndex(t, pool)
 	if oid == 0 || valid {
 		t.Fatalf("during Migrate's build: index oid %d, valid %v; want an INVALID index", oid, valid)
 	}
@@ -105,7 +92,7 @@ func TestRunDuringMigrateBuild(t *testing.T) {
 	if err := <-deduped; err != nil {
 		t.Errorf("dedupe.Run: %v", err)
 	}
-	if got, valid := indexOID(t, pool); got != oid || !valid {
+	if got, valid := paytest.UniqueIndex(t, pool); got != oid || !valid {
 		t.Fatalf("after both: index oid %d, valid %v; want Migrate's index %d, valid", got, valid, oid)
 	}
 }
