@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -577,9 +578,11 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 	g.cur = v
 	// fn's SQL may have changed the row itself (an UPDATE, a trigger): a
 	// next member first gets the row written as fn left p and read back
-	// (reload), as a call of its own would; the final write alone needs no
-	// read, so a lone caller sends what it sends without the option.
-	g.stale = used
+	// (reload), as a call of its own would, unless the read sent with fn's
+	// last statement found the row as its first found it; the final write
+	// alone needs no read, so a lone caller sends what it sends without the
+	// option.
+	g.stale = used && !tx.rowUnchanged()
 	g.ok = append(g.ok, m)
 	return true, nil, nil
 }
@@ -653,14 +656,32 @@ func (g *group[K, V]) broke(err error, ended bool) {
 	}
 }
 
-// open runs before the first statement of a member's fn: it writes the row
-// as the previous members left it, if that changed, and opens the member's
-// savepoint.
+// open runs before the first statement of a member's fn, in a round trip of
+// its own: see prefix.
 func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
 	b := &pgx.Batch{}
-	// Fails unless this is still the transaction that holds the lock: a
-	// member before may have ended it and begun another ("COMMIT; BEGIN"),
-	// committing what the members before it did.
+	n, err := g.prefix(b, tx)
+	if err != nil {
+		return err
+	}
+	br := tx.m.SendBatch(ctx, b)
+	err = g.opened(br, n, tx)
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = g.openFailed(cerr)
+	}
+	return err
+}
+
+// prefix queues on b what goes before the first statement of a member's fn:
+// a check that this is still the transaction that holds the lock, the
+// release of the previous member's savepoint, the write of the row as the
+// previous members left it, if that changed, the member's savepoint and a
+// read of the row as it then is. It returns how many statements it queued:
+// the first n results of b are opened's to read.
+func (g *group[K, V]) prefix(b *pgx.Batch, tx *memberTx[K, V]) (n int, err error) {
+	// The check fails unless this is still the transaction that holds the
+	// lock: a member before may have ended it and begun another ("COMMIT;
+	// BEGIN"), committing what the members before it did.
 	b.Queue(txn.CheckSQL)
 	if g.openSP != "" {
 		// The previous member with SQL is done: release its savepoint, so
@@ -672,26 +693,46 @@ func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
 	if g.cur != g.written {
 		sql, args, err := g.r.table.Save(g.written, g.cur)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if sql != "" {
 			b.Queue(sql, args...)
 		}
 	}
-	b.Queue("SAVEPOINT " + tx.name) // one round trip with the write
-	if err := tx.m.SendBatch(ctx, b).Close(); err != nil {
-		ended := txn.EndedByFn(err)
-		err = fmt.Errorf("entity: with %s: write the row and open a savepoint for the next call in the group: %w", g.lk, err)
-		if ended {
-			err = fmt.Errorf("%w: %w", ErrTxEnded, err)
+	b.Queue("SAVEPOINT " + tx.name)
+	findSQL, findArgs := g.r.table.Find(g.k)
+	b.Queue(findSQL, findArgs...) // the row fn starts from, as the transaction holds it
+	return len(b.QueuedQueries), nil
+}
+
+// opened reads the n results prefix queued and records the member's
+// savepoint as open.
+func (g *group[K, V]) opened(br pgx.BatchResults, n int, tx *memberTx[K, V]) error {
+	for range n - 1 {
+		if _, err := br.Exec(); err != nil {
+			return g.openFailed(err)
 		}
-		g.broke(err, ended)
-		return err
+	}
+	base, err := g.r.table.Scan(br.QueryRow(), false)
+	if err != nil {
+		return g.openFailed(err)
 	}
 	g.written = g.cur
 	g.openSP = tx.name
 	g.withSQL++
+	tx.base = base
 	return nil
+}
+
+// openFailed breaks g with err, an error of the statements prefix queued.
+func (g *group[K, V]) openFailed(err error) error {
+	ended := txn.EndedByFn(err)
+	err = fmt.Errorf("entity: with %s: write the row and open a savepoint for the next call in the group: %w", g.lk, err)
+	if ended {
+		err = fmt.Errorf("%w: %w", ErrTxEnded, err)
+	}
+	g.broke(err, ended)
+	return err
 }
 
 // savepointGone reports whether err is PostgreSQL's answer to RELEASE or
@@ -715,6 +756,99 @@ type memberTx[K, V any] struct {
 	done   bool
 	err    error
 	begins int // savepoints fn began directly on tx: subtransactions too
+	// base is the row as fn's first statement found it, last as fn's last
+	// statement left it, nil when that statement went without a read of the
+	// row (see Exec); opaque: fn took a way to run statements (Begin, Conn,
+	// LargeObjects) whose end the member can't see. Unless last equals base
+	// and nothing is opaque, the row is read back before the next member.
+	base, last *V
+	opaque     bool
+}
+
+// rowUnchanged reports whether fn's statements are known to have left the
+// row as they found it.
+func (t *memberTx[K, V]) rowUnchanged() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return !t.opaque && t.base != nil && t.last != nil && reflect.DeepEqual(t.base, t.last)
+}
+
+// follows reports whether a statement of fn's with these args can go in one
+// pipeline with what the group sends around it: the savepoint before it, a
+// read of the row after it. Not a statement without arguments, which pgx
+// runs in the simple protocol, where one string may hold several (COMMIT;
+// BEGIN among them); not one with pgx's options as its first argument;
+// not under the simple protocol, whose batch is one string. Nor when ctx is
+// done: the savepoint is then opened without it, and the statement fails
+// alone, as it would without the option. Nor for the leader, which sends
+// what a call without the option sends (a lone caller is one): the row is
+// read back after it if it ran SQL.
+func (t *memberTx[K, V]) follows(ctx context.Context, args []any) bool {
+	if t.plain || len(args) == 0 || ctx.Err() != nil {
+		return false
+	}
+	switch args[0].(type) {
+	case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID, pgx.QueryRewriter:
+		return false
+	}
+	return t.g.conn.Config().DefaultQueryExecMode != pgx.QueryExecModeSimpleProtocol
+}
+
+// pipeline sends fn's statement sql in one round trip with what goes before
+// it (the savepoint, on fn's first statement; see prefix) and a read of the
+// row after it. It returns the results positioned at fn's statement: the
+// caller reads that result, then calls t.after. ok is false when fn
+// returned already, or the savepoint failed to open: then the caller runs
+// the statement through t.m, which fails as it would anyway.
+func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, args []any) (br pgx.BatchResults, ok bool, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, false, nil
+	}
+	t.used = true
+	b := &pgx.Batch{}
+	n := 0
+	if !t.plain && !t.done {
+		t.done = true
+		if n, err = t.g.prefix(b, t); err != nil {
+			t.err = err
+			return nil, false, err
+		}
+	}
+	if t.err != nil {
+		return nil, false, t.err
+	}
+	b.Queue(sql, args...)
+	findSQL, findArgs := t.g.r.table.Find(t.g.k)
+	b.Queue(findSQL, findArgs...)
+	br = t.m.SendBatch(ctx, b)
+	if n > 0 {
+		if err := t.g.opened(br, n, t); err != nil {
+			br.Close()
+			t.err = err
+			return nil, false, err
+		}
+	}
+	return br, true, nil
+}
+
+// after reads the row after fn's statement and ends the round trip. err is
+// what fn's statement returned; after returns it, or the read's error.
+func (t *memberTx[K, V]) after(br pgx.BatchResults, err error) error {
+	var last *V
+	if err == nil {
+		if last, err = t.g.r.table.Scan(br.QueryRow(), false); err != nil {
+			err = fmt.Errorf("entity: with %s: read the row back after fn's statement: %w", t.g.lk, err)
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	t.mu.Lock()
+	t.last = last
+	t.mu.Unlock()
+	return err
 }
 
 func (t *memberTx[K, V]) opened() bool {
@@ -723,14 +857,18 @@ func (t *memberTx[K, V]) opened() bool {
 	return t.done && t.err == nil
 }
 
-// start opens the savepoint once, unless the transaction is closed to fn.
-func (t *memberTx[K, V]) start(ctx context.Context) error {
+// start opens the savepoint once, in a round trip of its own, unless the
+// transaction is closed to fn, for a statement that goes without a read of
+// the row after it; opaque: for good, on a way the member can't follow.
+func (t *memberTx[K, V]) start(ctx context.Context, opaque bool) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return nil // fn returned: the call itself fails with pgx.ErrTxClosed
 	}
 	t.used = true
+	t.last = nil
+	t.opaque = t.opaque || opaque
 	if t.plain {
 		return nil
 	}
@@ -743,7 +881,7 @@ func (t *memberTx[K, V]) start(ctx context.Context) error {
 
 // Begin opens a savepoint nested in the member's.
 func (t *memberTx[K, V]) Begin(ctx context.Context) (pgx.Tx, error) {
-	if err := t.start(ctx); err != nil {
+	if err := t.start(ctx, true); err != nil {
 		return nil, err
 	}
 	sp, err := t.m.Begin(ctx)
@@ -763,7 +901,7 @@ func (t *memberTx[K, V]) Rollback(context.Context) error { return lock.ErrManage
 
 // CopyFrom runs COPY FROM in the member's savepoint.
 func (t *memberTx[K, V]) CopyFrom(ctx context.Context, tn pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
-	if err := t.start(ctx); err != nil {
+	if err := t.start(ctx, false); err != nil {
 		return 0, err
 	}
 	return t.m.CopyFrom(ctx, tn, cols, src)
@@ -771,7 +909,7 @@ func (t *memberTx[K, V]) CopyFrom(ctx context.Context, tn pgx.Identifier, cols [
 
 // SendBatch sends a batch in the member's savepoint.
 func (t *memberTx[K, V]) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	if err := t.start(ctx); err != nil {
+	if err := t.start(ctx, false); err != nil {
 		return pgx.FailedBatchResults(b, err)
 	}
 	return t.m.SendBatch(ctx, b)
@@ -779,7 +917,7 @@ func (t *memberTx[K, V]) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchR
 
 // LargeObjects returns the large object API, in the member's savepoint.
 func (t *memberTx[K, V]) LargeObjects() pgx.LargeObjects {
-	if err := t.start(context.Background()); err != nil {
+	if err := t.start(context.Background(), true); err != nil {
 		return pgx.LargeObjects{}
 	}
 	return t.m.LargeObjects()
@@ -790,9 +928,21 @@ func (t *memberTx[K, V]) Prepare(ctx context.Context, name, sql string) (*pgconn
 	return t.m.Prepare(ctx, name, sql)
 }
 
-// Exec runs a statement in the member's savepoint.
+// Exec runs a statement in the member's savepoint, in one round trip with
+// the savepoint and a read of the row after it, when it can (see follows).
 func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if err := t.start(ctx); err != nil {
+	if t.follows(ctx, args) {
+		br, ok, err := t.pipeline(ctx, sql, args)
+		if err != nil {
+			return pgconn.CommandTag{}, err
+		}
+		if ok {
+			tag, err := br.Exec()
+			return tag, t.after(br, err)
+		}
+		return t.m.Exec(ctx, sql, args...)
+	}
+	if err := t.start(ctx, false); err != nil {
 		return pgconn.CommandTag{}, err
 	}
 	return t.m.Exec(ctx, sql, args...)
@@ -800,24 +950,51 @@ func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgc
 
 // Query runs a query in the member's savepoint.
 func (t *memberTx[K, V]) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if err := t.start(ctx); err != nil {
+	if err := t.start(ctx, false); err != nil {
 		return nil, err
 	}
 	return t.m.Query(ctx, sql, args...)
 }
 
-// QueryRow runs a query in the member's savepoint.
+// QueryRow runs a query in the member's savepoint, in one round trip with
+// the savepoint and a read of the row after it, when it can (see follows).
+// The round trip ends when the Row is scanned.
 func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if err := t.start(ctx); err != nil {
+	if t.follows(ctx, args) {
+		br, ok, err := t.pipeline(ctx, sql, args)
+		if err != nil {
+			return errRow{err}
+		}
+		if !ok {
+			return t.m.QueryRow(ctx, sql, args...)
+		}
+		return &pipelinedRow[K, V]{t: t, br: br}
+	}
+	if err := t.start(ctx, false); err != nil {
 		return errRow{err}
 	}
 	return t.m.QueryRow(ctx, sql, args...)
 }
 
+// pipelinedRow is the Row of a QueryRow sent by pipeline.
+type pipelinedRow[K, V any] struct {
+	t  *memberTx[K, V]
+	br pgx.BatchResults
+}
+
+func (r *pipelinedRow[K, V]) Scan(dest ...any) error {
+	if r.br == nil {
+		return errors.New("entity: Row scanned twice")
+	}
+	br := r.br
+	r.br = nil
+	return r.t.after(br, br.QueryRow().Scan(dest...))
+}
+
 // Conn returns the connection, with the member's savepoint open, so that
 // statements run on it directly are the member's too.
 func (t *memberTx[K, V]) Conn() *pgx.Conn {
-	if err := t.start(context.Background()); err != nil {
+	if err := t.start(context.Background(), true); err != nil {
 		return nil
 	}
 	return t.m.Conn()

@@ -1,0 +1,160 @@
+package entity_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync/atomic"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/payment"
+)
+
+// TestGroupCommitMemberRoundTrips: a member whose fn changes p and runs one
+// statement through tx that leaves the row alone (a ledger insert) costs one
+// round trip: its savepoint, the write of the row as the member before left
+// it and its statement go in one pipeline, and nothing is read back before
+// the next member. A member whose statement changes the row itself gets the
+// read back (one more round trip), and so does a member after the leader
+// (which sends what a lone caller sends). Run with every default exec mode
+// that pipelines, and the simple protocol, which sends the savepoint apart.
+func TestGroupCommitMemberRoundTrips(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		mode pgx.QueryExecMode
+		// perMember: round trips in a member's fn; between: from one
+		// member's end to the next one's start.
+		perMember, between int64
+	}{
+		{pgx.QueryExecModeCacheStatement, 1, 0},
+		{pgx.QueryExecModeCacheDescribe, 1, 0},
+		{pgx.QueryExecModeExec, 1, 0},
+		{pgx.QueryExecModeSimpleProtocol, 2, 1},
+	} {
+		t.Run(c.mode.String(), func(t *testing.T) {
+			t.Parallel()
+			var writes, written atomic.Int64
+			pool, ctx := paySetup(t, func(cfg *pgxpool.Config) {
+				cfg.ConnConfig.DefaultQueryExecMode = c.mode
+				dial := cfg.ConnConfig.DialFunc
+				cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+					conn, err := dial(ctx, network, addr)
+					if err != nil {
+						return nil, err
+					}
+					return countConn{conn, &writes, &written}, nil
+				}
+			})
+			if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
+				t.Fatal(err)
+			}
+			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+			key := payment.Key{ServiceID: 1, LineItemID: "li_gc_round_trips"}
+			const members = 6
+			type span struct{ start, end int64 }
+			var spans [members]span
+			run := func(round int, changeRow int) {
+				fns := make([]payFn, members)
+				for i := range fns {
+					fns[i] = func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+						spans[i].start = writes.Load()
+						sql := "INSERT INTO ledger VALUES ($1)"
+						arg := any(fmt.Sprintf("%d-%02d", round, i))
+						if i == changeRow {
+							// p unchanged: Save would write p's status over this
+							sql, arg = "UPDATE payments SET amount_cents = amount_cents + 1000 WHERE id = $1", p.ID
+						} else {
+							p.AmountCents++
+						}
+						_, err := tx.Exec(ctx, sql, arg)
+						spans[i].end = writes.Load()
+						return err
+					}
+				}
+				for i, r := range grouped(t, ctx, repo, key, nil, fns...) {
+					if r.err != nil || r.panicked != nil {
+						t.Fatalf("round %d, call %d: %v, %v", round, i, r.err, r.panicked)
+					}
+				}
+			}
+			const changer = 3
+			run(0, changer) // pgx prepares and describes the statements
+			run(1, changer)
+			for i := 1; i < members; i++ {
+				if got := spans[i].end - spans[i].start; got != c.perMember {
+					t.Errorf("member %d: %d round trips in fn, want %d", i, got, c.perMember)
+				}
+				want := c.between
+				if i == 1 || i == changer+1 {
+					want = 1 // after the leader and after a statement that changed the row: read back
+				}
+				if got := spans[i].start - spans[i-1].end; got != want {
+					t.Errorf("member %d: %d round trips between it and the member before, want %d", i, got, want)
+				}
+			}
+			if amount, _ := payRow(t, ctx, pool, key); amount != 2*(members-1+1000) {
+				t.Errorf("row: amount %d, want %d", amount, 2*(members-1+1000))
+			}
+		})
+	}
+}
+
+// TestGroupCommitPipelinedRow: a member's QueryRow goes in the pipeline too
+// (its savepoint before it, the read of the row after it), and the round
+// trip ends when fn scans the Row: members that scan see their own results
+// and the row as the member before left it; a member that leaves its Row
+// unscanned gets ErrRowsOpen, and the members before it ErrGroupRolledBack,
+// as with a Row sent on its own.
+func TestGroupCommitPipelinedRow(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	insert := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		want := fmt.Sprint(p.LineItemID, "/", p.AmountCents)
+		var got string
+		if err := tx.QueryRow(ctx, "INSERT INTO ledger VALUES ($1) RETURNING entry", want).Scan(&got); err != nil {
+			return err
+		}
+		var inTx int64
+		if err := tx.QueryRow(ctx, "SELECT amount_cents FROM payments WHERE id = $1", p.ID).Scan(&inTx); err != nil {
+			return err
+		}
+		if got != want || inTx != p.AmountCents-1 {
+			return fmt.Errorf("RETURNING %q, want %q; amount in tx %d, want %d", got, want, inTx, p.AmountCents-1)
+		}
+		return nil
+	}
+	t.Run("Scanned", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "scanned"}
+		for i, r := range grouped(t, ctx, repo, key, nil, insert, insert, insert, insert) {
+			if r.err != nil || r.panicked != nil {
+				t.Fatalf("call %d: %v, %v", i, r.err, r.panicked)
+			}
+		}
+		if amount, _ := payRow(t, ctx, pool, key); amount != 4 {
+			t.Errorf("amount %d, want 4", amount)
+		}
+	})
+	t.Run("Unscanned", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "unscanned"}
+		res := grouped(t, ctx, repo, key, nil, insert, insert, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			_ = tx.QueryRow(ctx, "SELECT amount_cents FROM payments WHERE id = $1", p.ID)
+			return nil
+		}, insert)
+		for i, want := range []error{entity.ErrGroupRolledBack, entity.ErrGroupRolledBack, entity.ErrRowsOpen, nil} {
+			if !errors.Is(res[i].err, want) || (want == nil && res[i].err != nil) {
+				t.Errorf("call %d: %v, want %v", i, res[i].err, want)
+			}
+		}
+		if got := ledger(t, ctx, pool); !slices.Contains(got, "unscanned/1") || slices.Contains(got, "unscanned/2") {
+			t.Errorf("ledger %v, want only the last call's unscanned/1", got)
+		}
+	})
+}
