@@ -116,6 +116,7 @@ func (gs *groups[K, V]) arrive(key int64, m *member[K, V]) (lead bool) {
 		gk.leading = true
 		return true
 	}
+	m.turn, m.done = make(chan *group[K, V], 1), make(chan error, 1) // a lone caller needs neither
 	gk.queue = append(gk.queue, m)
 	return false
 }
@@ -202,6 +203,8 @@ type group[K, V any] struct {
 	txs     []*txn.Managed  // each member's tx, ended once the transaction is
 	size    int             // callers whose fn ran, set before the outcome is sent
 	stepped chan struct{}
+	txs0    [1]*txn.Managed // txs and ok of a lone caller, without allocations
+	ok0     [1]*member[K, V]
 }
 
 // withGroup is one attempt of With under group commit.
@@ -227,7 +230,7 @@ func (r *Repository[K, V]) withGroup(ctx context.Context, k K, fn func(ctx conte
 			}
 		}()
 	}
-	m := &member[K, V]{ctx: ctx, fn: fn, ev: ev, turn: make(chan *group[K, V], 1), done: make(chan error, 1)}
+	m := &member[K, V]{ctx: ctx, fn: fn, ev: ev}
 	gs := r.groups
 	if !gs.arrive(lk.ID(), m) {
 		g, err := r.waitTurn(ctx, lk, m)
@@ -342,8 +345,9 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	}
 	g := &group[K, V]{
 		k: k, r: r, cloner: r.table.(Cloner[V]), lk: lk, conn: conn.Conn(), created: ev.Created,
-		before: before, first: v, cur: before, written: before, stepped: make(chan struct{}, 1),
+		before: before, first: v, cur: before, written: before,
 	}
+	g.txs, g.ok = g.txs0[:0], g.ok0[:0]
 	// The leader's fn runs as in a call of its own, without a savepoint: if
 	// it fails, the transaction rolls back and nobody else has joined it; the
 	// first queued caller then leads the next one.
@@ -366,6 +370,9 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 			if err := g.reload(context.WithoutCancel(ctx)); err != nil {
 				g.broke(fmt.Errorf("read the row back after a call's statements: %w", err), false)
 			}
+		}
+		if g.stepped == nil {
+			g.stepped = make(chan struct{}, 1) // a lone caller needs none
 		}
 		next.turn <- g
 		unwatch := watch()
@@ -511,7 +518,10 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 	default:
 		v = g.cloner.Clone(g.cur, false)
 	}
-	tx := &memberTx[K, V]{g: g, m: txn.NewManaged(g.conn, nil), name: "paylock_group_" + strconv.Itoa(g.n), plain: leader}
+	tx := &memberTx[K, V]{g: g, m: txn.NewManaged(g.conn, nil), plain: leader}
+	if !leader {
+		tx.name = "paylock_group_" + strconv.Itoa(g.n)
+	}
 	g.txs = append(g.txs, tx.m) // the leader ends it once the transaction is
 	defer tx.m.Close()
 	m.ev.stage = stageFn

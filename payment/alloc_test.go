@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -57,5 +59,46 @@ func TestWithAllocations(t *testing.T) { // not parallel: AllocsPerRun counts th
 		if allocs > maxWithAllocs {
 			t.Errorf("%s row: %.0f allocations per With, want at most %d", tt.name, allocs, maxWithAllocs)
 		}
+	}
+}
+
+// maxLoneGroupAllocs bounds what entity.WithGroupCommit adds to the
+// allocations of a lone caller's With: its event, its place in the key's
+// group, the group's state and the watch of IdleTimeout. Channels, the
+// savepoint's name and the group's lists are made only once a second
+// caller joins (17 more allocations before they were).
+const maxLoneGroupAllocs = 12
+
+// TestGroupCommitLoneCallerAllocations: a lone caller with group commit
+// allocates at most maxLoneGroupAllocs more than without it.
+func TestGroupCommitLoneCallerAllocations(t *testing.T) { // not parallel: AllocsPerRun counts the whole process
+	count := func(opts ...entity.Option) float64 {
+		pool := paytest.Pool(t, func(cfg *pgxpool.Config) {
+			cfg.MaxConns, cfg.MinConns = 1, 1
+			cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+		})
+		repo := payment.NewRepository(pool, opts...)
+		ctx := pgtest.Context(t, time.Minute)
+		key := payment.Key{ServiceID: 1, LineItemID: "li_alloc_group"}
+		for range 3 { // warm-up: prepares
+			if err := repo.With(ctx, key, bump); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var err error
+		allocs := testing.AllocsPerRun(50, func() {
+			if e := repo.With(ctx, key, bump); e != nil {
+				err = e
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return allocs
+	}
+	plain, group := count(), count(entity.WithGroupCommit(32))
+	t.Logf("%.0f allocations per With, %.0f with group commit", plain, group)
+	if group-plain > maxLoneGroupAllocs {
+		t.Errorf("a lone caller with group commit: %.0f allocations, %.0f more than without, want at most %d more", group, group-plain, maxLoneGroupAllocs)
 	}
 }
