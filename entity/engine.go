@@ -27,10 +27,11 @@ type Beginner interface {
 // CheckEngine reports whether strategy s serializes callers on the server
 // that b connects to. For Advisory it tries the locks rather than trusting a
 // version string: it opens two transactions on two sessions, takes a
-// transaction-scoped advisory lock on a random id in the first (with
-// pg_advisory_xact_lock, the function With uses), and requires
-// that the second can't take it while the first holds it and can once the
-// first has rolled back. An engine without advisory locks, one whose locks
+// transaction-scoped advisory lock on a random id in the first with
+// pg_advisory_xact_lock, and requires that the second can't take it with
+// pg_try_advisory_xact_lock while the first holds it and can once the first
+// has rolled back: With uses both functions (the second when its key is
+// cold in its process, the first when it must wait). An engine without advisory locks, one whose locks
 // are no-ops, and sessions that land on different nodes or databases (whose
 // locks don't see each other) fail the probe with ErrAdvisoryUnsupported. A
 // Citus worker is refused as well, because its locks are local to that node

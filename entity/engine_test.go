@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
@@ -131,42 +132,58 @@ func TestCheckEngine(t *testing.T) {
 		t.Log(err)
 	})
 
-	// With takes pg_advisory_xact_lock: where a role may not execute it, the
-	// probe must not pass.
-	t.Run("LockFunctionRevoked", func(t *testing.T) {
-		role := fmt.Sprintf("paylock_probe_%d", time.Now().UnixNano()%1e9)
-		if _, err := pool.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
-			t.Skipf("can't create a role here: %v", err)
-		}
-		t.Cleanup(func() {
-			pool.Exec(context.Background(), "DROP OWNED BY "+role)
-			pool.Exec(context.Background(), "DROP ROLE "+role)
-		})
-		for _, q := range []string{
-			"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO " + role,
-			"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO " + role,
-			"REVOKE EXECUTE ON FUNCTION pg_advisory_xact_lock(bigint) FROM PUBLIC",
-		} {
-			if _, err := pool.Exec(ctx, q); err != nil {
-				t.Skipf("%s: %v", q, err)
+	// With takes pg_try_advisory_xact_lock when its key is cold in its
+	// process, and pg_advisory_xact_lock when it must wait: where a role may
+	// not execute either, With fails (when it must wait, for the second), and
+	// the probe must not pass.
+	for _, fn := range []string{"pg_advisory_xact_lock", "pg_try_advisory_xact_lock"} {
+		t.Run("Revoked/"+fn, func(t *testing.T) {
+			role := fmt.Sprintf("paylock_probe_%d", time.Now().UnixNano()%1e9)
+			if _, err := pool.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
+				t.Skipf("can't create a role here: %v", err)
 			}
-		}
-		cfg := pool.Config().Copy()
-		cfg.ConnConfig.User = role
-		rp, err := pgxpool.NewWithConfig(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rp.Close()
-		withErr := entity.New(rp, counters{}).With(ctx, "li_revoked",
-			func(context.Context, pgx.Tx, *counter) error { return nil })
-		if withErr == nil {
-			t.Fatal("With succeeded without EXECUTE on pg_advisory_xact_lock: the setup is wrong")
-		}
-		if err := entity.CheckEngine(ctx, rp, entity.Advisory); err == nil {
-			t.Errorf("CheckEngine passed for a role whose With fails: %v", withErr)
-		} else {
-			t.Log(err)
-		}
-	})
+			t.Cleanup(func() {
+				pool.Exec(context.Background(), "GRANT EXECUTE ON FUNCTION "+fn+"(bigint) TO PUBLIC")
+				pool.Exec(context.Background(), "DROP OWNED BY "+role)
+				pool.Exec(context.Background(), "DROP ROLE "+role)
+			})
+			for _, q := range []string{
+				"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO " + role,
+				"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO " + role,
+				"REVOKE EXECUTE ON FUNCTION " + fn + "(bigint) FROM PUBLIC",
+			} {
+				if _, err := pool.Exec(ctx, q); err != nil {
+					t.Skipf("%s: %v", q, err)
+				}
+			}
+			cfg := pool.Config().Copy()
+			cfg.ConnConfig.User = role
+			rp, err := pgxpool.NewWithConfig(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rp.Close()
+			// Another session holds the key, so With must wait.
+			holder, err := pool.Acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer holder.Release()
+			if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1)", lockKey("li_revoked").ID()); err != nil {
+				t.Fatal(err)
+			}
+			defer holder.Exec(context.Background(), "SELECT pg_advisory_unlock_all()")
+			withErr := entity.New(rp, counters{}).With(ctx, "li_revoked",
+				func(context.Context, pgx.Tx, *counter) error { return nil })
+			var pgErr *pgconn.PgError
+			if !errors.As(withErr, &pgErr) || pgErr.Code != "42501" {
+				t.Fatalf("With without EXECUTE on %s = %v, want a permission error (42501)", fn, withErr)
+			}
+			if err := entity.CheckEngine(ctx, rp, entity.Advisory); err == nil {
+				t.Errorf("CheckEngine passed for a role whose With fails: %v", withErr)
+			} else {
+				t.Log(err)
+			}
+		})
+	}
 }

@@ -304,7 +304,7 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 		}()
 	}
 
-	release, err := r.waitInQueue(ctx, lk.ID())
+	release, alone, err := r.waitInQueue(ctx, lk.ID())
 	if err != nil {
 		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err))
 	}
@@ -329,7 +329,7 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 		}
 	}()
 
-	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, &ev)
+	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, &ev, alone)
 	if err != nil {
 		if missingStatement(err) {
 			// Gone from the server (user code ran DEALLOCATE ALL or DISCARD
@@ -369,18 +369,19 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 
 // waitInQueue waits for the call's turn in r's queue of key's callers, for
 // at most lock.Options.LockTimeout when that is set: then, as at
-// PostgreSQL, the wait fails with lock.ErrLockTimeout.
-func (r *Repository[K, V]) waitInQueue(ctx context.Context, key int64) (release func(), err error) {
+// PostgreSQL, the wait fails with lock.ErrLockTimeout. alone reports that
+// no other caller of key in this process held or waited for it.
+func (r *Repository[K, V]) waitInQueue(ctx context.Context, key int64) (release func(), alone bool, err error) {
 	if r.settings.LockTimeout <= 0 {
-		return r.queue.Acquire(ctx, key)
+		return r.queue.AcquireAlone(ctx, key)
 	}
 	qctx, cancel := context.WithTimeoutCause(ctx, r.settings.LockTimeout, txn.ErrLockTimeout)
 	defer cancel()
-	release, err = r.queue.Acquire(qctx, key)
+	release, alone, err = r.queue.AcquireAlone(qctx, key)
 	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(qctx), txn.ErrLockTimeout) {
-		return nil, fmt.Errorf("%w (%s in the in-process queue)", txn.ErrLockTimeout, r.settings.LockTimeout)
+		return nil, false, fmt.Errorf("%w (%s in the in-process queue)", txn.ErrLockTimeout, r.settings.LockTimeout)
 	}
-	return release, err
+	return release, alone, err
 }
 
 func (r *Repository[K, V]) classify(err error) error {

@@ -313,7 +313,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	// do, and give it back after their connection: the leader that
 	// committed may not have released its connection yet when the next
 	// one's successor wants one, and a key holds at most ConnsPerKey.
-	release, err := r.queue.Acquire(ctx, lk.ID())
+	release, alone, err := r.queue.AcquireAlone(ctx, lk.ID())
 	if err != nil {
 		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err)), nil
 	}
@@ -332,7 +332,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 			txn.Rollback(ctx, pc, nil)
 		}
 	}()
-	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, ev)
+	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, ev, alone)
 	if err != nil {
 		if missingStatement(err) {
 			// Gone from the server (user code ran DEALLOCATE ALL or DISCARD

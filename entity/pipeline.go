@@ -30,14 +30,24 @@ import (
 // lockAndLoad sends BEGIN, the settings, the lock, Ensure and Find in one
 // round trip and scans the row twice: the copy for fn and the one Save
 // compares it with. prepared lists the Save statements prepared on conn.
-func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K, lk lock.Key, ev *Event) (before, v *V, prepared []string, err error) {
+//
+// The lock statement: a caller alone with its key in this process (alone),
+// whose statements are prepared, first tries the lock with a prepared
+// statement (txn.TrySQL) that fails when another session holds it or waits
+// for it; only then, in a second round trip that rolls that transaction
+// back first, does it wait with the statement whose comment names the key
+// (txn.LockSQL), unnamed, parsed in every call: pg_stat_activity shows a
+// waiter's statement, and `paylock locks` reads the key from it. A caller
+// with others of its key in this process, which will likely wait, sends
+// that one at once.
+func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K, lk lock.Key, ev *Event, alone bool) (before, v *V, prepared []string, err error) {
 	ensureSQL, ensureArgs := r.table.Ensure(k)
 	findSQL, findArgs := r.table.Find(k)
 	if r.prepare {
 		// Building the first pipeline prepares its statements, before it is
 		// sent; prepare now, before taking the lock, those of the second
 		// one too: a no-op (pgx's cache) but on a connection's first use.
-		for _, sql := range [...]string{txn.CheckSQL, "COMMIT"} {
+		for _, sql := range [...]string{txn.CheckSQL, "COMMIT", txn.TrySQL, "ROLLBACK"} { // ROLLBACK: after a failed try
 			if _, err := conn.Prepare(ctx, r.names.get(sql), sql); err != nil {
 				return nil, nil, nil, txn.Classify(ctx, err)
 			}
@@ -60,25 +70,59 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 	if err != nil {
 		return nil, nil, nil, txn.Classify(ctx, err)
 	}
+	try := alone && r.prepare && r.strategy == Advisory
+	for rollback := false; ; rollback = true {
+		before, v, err = r.load(ctx, conn, ensureSQL, ensureArgs, findSQL, findArgs, lk, ev, settings.ConnCheck, try, rollback)
+		if !try || !errors.Is(err, errLockBusy) {
+			return before, v, prepared, err
+		}
+		try = false
+	}
+}
+
+// errLockBusy: txn.TrySQL found the lock taken or awaited.
+var errLockBusy = errors.New("entity: the lock is taken")
+
+// failedDivision reports whether err is the division by zero (SQLSTATE
+// 22012) with which txn.TrySQL fails when the lock is taken.
+func failedDivision(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "22012"
+}
+
+// load is one round trip of lockAndLoad: ROLLBACK first (rollback, after a
+// try that failed), BEGIN, the settings, the lock (tried, if try), Ensure
+// and Find.
+func (r *Repository[K, V]) load(ctx context.Context, conn *pgx.Conn, ensureSQL string, ensureArgs []any, findSQL string, findArgs []any,
+	lk lock.Key, ev *Event, connCheck, try, rollback bool) (before, v *V, err error) {
 	b := batch{ctx: ctx, conn: conn, prepare: r.prepare, names: &r.names}
+	if rollback {
+		b.add("ROLLBACK")
+	}
 	b.add(txn.SQLBegin)
-	b.add(r.setSQL[b2i(settings.ConnCheck)])
+	b.add(r.setSQL[b2i(connCheck)])
+	locker := -1
 	if r.strategy == Advisory {
-		// statement_timestamp() is when the lock statement started and
-		// clock_timestamp(), evaluated after the lock, when it was granted.
-		// Unnamed, never prepared: its comment names the key.
-		b.addLock(txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
+		locker = b.n
+		if try {
+			b.add(txn.TrySQL, lk.ID())
+		} else {
+			// statement_timestamp() is when the lock statement started and
+			// clock_timestamp(), evaluated after the lock, when it was
+			// granted. Unnamed, never prepared: its comment names the key.
+			b.addLock(txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
+		}
 	}
 	b.add(ensureSQL, ensureArgs...)
 	b.add(findSQL, findArgs...)
 	if b.err != nil {
-		return nil, nil, nil, b.err
+		return nil, nil, b.err
 	}
 	// The statement that serializes callers: the advisory lock, or with
 	// RowLock the last one, Find, whose row lock is what callers wait for.
-	locker, ensure, find := b.n-1, b.n-2, b.n-1
-	if r.strategy == Advisory {
-		locker = 2
+	ensure, find := b.n-2, b.n-1
+	if locker < 0 {
+		locker = find
 	}
 	// The results are read as they arrive, not copied (ReadAll would copy
 	// every row): the lock's wait and the row are scanned from pgconn's
@@ -97,7 +141,7 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 		rr := mrr.ResultReader()
 		for rr.NextRow() {
 			switch {
-			case i == locker && r.strategy == Advisory:
+			case i == locker && r.strategy == Advisory && !try: // the try's 1 says nothing
 				waitErr = scanValues(conn, rr.FieldDescriptions(), rr.Values(), &wait)
 			case i == find && rows == 0:
 				row := valuesRow{conn: conn, fds: rr.FieldDescriptions(), values: rr.Values()}
@@ -127,6 +171,9 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 	if err == nil {
 		err = failed
 	}
+	if try && done == locker && failedDivision(err) {
+		return nil, nil, errLockBusy
+	}
 	if done <= locker {
 		// Never granted (a lock timeout, ctx done, the connection lost):
 		// the client waited for the whole round trip.
@@ -134,29 +181,29 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 		if err == nil {
 			err = fmt.Errorf("%d results for %d statements", done, b.n)
 		}
-		return nil, nil, nil, txn.Classify(ctx, err)
+		return nil, nil, txn.Classify(ctx, err)
 	}
 	ev.Granted = returned
 	if r.strategy == Advisory {
 		if waitErr != nil {
-			return nil, nil, nil, fmt.Errorf("read lock wait: %w", waitErr)
+			return nil, nil, fmt.Errorf("read lock wait: %w", waitErr)
 		}
 		ev.Wait = time.Duration(wait.Microseconds) * time.Microsecond
 	}
 	if err != nil {
-		return nil, nil, nil, txn.Classify(ctx, err)
+		return nil, nil, txn.Classify(ctx, err)
 	}
 	if done != b.n {
-		return nil, nil, nil, fmt.Errorf("%d results for %d statements", done, b.n)
+		return nil, nil, fmt.Errorf("%d results for %d statements", done, b.n)
 	}
 	if rows == 0 {
-		return nil, nil, nil, ErrNotFound
+		return nil, nil, ErrNotFound
 	}
 	if scanErr != nil {
-		return nil, nil, nil, scanErr
+		return nil, nil, scanErr
 	}
 	ev.Created = created
-	return before, v, prepared, nil
+	return before, v, nil
 }
 
 // save sends txn.CheckSQL, release (a RELEASE SAVEPOINT), if any, sql, if

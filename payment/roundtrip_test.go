@@ -21,9 +21,11 @@ type roundTrips struct {
 	mu       sync.Mutex
 	n        int
 	lastRead map[net.Conn]bool
-	// parses counts the Parse messages written (statements the server
-	// parses and plans), all but the first write of a connection (its
-	// startup message, which has no type byte) being whole messages.
+	// parses counts the Parse messages of unnamed statements written
+	// (statements the server parses and plans for one use; a named one is
+	// prepared once per connection), all but the first write of a
+	// connection (its startup message, which has no type byte) being whole
+	// messages.
 	parses int
 }
 
@@ -76,7 +78,7 @@ func (c *countingConn) Write(b []byte) (int, error) {
 		c.r.n++
 	}
 	for m := b; seen && len(m) >= 5; {
-		if m[0] == 'P' {
+		if m[0] == 'P' && len(m) > 5 && m[5] == 0 { // an empty name
 			c.r.parses++
 		}
 		m = m[min(1+int(binary.BigEndian.Uint32(m[1:5])), len(m)):]
@@ -198,36 +200,125 @@ func testRoundTrips(t *testing.T, mode pgx.QueryExecMode) {
 }
 
 // TestWithParsesOnlyTheLockStatement: with pgx's statement cache, once a
-// connection has prepared With's statements, a call sends exactly one
-// statement for the server to parse and plan, the lock (unnamed: its comment
-// names the key); every other one, the commit check included, runs
-// prepared. The rowlock transaction's statements, sent unnamed, count 3,
-// proof that the counter counts.
+// connection has prepared With's statements, a call whose key no other
+// caller in its process has sends nothing for the server to parse and plan:
+// it tries the lock with a prepared statement. A call that must wait sends
+// one, the lock statement whose comment names the key for `paylock locks`
+// (unnamed): at once when another caller in its process has the key, after
+// the try (one more round trip) when another session has it. The rowlock
+// transaction's statements, sent unnamed, count 3, proof that the counter
+// counts.
 func TestWithParsesOnlyTheLockStatement(t *testing.T) {
 	t.Parallel()
 	rt := &roundTrips{lastRead: map[net.Conn]bool{}}
-	repo, pool := newRepo(t, rt.configure)
+	repo, pool := newRepo(t, func(cfg *pgxpool.Config) {
+		rt.configure(cfg)
+		cfg.MaxConns = 2 // two calls at once
+	})
 	ctx := pgtest.Context(t, time.Minute)
 	if _, err := pool.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
+	// Another session, and the queries of pg_locks, uncounted.
+	cfg := pool.Config().Copy()
+	cfg.ConnConfig.DialFunc = (&net.Dialer{}).DialContext
+	admin, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	waiting := func() {
+		for ctx.Err() == nil {
+			var n int
+			_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").Scan(&n)
+			if n > 0 {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
-	for i := range 2 { // warm-up: prepares
+	other, err := admin.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Release()
+	// heldByAnotherSession runs With on key while another session holds
+	// its lock, until With waits for it.
+	heldByAnotherSession := func(key payment.Key) error {
+		if _, err := other.Exec(ctx, "SELECT pg_advisory_lock($1)", key.LockKey().ID()); err != nil {
+			t.Fatal(err)
+		}
+		unlocked := make(chan struct{})
+		go func() {
+			defer close(unlocked)
+			waiting()
+			_, _ = other.Exec(ctx, "SELECT pg_advisory_unlock($1)", key.LockKey().ID())
+		}()
+		defer func() { <-unlocked }()
+		return repo.With(ctx, key, bump)
+	}
+	for i := range 2 { // warm-up: prepares, also the busy path's ROLLBACK
 		if err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_parse_warm"}, bump); err != nil {
+			t.Fatalf("warm-up call %d: %v", i+1, err)
+		}
+		if err := heldByAnotherSession(payment.Key{ServiceID: 1, LineItemID: "li_parse_warm"}); err != nil {
 			t.Fatalf("warm-up call %d: %v", i+1, err)
 		}
 	}
 	for _, key := range []string{"li_parse_1", "li_parse_1"} { // new row, then existing
-		before := rt.parseCount()
+		before, rts := rt.parseCount(), rt.count()
 		if err := repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: key}, bump); err != nil {
 			t.Fatal(err)
 		}
-		if got := rt.parseCount() - before; got != 1 {
-			t.Errorf("With on %s sent %d statements to parse, want 1 (the lock)", key, got)
+		if got := rt.parseCount() - before; got != 0 {
+			t.Errorf("With on %s, a key no other caller has, sent %d statements to parse, want 0", key, got)
+		}
+		if got := rt.count() - rts; got != 2 {
+			t.Errorf("With on %s, a key no other caller has, made %d round trips, want 2", key, got)
 		}
 	}
+	t.Run("AnotherCallerInProcess", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "li_parse_in_process"}
+		before := rt.parseCount()
+		held, release := make(chan struct{}), make(chan struct{})
+		first := make(chan error, 1)
+		go func() {
+			first <- repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				close(held)
+				<-release
+				return nil
+			})
+		}()
+		<-held
+		go func() {
+			waiting()
+			close(release)
+		}()
+		if err := repo.With(ctx, key, bump); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-first; err != nil {
+			t.Fatal(err)
+		}
+		if got := rt.parseCount() - before; got != 1 {
+			t.Errorf("two calls on one key sent %d statements to parse, want 1 (the second's lock)", got)
+		}
+	})
+	t.Run("AnotherSession", func(t *testing.T) {
+		before, rts := rt.parseCount(), rt.count()
+		if err := heldByAnotherSession(payment.Key{ServiceID: 1, LineItemID: "li_parse_1"}); err != nil {
+			t.Fatal(err)
+		}
+		if got := rt.parseCount() - before; got != 1 {
+			t.Errorf("With on a key another session holds sent %d statements to parse, want 1 (the lock, after the try)", got)
+		}
+		if got := rt.count() - rts; got != 3 {
+			t.Errorf("With on a key another session holds made %d round trips, want 3 (the try, the lock, the commit)", got)
+		}
+	})
 	before := rt.parseCount()
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO payments (service_id, line_item_id) VALUES (1, $1)
 			ON CONFLICT DO NOTHING`, pgx.QueryExecModeExec, "li_parse_2"); err != nil {
 			return err

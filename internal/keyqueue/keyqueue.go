@@ -44,14 +44,23 @@ func New(width int) *Queue {
 // if ctx is done first, ctx.Err() (the caller then holds nothing and leaves
 // the queue at once, letting the next one in).
 func (q *Queue) Acquire(ctx context.Context, key int64) (release func(), err error) {
+	release, _, err = q.AcquireAlone(ctx, key)
+	return release, err
+}
+
+// AcquireAlone is Acquire that also reports whether the caller was let
+// through at once with no other caller of key holding or waiting: the key
+// was cold in this process, as far as the queue knows (a nil Queue knows
+// nothing, and reports false).
+func (q *Queue) AcquireAlone(ctx context.Context, key int64) (release func(), alone bool, err error) {
 	if q == nil {
-		return func() {}, nil
+		return func() {}, false, nil
 	}
 	done := ctx.Done()
 	q.mu.Lock()
 	if done != nil && ctx.Err() != nil {
 		q.mu.Unlock()
-		return nil, ctx.Err()
+		return nil, false, ctx.Err()
 	}
 	e := q.keys[key]
 	if e == nil {
@@ -63,9 +72,10 @@ func (q *Queue) Acquire(ctx context.Context, key int64) (release func(), err err
 	}
 	e.refs++
 	if e.held < q.width && len(e.waiters) == 0 {
+		alone = e.held == 0
 		e.held++
 		q.mu.Unlock()
-		return q.releaser(key, e), nil
+		return q.releaser(key, e), alone, nil
 	}
 	ready := make(chan struct{})
 	e.waiters = append(e.waiters, ready)
@@ -73,7 +83,7 @@ func (q *Queue) Acquire(ctx context.Context, key int64) (release func(), err err
 
 	select {
 	case <-ready:
-		return q.releaser(key, e), nil
+		return q.releaser(key, e), false, nil
 	case <-done:
 	}
 	q.mu.Lock()
@@ -81,7 +91,7 @@ func (q *Queue) Acquire(ctx context.Context, key int64) (release func(), err err
 	case <-ready: // let through meanwhile: pass the slot on
 		q.mu.Unlock()
 		q.release(key, e)
-		return nil, ctx.Err()
+		return nil, false, ctx.Err()
 	default:
 	}
 	for i, w := range e.waiters {
@@ -92,7 +102,7 @@ func (q *Queue) Acquire(ctx context.Context, key int64) (release func(), err err
 	}
 	q.leave(key, e)
 	q.mu.Unlock()
-	return nil, ctx.Err()
+	return nil, false, ctx.Err()
 }
 
 // releaser returns the release function of a caller let through on e.

@@ -105,6 +105,13 @@ func (s Settings) BeginSQL() string { return SQLBegin + "; " + s.SetSQL() }
 // SQLBegin begins the transaction.
 const SQLBegin = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
+// TrySQL takes the transaction-scoped advisory lock $1 if no other session
+// holds it or waits for it, and otherwise fails with a division by zero
+// (SQLSTATE 22012), so that the statements pipelined after it don't run. It
+// never waits, and it has a constant text, so it is prepared once per
+// connection, where LockSQL's, which names the key, is parsed in every call.
+const TrySQL = "SELECT 1 / pg_try_advisory_xact_lock($1::bigint)::int"
+
 // LockSQL returns "SELECT expr" followed by a sqlcommenter-style comment that
 // names keys (lock.Key.String values, which escape everything but
 // [A-Za-z0-9_.~-], so no key can end the comment or the quoted value).
