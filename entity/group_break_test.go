@@ -1,0 +1,249 @@
+package entity_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/payment"
+)
+
+// TestGroupCommitBreakStatementErrorIsolated: a member whose first statement
+// fails before the server runs it (PostgreSQL refuses to parse it, or pgx
+// can't encode an argument) fails alone, as without the option: its error
+// comes back, and the members before and after it commit. pgx prepares or
+// describes a new statement in a round trip before it runs the batch, and
+// encodes the arguments before it sends it, so when fn's statement goes in
+// one batch with the savepoint, such an error keeps the savepoint (and the
+// check, the release, the write of the row) from running at all.
+func TestGroupCommitBreakStatementErrorIsolated(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []pgx.QueryExecMode{
+		pgx.QueryExecModeCacheStatement,
+		pgx.QueryExecModeCacheDescribe,
+		pgx.QueryExecModeDescribeExec,
+		pgx.QueryExecModeExec,
+	} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			pool, ctx := paySetup(t, func(cfg *pgxpool.Config) { cfg.ConnConfig.DefaultQueryExecMode = mode })
+			if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
+				t.Fatal(err)
+			}
+			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+			add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				p.AmountCents++
+				_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.LineItemID, "/", p.AmountCents))
+				return err
+			}
+			t.Run("Parse", func(t *testing.T) {
+				key := payment.Key{ServiceID: 1, LineItemID: "parse"}
+				res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+					p.AmountCents += 100
+					_, err := tx.Exec(ctx, "INSERT INTO no_such_table VALUES ($1)", 1)
+					return err
+				}, add)
+				var pgErr *pgconn.PgError
+				if !errors.As(res[1].err, &pgErr) || pgErr.Code != "42P01" {
+					t.Errorf("call 1: %v, want its own undefined_table error", res[1].err)
+				}
+				for _, i := range []int{0, 2} {
+					if res[i].err != nil {
+						t.Errorf("call %d: %v, want nil (another call's bad statement failed it)", i, res[i].err)
+					}
+				}
+			})
+			t.Run("Encode", func(t *testing.T) {
+				// fn goes on after a statement pgx refused to send, as it may:
+				// nothing reached the server, the transaction is intact.
+				key := payment.Key{ServiceID: 1, LineItemID: "encode"}
+				res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+					if _, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", make(chan int)); err == nil {
+						return errors.New("a chan encoded")
+					}
+					return add(ctx, tx, p)
+				}, add)
+				for i, r := range res {
+					if r.err != nil {
+						t.Errorf("call %d: %v, want nil", i, r.err)
+					}
+				}
+				if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+					t.Errorf("amount %d, want 3", amount)
+				}
+			})
+		})
+	}
+}
+
+// TestGroupCommitBreakCtxDuringPrefixWrite: a member's statement runs with
+// a ctx that ends before the write of the row as the leader left it (a slow
+// trigger) is done. Without the option that write is the leader's own, and
+// the member's statement is quick: the leader commits. The member's ctx
+// must not reach the write of another caller's row: before the write went
+// into the member's pipeline, it ran without the member's ctx.
+func TestGroupCommitBreakCtxDuringPrefixWrite(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	if _, err := pool.Exec(ctx, `CREATE FUNCTION slow_paid() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.status = 'slow' AND OLD.status <> 'slow' THEN PERFORM pg_sleep(0.6); END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER slow_paid BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION slow_paid()`); err != nil {
+		t.Fatal(err)
+	}
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "ctx_prefix"}
+	res := grouped(t, ctx, repo, key, nil, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.Status = "slow"
+		return nil
+	}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		_, err := tx.Exec(sctx, "INSERT INTO ledger VALUES ($1)", "member")
+		return err
+	})
+	if res[0].err != nil {
+		t.Errorf("leader: %v, want nil: another member's ctx undid its part", res[0].err)
+	}
+	if _, status := payRow(t, ctx, pool, key); status != "slow" {
+		t.Errorf("status %q, want the leader's %q", status, "slow")
+	}
+}
+
+// TestGroupCommitBreakTriggerOnGroupWrite: a trigger fills data when a
+// payment becomes paid. The leader marks it paid (in p), the next member
+// runs a statement that leaves the row alone, the last one changes the
+// amount. One by one, the trigger's data stays; in a group, the write of
+// the leader's row (before the second member's statement) fires it, and the
+// third member must get the row with that data, as it did when the row was
+// read back after every member with SQL: else its write puts data back to
+// NULL.
+func TestGroupCommitBreakTriggerOnGroupWrite(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	if _, err := pool.Exec(ctx, `CREATE FUNCTION paid_data() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.status = 'paid' AND OLD.status <> 'paid' THEN NEW.data := '{"paid": true}'; END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER paid_data BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION paid_data()`); err != nil {
+		t.Fatal(err)
+	}
+	fns := []payFn{
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.Status = "paid"; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", p.LineItemID)
+			return err
+		},
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil },
+	}
+	data := func(key payment.Key) string {
+		var d *string
+		if err := pool.QueryRow(ctx, "SELECT data::text FROM payments WHERE service_id = $1 AND line_item_id = $2",
+			key.ServiceID, key.LineItemID).Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		if d == nil {
+			return "NULL"
+		}
+		return *d
+	}
+	plain := entity.New(pool, payment.Table{})
+	one := payment.Key{ServiceID: 1, LineItemID: "trigger_one_by_one"}
+	for i, fn := range fns {
+		if err := plain.With(ctx, one, fn); err != nil {
+			t.Fatalf("one by one, call %d: %v", i, err)
+		}
+	}
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "trigger_group"}
+	for i, r := range grouped(t, ctx, repo, key, nil, fns...) {
+		if r.err != nil {
+			t.Fatalf("call %d: %v", i, r.err)
+		}
+	}
+	if got, want := data(key), data(one); got != want {
+		t.Errorf("data %s in a group, %s one by one", got, want)
+	}
+}
+
+// TestGroupCommitBreakRowScannedTwice: a Row scanned a second time fails as
+// pgx's does, with pgx.ErrNoRows, for a member as for a call of its own.
+func TestGroupCommitBreakRowScannedTwice(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	var errs [2]error
+	twice := func(i int) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			var n int64
+			row := tx.QueryRow(ctx, "SELECT amount_cents FROM payments WHERE id = $1", p.ID)
+			if err := row.Scan(&n); err != nil {
+				return err
+			}
+			errs[i] = row.Scan(&n)
+			return nil
+		}
+	}
+	key := payment.Key{ServiceID: 1, LineItemID: "scanned_twice"}
+	for i, r := range grouped(t, ctx, repo, key, nil, twice(0), twice(1)) {
+		if r.err != nil {
+			t.Fatalf("call %d: %v", i, r.err)
+		}
+	}
+	if !errors.Is(errs[0], pgx.ErrNoRows) {
+		t.Fatalf("leader's second Scan: %v; pgx changed", errs[0])
+	}
+	if !errors.Is(errs[1], pgx.ErrNoRows) {
+		t.Errorf("member's second Scan: %v, want %v as the leader's", errs[1], errs[0])
+	}
+}
+
+// TestGroupCommitBreakRowGoneBetweenStatements: a member's fn deletes the
+// row and inserts it again, as it was, in two statements. Both succeed
+// without the option, and did in a group while the row was read only once
+// fn returned; the read sent after each statement must not turn the first
+// one's success into an error because the row is missing in between.
+func TestGroupCommitBreakRowGoneBetweenStatements(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	recreate := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		if _, err := tx.Exec(ctx, "DELETE FROM payments WHERE id = $1", p.ID); err != nil {
+			return fmt.Errorf("delete: %w", err)
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO payments (id, service_id, line_item_id, amount_cents, currency, status, data, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, p.ID, p.ServiceID, p.LineItemID, p.AmountCents, p.Currency, p.Status, p.Data, p.CreatedAt, p.UpdatedAt)
+		if err != nil {
+			return fmt.Errorf("insert: %w", err)
+		}
+		p.AmountCents++
+		return nil
+	}
+	bump := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	plain := entity.New(pool, payment.Table{})
+	one := payment.Key{ServiceID: 1, LineItemID: "recreate_one_by_one"}
+	for i, fn := range []payFn{bump, recreate, bump} {
+		if err := plain.With(ctx, one, fn); err != nil {
+			t.Fatalf("one by one, call %d: %v", i, err)
+		}
+	}
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "recreate_group"}
+	for i, r := range grouped(t, ctx, repo, key, nil, bump, recreate, bump) {
+		if r.err != nil {
+			t.Errorf("call %d: %v, want nil as one by one", i, r.err)
+		}
+	}
+	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+		t.Errorf("amount %d, want 3", amount)
+	}
+}
