@@ -848,8 +848,15 @@ func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, args []any) (
 func (t *memberTx[K, V]) after(br pgx.BatchResults, err error) error {
 	var last *V
 	if err == nil {
-		if last, err = t.g.r.table.Scan(br.QueryRow(), false); err != nil {
-			err = fmt.Errorf("entity: with %s: read the row back after fn's statement: %w", t.g.lk, err)
+		var scanErr error
+		if last, scanErr = t.g.r.table.Scan(br.QueryRow(), false); scanErr != nil {
+			// The row is read back before the next member. Its absence
+			// after fn's statement (fn deleted it, perhaps to insert it
+			// again) is no error of the statement's.
+			last = nil
+			if !errors.Is(scanErr, pgx.ErrNoRows) {
+				err = fmt.Errorf("entity: with %s: read the row back after fn's statement: %w", t.g.lk, scanErr)
+			}
 		}
 	}
 	if cerr := br.Close(); err == nil {
@@ -994,7 +1001,7 @@ type pipelinedRow[K, V any] struct {
 
 func (r *pipelinedRow[K, V]) Scan(dest ...any) error {
 	if r.br == nil {
-		return errors.New("entity: Row scanned twice")
+		return pgx.ErrNoRows // as pgx's Row scanned a second time
 	}
 	br := r.br
 	r.br = nil
