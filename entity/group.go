@@ -69,10 +69,17 @@ type Cloner[V any] interface {
 // for IdleTimeout, when it runs as without the option. Pass fn's ctx on,
 // and get [lock.ErrReentrant].
 //
-// After a member whose fn ran statements through tx, the row is written as
-// fn left p and read back in one more round trip, so that a change fn made
-// to the row itself through tx (an UPDATE of it, or a trigger) reaches the
-// next member as it would reach the next call without the option.
+// A member's first statement through tx goes in one round trip with its
+// savepoint and the write of the row as the members before it left it, and
+// each statement with a read of the row after it. If fn's statements
+// changed the row itself (an UPDATE of it, or a trigger), or the write
+// before them did more than Save asked (a trigger), the row is written as
+// fn left p and read back in one more round trip before the next member,
+// so the change reaches it as it would reach the next call without the
+// option. Columns that Save does not write from p (an updated_at the
+// server sets) may lag in p within a group. A member's ctx covers its whole
+// round trip: if it ends meanwhile, pgx closes the connection, and the
+// others get [ErrGroupRolledBack].
 //
 // It needs a Table that implements [Cloner]; with any other Table, and with
 // max below 2, it changes nothing.
@@ -700,6 +707,7 @@ func (g *group[K, V]) prefix(b *pgx.Batch, tx *memberTx[K, V]) (n int, err error
 		// fn left open, undoing what the members before it did.
 		b.Queue("RELEASE SAVEPOINT " + g.openSP)
 	}
+	tx.wrote = nil
 	if g.cur != g.written {
 		sql, args, err := g.r.table.Save(g.written, g.cur)
 		if err != nil {
@@ -707,6 +715,7 @@ func (g *group[K, V]) prefix(b *pgx.Batch, tx *memberTx[K, V]) (n int, err error
 		}
 		if sql != "" {
 			b.Queue(sql, args...)
+			tx.wrote = g.cur
 		}
 	}
 	b.Queue("SAVEPOINT " + tx.name)
@@ -718,8 +727,11 @@ func (g *group[K, V]) prefix(b *pgx.Batch, tx *memberTx[K, V]) (n int, err error
 // opened reads the n results prefix queued and records the member's
 // savepoint as open.
 func (g *group[K, V]) opened(br pgx.BatchResults, n int, tx *memberTx[K, V]) error {
-	for range n - 1 {
+	for i := range n - 1 {
 		if _, err := br.Exec(); err != nil {
+			if i == 0 && g.notSent(err) {
+				return errNotSent
+			}
 			return g.openFailed(err)
 		}
 	}
@@ -731,7 +743,28 @@ func (g *group[K, V]) opened(br pgx.BatchResults, n int, tx *memberTx[K, V]) err
 	g.openSP = tx.name
 	g.withSQL++
 	tx.base = base
+	if tx.wrote != nil {
+		// The write may have done more than Save asked (a trigger): then
+		// the row the member's p came from is not the row the transaction
+		// holds, and the next member gets the row read back.
+		if sql, _, err := g.r.table.Save(tx.wrote, base); err != nil || sql != "" {
+			tx.dirty = true
+		}
+	}
 	return nil
+}
+
+// errNotSent: pgx sent none of a pipeline (it failed to encode an argument).
+var errNotSent = errors.New("entity: the pipeline was not sent")
+
+// notSent reports whether err, the first result of a pipeline whose first
+// statement takes no arguments and can't fail on the client, means that
+// pgx sent none of it: no error of the server's, on a connection still
+// open, idle and in the transaction.
+func (g *group[K, V]) notSent(err error) bool {
+	var pgErr *pgconn.PgError
+	pc := g.conn.PgConn()
+	return !errors.As(err, &pgErr) && !pc.IsClosed() && !pc.IsBusy() && pc.TxStatus() == 'T'
 }
 
 // openFailed breaks g with err, an error of the statements prefix queued.
@@ -773,6 +806,11 @@ type memberTx[K, V any] struct {
 	// and nothing is opaque, the row is read back before the next member.
 	base, last *V
 	opaque     bool
+	// wrote is the row the member's savepoint was opened with a write of
+	// (the previous members' p); dirty: the row read after that write
+	// differs from it, as far as the Table's Save can tell.
+	wrote *V
+	dirty bool
 }
 
 // rowUnchanged reports whether fn's statements are known to have left the
@@ -780,7 +818,7 @@ type memberTx[K, V any] struct {
 func (t *memberTx[K, V]) rowUnchanged() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return !t.opaque && t.base != nil && t.last != nil && reflect.DeepEqual(t.base, t.last)
+	return !t.opaque && !t.dirty && t.base != nil && t.last != nil && reflect.DeepEqual(t.base, t.last)
 }
 
 // follows reports whether a statement of fn's with these args can go in one
@@ -793,15 +831,130 @@ func (t *memberTx[K, V]) rowUnchanged() bool {
 // alone, as it would without the option. Nor for the leader, which sends
 // what a call without the option sends (a lone caller is one): the row is
 // read back after it if it ran SQL.
-func (t *memberTx[K, V]) follows(ctx context.Context, args []any) bool {
+//
+// And not a statement that might fail before the pipeline runs, outside the
+// savepoint, failing the whole transaction: in the cache modes pgx prepares
+// or describes a statement it has not seen in a round trip of its own (a
+// statement PostgreSQL refuses to parse aborts the transaction), and an
+// argument it can't encode closes the connection. So there a member's
+// statement goes in the pipeline only by the name of a statement the member
+// prepared on the connection before (see memberTx.prepared), once its
+// arguments are known to encode; sd is that statement. In exec mode the
+// statement is parsed in the pipeline, after the savepoint, and pgx sends
+// nothing when it can't encode an argument (see notSent). In describe_exec
+// mode pgx describes every statement first: none goes in the pipeline.
+func (t *memberTx[K, V]) follows(ctx context.Context, sql string, args []any) (ok bool, sd *pgconn.StatementDescription) {
 	if t.plain || len(args) == 0 || ctx.Err() != nil {
+		return false, nil
+	}
+	switch args[0].(type) {
+	case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID, pgx.QueryRewriter:
+		return false, nil
+	}
+	switch t.g.conn.Config().DefaultQueryExecMode {
+	case pgx.QueryExecModeExec:
+		return true, nil
+	case pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe:
+		if sd = preparedOn(t.g.conn).get(sql); sd == nil {
+			return false, nil
+		}
+		b := batch{conn: t.g.conn}
+		if b.builder().Build(t.g.conn.TypeMap(), sd, args) != nil {
+			return false, nil // on its own, it fails as it would without the option
+		}
+		return true, sd
+	}
+	return false, nil
+}
+
+// cached reports whether args may go with a statement pgx runs through its
+// statement or description cache: what the member prepares itself (see
+// follows).
+func (t *memberTx[K, V]) cached(args []any) bool {
+	if t.plain || len(args) == 0 {
 		return false
 	}
 	switch args[0].(type) {
 	case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID, pgx.QueryRewriter:
 		return false
 	}
-	return t.g.conn.Config().DefaultQueryExecMode != pgx.QueryExecModeSimpleProtocol
+	mode := t.g.conn.Config().DefaultQueryExecMode
+	return mode == pgx.QueryExecModeCacheStatement || mode == pgx.QueryExecModeCacheDescribe
+}
+
+// prepare returns the name to run sql by, on a member's statement that
+// goes on its own, after the savepoint: in the cache modes the statement is
+// prepared under a name of the member's (inside the savepoint, so that an
+// error of PostgreSQL's stays the member's), which later members' pipelines
+// use; sql itself otherwise, or once a connection has maxPrepared of them.
+func (t *memberTx[K, V]) prepare(ctx context.Context, sql string, args []any) (string, error) {
+	if !t.cached(args) {
+		return sql, nil
+	}
+	ps := preparedOn(t.g.conn)
+	if sd := ps.get(sql); sd != nil {
+		return sd.Name, nil
+	}
+	if ps.full() {
+		return sql, nil
+	}
+	sd, err := t.m.Prepare(ctx, "paylock_group_"+statementName(sql), sql)
+	if err != nil {
+		return "", err
+	}
+	ps.add(sql, sd)
+	return sd.Name, nil
+}
+
+// preparedSQL is the set of statements group members prepared on a
+// connection, by their SQL, kept in its pgconn.PgConn.CustomData: at most
+// maxPrepared.
+type preparedSQL struct {
+	mu  sync.Mutex
+	sds map[string]*pgconn.StatementDescription
+}
+
+const (
+	maxPrepared = 256
+	preparedKey = "paylock.group.prepared"
+)
+
+func preparedOn(conn *pgx.Conn) *preparedSQL {
+	data := conn.PgConn().CustomData()
+	p, _ := data[preparedKey].(*preparedSQL)
+	if p == nil {
+		p = &preparedSQL{sds: make(map[string]*pgconn.StatementDescription)}
+		data[preparedKey] = p
+	}
+	return p
+}
+
+func (p *preparedSQL) get(sql string) *pgconn.StatementDescription {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sds[sql]
+}
+
+func (p *preparedSQL) full() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.sds) >= maxPrepared
+}
+
+func (p *preparedSQL) add(sql string, sd *pgconn.StatementDescription) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sds[sql] = sd
+}
+
+// forget drops sql after err, if err says its prepared statement is gone or
+// no longer fits the table: it goes through pgx's cache from then on.
+func (p *preparedSQL) forget(sql string, err error) {
+	if stalePlan(err) || missingStatement(err) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		delete(p.sds, sql)
+	}
 }
 
 // pipeline sends fn's statement sql in one round trip with what goes before
@@ -810,7 +963,7 @@ func (t *memberTx[K, V]) follows(ctx context.Context, args []any) bool {
 // caller reads that result, then calls t.after. ok is false when fn
 // returned already, or the savepoint failed to open: then the caller runs
 // the statement through t.m, which fails as it would anyway.
-func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, args []any) (br pgx.BatchResults, ok bool, err error) {
+func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, sd *pgconn.StatementDescription, args []any) (br pgx.BatchResults, ok bool, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -829,13 +982,24 @@ func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, args []any) (
 	if t.err != nil {
 		return nil, false, t.err
 	}
-	b.Queue(sql, args...)
+	if sd != nil {
+		b.Queue(sd.Name, args...) // pgx runs it by name, as prepared
+	} else {
+		b.Queue(sql, args...)
+	}
 	findSQL, findArgs := t.g.r.table.Find(t.g.k)
 	b.Queue(findSQL, findArgs...)
 	br = t.m.SendBatch(ctx, b)
 	if n > 0 {
 		if err := t.g.opened(br, n, t); err != nil {
 			br.Close()
+			if err == errNotSent {
+				// Nothing ran: the statement goes on its own, after the
+				// savepoint in a round trip of its own, and fails as it
+				// would without the option.
+				t.done = false
+				return nil, false, errNotSent
+			}
 			t.err = err
 			return nil, false, err
 		}
@@ -948,21 +1112,28 @@ func (t *memberTx[K, V]) Prepare(ctx context.Context, name, sql string) (*pgconn
 // Exec runs a statement in the member's savepoint, in one round trip with
 // the savepoint and a read of the row after it, when it can (see follows).
 func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if t.follows(ctx, args) {
-		br, ok, err := t.pipeline(ctx, sql, args)
-		if err != nil {
+	if ok, sd := t.follows(ctx, sql, args); ok {
+		br, ok, err := t.pipeline(ctx, sql, sd, args)
+		switch {
+		case err == errNotSent:
+		case err != nil:
 			return pgconn.CommandTag{}, err
-		}
-		if ok {
+		case ok:
 			tag, err := br.Exec()
+			preparedOn(t.g.conn).forget(sql, err)
 			return tag, t.after(br, err)
+		default:
+			return t.m.Exec(ctx, sql, args...) // fn returned: pgx.ErrTxClosed
 		}
-		return t.m.Exec(ctx, sql, args...)
 	}
 	if err := t.start(ctx, false); err != nil {
 		return pgconn.CommandTag{}, err
 	}
-	return t.m.Exec(ctx, sql, args...)
+	name, err := t.prepare(ctx, sql, args)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return t.m.Exec(ctx, name, args...)
 }
 
 // Query runs a query in the member's savepoint.
@@ -977,26 +1148,33 @@ func (t *memberTx[K, V]) Query(ctx context.Context, sql string, args ...any) (pg
 // the savepoint and a read of the row after it, when it can (see follows).
 // The round trip ends when the Row is scanned.
 func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if t.follows(ctx, args) {
-		br, ok, err := t.pipeline(ctx, sql, args)
-		if err != nil {
+	if ok, sd := t.follows(ctx, sql, args); ok {
+		br, ok, err := t.pipeline(ctx, sql, sd, args)
+		switch {
+		case err == errNotSent:
+		case err != nil:
 			return errRow{err}
+		case ok:
+			return &pipelinedRow[K, V]{t: t, br: br, sql: sql}
+		default:
+			return t.m.QueryRow(ctx, sql, args...) // fn returned: pgx.ErrTxClosed
 		}
-		if !ok {
-			return t.m.QueryRow(ctx, sql, args...)
-		}
-		return &pipelinedRow[K, V]{t: t, br: br}
 	}
 	if err := t.start(ctx, false); err != nil {
 		return errRow{err}
 	}
-	return t.m.QueryRow(ctx, sql, args...)
+	name, err := t.prepare(ctx, sql, args)
+	if err != nil {
+		return errRow{err}
+	}
+	return t.m.QueryRow(ctx, name, args...)
 }
 
 // pipelinedRow is the Row of a QueryRow sent by pipeline.
 type pipelinedRow[K, V any] struct {
-	t  *memberTx[K, V]
-	br pgx.BatchResults
+	t   *memberTx[K, V]
+	br  pgx.BatchResults
+	sql string
 }
 
 func (r *pipelinedRow[K, V]) Scan(dest ...any) error {
@@ -1005,7 +1183,9 @@ func (r *pipelinedRow[K, V]) Scan(dest ...any) error {
 	}
 	br := r.br
 	r.br = nil
-	return r.t.after(br, br.QueryRow().Scan(dest...))
+	err := br.QueryRow().Scan(dest...)
+	preparedOn(r.t.g.conn).forget(r.sql, err)
+	return r.t.after(br, err)
 }
 
 // Conn returns the connection, with the member's savepoint open, so that
