@@ -3,9 +3,15 @@ package entity_test
 import (
 	"context"
 	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/payment"
@@ -113,5 +119,108 @@ func TestReview2GroupDeallocateAll(t *testing.T) {
 	}
 	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
 		t.Errorf("amount %d, want 3", amount)
+	}
+}
+
+// slowConn delays every write while its flag is set: a network whose round
+// trip is long enough to see the order of the callers' statements.
+type slowConn struct {
+	net.Conn
+	slow *atomic.Bool
+}
+
+func (c slowConn) Write(b []byte) (int, error) {
+	if c.slow.Load() {
+		time.Sleep(40 * time.Millisecond)
+	}
+	return c.Conn.Write(b)
+}
+
+// TestReview2InProcessArrivalOrderAfterFailedTry: two callers of one key in
+// one process, A then B, while another session holds the key. Callers of a
+// key "queue in arrival order (in process, then on the server)"
+// (docs/SCALING.md), and the second in line already waits at PostgreSQL.
+// A, alone with the key in its process, first tries the lock; the try
+// fails, and only a round trip later does A send the statement that waits.
+// B, let through behind A, sends that statement at once, so it waits at
+// PostgreSQL before A, and gets the key first.
+func TestReview2InProcessArrivalOrderAfterFailedTry(t *testing.T) {
+	t.Parallel()
+	var slow atomic.Bool
+	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) {
+		cfg.MaxConns, cfg.MinConns = 2, 0
+		cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return slowConn{c, &slow}, nil
+		}
+	})
+	acfg := pool.Config().Copy()
+	acfg.ConnConfig.DialFunc = (&net.Dialer{}).DialContext
+	admin, err := pgxpool.NewWithConfig(ctx, acfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	repo := entity.New(pool, counters{})
+	// Warm both connections up: each prepares With's statements once.
+	var both sync.WaitGroup
+	both.Add(2)
+	meet := func(context.Context, pgx.Tx, *counter) error { both.Done(); both.Wait(); return nil }
+	var warm sync.WaitGroup
+	for _, k := range []string{"warm1", "warm2"} {
+		warm.Add(1)
+		go func() {
+			defer warm.Done()
+			if err := repo.With(ctx, k, meet); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	warm.Wait()
+
+	holder := holdKey(t, ctx, admin, "fair")
+	var mu sync.Mutex
+	var order []string
+	record := func(name string) func(context.Context, pgx.Tx, *counter) error {
+		return func(context.Context, pgx.Tx, *counter) error {
+			mu.Lock()
+			order = append(order, name)
+			mu.Unlock()
+			return nil
+		}
+	}
+	slow.Store(true)
+	errs := make(chan error, 2)
+	go func() { errs <- repo.With(ctx, "fair", record("A")) }()
+	time.Sleep(10 * time.Millisecond) // A is through the in-process queue, first
+	go func() { errs <- repo.With(ctx, "fair", record("B")) }()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var n int
+		if err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1::bigint & 4294967295",
+			lockKey("fair").ID()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d waiters at PostgreSQL, want 2", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	slow.Store(false)
+	if err := holder.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"A", "B"}; !slices.Equal(order, want) {
+		t.Errorf("callers got the key in order %v, want arrival order %v", order, want)
 	}
 }
