@@ -898,7 +898,15 @@ func (t *memberTx[K, V]) prepare(ctx context.Context, sql string, args []any) (s
 	if ps.full() {
 		return sql, nil
 	}
-	sd, err := t.m.Prepare(ctx, "paylock_group_"+statementName(sql), sql)
+	name := "paylock_group_" + statementName(sql)
+	if ps.takeStale(sql) {
+		// pgx still holds the statement that failed under this name, and
+		// its Prepare would return it as it is: drop it first.
+		if err := t.g.conn.Deallocate(ctx, name); err != nil {
+			return "", err
+		}
+	}
+	sd, err := t.m.Prepare(ctx, name, sql)
 	if err != nil {
 		return "", err
 	}
@@ -910,8 +918,9 @@ func (t *memberTx[K, V]) prepare(ctx context.Context, sql string, args []any) (s
 // connection, by their SQL, kept in its pgconn.PgConn.CustomData: at most
 // maxPrepared.
 type preparedSQL struct {
-	mu  sync.Mutex
-	sds map[string]*pgconn.StatementDescription
+	mu    sync.Mutex
+	sds   map[string]*pgconn.StatementDescription
+	stale map[string]bool // forgotten: deallocate before preparing again
 }
 
 const (
@@ -953,8 +962,25 @@ func (p *preparedSQL) forget(sql string, err error) {
 	if stalePlan(err) || missingStatement(err) {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		delete(p.sds, sql)
+		if _, ok := p.sds[sql]; ok {
+			delete(p.sds, sql)
+			if p.stale == nil {
+				p.stale = make(map[string]bool)
+			}
+			p.stale[sql] = true
+		}
 	}
+}
+
+// takeStale reports whether sql was forgotten, and clears that.
+func (p *preparedSQL) takeStale(sql string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.stale[sql] {
+		return false
+	}
+	delete(p.stale, sql)
+	return true
 }
 
 // pipeline sends fn's statement sql in one round trip with what goes before
