@@ -837,34 +837,34 @@ func (t *memberTx[K, V]) rowUnchanged() bool {
 // or describes a statement it has not seen in a round trip of its own (a
 // statement PostgreSQL refuses to parse aborts the transaction), and an
 // argument it can't encode closes the connection. So there a member's
-// statement goes in the pipeline only by the name of a statement the member
-// prepared on the connection before (see memberTx.prepared), once its
-// arguments are known to encode; sd is that statement. In exec mode the
+// statement goes in the pipeline only if a member prepared it on the
+// connection before (see memberTx.prepare), once its arguments are known to
+// encode. In exec mode the
 // statement is parsed in the pipeline, after the savepoint, and pgx sends
 // nothing when it can't encode an argument (see notSent). In describe_exec
 // mode pgx describes every statement first: none goes in the pipeline.
-func (t *memberTx[K, V]) follows(ctx context.Context, sql string, args []any) (ok bool, sd *pgconn.StatementDescription) {
+func (t *memberTx[K, V]) follows(ctx context.Context, sql string, args []any) bool {
 	if t.plain || len(args) == 0 || ctx.Err() != nil {
-		return false, nil
+		return false
 	}
 	switch args[0].(type) {
 	case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID, pgx.QueryRewriter:
-		return false, nil
+		return false
 	}
 	switch t.g.conn.Config().DefaultQueryExecMode {
 	case pgx.QueryExecModeExec:
-		return true, nil
+		return true
 	case pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe:
-		if sd = preparedOn(t.g.conn).get(sql); sd == nil {
-			return false, nil
+		sd := preparedOn(t.g.conn).get(sql)
+		if sd == nil {
+			return false
 		}
 		b := batch{conn: t.g.conn}
-		if b.builder().Build(t.g.conn.TypeMap(), sd, args) != nil {
-			return false, nil // on its own, it fails as it would without the option
-		}
-		return true, sd
+		// On its own, a statement whose arguments don't encode fails as it
+		// would without the option.
+		return b.builder().Build(t.g.conn.TypeMap(), sd, args) == nil
 	}
-	return false, nil
+	return false
 }
 
 // cached reports whether args may go with a statement pgx runs through its
@@ -882,36 +882,38 @@ func (t *memberTx[K, V]) cached(args []any) bool {
 	return mode == pgx.QueryExecModeCacheStatement || mode == pgx.QueryExecModeCacheDescribe
 }
 
-// prepare returns the name to run sql by, on a member's statement that
-// goes on its own, after the savepoint: in the cache modes the statement is
-// prepared under a name of the member's (inside the savepoint, so that an
-// error of PostgreSQL's stays the member's), which later members' pipelines
-// use; sql itself otherwise, or once a connection has maxPrepared of them.
-func (t *memberTx[K, V]) prepare(ctx context.Context, sql string, args []any) (string, error) {
+// prepare prepares sql, a member's statement that goes on its own, after
+// the savepoint, in the cache modes (inside the savepoint, so that an error
+// of PostgreSQL's stays the member's), unless the connection has
+// maxPrepared of them: later members' pipelines run it prepared (see
+// follows).
+func (t *memberTx[K, V]) prepare(ctx context.Context, sql string, args []any) error {
 	if !t.cached(args) {
-		return sql, nil
+		return nil
 	}
 	ps := preparedOn(t.g.conn)
-	if sd := ps.get(sql); sd != nil {
-		return sd.Name, nil
+	if ps.get(sql) != nil || ps.full() {
+		return nil
 	}
-	if ps.full() {
-		return sql, nil
-	}
-	name := "paylock_group_" + statementName(sql)
+	// Named by its own text: pgx runs a statement by the name it was
+	// prepared under, and looks up the text given as a name first. If pgx
+	// forgets it (fn ran pgx's DeallocateAll), a pipeline that sends the
+	// text goes through pgx's cache, as the statement would without the
+	// option, rather than sending an unknown name as SQL.
+	name := sql
 	if ps.takeStale(sql) {
 		// pgx still holds the statement that failed under this name, and
 		// its Prepare would return it as it is: drop it first.
 		if err := t.g.conn.Deallocate(ctx, name); err != nil {
-			return "", err
+			return err
 		}
 	}
 	sd, err := t.m.Prepare(ctx, name, sql)
 	if err != nil {
-		return "", err
+		return err
 	}
 	ps.add(sql, sd)
-	return sd.Name, nil
+	return nil
 }
 
 // preparedSQL is the set of statements group members prepared on a
@@ -989,7 +991,7 @@ func (p *preparedSQL) takeStale(sql string) bool {
 // caller reads that result, then calls t.after. ok is false when fn
 // returned already, or the savepoint failed to open: then the caller runs
 // the statement through t.m, which fails as it would anyway.
-func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, sd *pgconn.StatementDescription, args []any) (br pgx.BatchResults, ok bool, err error) {
+func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, args []any) (br pgx.BatchResults, ok bool, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -1008,11 +1010,7 @@ func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, sd *pgconn.St
 	if t.err != nil {
 		return nil, false, t.err
 	}
-	if sd != nil {
-		b.Queue(sd.Name, args...) // pgx runs it by name, as prepared
-	} else {
-		b.Queue(sql, args...)
-	}
+	b.Queue(sql, args...) // in the cache modes pgx finds it prepared under its text
 	findSQL, findArgs := t.g.r.table.Find(t.g.k)
 	b.Queue(findSQL, findArgs...)
 	br = t.m.SendBatch(ctx, b)
@@ -1138,8 +1136,8 @@ func (t *memberTx[K, V]) Prepare(ctx context.Context, name, sql string) (*pgconn
 // Exec runs a statement in the member's savepoint, in one round trip with
 // the savepoint and a read of the row after it, when it can (see follows).
 func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if ok, sd := t.follows(ctx, sql, args); ok {
-		br, ok, err := t.pipeline(ctx, sql, sd, args)
+	if t.follows(ctx, sql, args) {
+		br, ok, err := t.pipeline(ctx, sql, args)
 		switch {
 		case err == errNotSent:
 		case err != nil:
@@ -1155,11 +1153,10 @@ func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgc
 	if err := t.start(ctx, false); err != nil {
 		return pgconn.CommandTag{}, err
 	}
-	name, err := t.prepare(ctx, sql, args)
-	if err != nil {
+	if err := t.prepare(ctx, sql, args); err != nil {
 		return pgconn.CommandTag{}, err
 	}
-	return t.m.Exec(ctx, name, args...)
+	return t.m.Exec(ctx, sql, args...)
 }
 
 // Query runs a query in the member's savepoint.
@@ -1174,8 +1171,8 @@ func (t *memberTx[K, V]) Query(ctx context.Context, sql string, args ...any) (pg
 // the savepoint and a read of the row after it, when it can (see follows).
 // The round trip ends when the Row is scanned.
 func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if ok, sd := t.follows(ctx, sql, args); ok {
-		br, ok, err := t.pipeline(ctx, sql, sd, args)
+	if t.follows(ctx, sql, args) {
+		br, ok, err := t.pipeline(ctx, sql, args)
 		switch {
 		case err == errNotSent:
 		case err != nil:
@@ -1189,11 +1186,10 @@ func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) 
 	if err := t.start(ctx, false); err != nil {
 		return errRow{err}
 	}
-	name, err := t.prepare(ctx, sql, args)
-	if err != nil {
+	if err := t.prepare(ctx, sql, args); err != nil {
 		return errRow{err}
 	}
-	return t.m.QueryRow(ctx, name, args...)
+	return t.m.QueryRow(ctx, sql, args...)
 }
 
 // pipelinedRow is the Row of a QueryRow sent by pipeline.
