@@ -244,7 +244,9 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 //
 // With runs the transaction at READ COMMITTED whatever the server's default
 // and makes two round trips when fn does none: BEGIN, the lock, Ensure and
-// Find go together; Save, if anything changed, goes with COMMIT. With pgx's
+// Find go together; Save, if anything changed, goes with COMMIT. (Three when
+// no other caller of this process has the key but another session does:
+// the lock is tried first, then waited for.) With pgx's
 // statement cache, a connection's first calls make more, before the lock, to
 // prepare the statements; the lock is never held across a prepare. fn's use
 // of tx.LargeObjects costs up to two more round trips.

@@ -33,16 +33,20 @@ type Event struct {
 	Strategy Strategy
 	// Start is when With was called.
 	Start time.Time
-	// Granted is when the first round trip (the lock, Ensure, Find)
-	// returned with the key granted; zero if it never was (a lock timeout,
-	// ctx done, a failure before the lock).
+	// Granted is when the round trip that took the lock (with Ensure and
+	// Find) returned with the key granted; zero if it never was (a lock
+	// timeout, ctx done, a failure before the lock). That is the first
+	// round trip, or the second when a try of the lock found the key held
+	// by another session (see docs/DESIGN.md, "Round trips").
 	Granted time.Time
-	// RoundTrip is how long that first round trip took, granted or not.
+	// RoundTrip is how long that round trip took, granted or not.
 	RoundTrip time.Duration
-	// Wait is how long the call waited for the key. Granted, it is what
-	// PostgreSQL measured for the lock statement (zero with the RowLock
-	// strategy); not granted, the whole first round trip, as the client saw
-	// it: the wait that ended in a lock timeout, say.
+	// Wait is how long the call waited for the key at the server. Granted,
+	// it is what PostgreSQL measured for the lock statement (zero with the
+	// RowLock strategy, and after a try that took the lock at once; a
+	// failed try's round trip is not counted); not granted, the whole round
+	// trip, as the client saw it: the wait that ended in a lock timeout,
+	// say.
 	Wait time.Duration
 	// Hold is how long this caller held the key: from Granted to the end of
 	// the commit or rollback, as the client saw it. Zero if not granted.

@@ -71,12 +71,25 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 		return nil, nil, nil, txn.Classify(ctx, err)
 	}
 	try := alone && r.prepare && r.strategy == Advisory
+	if alone {
+		// The others of the key in this process wait (WaitSettled) until
+		// this caller holds the lock or has sent its wait for it, so that
+		// a failed try doesn't let the next one get ahead at the server.
+		defer r.queue.Settle(lk.ID())
+		if !try {
+			r.queue.Settle(lk.ID())
+		}
+	} else if err := r.queue.WaitSettled(ctx, lk.ID()); err != nil {
+		return nil, nil, nil, txn.Classify(ctx, err)
+	}
+	sent := func() {}
 	for rollback := false; ; rollback = true {
-		before, v, err = r.load(ctx, conn, ensureSQL, ensureArgs, findSQL, findArgs, lk, ev, settings.ConnCheck, try, rollback)
+		before, v, err = r.load(ctx, conn, ensureSQL, ensureArgs, findSQL, findArgs, lk, ev, settings.ConnCheck, try, rollback, sent)
 		if !try || !errors.Is(err, errLockBusy) {
 			return before, v, prepared, err
 		}
 		try = false
+		sent = func() { r.queue.Settle(lk.ID()) }
 	}
 }
 
@@ -94,7 +107,7 @@ func failedDivision(err error) bool {
 // try that failed), BEGIN, the settings, the lock (tried, if try), Ensure
 // and Find.
 func (r *Repository[K, V]) load(ctx context.Context, conn *pgx.Conn, ensureSQL string, ensureArgs []any, findSQL string, findArgs []any,
-	lk lock.Key, ev *Event, connCheck, try, rollback bool) (before, v *V, err error) {
+	lk lock.Key, ev *Event, connCheck, try, rollback bool, sent func()) (before, v *V, err error) {
 	b := batch{ctx: ctx, conn: conn, prepare: r.prepare, names: &r.names}
 	if rollback {
 		b.add("ROLLBACK")
@@ -135,8 +148,9 @@ func (r *Repository[K, V]) load(ctx context.Context, conn *pgx.Conn, ensureSQL s
 		scanErr    error
 		created    bool // Ensure inserted the row
 	)
-	sent := time.Now()
-	mrr := conn.PgConn().ExecBatch(ctx, &b.Batch)
+	start := time.Now()
+	mrr := conn.PgConn().ExecBatch(ctx, &b.Batch) // written when it returns
+	sent()
 	for i := 0; mrr.NextResult(); i++ {
 		rr := mrr.ResultReader()
 		for rr.NextRow() {
@@ -167,7 +181,7 @@ func (r *Repository[K, V]) load(ctx context.Context, conn *pgx.Conn, ensureSQL s
 	}
 	err = mrr.Close()
 	returned := time.Now()
-	ev.RoundTrip = returned.Sub(sent)
+	ev.RoundTrip = returned.Sub(start)
 	if err == nil {
 		err = failed
 	}

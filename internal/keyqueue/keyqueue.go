@@ -30,6 +30,11 @@ type entry struct {
 	held    int             // callers through, at most width
 	waiters []chan struct{} // in arrival order; closed when the caller is let through
 	refs    int             // callers waiting or holding
+	// unsettled: the caller let through alone has not settled (see
+	// Settle); settled, made by a caller that waits for that, is closed
+	// when it does.
+	unsettled bool
+	settled   chan struct{}
 }
 
 // New returns a Queue that lets width callers per key through at once; width
@@ -74,8 +79,9 @@ func (q *Queue) AcquireAlone(ctx context.Context, key int64) (release func(), al
 	if e.held < q.width && len(e.waiters) == 0 {
 		alone = e.held == 0
 		e.held++
+		e.unsettled = e.unsettled || alone
 		q.mu.Unlock()
-		return q.releaser(key, e), alone, nil
+		return q.releaser(key, e, alone), alone, nil
 	}
 	ready := make(chan struct{})
 	e.waiters = append(e.waiters, ready)
@@ -83,7 +89,7 @@ func (q *Queue) AcquireAlone(ctx context.Context, key int64) (release func(), al
 
 	select {
 	case <-ready:
-		return q.releaser(key, e), false, nil
+		return q.releaser(key, e, false), false, nil
 	case <-done:
 	}
 	q.mu.Lock()
@@ -105,13 +111,64 @@ func (q *Queue) AcquireAlone(ctx context.Context, key int64) (release func(), al
 	return nil, false, ctx.Err()
 }
 
-// releaser returns the release function of a caller let through on e.
-func (q *Queue) releaser(key int64, e *entry) func() {
+// releaser returns the release function of a caller let through on e;
+// alone: one that AcquireAlone let through alone, which settles too.
+func (q *Queue) releaser(key int64, e *entry, alone bool) func() {
 	var once atomic.Bool
 	return func() {
 		if !once.Swap(true) {
+			if alone {
+				q.Settle(key)
+			}
 			q.release(key, e)
 		}
+	}
+}
+
+// Settle is called by a caller AcquireAlone let through alone once the
+// others of its key may go on to the server (it holds the lock there, or
+// its wait for it is sent); release settles too. Until then WaitSettled
+// waits: a caller alone first tries the lock, and, if another session
+// holds it, waits for it in a second round trip, where the caller behind
+// it would otherwise get ahead of it at the server.
+func (q *Queue) Settle(key int64) {
+	if q == nil {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if e := q.keys[key]; e != nil && e.unsettled {
+		e.unsettled = false
+		if e.settled != nil {
+			close(e.settled)
+			e.settled = nil
+		}
+	}
+}
+
+// WaitSettled waits until the caller of key let through alone, if one has
+// not settled, does (see Settle), or ctx is done. Call it while holding
+// key.
+func (q *Queue) WaitSettled(ctx context.Context, key int64) error {
+	if q == nil {
+		return nil
+	}
+	q.mu.Lock()
+	e := q.keys[key]
+	if e == nil || !e.unsettled {
+		q.mu.Unlock()
+		return nil
+	}
+	if e.settled == nil {
+		e.settled = make(chan struct{})
+	}
+	settled := e.settled
+	q.mu.Unlock()
+	select {
+	case <-settled:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -134,7 +191,7 @@ func (q *Queue) release(key int64, e *entry) {
 func (q *Queue) leave(key int64, e *entry) {
 	if e.refs--; e.refs == 0 {
 		delete(q.keys, key)
-		*e = entry{waiters: e.waiters[:0]}
+		*e = entry{waiters: e.waiters[:0]} // unsettled: false; settled: nil, closed by Settle
 		q.free.Put(e)
 	}
 }

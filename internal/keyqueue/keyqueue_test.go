@@ -243,3 +243,73 @@ func TestNoLeak(t *testing.T) {
 		t.Errorf("heap grew by %d bytes after 100k keys came and went", grew)
 	}
 }
+
+// TestWaitSettled: the caller let through second waits in WaitSettled until
+// the one let through alone settles, or releases; a caller let through
+// behind one that was not alone doesn't wait; ctx ends the wait.
+func TestWaitSettled(t *testing.T) {
+	q := New(2)
+	ctx := context.Background()
+	waits := func(key int64) chan error {
+		done := make(chan error, 1)
+		go func() { done <- q.WaitSettled(ctx, key) }()
+		return done
+	}
+	pending := func(done chan error) bool {
+		select {
+		case <-done:
+			return false
+		case <-time.After(20 * time.Millisecond):
+			return true
+		}
+	}
+
+	releaseA, alone, err := q.AcquireAlone(ctx, 1)
+	if err != nil || !alone {
+		t.Fatalf("first caller: alone %v, %v; want alone", alone, err)
+	}
+	releaseB, alone, err := q.AcquireAlone(ctx, 1)
+	if err != nil || alone {
+		t.Fatalf("second caller: alone %v, %v; want not alone", alone, err)
+	}
+	done := waits(1)
+	if !pending(done) {
+		t.Fatal("WaitSettled returned before the caller let through alone settled")
+	}
+	q.Settle(1)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := q.WaitSettled(ctx, 1); err != nil { // settled: at once
+		t.Fatal(err)
+	}
+	releaseA()
+	releaseB()
+
+	// Release settles too.
+	releaseA, _, _ = q.AcquireAlone(ctx, 2)
+	releaseB, _, _ = q.AcquireAlone(ctx, 2)
+	done = waits(2)
+	if !pending(done) {
+		t.Fatal("WaitSettled returned before the caller let through alone released")
+	}
+	releaseA()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	releaseB()
+
+	// ctx ends the wait.
+	releaseA, _, _ = q.AcquireAlone(ctx, 3)
+	releaseB, _, _ = q.AcquireAlone(ctx, 3)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel()
+	if err := q.WaitSettled(cctx, 3); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WaitSettled with a ctx that ends = %v, want DeadlineExceeded", err)
+	}
+	releaseA()
+	releaseB()
+	if n := q.Len(); n != 0 {
+		t.Errorf("%d keys left in the queue", n)
+	}
+}
