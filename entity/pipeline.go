@@ -79,8 +79,8 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 		if !try {
 			r.queue.Settle(lk.ID())
 		}
-	} else if err := r.queue.WaitSettled(ctx, lk.ID()); err != nil {
-		return nil, nil, nil, txn.Classify(ctx, err)
+	} else if err := r.waitSettled(ctx, lk.ID()); err != nil {
+		return nil, nil, nil, err
 	}
 	sent := func() {}
 	for rollback := false; ; rollback = true {
@@ -91,6 +91,25 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 		try = false
 		sent = func() { r.queue.Settle(lk.ID()) }
 	}
+}
+
+// waitSettled is r.queue.WaitSettled, for at most LockTimeout when that is
+// set, as the wait in the queue.
+func (r *Repository[K, V]) waitSettled(ctx context.Context, key int64) error {
+	qctx := ctx
+	if r.settings.LockTimeout > 0 {
+		var cancel context.CancelFunc
+		qctx, cancel = context.WithTimeoutCause(ctx, r.settings.LockTimeout, txn.ErrLockTimeout)
+		defer cancel()
+	}
+	err := r.queue.WaitSettled(qctx, key)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(qctx), txn.ErrLockTimeout) {
+		return fmt.Errorf("%w (%s in the in-process queue)", txn.ErrLockTimeout, r.settings.LockTimeout)
+	}
+	if err != nil {
+		return txn.Classify(ctx, err)
+	}
+	return nil
 }
 
 // errLockBusy: txn.TrySQL found the lock taken or awaited.
