@@ -311,6 +311,11 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err))
 	}
 	defer release() // after conn.Release: the next in line may take its place
+	if !alone {
+		if err := r.waitSettled(ctx, lk.ID()); err != nil {
+			return fmt.Errorf("entity: with %s: wait in queue: %w", lk, err)
+		}
+	}
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err)))

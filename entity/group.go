@@ -325,6 +325,11 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err)), nil
 	}
 	defer release()
+	if !alone {
+		if err := r.waitSettled(ctx, lk.ID()); err != nil {
+			return fmt.Errorf("entity: with %s: wait in queue: %w", lk, err), nil
+		}
+	}
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err))), nil

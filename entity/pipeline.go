@@ -72,15 +72,14 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 	}
 	try := alone && r.prepare && r.strategy == Advisory
 	if alone {
-		// The others of the key in this process wait (WaitSettled) until
-		// this caller holds the lock or has sent its wait for it, so that
-		// a failed try doesn't let the next one get ahead at the server.
+		// The others of the key in this process wait (waitSettled, before
+		// they take a connection) until this caller holds the lock or has
+		// sent its wait for it, so that a failed try doesn't let the next
+		// one get ahead at the server.
 		defer r.queue.Settle(lk.ID())
 		if !try {
 			r.queue.Settle(lk.ID())
 		}
-	} else if err := r.waitSettled(ctx, lk.ID()); err != nil {
-		return nil, nil, nil, err
 	}
 	sent := func() {}
 	for rollback := false; ; rollback = true {
@@ -94,7 +93,9 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 }
 
 // waitSettled is r.queue.WaitSettled, for at most LockTimeout when that is
-// set, as the wait in the queue.
+// set, as the wait in the queue. A caller that was not let through alone
+// calls it before it takes a connection: holding one while it waits for the
+// caller ahead, which may still need one, could starve a small pool.
 func (r *Repository[K, V]) waitSettled(ctx context.Context, key int64) error {
 	qctx := ctx
 	if r.settings.LockTimeout > 0 {
