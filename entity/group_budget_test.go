@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -58,17 +59,8 @@ func TestGroupCommitTimeBudget(t *testing.T) {
 		}()
 	}
 	call(context.WithValue(ctx, leaderKey{}, true), func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		var waiting int
-		if err := pool.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the leader never waited for the lock")
-		}
+	if err := pgtest.AwaitLockWaiters(ctx, pool, 1); err != nil {
+		t.Fatal(err)
 	}
 	for i := range slow {
 		call(ctx, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {

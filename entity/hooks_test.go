@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 )
 
@@ -94,10 +95,8 @@ func TestHooks(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- slow.With(ctx, key, noop) }()
 		// Once With waits at the server, keep it waiting for held.
-		for waiting := 0; waiting == 0; time.Sleep(5 * time.Millisecond) {
-			if err := pool.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").Scan(&waiting); err != nil {
-				t.Fatal(err)
-			}
+		if err := pgtest.AwaitLockWaiters(ctx, pool, 1); err != nil {
+			t.Fatal(err)
 		}
 		time.Sleep(held)
 		if err := tx.Commit(ctx); err != nil {

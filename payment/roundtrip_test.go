@@ -227,16 +227,7 @@ func TestWithParsesOnlyTheLockStatement(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	waiting := func() {
-		for ctx.Err() == nil {
-			var n int
-			_ = admin.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").Scan(&n)
-			if n > 0 {
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
+	waiting := func() { _ = pgtest.AwaitLockWaiters(ctx, admin, 1) } // from a goroutine: a timeout shows as the test's own
 	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 	other, err := admin.Acquire(ctx)
 	if err != nil {
