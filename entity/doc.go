@@ -13,7 +13,7 @@
 // A Repository makes two round trips per call: BEGIN, the lock, Ensure and
 // Find go together as one pipeline, and Save goes with COMMIT (three when
 // the key is held by another session and by no other caller of the
-// process: the lock is tried first). With pgx's
+// Repository: the lock is tried first). With pgx's
 // default statement cache the constant statements run prepared (prepared
 // once per connection, before the lock is taken); behind a pooler without
 // prepared-statement support (exec or simple-protocol mode) they go

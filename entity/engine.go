@@ -31,7 +31,7 @@ type Beginner interface {
 // pg_advisory_xact_lock, and requires that the second can't take it with
 // pg_try_advisory_xact_lock while the first holds it and can once the first
 // has rolled back: With uses both functions (the second when its key is
-// cold in its process, the first when it must wait). An engine without advisory locks, one whose locks
+// cold in its Repository, the first when it must wait). An engine without advisory locks, one whose locks
 // are no-ops, and sessions that land on different nodes or databases (whose
 // locks don't see each other) fail the probe with ErrAdvisoryUnsupported. A
 // Citus worker is refused as well, because its locks are local to that node

@@ -245,7 +245,7 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // With runs the transaction at READ COMMITTED whatever the server's default
 // and makes two round trips when fn does none: BEGIN, the lock, Ensure and
 // Find go together; Save, if anything changed, goes with COMMIT. (Three when
-// no other caller of this process has the key but another session does:
+// no other caller of this Repository has the key but another session does:
 // the lock is tried first, then waited for.) With pgx's
 // statement cache, a connection's first calls make more, before the lock, to
 // prepare the statements; the lock is never held across a prepare. fn's use
@@ -311,11 +311,6 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err))
 	}
 	defer release() // after conn.Release: the next in line may take its place
-	if !alone {
-		if err := r.waitSettled(ctx, lk.ID()); err != nil {
-			return fmt.Errorf("entity: with %s: wait in queue: %w", lk, err)
-		}
-	}
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err)))
@@ -374,21 +369,33 @@ func (r *Repository[K, V]) with(ctx context.Context, k K, fn func(ctx context.Co
 	return nil
 }
 
-// waitInQueue waits for the call's turn in r's queue of key's callers, for
-// at most lock.Options.LockTimeout when that is set: then, as at
-// PostgreSQL, the wait fails with lock.ErrLockTimeout. alone reports that
-// no other caller of key in this process held or waited for it.
+// waitInQueue waits for the call's turn in r's queue of key's callers and,
+// unless it came alone, for the caller alone ahead of it to settle (see
+// keyqueue.Queue.Settle), for at most lock.Options.LockTimeout in all when
+// that is set: then, as at PostgreSQL, the wait fails with
+// lock.ErrLockTimeout. Both waits end before the call takes a pool
+// connection: the caller ahead may need one to settle. alone reports that
+// no other caller of key in this Repository held or waited for it.
 func (r *Repository[K, V]) waitInQueue(ctx context.Context, key int64) (release func(), alone bool, err error) {
-	if r.settings.LockTimeout <= 0 {
-		return r.queue.AcquireAlone(ctx, key)
+	qctx := ctx
+	if r.settings.LockTimeout > 0 {
+		var cancel context.CancelFunc
+		qctx, cancel = context.WithTimeoutCause(ctx, r.settings.LockTimeout, txn.ErrLockTimeout)
+		defer cancel()
 	}
-	qctx, cancel := context.WithTimeoutCause(ctx, r.settings.LockTimeout, txn.ErrLockTimeout)
-	defer cancel()
 	release, alone, err = r.queue.AcquireAlone(qctx, key)
+	if err == nil && !alone {
+		if err = r.queue.WaitSettled(qctx, key); err != nil {
+			release()
+		}
+	}
 	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(qctx), txn.ErrLockTimeout) {
 		return nil, false, fmt.Errorf("%w (%s in the in-process queue)", txn.ErrLockTimeout, r.settings.LockTimeout)
 	}
-	return release, alone, err
+	if err != nil {
+		return nil, false, err
+	}
+	return release, alone, nil
 }
 
 func (r *Repository[K, V]) classify(err error) error {

@@ -31,14 +31,14 @@ import (
 // round trip and scans the row twice: the copy for fn and the one Save
 // compares it with. prepared lists the Save statements prepared on conn.
 //
-// The lock statement: a caller alone with its key in this process (alone),
+// The lock statement: a caller alone with its key in r (alone),
 // whose statements are prepared, first tries the lock with a prepared
 // statement (txn.TrySQL) that fails when another session holds it or waits
 // for it; only then, in a second round trip that rolls that transaction
 // back first, does it wait with the statement whose comment names the key
 // (txn.LockSQL), unnamed, parsed in every call: pg_stat_activity shows a
 // waiter's statement, and `paylock locks` reads the key from it. A caller
-// with others of its key in this process, which will likely wait, sends
+// with others of its key in r, which will likely wait, sends
 // that one at once.
 func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K, lk lock.Key, ev *Event, alone bool) (before, v *V, prepared []string, err error) {
 	ensureSQL, ensureArgs := r.table.Ensure(k)
@@ -72,7 +72,7 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 	}
 	try := alone && r.prepare && r.strategy == Advisory
 	if alone {
-		// The others of the key in this process wait (waitSettled, before
+		// The others of the key in r wait (waitInQueue, before
 		// they take a connection) until this caller holds the lock or has
 		// sent its wait for it, so that a failed try doesn't let the next
 		// one get ahead at the server.

@@ -32,7 +32,7 @@ state, transaction age, current query) and the queue of waiters with how long
 each has waited. A holder that itself waits for another lock is followed to
 the end of its blocking chain.
 
-How the key is known: every lock statement the library sends carries a
+How the key is known: every lock statement the library waits in carries a
 comment, /*paylock_key='payments/7/li_1'*/, escaped so no input can leave it.
 A waiting backend's current query is that statement, so the key of every lock
 someone waits for is read from the waiter and verified by recomputing its id.
