@@ -17,14 +17,14 @@ import (
 	"github.com/paylock/paylock/payment"
 )
 
-// TestReview2GroupStalePlanHeals: a member's statement prepared on the
+// TestGroupCommitStalePlanHeals: a member's statement prepared on the
 // connection (under the member's own name) goes stale when its table's
 // column changes type. Without the option pgx drops its cached statement
 // on the error, so the first call after the ALTER fails and the next ones
 // work. In a group, forget drops the statement from the members' set, but
 // pgx's Conn.Prepare still returns the old, stale statement for that name,
 // so the connection fails that member's statement in every later group.
-func TestReview2GroupStalePlanHeals(t *testing.T) {
+func TestGroupCommitStalePlanHeals(t *testing.T) {
 	t.Parallel()
 	pool, ctx := oneConnGroupSetup(t)
 	if _, err := pool.Exec(ctx, "CREATE TABLE side (id int PRIMARY KEY, v int NOT NULL); INSERT INTO side VALUES (1, 5)"); err != nil {
@@ -75,14 +75,14 @@ func TestReview2GroupStalePlanHeals(t *testing.T) {
 	}
 }
 
-// TestReview2GroupDeallocateAll: fn drops every prepared statement of its
+// TestGroupCommitDeallocateAll: fn drops every prepared statement of its
 // connection with pgx's own Conn.DeallocateAll (which also clears pgx's
 // record of them). Without the option the next calls re-prepare and work.
 // In a group, the members' set of statements (preparedSQL) still lists the
 // member's statement, so a later member's pipeline queues its name, which
 // pgx no longer knows and takes for SQL: pgx prepares "paylock_group_..."
 // as a statement, outside the member's savepoint.
-func TestReview2GroupDeallocateAll(t *testing.T) {
+func TestGroupCommitDeallocateAll(t *testing.T) {
 	t.Parallel()
 	pool, ctx := oneConnGroupSetup(t)
 	n := 0
@@ -136,7 +136,7 @@ func (c slowConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
-// TestReview2InProcessArrivalOrderAfterFailedTry: two callers of one key in
+// TestWithArrivalOrderAfterFailedTry: two callers of one key in
 // one process, A then B, while another session holds the key. Callers of a
 // key "queue in arrival order (in process, then on the server)"
 // (docs/SCALING.md), and the second in line already waits at PostgreSQL.
@@ -144,7 +144,7 @@ func (c slowConn) Write(b []byte) (int, error) {
 // fails, and only a round trip later does A send the statement that waits.
 // B, let through behind A, sends that statement at once, so it waits at
 // PostgreSQL before A, and gets the key first.
-func TestReview2InProcessArrivalOrderAfterFailedTry(t *testing.T) {
+func TestWithArrivalOrderAfterFailedTry(t *testing.T) {
 	t.Parallel()
 	var slow atomic.Bool
 	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) {

@@ -16,7 +16,7 @@ import (
 	"github.com/paylock/paylock/payment"
 )
 
-// TestGroupCommitBreakStatementErrorIsolated: a member whose first statement
+// TestGroupCommitStatementErrorIsolated: a member whose first statement
 // fails before the server runs it (PostgreSQL refuses to parse it, or pgx
 // can't encode an argument) fails alone, as without the option: its error
 // comes back, and the members before and after it commit. pgx prepares or
@@ -24,7 +24,7 @@ import (
 // encodes the arguments before it sends it, so when fn's statement goes in
 // one batch with the savepoint, such an error keeps the savepoint (and the
 // check, the release, the write of the row) from running at all.
-func TestGroupCommitBreakStatementErrorIsolated(t *testing.T) {
+func TestGroupCommitStatementErrorIsolated(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []pgx.QueryExecMode{
 		pgx.QueryExecModeCacheStatement,
@@ -84,7 +84,7 @@ func TestGroupCommitBreakStatementErrorIsolated(t *testing.T) {
 	}
 }
 
-// TestGroupCommitBreakCtxDuringPrefixWrite: a member's statement runs with
+// TestGroupCommitCtxDuringPrefixWrite: a member's statement runs with
 // a ctx that ends before the write of the row as the leader left it (a slow
 // trigger), which goes in the member's pipeline, is done. As documented (a
 // member whose ctx ends during its round trip makes pgx close the shared
@@ -93,7 +93,7 @@ func TestGroupCommitBreakStatementErrorIsolated(t *testing.T) {
 // committed. (Without the option the write is the leader's own, and the
 // leader commits; with the write in its own round trip, without the
 // member's ctx, it cost every member one round trip more.)
-func TestGroupCommitBreakCtxDuringPrefixWrite(t *testing.T) {
+func TestGroupCommitCtxDuringPrefixWrite(t *testing.T) {
 	t.Parallel()
 	pool, ctx := oneConnGroupSetup(t)
 	if _, err := pool.Exec(ctx, `CREATE FUNCTION slow_paid() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -140,7 +140,7 @@ CREATE TRIGGER slow_paid BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION
 	}
 }
 
-// TestGroupCommitBreakTriggerOnGroupWrite: a trigger fills data when a
+// TestGroupCommitTriggerOnGroupWrite: a trigger fills data when a
 // payment becomes paid. The leader marks it paid (in p), the next member
 // runs a statement that leaves the row alone, the last one changes the
 // amount. One by one, the trigger's data stays; in a group, the write of
@@ -148,7 +148,7 @@ CREATE TRIGGER slow_paid BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION
 // third member must get the row with that data, as it did when the row was
 // read back after every member with SQL: else its write puts data back to
 // NULL.
-func TestGroupCommitBreakTriggerOnGroupWrite(t *testing.T) {
+func TestGroupCommitTriggerOnGroupWrite(t *testing.T) {
 	t.Parallel()
 	pool, ctx := oneConnGroupSetup(t)
 	if _, err := pool.Exec(ctx, `CREATE FUNCTION paid_data() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -204,9 +204,9 @@ CREATE TRIGGER paid_data BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION
 	}
 }
 
-// TestGroupCommitBreakRowScannedTwice: a Row scanned a second time fails as
+// TestGroupCommitRowScannedTwice: a Row scanned a second time fails as
 // pgx's does, with pgx.ErrNoRows, for a member as for a call of its own.
-func TestGroupCommitBreakRowScannedTwice(t *testing.T) {
+func TestGroupCommitRowScannedTwice(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
 	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
@@ -236,12 +236,12 @@ func TestGroupCommitBreakRowScannedTwice(t *testing.T) {
 	}
 }
 
-// TestGroupCommitBreakRowGoneBetweenStatements: a member's fn deletes the
+// TestGroupCommitRowGoneBetweenStatements: a member's fn deletes the
 // row and inserts it again, as it was, in two statements. Both succeed
 // without the option, and did in a group while the row was read only once
 // fn returned; the read sent after each statement must not turn the first
 // one's success into an error because the row is missing in between.
-func TestGroupCommitBreakRowGoneBetweenStatements(t *testing.T) {
+func TestGroupCommitRowGoneBetweenStatements(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
 	recreate := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {

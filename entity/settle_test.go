@@ -18,7 +18,7 @@ import (
 
 type review3CtxKey struct{}
 
-// TestReview3WaitSettledHoldsAConnection: a pool of one connection, a free
+// TestWithSettleWaitOnASmallPool: a pool of one connection, a free
 // key, two callers of it in one process, A then B. A is let through the
 // key queue alone, so B, let through second, waits (WaitSettled) for A to
 // try the lock. But B waits holding the pool's only connection, which A
@@ -29,7 +29,7 @@ type review3CtxKey struct{}
 // AcquireAlone and pool.Acquire does the same (see the Many variant).
 // Without the try (and before it) both callers simply ran one after the
 // other.
-func TestReview3WaitSettledHoldsAConnection(t *testing.T) {
+func TestWithSettleWaitOnASmallPool(t *testing.T) {
 	t.Parallel()
 	var refused atomic.Bool
 	bQueued := make(chan struct{})
@@ -66,13 +66,13 @@ func TestReview3WaitSettledHoldsAConnection(t *testing.T) {
 	}
 }
 
-// TestReview3WaitSettledHoldsAConnectionMany: the same with no hook at all,
+// TestWithSettleWaitOnASmallPoolMany: the same with no hook at all,
 // on a pool of one connection and two keys of two callers each, started at
 // once: pool.Acquire's order among the callers a key's queue let through is
 // whatever the scheduler makes it, so the caller second in line of one key
 // can take the connection while the caller alone ahead of it waits for it.
 // Within a few hundred rounds, one of them hangs until ctx ends.
-func TestReview3WaitSettledHoldsAConnectionMany(t *testing.T) {
+func TestWithSettleWaitOnASmallPoolMany(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
 	repo := entity.New(pool, counters{})
@@ -104,9 +104,9 @@ func TestReview3WaitSettledHoldsAConnectionMany(t *testing.T) {
 	}
 }
 
-// TestReview3LockTimeoutOnAFreeKey: with LockTimeout set, the same wait
+// TestWithLockTimeoutOnAFreeKey: with LockTimeout set, the same wait
 // ends in lock.ErrLockTimeout for B, though no session ever held the key.
-func TestReview3LockTimeoutOnAFreeKey(t *testing.T) {
+func TestWithLockTimeoutOnAFreeKey(t *testing.T) {
 	t.Parallel()
 	var refused atomic.Bool
 	bQueued := make(chan struct{})
