@@ -48,6 +48,15 @@ type Table[K, V any] interface {
 	Save(before, after *V) (sql string, args []any, err error)
 }
 
+// Reader may be implemented by a Table that can read k's row without
+// locking it, in the columns Find returns, for Scan. [WithGroupCommit] reads
+// the row after each statement of a member's fn, inside the transaction
+// that already holds it locked; a plain read costs the server less than
+// Find's row lock. Without it, those reads use Find.
+type Reader[K any] interface {
+	Read(k K) (sql string, args []any)
+}
+
 // ErrorClassifier may be implemented by a Table to add its own sentinels to
 // the errors With returns from SQL (a foreign-key violation as "unknown
 // parent", say). It gets the error already wrapped and returns it wrapped

@@ -611,7 +611,7 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 
 // reload writes what the last member's fn changed in p (g.cur, as Save
 // sees it against the row as the transaction holds it) and reads the row
-// back with Find, in one round trip, inside that member's savepoint. The
+// back (see read), in one round trip, inside that member's savepoint. The
 // result is both the row the transaction holds and the one the next member
 // starts from.
 func (g *group[K, V]) reload(ctx context.Context) error {
@@ -623,7 +623,7 @@ func (g *group[K, V]) reload(ctx context.Context) error {
 	if sql != "" {
 		b.Queue(sql, args...)
 	}
-	findSQL, findArgs := g.r.table.Find(g.k)
+	findSQL, findArgs := g.read()
 	b.Queue(findSQL, findArgs...)
 	br := g.conn.SendBatch(ctx, b)
 	if sql != "" {
@@ -724,8 +724,8 @@ func (g *group[K, V]) prefix(b *pgx.Batch, tx *memberTx[K, V]) (n int, err error
 		}
 	}
 	b.Queue("SAVEPOINT " + tx.name)
-	findSQL, findArgs := g.r.table.Find(g.k)
-	b.Queue(findSQL, findArgs...) // the row fn starts from, as the transaction holds it
+	readSQL, readArgs := g.read()
+	b.Queue(readSQL, readArgs...) // the row fn starts from, as the transaction holds it
 	return len(b.QueuedQueries), nil
 }
 
@@ -757,6 +757,15 @@ func (g *group[K, V]) opened(br pgx.BatchResults, n int, tx *memberTx[K, V]) err
 		}
 	}
 	return nil
+}
+
+// read returns the statement that reads the row after a member's
+// statements: the Table's Read if it has one (see Reader), else Find.
+func (g *group[K, V]) read() (string, []any) {
+	if rd, ok := g.r.table.(Reader[K]); ok {
+		return rd.Read(g.k)
+	}
+	return g.r.table.Find(g.k)
 }
 
 // errNotSent: pgx sent none of a pipeline (it failed to encode an argument).
@@ -1016,8 +1025,8 @@ func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, args []any) (
 		return nil, false, t.err
 	}
 	b.Queue(sql, args...) // in the cache modes pgx finds it prepared under its text
-	findSQL, findArgs := t.g.r.table.Find(t.g.k)
-	b.Queue(findSQL, findArgs...)
+	readSQL, readArgs := t.g.read()
+	b.Queue(readSQL, readArgs...)
 	br = t.m.SendBatch(ctx, b)
 	if n > 0 {
 		if err := t.g.opened(br, n, t); err != nil {

@@ -158,3 +158,42 @@ func TestGroupCommitPipelinedRow(t *testing.T) {
 		}
 	})
 }
+
+// readCounter is payment.Table counting its reads: Find (which locks the
+// row) and Read (which doesn't).
+type readCounter struct {
+	payment.Table
+	finds, reads *atomic.Int64
+}
+
+func (c readCounter) Find(k payment.Key) (string, []any) { c.finds.Add(1); return c.Table.Find(k) }
+func (c readCounter) Read(k payment.Key) (string, []any) { c.reads.Add(1); return c.Table.Read(k) }
+
+// TestGroupCommitReadsWithoutRowLock: the reads of the row a group member's
+// statements go with use the Table's Read (entity.Reader), not Find, whose
+// row lock the transaction holds already: only the leader's first round
+// trip uses Find.
+func TestGroupCommitReadsWithoutRowLock(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	var finds, reads atomic.Int64
+	var _ entity.Reader[payment.Key] = readCounter{}
+	repo := entity.New[payment.Key, payment.Payment](pool, readCounter{finds: &finds, reads: &reads}, entity.WithGroupCommit(16))
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.LineItemID, "/", p.AmountCents))
+		return err
+	}
+	for round, key := range []string{"reads_warm", "reads"} {
+		finds.Store(0)
+		reads.Store(0)
+		for i, r := range grouped(t, ctx, repo, payment.Key{ServiceID: 1, LineItemID: key}, nil, add, add, add, add) {
+			if r.err != nil {
+				t.Fatalf("round %d, call %d: %v", round, i, r.err)
+			}
+		}
+	}
+	if f, r := finds.Load(), reads.Load(); f != 1 || r < 6 {
+		t.Errorf("a group of 4: %d Finds and %d Reads, want 1 Find (the leader's) and the rest Reads", f, r)
+	}
+}

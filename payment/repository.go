@@ -93,6 +93,11 @@ ON CONFLICT DO NOTHING`
 	sqlFind = "SELECT " + columns + ` FROM payments WHERE service_id = $1::bigint AND line_item_id = $2::text
 ORDER BY id LIMIT 1 FOR NO KEY UPDATE`
 
+	// sqlRead is sqlFind without the row lock, for the reads group commit
+	// makes inside a transaction that holds the row locked already.
+	sqlRead = "SELECT " + columns + ` FROM payments WHERE service_id = $1::bigint AND line_item_id = $2::text
+ORDER BY id LIMIT 1`
+
 	sqlUpdate = `UPDATE payments SET amount_cents = $2::bigint, currency = $3::text, status = $4::text, data = $5::jsonb,
 updated_at = now() WHERE id = $1::bigint`
 )
@@ -110,6 +115,9 @@ func (Table) Ensure(k Key) (string, []any) { return sqlEnsure, []any{k.ServiceID
 
 // Find reads k's row, locked.
 func (Table) Find(k Key) (string, []any) { return sqlFind, []any{k.ServiceID, k.LineItemID} }
+
+// Read reads k's row without locking it (entity.Reader).
+func (Table) Read(k Key) (string, []any) { return sqlRead, []any{k.ServiceID, k.LineItemID} }
 
 // Scan reads a row of columns.
 func (Table) Scan(row pgx.Row, created bool) (*Payment, error) {
