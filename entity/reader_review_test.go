@@ -2,10 +2,12 @@ package entity_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/payment"
@@ -75,5 +77,66 @@ func TestReaderReviewDeletedRowNextDuplicateLocked(t *testing.T) {
 	}
 	if amount != 101 {
 		t.Errorf("amount %d, want 101 (the group's +1 and the writer's +100, as with the calls one by one)", amount)
+	}
+}
+
+// TestReaderReviewRowLevelSecurity: with row-level security whose UPDATE
+// policy hides a row its SELECT policy shows (a closed payment), Find
+// (FOR NO KEY UPDATE, which applies the UPDATE policy too) no longer finds
+// the row once a member's fn has closed it, and a call of its own after it
+// fails. The group's read-back must not hand the next member a row its
+// final write can't update: that member's With returned nil, and its change
+// was never written (UPDATE of 0 rows).
+func TestReaderReviewRowLevelSecurity(t *testing.T) {
+	t.Parallel()
+	admin, ctx := groupSetup(t)
+	role := fmt.Sprintf("paylock_rls_%d", time.Now().UnixNano())
+	var schema string
+	if err := admin.QueryRow(ctx, "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = 'payments'::regclass").Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		"CREATE ROLE " + role,
+		fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s", schema, role),
+		fmt.Sprintf("GRANT ALL ON ALL TABLES IN SCHEMA %s TO %s", schema, role),
+		fmt.Sprintf("GRANT ALL ON ALL SEQUENCES IN SCHEMA %s TO %s", schema, role),
+		fmt.Sprintf("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA %s TO %s", schema, role),
+		"ALTER TABLE payments ENABLE ROW LEVEL SECURITY",
+		"CREATE POLICY see ON payments FOR SELECT USING (true)",
+		"CREATE POLICY add ON payments FOR INSERT WITH CHECK (true)",
+		"CREATE POLICY open_only ON payments FOR UPDATE USING (status <> 'closed') WITH CHECK (true)",
+	} {
+		if _, err := admin.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	t.Cleanup(func() {
+		admin.Exec(context.Background(), "DROP OWNED BY "+role)
+		admin.Exec(context.Background(), "DROP ROLE "+role)
+	})
+	cfg := admin.Config().Copy()
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "SET ROLE "+role)
+		return err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_reader_rls"}
+	if err := repo.With(ctx, key, payNoop); err != nil {
+		t.Fatal(err)
+	}
+	closeIt := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		_, err := tx.Exec(ctx, "UPDATE payments SET status = 'closed' WHERE id = $1", p.ID)
+		return err
+	}
+	bump := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	res := grouped(t, ctx, repo, key, nil, payNoop, closeIt, bump)
+	amount, _ := payRow(t, ctx, admin, key)
+	if res[2].err == nil && res[2].panicked == nil && amount != 1 {
+		t.Errorf("the member after the row was closed: With returned nil, but the row's amount is %d, want 1 (or an error, as a call of its own gets)", amount)
 	}
 }
