@@ -49,10 +49,13 @@ type Table[K, V any] interface {
 }
 
 // Reader may be implemented by a Table that can read k's row without
-// locking it, in the columns Find returns, for Scan. [WithGroupCommit] reads
-// the row after each statement of a member's fn, inside the transaction
-// that already holds it locked; a plain read costs the server less than
-// Find's row lock. Without it, those reads use Find.
+// locking it: the row Find would return, in the same columns, for Scan.
+// [WithGroupCommit] reads the row when a member's savepoint opens and after
+// each statement of its fn, inside the transaction that holds the row it
+// found first locked, to tell whether the statements changed it; a plain
+// read costs the server less than Find's row lock. Without it, those reads
+// use Find. The read-back after a member changed the row (fn may have
+// deleted it, and the key's row be another one) always uses Find.
 type Reader[K any] interface {
 	Read(k K) (sql string, args []any)
 }

@@ -611,9 +611,12 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 
 // reload writes what the last member's fn changed in p (g.cur, as Save
 // sees it against the row as the transaction holds it) and reads the row
-// back (see read), in one round trip, inside that member's savepoint. The
+// back with Find, in one round trip, inside that member's savepoint. The
 // result is both the row the transaction holds and the one the next member
-// starts from.
+// starts from. Find, not Read: fn may have deleted the row, and the key's
+// row may now be another one (a duplicate on a table not yet deduplicated)
+// that the transaction has not locked; Find locks it, as a call of its own
+// would, before the group writes it.
 func (g *group[K, V]) reload(ctx context.Context) error {
 	b := &pgx.Batch{}
 	sql, args, err := g.r.table.Save(g.written, g.cur)
@@ -623,7 +626,7 @@ func (g *group[K, V]) reload(ctx context.Context) error {
 	if sql != "" {
 		b.Queue(sql, args...)
 	}
-	findSQL, findArgs := g.read()
+	findSQL, findArgs := g.r.table.Find(g.k)
 	b.Queue(findSQL, findArgs...)
 	br := g.conn.SendBatch(ctx, b)
 	if sql != "" {
@@ -759,8 +762,10 @@ func (g *group[K, V]) opened(br pgx.BatchResults, n int, tx *memberTx[K, V]) err
 	return nil
 }
 
-// read returns the statement that reads the row after a member's
-// statements: the Table's Read if it has one (see Reader), else Find.
+// read returns the statement that reads the row with a member's
+// statements: the Table's Read if it has one (see Reader), else Find. What
+// it finds only tells whether the row is still the one the transaction
+// holds (locked) as the group left it; if not, reload reads it with Find.
 func (g *group[K, V]) read() (string, []any) {
 	if rd, ok := g.r.table.(Reader[K]); ok {
 		return rd.Read(g.k)

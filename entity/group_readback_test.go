@@ -13,14 +13,14 @@ import (
 	"github.com/paylock/paylock/payment"
 )
 
-// TestReaderReviewDeletedRowNextDuplicateLocked: on a table not yet
+// TestGroupCommitReadBackLocksADuplicate: on a table not yet
 // deduplicated (advisory lock, no unique index), a member whose fn deletes
 // the row leaves the next duplicate as the key's row. A call of its own
 // would Find that row with its row lock, so a writer that doesn't take the
 // advisory lock (old code during a rollout) waits for the commit; the group
 // must hold that row locked too before it writes it, or the final write
 // overwrites the writer's committed change with the value read before it.
-func TestReaderReviewDeletedRowNextDuplicateLocked(t *testing.T) {
+func TestGroupCommitReadBackLocksADuplicate(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
 	if _, err := pool.Exec(ctx, "DROP INDEX "+payment.UniqueIndex); err != nil {
@@ -80,14 +80,14 @@ func TestReaderReviewDeletedRowNextDuplicateLocked(t *testing.T) {
 	}
 }
 
-// TestReaderReviewRowLevelSecurity: with row-level security whose UPDATE
+// TestGroupCommitReadBackUnderRowLevelSecurity: with row-level security whose UPDATE
 // policy hides a row its SELECT policy shows (a closed payment), Find
 // (FOR NO KEY UPDATE, which applies the UPDATE policy too) no longer finds
 // the row once a member's fn has closed it, and a call of its own after it
 // fails. The group's read-back must not hand the next member a row its
 // final write can't update: that member's With returned nil, and its change
 // was never written (UPDATE of 0 rows).
-func TestReaderReviewRowLevelSecurity(t *testing.T) {
+func TestGroupCommitReadBackUnderRowLevelSecurity(t *testing.T) {
 	t.Parallel()
 	admin, ctx := groupSetup(t)
 	role := fmt.Sprintf("paylock_rls_%d", time.Now().UnixNano())
