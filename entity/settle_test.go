@@ -16,7 +16,29 @@ import (
 	"github.com/paylock/paylock/lock"
 )
 
-type review3CtxKey struct{}
+// callerName names a call for refusingPool.
+type callerName struct{}
+
+// refusingPool is a pool of one connection that refuses the first one it
+// hands to the call named "A" (as pgxpool does after a failed ping or an
+// expired lifetime), once B is queued (bQueued closed) and in
+// pool.Acquire: A then queues again, behind B.
+func refusingPool(t *testing.T) (pool *pgxpool.Pool, ctx context.Context, bQueued chan struct{}) {
+	var refused atomic.Bool
+	bQueued = make(chan struct{})
+	pool, ctx = setupPool(t, func(cfg *pgxpool.Config) {
+		cfg.MaxConns, cfg.MinConns = 1, 0
+		cfg.PrepareConn = func(ctx context.Context, _ *pgx.Conn) (bool, error) {
+			if ctx.Value(callerName{}) == "A" && !refused.Swap(true) {
+				<-bQueued
+				time.Sleep(50 * time.Millisecond) // B is in pool.Acquire
+				return false, nil                 // destroyed: A acquires again, behind B
+			}
+			return true, nil
+		}
+	})
+	return pool, ctx, bQueued
+}
 
 // TestWithSettleWaitOnASmallPool: a pool of one connection, a free
 // key, two callers of it in one process, A then B. A is let through the
@@ -31,19 +53,7 @@ type review3CtxKey struct{}
 // other.
 func TestWithSettleWaitOnASmallPool(t *testing.T) {
 	t.Parallel()
-	var refused atomic.Bool
-	bQueued := make(chan struct{})
-	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) {
-		cfg.MaxConns, cfg.MinConns = 1, 0
-		cfg.PrepareConn = func(ctx context.Context, _ *pgx.Conn) (bool, error) {
-			if ctx.Value(review3CtxKey{}) == "A" && !refused.Swap(true) {
-				<-bQueued
-				time.Sleep(50 * time.Millisecond) // B is in pool.Acquire
-				return false, nil                 // destroyed: A acquires again, behind B
-			}
-			return true, nil
-		}
-	})
+	pool, ctx, bQueued := refusingPool(t)
 	repo := entity.New(pool, counters{})
 	if err := repo.With(ctx, "warm", noop); err != nil { // prepares With's statements
 		t.Fatal(err)
@@ -52,7 +62,7 @@ func TestWithSettleWaitOnASmallPool(t *testing.T) {
 	defer cancel()
 	errs := make(chan error, 2)
 	go func() {
-		errs <- repo.With(context.WithValue(cctx, review3CtxKey{}, "A"), "pool1", noop)
+		errs <- repo.With(context.WithValue(cctx, callerName{}, "A"), "pool1", noop)
 	}()
 	time.Sleep(20 * time.Millisecond) // A is through the key queue, alone
 	go func() {
@@ -108,25 +118,13 @@ func TestWithSettleWaitOnASmallPoolMany(t *testing.T) {
 // ends in lock.ErrLockTimeout for B, though no session ever held the key.
 func TestWithLockTimeoutOnAFreeKey(t *testing.T) {
 	t.Parallel()
-	var refused atomic.Bool
-	bQueued := make(chan struct{})
-	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) {
-		cfg.MaxConns, cfg.MinConns = 1, 0
-		cfg.PrepareConn = func(ctx context.Context, _ *pgx.Conn) (bool, error) {
-			if ctx.Value(review3CtxKey{}) == "A" && !refused.Swap(true) {
-				<-bQueued
-				time.Sleep(50 * time.Millisecond)
-				return false, nil
-			}
-			return true, nil
-		}
-	})
+	pool, ctx, bQueued := refusingPool(t)
 	repo := entity.New(pool, counters{}, entity.WithLockOptions(lock.Options{LockTimeout: 300 * time.Millisecond}))
 	if err := repo.With(ctx, "warm", noop); err != nil {
 		t.Fatal(err)
 	}
 	errs := make(chan error, 2)
-	go func() { errs <- repo.With(context.WithValue(ctx, review3CtxKey{}, "A"), "free", noop) }()
+	go func() { errs <- repo.With(context.WithValue(ctx, callerName{}, "A"), "free", noop) }()
 	time.Sleep(20 * time.Millisecond)
 	go func() { close(bQueued); errs <- repo.With(ctx, "free", noop) }()
 	for range 2 {
