@@ -320,16 +320,11 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	// do, and give it back after their connection: the leader that
 	// committed may not have released its connection yet when the next
 	// one's successor wants one, and a key holds at most ConnsPerKey.
-	release, alone, err := r.queue.AcquireAlone(ctx, lk.ID())
+	release, alone, err := r.waitInQueue(ctx, lk.ID())
 	if err != nil {
 		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err)), nil
 	}
 	defer release()
-	if !alone {
-		if err := r.waitSettled(ctx, lk.ID()); err != nil {
-			return fmt.Errorf("entity: with %s: wait in queue: %w", lk, err), nil
-		}
-	}
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err))), nil
@@ -863,42 +858,42 @@ func (t *memberTx[K, V]) rowUnchanged() bool {
 // nothing when it can't encode an argument (see notSent). In describe_exec
 // mode pgx describes every statement first: none goes in the pipeline.
 func (t *memberTx[K, V]) follows(ctx context.Context, sql string, args []any) bool {
-	if t.plain || len(args) == 0 || ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		return false
-	}
-	switch args[0].(type) {
-	case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID, pgx.QueryRewriter:
-		return false
-	}
-	switch t.g.conn.Config().DefaultQueryExecMode {
-	case pgx.QueryExecModeExec:
-		return true
-	case pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe:
+	case t.cached(args):
 		sd := preparedOn(t.g.conn).get(sql)
-		if sd == nil {
-			return false
-		}
 		b := batch{conn: t.g.conn}
 		// On its own, a statement whose arguments don't encode fails as it
 		// would without the option.
-		return b.builder().Build(t.g.conn.TypeMap(), sd, args) == nil
+		return sd != nil && b.builder().Build(t.g.conn.TypeMap(), sd, args) == nil
 	}
-	return false
+	return !t.plain && plainArgs(args) && t.g.conn.Config().DefaultQueryExecMode == pgx.QueryExecModeExec
 }
 
-// cached reports whether args may go with a statement pgx runs through its
-// statement or description cache: what the member prepares itself (see
-// follows).
+// cached reports whether a member's statement with these args goes
+// through pgx's statement or description cache: what the member prepares
+// itself (see follows).
 func (t *memberTx[K, V]) cached(args []any) bool {
-	if t.plain || len(args) == 0 {
-		return false
-	}
-	switch args[0].(type) {
-	case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID, pgx.QueryRewriter:
+	if t.plain || !plainArgs(args) {
 		return false
 	}
 	mode := t.g.conn.Config().DefaultQueryExecMode
 	return mode == pgx.QueryExecModeCacheStatement || mode == pgx.QueryExecModeCacheDescribe
+}
+
+// plainArgs reports whether args are a statement's arguments only: at
+// least one, and not led by one of pgx's options (QueryExecMode,
+// QueryResultFormats, QueryResultFormatsByOID, a QueryRewriter).
+func plainArgs(args []any) bool {
+	if len(args) == 0 {
+		return false
+	}
+	switch args[0].(type) {
+	case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID, pgx.QueryRewriter:
+		return false
+	}
+	return true
 }
 
 // prepare prepares sql, a member's statement that goes on its own, after
@@ -911,7 +906,7 @@ func (t *memberTx[K, V]) prepare(ctx context.Context, sql string, args []any) er
 		return nil
 	}
 	ps := preparedOn(t.g.conn)
-	if ps.get(sql) != nil || ps.full() {
+	if ps.get(sql) != nil {
 		return nil
 	}
 	// Named by its own text: pgx runs a statement by the name it was
@@ -922,10 +917,14 @@ func (t *memberTx[K, V]) prepare(ctx context.Context, sql string, args []any) er
 	name := sql
 	if ps.takeStale(sql) {
 		// pgx still holds the statement that failed under this name, and
-		// its Prepare would return it as it is: drop it first.
+		// its Prepare would return it as it is (so would its Exec): drop
+		// it first, also when no more may be prepared.
 		if err := t.g.conn.Deallocate(ctx, name); err != nil {
 			return err
 		}
+	}
+	if ps.full() {
+		return nil
 	}
 	sd, err := t.m.Prepare(ctx, name, sql)
 	if err != nil {
@@ -939,9 +938,10 @@ func (t *memberTx[K, V]) prepare(ctx context.Context, sql string, args []any) er
 // connection, by their SQL, kept in its pgconn.PgConn.CustomData: at most
 // maxPrepared.
 type preparedSQL struct {
-	mu    sync.Mutex
-	sds   map[string]*pgconn.StatementDescription
-	stale map[string]bool // forgotten: deallocate before preparing again
+	mu sync.Mutex
+	// sds: nil for a statement forgotten (see forget), to deallocate
+	// before it is prepared again.
+	sds map[string]*pgconn.StatementDescription
 }
 
 const (
@@ -984,11 +984,7 @@ func (p *preparedSQL) forget(sql string, err error) {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if _, ok := p.sds[sql]; ok {
-			delete(p.sds, sql)
-			if p.stale == nil {
-				p.stale = make(map[string]bool)
-			}
-			p.stale[sql] = true
+			p.sds[sql] = nil
 		}
 	}
 }
@@ -997,10 +993,11 @@ func (p *preparedSQL) forget(sql string, err error) {
 func (p *preparedSQL) takeStale(sql string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.stale[sql] {
+	sd, ok := p.sds[sql]
+	if !ok || sd != nil {
 		return false
 	}
-	delete(p.stale, sql)
+	delete(p.sds, sql)
 	return true
 }
 
@@ -1019,7 +1016,7 @@ func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, args []any) (
 	t.used = true
 	b := &pgx.Batch{}
 	n := 0
-	if !t.plain && !t.done {
+	if !t.done { // follows: never the leader's
 		t.done = true
 		if n, err = t.g.prefix(b, t); err != nil {
 			t.err = err

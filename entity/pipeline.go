@@ -72,10 +72,10 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 	}
 	try := alone && r.prepare && r.strategy == Advisory
 	if alone {
-		// The others of the key in r wait (waitInQueue, before
-		// they take a connection) until this caller holds the lock or has
-		// sent its wait for it, so that a failed try doesn't let the next
-		// one get ahead at the server.
+		// The others of the key in r wait (waitInQueue, before they take
+		// a connection) until this caller holds the lock or has sent its
+		// wait for it, so that a failed try doesn't let the next one get
+		// ahead at the server.
 		defer r.queue.Settle(lk.ID())
 		if !try {
 			r.queue.Settle(lk.ID())
@@ -90,27 +90,6 @@ func (r *Repository[K, V]) lockAndLoad(ctx context.Context, conn *pgx.Conn, k K,
 		try = false
 		sent = func() { r.queue.Settle(lk.ID()) }
 	}
-}
-
-// waitSettled is r.queue.WaitSettled, for at most LockTimeout when that is
-// set, as the wait in the queue. A caller that was not let through alone
-// calls it before it takes a connection: holding one while it waits for the
-// caller ahead, which may still need one, could starve a small pool.
-func (r *Repository[K, V]) waitSettled(ctx context.Context, key int64) error {
-	qctx := ctx
-	if r.settings.LockTimeout > 0 {
-		var cancel context.CancelFunc
-		qctx, cancel = context.WithTimeoutCause(ctx, r.settings.LockTimeout, txn.ErrLockTimeout)
-		defer cancel()
-	}
-	err := r.queue.WaitSettled(qctx, key)
-	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(qctx), txn.ErrLockTimeout) {
-		return fmt.Errorf("%w (%s in the in-process queue)", txn.ErrLockTimeout, r.settings.LockTimeout)
-	}
-	if err != nil {
-		return txn.Classify(ctx, err)
-	}
-	return nil
 }
 
 // errLockBusy: txn.TrySQL found the lock taken or awaited.
