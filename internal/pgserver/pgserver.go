@@ -186,6 +186,11 @@ func (s *Server) run(ctx context.Context) error {
 func (s *Server) command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, filepath.Join(s.binDir, name), args...)
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
+	// In a directory the server's user owns, never the caller's: a postgres
+	// started where it can't read its working directory can't find its own
+	// executable's path, and so neither its share directory nor its message
+	// translations (lc_messages then translates only part of each message).
+	cmd.Dir = s.Dir
 	// Own process group, so a Ctrl-C meant for the caller does not reach the
 	// server mid-test; and a SIGQUIT (immediate shutdown) if the caller dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGQUIT, Credential: s.cred}

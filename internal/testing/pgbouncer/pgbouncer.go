@@ -111,6 +111,7 @@ server_reset_query =
 	}
 	b.cmd = exec.Command(bin, filepath.Join(b.dir, "pgbouncer.ini"))
 	b.cmd.Stdout, b.cmd.Stderr = &b.log, &b.log
+	b.cmd.Dir = b.dir // not the caller's, which its user may not be able to read
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if os.Geteuid() == 0 { // pgbouncer refuses to run as root
 		cred, err := pgserver.Unprivileged()
