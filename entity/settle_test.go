@@ -119,7 +119,9 @@ func TestWithSettleWaitOnASmallPoolMany(t *testing.T) {
 func TestWithLockTimeoutOnAFreeKey(t *testing.T) {
 	t.Parallel()
 	pool, ctx, bQueued := refusingPool(t)
-	repo := entity.New(pool, counters{}, entity.WithLockOptions(lock.Options{LockTimeout: 300 * time.Millisecond}))
+	// Far longer than the two calls take on any machine: only the deadlock
+	// (B waiting for A while holding the connection A needs) reaches it.
+	repo := entity.New(pool, counters{}, entity.WithLockOptions(lock.Options{LockTimeout: 15 * time.Second}))
 	if err := repo.With(ctx, "warm", noop); err != nil {
 		t.Fatal(err)
 	}

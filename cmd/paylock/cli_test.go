@@ -25,6 +25,40 @@ func paylock(ctx context.Context, args ...string) (code int, stdout, stderr stri
 	return code, out.String(), errOut.String()
 }
 
+// watch runs a --watch command until it has written reports reports, then
+// ends its ctx as Ctrl-C would, and returns its exit code and output. It
+// waits for the reports however slow the machine is; only a hang (no report
+// within a minute) ends it sooner, with the output so far.
+func watch(t *testing.T, ctx context.Context, reports int, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	out := &countingWriter{after: reports, done: cancel}
+	var errOut bytes.Buffer
+	code = run(ctx, args, out, &errOut)
+	if out.writes < reports {
+		t.Fatalf("paylock %s wrote %d reports before %v, want %d\nstdout:\n%s\nstderr:\n%s",
+			strings.Join(args, " "), out.writes, ctx.Err(), reports, out.String(), errOut.String())
+	}
+	return code, out.String(), errOut.String()
+}
+
+// countingWriter counts the writes to it (a watch loop writes each report
+// at once) and calls done once it has seen after of them.
+type countingWriter struct {
+	bytes.Buffer
+	writes, after int
+	done          func()
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.writes++
+	if w.writes == w.after {
+		defer w.done()
+	}
+	return w.Buffer.Write(p)
+}
+
 // mustRun runs the CLI and fails the test unless it exits 0.
 func mustRun(t *testing.T, ctx context.Context, args ...string) string {
 	t.Helper()
