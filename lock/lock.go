@@ -60,7 +60,9 @@ const DefaultIdleTimeout = txn.DefaultIdleTimeout
 // server's, and DefaultIdleTimeout.
 type Options struct {
 	// LockTimeout bounds the wait for the lock (SET LOCAL lock_timeout).
-	// Past it Run fails with ErrLockTimeout. Zero: no limit but ctx.
+	// Past it Run fails with ErrLockTimeout. Zero: no limit but ctx, whatever
+	// lock_timeout the database or role sets (Run sets it to 0 for the
+	// transaction).
 	// [github.com/paylock/paylock/entity.Repository.With] also bounds with
 	// it the wait in its Repository's in-process queue, so a call waits at
 	// most about twice LockTimeout in all.

@@ -53,19 +53,30 @@ func (s Settings) SetSQL() string {
 	if s.ConnCheck {
 		sets = append(sets, "set_config('"+connCheckSetting+"', '"+connCheckMillis+"', true)")
 	}
+	// lock_timeout always: a zero LockTimeout means no limit but ctx, not
+	// whatever lock_timeout the database or role was given.
+	sets = append(sets, fmt.Sprintf("set_config('lock_timeout', '%d', true)", millis(s.LockTimeout)))
 	for _, set := range []struct {
 		name string
 		d    time.Duration
 	}{
-		{"lock_timeout", s.LockTimeout},
 		{"idle_in_transaction_session_timeout", s.IdleTimeout},
 		{"statement_timeout", s.StatementTimeout},
 	} {
 		if set.d > 0 {
-			sets = append(sets, fmt.Sprintf("set_config('%s', '%d', true)", set.name, max(set.d.Milliseconds(), 1)))
+			sets = append(sets, fmt.Sprintf("set_config('%s', '%d', true)", set.name, millis(set.d)))
 		}
 	}
 	return "SELECT " + strings.Join(sets, ", ")
+}
+
+// millis is d in the whole milliseconds PostgreSQL's timeouts take: 0 for
+// none, at least 1 for any positive d.
+func millis(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return max(d.Milliseconds(), 1)
 }
 
 // heldSetting is the transaction-local setting SetSQL turns on; it reverts
