@@ -73,7 +73,7 @@ func grouped(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, c
 // waitQueued waits until n callers of key are queued in repo.
 func waitQueued(t *testing.T, repo payRepo, key payment.Key, n int) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); entity.Queued(repo, key.LockKey()) != n; {
+	for deadline := time.Now().Add(time.Minute); entity.Queued(repo, key.LockKey()) != n; {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d callers queued, want %d", entity.Queued(repo, key.LockKey()), n)
 		}

@@ -1,0 +1,327 @@
+package entity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/paylock/paylock/internal/txn"
+	"github.com/paylock/paylock/lock"
+)
+
+// group is one transaction shared by callers of one key. Its fields are used
+// by one goroutine at a time: the leader's, then each member's in turn, which
+// hand it over through member.turn and group.stepped.
+type group[K, V any] struct {
+	k       K
+	r       *Repository[K, V]
+	cloner  Cloner[V]
+	lk      lock.Key
+	conn    *pgx.Conn
+	created bool
+	before  *V // the row as read
+	first   *V // the leader's copy
+	cur     *V // the row as the last successful member left it
+	written *V // the row as the transaction holds it
+	n       int
+	withSQL int
+	ok      []*member[K, V] // members whose fn succeeded, in order
+	broken  error           // why the transaction can't commit
+	ended   bool            // a member's fn ended the transaction itself, or may have
+	openSP  string          // the savepoint of the last member with SQL, not yet released
+	stale   bool            // the last member ran SQL: reload before the next one
+	txs     []*txn.Managed  // each member's tx, ended once the transaction is
+	size    int             // callers whose fn ran, set before the outcome is sent
+	stepped chan struct{}
+	txs0    [1]*txn.Managed // txs and ok of a lone caller, without allocations
+	ok0     [1]*member[K, V]
+}
+
+// withGroup is one attempt of With under group commit.
+func (r *Repository[K, V]) withGroup(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (err error) {
+	lk, err := r.lockKey(ctx, k, fn)
+	if err != nil {
+		return err
+	}
+	ev := &Event{Namespace: lk.Namespace(), Key: lk, Strategy: r.strategy, Start: time.Now()}
+	var panicked any
+	if !r.hooks.none() {
+		if r.hooks.Start != nil {
+			ctx = r.hooks.Start(ctx, lk.Namespace(), lk)
+		}
+		defer func() {
+			p := panicked
+			if p == nil {
+				p = recover()
+			}
+			r.hooks.finish(ctx, ev, err, p)
+			if p != nil {
+				panic(p)
+			}
+		}()
+	}
+	m := &member[K, V]{ctx: ctx, fn: fn, ev: ev}
+	gs := r.groups
+	if !gs.arrive(lk.ID(), m) {
+		g, err := r.waitTurn(ctx, lk, m)
+		if err != nil {
+			return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err))
+		}
+		if g != nil {
+			var ok bool
+			ok, panicked, err = g.step(m, false)
+			if panicked != nil {
+				if r.hooks.none() {
+					panic(panicked)
+				}
+				return nil // the deferred hook re-raises it
+			}
+			if !ok {
+				return err
+			}
+			return <-m.done
+		}
+	}
+	err, panicked = r.lead(ctx, k, lk, m)
+	if panicked != nil && r.hooks.none() {
+		panic(panicked)
+	}
+	return err
+}
+
+// waitTurn waits until a leader takes m into its group (returned) or makes
+// it the leader (nil), for at most LockTimeout when that is set. If ctx ends
+// first, m leaves the queue.
+func (r *Repository[K, V]) waitTurn(ctx context.Context, lk lock.Key, m *member[K, V]) (*group[K, V], error) {
+	qctx := ctx
+	if r.settings.LockTimeout > 0 {
+		var cancel context.CancelFunc
+		qctx, cancel = context.WithTimeoutCause(ctx, r.settings.LockTimeout, txn.ErrLockTimeout)
+		defer cancel()
+	}
+	select {
+	case g := <-m.turn:
+		return g, nil
+	case <-qctx.Done():
+	}
+	if !r.groups.leave(lk.ID(), m) {
+		return <-m.turn, nil // taken meanwhile: its turn has come
+	}
+	if ctx.Err() == nil && errors.Is(context.Cause(qctx), txn.ErrLockTimeout) {
+		return nil, fmt.Errorf("%w (%s in the in-process queue)", txn.ErrLockTimeout, r.settings.LockTimeout)
+	}
+	return nil, ctx.Err()
+}
+
+// lead runs the transaction m leads: the lock and the row, m's fn, then the
+// fns of the callers queued behind it, then one write and one COMMIT.
+//
+//lint:ignore ST1008 the second result carries a panic of fn, raised again on its caller's goroutine; it is not a result in the usual sense
+func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member[K, V]) (err error, panicked any) {
+	gs := r.groups
+	var leading atomic.Bool
+	leading.Store(true)
+	stop := func() {
+		if leading.Swap(false) {
+			gs.stopLeading(lk.ID())
+		}
+	}
+	defer stop()
+	// watch stops the gathering if an fn runs for IdleTimeout: by then the
+	// server has ended the transaction, idle that long, and the next caller,
+	// which may be a With for this key from inside that fn given another
+	// ctx, takes the lock as it would without group commit, rather than
+	// wait in the queue behind its own caller for good.
+	watch := func() (unwatch func() bool) {
+		if idle := r.settings.IdleTimeout; idle > 0 {
+			return time.AfterFunc(idle, stop).Stop
+		}
+		return func() bool { return false }
+	}
+	ev := m.ev
+	// Leaders take a place in the key queue, as callers without the option
+	// do, and give it back after their connection: the leader that
+	// committed may not have released its connection yet when the next
+	// one's successor wants one, and a key holds at most ConnsPerKey.
+	release, alone, err := r.waitInQueue(ctx, lk.ID())
+	if err != nil {
+		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err)), nil
+	}
+	defer release()
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err))), nil
+	}
+	defer conn.Release()
+	pc := conn.Conn().PgConn()
+	defer func() {
+		switch {
+		case stalePlan(err) || missingStatement(err): // as in with
+			pc.Close(context.WithoutCancel(ctx))
+		case pc.TxStatus() != 'I':
+			txn.Rollback(ctx, pc, nil)
+		}
+	}()
+	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, ev, alone)
+	if err != nil {
+		if missingStatement(err) {
+			// Gone from the server (user code ran DEALLOCATE ALL or DISCARD
+			// ALL on this connection): drop the connection now, so that the
+			// error, before fn ran, with nothing committed, is one Retry
+			// retries.
+			pc.Close(context.WithoutCancel(ctx))
+		}
+		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed()), nil
+	}
+	g := &group[K, V]{
+		k: k, r: r, cloner: r.table.(Cloner[V]), lk: lk, conn: conn.Conn(), created: ev.Created,
+		before: before, first: v, cur: before, written: before,
+	}
+	g.txs, g.ok = g.txs0[:0], g.ok0[:0]
+	// The leader's fn runs as in a call of its own, without a savepoint: if
+	// it fails, the transaction rolls back and nobody else has joined it; the
+	// first queued caller then leads the next one.
+	unwatch := watch()
+	ok, panicked, ownErr := g.step(m, true)
+	unwatch()
+	if !ok {
+		g.broke(errors.New("the leader's fn failed"), false) // ownErr is nil after a panic
+	}
+	// The budget: about what the callers would hold the key for one by one,
+	// judged by the leader's round trip and fn.
+	budget := time.Duration(gs.max) * (time.Since(ev.Granted) + ev.RoundTrip - ev.Wait)
+	for g.broken == nil && leading.Load() && g.n < gs.max && g.withSQL < MaxGroupSQL && time.Since(ev.Granted) < budget {
+		next := gs.pop(lk.ID())
+		if next == nil {
+			break
+		}
+		if g.stale {
+			g.stale = false
+			if err := g.reload(context.WithoutCancel(ctx)); err != nil {
+				g.broke(fmt.Errorf("read the row back after a call's statements: %w", err), false)
+			}
+		}
+		if g.stepped == nil {
+			g.stepped = make(chan struct{}, 1) // a lone caller needs none
+		}
+		next.turn <- g
+		unwatch := watch()
+		<-g.stepped
+		unwatch()
+	}
+	stop()
+	g.size = g.n
+	var commitPanic any
+	outcome := func() (err error) {
+		defer func() {
+			if commitPanic = recover(); commitPanic != nil {
+				// Table.Save panicked, or an ErrorClassifier: the members
+				// still get an outcome, the leader the panic.
+				if pc.IsClosed() || pc.TxStatus() == 'I' {
+					err = fmt.Errorf("entity: with %s: %w: the group's final write panicked: %v", lk, txn.ErrCommitUnknown, commitPanic)
+				} else {
+					err = fmt.Errorf("entity: with %s: %w (the group's final write panicked: %v)", lk, ErrGroupRolledBack, commitPanic)
+				}
+			}
+		}()
+		return g.commit(ctx, prepared)
+	}()
+	for _, m := range g.txs {
+		// Only now: ending a tx whose fn used LargeObjects rolls back the
+		// transaction unless it is over.
+		m.End(ctx)
+	}
+	for _, o := range g.ok {
+		if o != m {
+			o.done <- outcome
+		}
+	}
+	if !ok || panicked != nil {
+		return ownErr, panicked
+	}
+	if commitPanic != nil {
+		return nil, commitPanic
+	}
+	return outcome, nil
+}
+
+// commit writes the row and commits, unless no member succeeded or the
+// transaction broke; it returns what every member whose fn succeeded gets.
+func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
+	lk, pc := g.lk, g.conn.PgConn()
+	if len(g.ok) == 0 {
+		return nil
+	}
+	if g.broken != nil {
+		if g.ended {
+			return fmt.Errorf("entity: with %s: %w: another call in the same group transaction ended it with SQL (or may have), committing what ran before it: %w",
+				lk, txn.ErrCommitUnknown, g.broken)
+		}
+		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", lk, ErrGroupRolledBack, g.broken), true)
+	}
+	if g.size > 1 {
+		// Once a member's fn returned, its ctx can't undo its part; the
+		// leader's alone, as in a call of its own, still can. But when every
+		// member has a deadline, the wait for COMMIT's answer ends at the
+		// last one (a stalled network: ErrCommitUnknown), rather than never.
+		ctx = context.WithoutCancel(ctx)
+		if last, ok := g.lastDeadline(); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, last)
+			defer cancel()
+		}
+	}
+	if pc.TxStatus() != 'T' {
+		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w", lk, ErrTxAborted), pc.IsClosed())
+	}
+	sql, args, err := g.r.table.Save(g.written, g.cur)
+	if err != nil {
+		return err
+	}
+	if err := txn.ReadyToCommit(ctx, pc.IsClosed()); err != nil {
+		return fmt.Errorf("entity: with %s: %w", lk, err)
+	}
+	var release string
+	if g.openSP != "" {
+		// Fails if the last member with SQL rolled back past its savepoint
+		// (to one an earlier member's fn left open), undoing what those
+		// before it did: then nothing commits.
+		release = "RELEASE SAVEPOINT " + g.openSP
+	}
+	if err := g.r.save(ctx, g.conn, release, sql, args, prepared); err != nil {
+		if savepointGone(err) {
+			return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (a call's fn rolled back past its savepoint: %w)", lk, ErrGroupRolledBack, err), true)
+		}
+		if errors.Is(err, ErrTxEnded) && g.size > 1 {
+			// A member's fn ended the transaction and began another: what
+			// ran before it is committed, what ran after it is not.
+			return fmt.Errorf("entity: with %s: %w: a call in the same group transaction ended it with SQL, committing what ran before it: %w",
+				lk, txn.ErrCommitUnknown, err)
+		}
+		return g.r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
+	}
+	for _, o := range g.ok {
+		o.ev.stage = stageDone
+		o.ev.GroupSize = g.size
+	}
+	return nil
+}
+
+// lastDeadline returns the latest deadline of the ctxs of the members whose
+// fn succeeded, if each has one.
+func (g *group[K, V]) lastDeadline() (last time.Time, ok bool) {
+	for _, o := range g.ok {
+		d, ok := o.ctx.Deadline()
+		if !ok {
+			return time.Time{}, false
+		}
+		if d.After(last) {
+			last = d
+		}
+	}
+	return last, true
+}

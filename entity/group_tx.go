@@ -1,0 +1,386 @@
+package entity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/paylock/paylock/internal/txn"
+	"github.com/paylock/paylock/lock"
+)
+
+type memberTx[K, V any] struct {
+	g     *group[K, V]
+	m     *txn.Managed
+	name  string
+	plain bool // the leader's: no savepoint
+
+	mu     sync.Mutex
+	closed bool // fn returned
+	used   bool // fn ran a statement through tx
+	done   bool
+	err    error
+	begins int // savepoints fn began directly on tx: subtransactions too
+	// base is the row as fn's first statement found it, last as fn's last
+	// statement left it, nil when that statement went without a read of the
+	// row (see Exec); opaque: fn took a way to run statements (Begin, Conn,
+	// LargeObjects) whose end the member can't see. Unless last equals base
+	// and nothing is opaque, the row is read back before the next member.
+	base, last *V
+	opaque     bool
+	// wrote is the row the member's savepoint was opened with a write of
+	// (the previous members' p); dirty: the row read after that write
+	// differs from it, as far as the Table's Save can tell.
+	wrote *V
+	dirty bool
+}
+
+// rowUnchanged reports whether fn's statements are known to have left the
+// row as they found it.
+func (t *memberTx[K, V]) rowUnchanged() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return !t.opaque && !t.dirty && t.base != nil && t.last != nil && reflect.DeepEqual(t.base, t.last)
+}
+
+// follows reports whether a statement of fn's with these args can go in one
+// pipeline with what the group sends around it: the savepoint before it, a
+// read of the row after it. Not a statement without arguments, which pgx
+// runs in the simple protocol, where one string may hold several (COMMIT;
+// BEGIN among them); not one with pgx's options as its first argument;
+// not under the simple protocol, whose batch is one string. Nor when ctx is
+// done: the savepoint is then opened without it, and the statement fails
+// alone, as it would without the option. Nor for the leader, which sends
+// what a call without the option sends (a lone caller is one): the row is
+// read back after it if it ran SQL.
+//
+// And not a statement that might fail before the pipeline runs, outside the
+// savepoint, failing the whole transaction: in the cache modes pgx prepares
+// or describes a statement it has not seen in a round trip of its own (a
+// statement PostgreSQL refuses to parse aborts the transaction), and an
+// argument it can't encode closes the connection. So there a member's
+// statement goes in the pipeline only if a member prepared it on the
+// connection before (see memberTx.prepare), once its arguments are known to
+// encode. In exec mode the
+// statement is parsed in the pipeline, after the savepoint, and pgx sends
+// nothing when it can't encode an argument (see notSent). In describe_exec
+// mode pgx describes every statement first: none goes in the pipeline.
+func (t *memberTx[K, V]) follows(ctx context.Context, sql string, args []any) bool {
+	switch {
+	case ctx.Err() != nil:
+		return false
+	case t.cached(args):
+		sd := preparedOn(t.g.conn).get(sql)
+		b := batch{conn: t.g.conn}
+		// On its own, a statement whose arguments don't encode fails as it
+		// would without the option.
+		return sd != nil && b.builder().Build(t.g.conn.TypeMap(), sd, args) == nil
+	}
+	return !t.plain && plainArgs(args) && t.g.conn.Config().DefaultQueryExecMode == pgx.QueryExecModeExec
+}
+
+// cached reports whether a member's statement with these args goes
+// through pgx's statement or description cache: what the member prepares
+// itself (see follows).
+func (t *memberTx[K, V]) cached(args []any) bool {
+	if t.plain || !plainArgs(args) {
+		return false
+	}
+	mode := t.g.conn.Config().DefaultQueryExecMode
+	return mode == pgx.QueryExecModeCacheStatement || mode == pgx.QueryExecModeCacheDescribe
+}
+
+// plainArgs reports whether args are a statement's arguments only: at
+// least one, and not led by one of pgx's options (QueryExecMode,
+// QueryResultFormats, QueryResultFormatsByOID, a QueryRewriter).
+func plainArgs(args []any) bool {
+	if len(args) == 0 {
+		return false
+	}
+	switch args[0].(type) {
+	case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID, pgx.QueryRewriter:
+		return false
+	}
+	return true
+}
+
+// prepare prepares sql, a member's statement that goes on its own, after
+// the savepoint, in the cache modes (inside the savepoint, so that an error
+// of PostgreSQL's stays the member's), unless the connection has
+// maxPrepared of them: later members' pipelines run it prepared (see
+// follows).
+func (t *memberTx[K, V]) prepare(ctx context.Context, sql string, args []any) error {
+	if !t.cached(args) {
+		return nil
+	}
+	ps := preparedOn(t.g.conn)
+	if ps.get(sql) != nil {
+		return nil
+	}
+	// Named by its own text: pgx runs a statement by the name it was
+	// prepared under, and looks up the text given as a name first. If pgx
+	// forgets it (fn ran pgx's DeallocateAll), a pipeline that sends the
+	// text goes through pgx's cache, as the statement would without the
+	// option, rather than sending an unknown name as SQL.
+	name := sql
+	if ps.takeStale(sql) {
+		// pgx still holds the statement that failed under this name, and
+		// its Prepare would return it as it is (so would its Exec): drop
+		// it first, also when no more may be prepared.
+		if err := t.g.conn.Deallocate(ctx, name); err != nil {
+			return err
+		}
+	}
+	if ps.full() {
+		return nil
+	}
+	sd, err := t.m.Prepare(ctx, name, sql)
+	if err != nil {
+		return err
+	}
+	ps.add(sql, sd)
+	return nil
+}
+
+// pipeline sends fn's statement sql in one round trip with what goes before
+// it (the savepoint, on fn's first statement; see prefix) and a read of the
+// row after it. It returns the results positioned at fn's statement: the
+// caller reads that result, then calls t.after. ok is false when fn
+// returned already, or the savepoint failed to open: then the caller runs
+// the statement through t.m, which fails as it would anyway.
+func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, args []any) (br pgx.BatchResults, ok bool, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, false, nil
+	}
+	t.used = true
+	b := &pgx.Batch{}
+	n := 0
+	if !t.done { // follows: never the leader's
+		t.done = true
+		if n, err = t.g.prefix(b, t); err != nil {
+			t.err = err
+			return nil, false, err
+		}
+	}
+	if t.err != nil {
+		return nil, false, t.err
+	}
+	b.Queue(sql, args...) // in the cache modes pgx finds it prepared under its text
+	readSQL, readArgs := t.g.read()
+	b.Queue(readSQL, readArgs...)
+	br = t.m.SendBatch(ctx, b)
+	if n > 0 {
+		if err := t.g.opened(br, n, t); err != nil {
+			br.Close()
+			if err == errNotSent {
+				// Nothing ran: the statement goes on its own, after the
+				// savepoint in a round trip of its own, and fails as it
+				// would without the option.
+				t.done = false
+				return nil, false, errNotSent
+			}
+			t.err = err
+			return nil, false, err
+		}
+	}
+	return br, true, nil
+}
+
+// after reads the row after fn's statement and ends the round trip. err is
+// what fn's statement returned; after returns it, or the read's error.
+func (t *memberTx[K, V]) after(br pgx.BatchResults, err error) error {
+	var last *V
+	if err == nil {
+		var scanErr error
+		if last, scanErr = t.g.r.table.Scan(br.QueryRow(), false); scanErr != nil {
+			// The row is read back before the next member. Its absence
+			// after fn's statement (fn deleted it, perhaps to insert it
+			// again) is no error of the statement's.
+			last = nil
+			if !errors.Is(scanErr, pgx.ErrNoRows) {
+				err = fmt.Errorf("entity: with %s: read the row back after fn's statement: %w", t.g.lk, scanErr)
+			}
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	t.mu.Lock()
+	t.last = last
+	t.mu.Unlock()
+	return err
+}
+
+func (t *memberTx[K, V]) opened() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.done && t.err == nil
+}
+
+// start opens the savepoint once, in a round trip of its own, unless the
+// transaction is closed to fn, for a statement that goes without a read of
+// the row after it; opaque: for good, on a way the member can't follow.
+func (t *memberTx[K, V]) start(ctx context.Context, opaque bool) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil // fn returned: the call itself fails with pgx.ErrTxClosed
+	}
+	t.used = true
+	t.last = nil
+	t.opaque = t.opaque || opaque
+	if t.plain {
+		return nil
+	}
+	if !t.done {
+		t.done = true
+		t.err = t.g.open(context.WithoutCancel(ctx), t)
+	}
+	return t.err
+}
+
+// Begin opens a savepoint nested in the member's.
+func (t *memberTx[K, V]) Begin(ctx context.Context) (pgx.Tx, error) {
+	if err := t.start(ctx, true); err != nil {
+		return nil, err
+	}
+	sp, err := t.m.Begin(ctx)
+	if err == nil {
+		t.mu.Lock()
+		t.begins++
+		t.mu.Unlock()
+	}
+	return sp, err
+}
+
+// Commit refuses: the group's leader ends the transaction.
+func (t *memberTx[K, V]) Commit(context.Context) error { return lock.ErrManaged }
+
+// Rollback refuses: the group's leader ends the transaction.
+func (t *memberTx[K, V]) Rollback(context.Context) error { return lock.ErrManaged }
+
+// CopyFrom runs COPY FROM in the member's savepoint.
+func (t *memberTx[K, V]) CopyFrom(ctx context.Context, tn pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
+	if err := t.start(ctx, false); err != nil {
+		return 0, err
+	}
+	return t.m.CopyFrom(ctx, tn, cols, src)
+}
+
+// SendBatch sends a batch in the member's savepoint.
+func (t *memberTx[K, V]) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if err := t.start(ctx, false); err != nil {
+		return pgx.FailedBatchResults(b, err)
+	}
+	return t.m.SendBatch(ctx, b)
+}
+
+// LargeObjects returns the large object API, in the member's savepoint.
+func (t *memberTx[K, V]) LargeObjects() pgx.LargeObjects {
+	if err := t.start(context.Background(), true); err != nil {
+		return pgx.LargeObjects{}
+	}
+	return t.m.LargeObjects()
+}
+
+// Prepare prepares a statement on the connection.
+func (t *memberTx[K, V]) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	return t.m.Prepare(ctx, name, sql)
+}
+
+// Exec runs a statement in the member's savepoint, in one round trip with
+// the savepoint and a read of the row after it, when it can (see follows).
+func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if t.follows(ctx, sql, args) {
+		br, ok, err := t.pipeline(ctx, sql, args)
+		switch {
+		case err == errNotSent:
+		case err != nil:
+			return pgconn.CommandTag{}, err
+		case ok:
+			tag, err := br.Exec()
+			preparedOn(t.g.conn).forget(sql, err)
+			return tag, t.after(br, err)
+		default:
+			return t.m.Exec(ctx, sql, args...) // fn returned: pgx.ErrTxClosed
+		}
+	}
+	if err := t.start(ctx, false); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	if err := t.prepare(ctx, sql, args); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return t.m.Exec(ctx, sql, args...)
+}
+
+// Query runs a query in the member's savepoint.
+func (t *memberTx[K, V]) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := t.start(ctx, false); err != nil {
+		return nil, err
+	}
+	return t.m.Query(ctx, sql, args...)
+}
+
+// QueryRow runs a query in the member's savepoint, in one round trip with
+// the savepoint and a read of the row after it, when it can (see follows).
+// The round trip ends when the Row is scanned.
+func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if t.follows(ctx, sql, args) {
+		br, ok, err := t.pipeline(ctx, sql, args)
+		switch {
+		case err == errNotSent:
+		case err != nil:
+			return errRow{err}
+		case ok:
+			return &pipelinedRow[K, V]{t: t, br: br, sql: sql}
+		default:
+			return t.m.QueryRow(ctx, sql, args...) // fn returned: pgx.ErrTxClosed
+		}
+	}
+	if err := t.start(ctx, false); err != nil {
+		return errRow{err}
+	}
+	if err := t.prepare(ctx, sql, args); err != nil {
+		return errRow{err}
+	}
+	return t.m.QueryRow(ctx, sql, args...)
+}
+
+// pipelinedRow is the Row of a QueryRow sent by pipeline.
+type pipelinedRow[K, V any] struct {
+	t   *memberTx[K, V]
+	br  pgx.BatchResults
+	sql string
+}
+
+func (r *pipelinedRow[K, V]) Scan(dest ...any) error {
+	if r.br == nil {
+		return pgx.ErrNoRows // as pgx's Row scanned a second time
+	}
+	br := r.br
+	r.br = nil
+	err := br.QueryRow().Scan(dest...)
+	preparedOn(r.t.g.conn).forget(r.sql, err)
+	return r.t.after(br, err)
+}
+
+// Conn returns the connection, with the member's savepoint open, so that
+// statements run on it directly are the member's too.
+func (t *memberTx[K, V]) Conn() *pgx.Conn {
+	if err := t.start(context.Background(), true); err != nil {
+		return nil
+	}
+	return t.m.Conn()
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
