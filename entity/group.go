@@ -12,9 +12,9 @@ import (
 // progress run in the next one, one after another, each fn on its caller's
 // goroutine, and commit together. See WithGroupCommit.
 
-// MaxGroupSQL is the most callers whose fn ran SQL (each in its own
-// savepoint, a subtransaction; the savepoints fn begins on tx count too)
-// that one group transaction takes: PostgreSQL
+// MaxGroupSQL is the most callers with a savepoint (a subtransaction: fn
+// ran SQL, or its row was written; the savepoints fn begins on tx count
+// too) that one group transaction takes: PostgreSQL
 // keeps the ids of 64 subtransactions per backend in shared memory
 // (PGPROC_MAX_CACHED_SUBXIDS); beyond that every snapshot taken anywhere in
 // the cluster has to look further.
@@ -38,39 +38,25 @@ type Cloner[V any] interface {
 // WithGroupCommit turns group commit on, with at most max callers per
 // transaction: callers of one key in one Repository that wait behind the
 // key's transaction in progress run in the next transaction together, in
-// arrival order, and commit once. Each fn runs on its caller's goroutine with
-// its caller's ctx and gets the row as the previous caller in the group left
-// it; its statements run in a savepoint opened at its first statement, so
-// that an error or a panic of fn's undoes only its own changes. A caller
-// learns of success only once the shared COMMIT succeeded. A lone caller runs
-// exactly as without the option. See docs/DESIGN.md for the contract and for
-// when not to use it (fn doing slow I/O holds up every caller behind it).
+// arrival order, and commit once. Each fn runs on its caller's goroutine
+// with its caller's ctx, in a savepoint of its own.
 //
-// What changes for a caller: a caller whose ctx ends while it waits is
-// dropped with ctx.Err(), but once its fn has returned its ctx can't undo
-// its part, and it gets the group's outcome. If the write of the row or
-// COMMIT fails, every member whose fn succeeded gets that error, matching the
-// same sentinels as a call of its own; if another member broke the
-// transaction, [ErrGroupRolledBack]. At most [MaxGroupSQL] members with SQL
-// share a transaction, and a leader stops taking callers once it has held
-// the key about max times as long as a single call would, or once one fn has
-// run for IdleTimeout (the server has ended the transaction by then). A With
-// for the same key from inside fn given another ctx than fn's waits in the
-// queue behind its own group: until LockTimeout, if set, or until fn has run
-// for IdleTimeout, when it runs as without the option. Pass fn's ctx on,
-// and get [lock.ErrReentrant].
+// The contract: a set of calls that share a transaction ends exactly as the
+// same calls run one by one in arrival order — each call's outcome (nil,
+// fn's own error, its panic, another error), the final row, and every SQL
+// side effect of fn — except for latency, and except that a failure of the
+// shared COMMIT (or of the connection) reaches every member whose fn
+// succeeded, with nothing committed ([ErrGroupRolledBack] when another
+// member broke the connection). No call waits past its ctx. A lone caller
+// runs exactly as without the option.
 //
-// A member's first statement through tx goes in one round trip with its
-// savepoint and the write of the row as the members before it left it, and
-// each statement with a read of the row after it. If fn's statements
-// changed the row itself (an UPDATE of it, or a trigger), or the write
-// before them did more than Save asked (a trigger), the row is written as
-// fn left p and read back in one more round trip before the next member,
-// so the change reaches it as it would reach the next call without the
-// option. Columns that Save does not write from p (an updated_at the
-// server sets) may lag in p within a group. A member's ctx covers its whole
-// round trip: if it ends meanwhile, pgx closes the connection, and the
-// others get [ErrGroupRolledBack].
+// So a member's row is written, and read back, in its own savepoint once
+// its fn returned, before the next member's turn (one round trip when fn
+// changed p or its SQL changed the row; none otherwise). At most
+// [MaxGroupSQL] members with a savepoint share a transaction, and a leader
+// stops taking callers once it has held the key about max times as long
+// as its own call took. See docs/DESIGN.md, "Group commit", for the round
+// trips, the bounds and when not to use it.
 //
 // It needs a Table that implements [Cloner]; with any other Table, and with
 // max below 2, it changes nothing.
@@ -150,6 +136,15 @@ func (gs *groups[K, V]) pop(key int64) *member[K, V] {
 	gk.queue[0] = nil
 	gk.queue = gk.queue[1:]
 	return m
+}
+
+// requeue puts m back at the head of key's queue: a leader popped it but
+// could not take it into its transaction.
+func (gs *groups[K, V]) requeue(key int64, m *member[K, V]) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	gk := gs.keys[key] // there while its leader leads
+	gk.queue = append([]*member[K, V]{m}, gk.queue...)
 }
 
 // stopLeading ends the current leader's gathering: the first queued caller,

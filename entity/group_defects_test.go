@@ -220,7 +220,7 @@ func TestGroupCommitGoroutineLeftUsingTx(t *testing.T) {
 	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
 	key := payment.Key{ServiceID: 1, LineItemID: "li_stray"}
 	var wg sync.WaitGroup
-	strayErrs := make(chan error, 2)
+	strayErrs := make(chan error, 4) // two strays a round, two rounds
 	stray := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
 		if _, err := tx.Exec(ctx, "SELECT $1::int", 1); err != nil {
 			return err

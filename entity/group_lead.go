@@ -23,23 +23,43 @@ type group[K, V any] struct {
 	lk      lock.Key
 	conn    *pgx.Conn
 	created bool
-	before  *V // the row as read
-	first   *V // the leader's copy
-	cur     *V // the row as the last successful member left it
-	written *V // the row as the transaction holds it
+	before  *V   // the row as read
+	first   *V   // the leader's copy
+	cur     *V   // the row as the last successful member left it
+	written *V   // the row as the transaction holds it
+	gone    bool // the row was deleted: the next member creates it again
 	n       int
 	withSQL int
 	ok      []*member[K, V] // members whose fn succeeded, in order
 	broken  error           // why the transaction can't commit
 	ended   bool            // a member's fn ended the transaction itself, or may have
 	openSP  string          // the savepoint of the last member with SQL, not yet released
-	stale   bool            // the last member ran SQL: reload before the next one
+	stale   bool            // the leader's statements may have changed the row: read it back with its write
+	lastSQL time.Time       // when the last statement of the transaction was sent, as far as known
 	txs     []*txn.Managed  // each member's tx, ended once the transaction is
 	size    int             // callers whose fn ran, set before the outcome is sent
 	stepped chan struct{}
 	txs0    [1]*txn.Managed // txs and ok of a lone caller, without allocations
 	ok0     [1]*member[K, V]
 }
+
+// gatherEnd is why a leader stopped taking callers into its transaction.
+type gatherEnd int
+
+const (
+	endQueueEmpty gatherEnd = iota // nobody was queued
+	endMax                         // the group has max callers
+	endMaxSQL                      // MaxGroupSQL members ran SQL
+	endBudget                      // the group held the key max times as long as the leader's own call
+	endIdle                        // one fn ran for IdleTimeout: the server ended the transaction
+	endBroken                      // the transaction can't commit: take nobody else into it
+)
+
+// idleGap is how much of IdleTimeout a member's fn may find spent when it
+// starts: past that, the leader sends a statement first (keepAlive), so
+// that the server's idle clock counts each fn alone, as it would in a call
+// of its own, and not the sum of the fns that ran no SQL.
+const idleGap = time.Millisecond
 
 // withGroup is one attempt of With under group commit.
 func (r *Repository[K, V]) withGroup(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (err error) {
@@ -182,6 +202,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 		before: before, first: v, cur: before, written: before,
 	}
 	g.txs, g.ok = g.txs0[:0], g.ok0[:0]
+	g.lastSQL = time.Now() // lockAndLoad's round trip just ended
 	// The leader's fn runs as in a call of its own, without a savepoint: if
 	// it fails, the transaction rolls back and nobody else has joined it; the
 	// first queued caller then leads the next one.
@@ -194,24 +215,11 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	// The budget: about what the callers would hold the key for one by one,
 	// judged by the leader's round trip and fn.
 	budget := time.Duration(gs.max) * (time.Since(ev.Granted) + ev.RoundTrip - ev.Wait)
-	for g.broken == nil && leading.Load() && g.n < gs.max && g.withSQL < MaxGroupSQL && time.Since(ev.Granted) < budget {
-		next := gs.pop(lk.ID())
-		if next == nil {
-			break
-		}
-		if g.stale {
-			g.stale = false
-			if err := g.reload(context.WithoutCancel(ctx)); err != nil {
-				g.broke(fmt.Errorf("read the row back after a call's statements: %w", err), false)
-			}
-		}
-		if g.stepped == nil {
-			g.stepped = make(chan struct{}, 1) // a lone caller needs none
-		}
-		next.turn <- g
-		unwatch := watch()
-		<-g.stepped
-		unwatch()
+	end := g.gather(ctx, gs, budget, ev.Granted, leading.Load, watch)
+	if end == endBroken && ok && g.n == 1 && len(g.ok) == 0 {
+		// The leader's own write failed (settleLeader): its call fails
+		// as it would alone.
+		ok, ownErr = false, g.broken
 	}
 	stop()
 	g.size = g.n
@@ -247,6 +255,86 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 		return nil, commitPanic
 	}
 	return outcome, nil
+}
+
+// gather takes the callers queued behind the leader into g, one at a time,
+// until one of the reasons of gatherEnd, which it returns. leading reports
+// whether the leader still gathers (false once the idle watch stopped it).
+func (g *group[K, V]) gather(ctx context.Context, gs *groups[K, V], budget time.Duration, granted time.Time, leading func() bool, watch func() func() bool) gatherEnd {
+	for {
+		switch {
+		case g.broken != nil:
+			return endBroken
+		case !leading():
+			return endIdle
+		case g.n >= gs.max:
+			return endMax
+		case g.withSQL >= MaxGroupSQL:
+			return endMaxSQL
+		case time.Since(granted) >= budget:
+			return endBudget
+		}
+		next := gs.pop(g.lk.ID())
+		if next == nil {
+			return endQueueEmpty
+		}
+		if g.n == 1 {
+			g.settleLeader(ctx)
+		}
+		if g.broken == nil && time.Since(g.lastSQL) > idleGap {
+			g.keepAlive(ctx)
+		}
+		if g.broken != nil {
+			// next did not join: it leads the next transaction.
+			gs.requeue(g.lk.ID(), next)
+			return endBroken
+		}
+		if g.stepped == nil {
+			g.stepped = make(chan struct{}, 1) // a lone caller needs none
+		}
+		next.turn <- g
+		unwatch := watch()
+		<-g.stepped
+		unwatch()
+	}
+}
+
+// settleLeader writes the row as the leader's fn left p, before the first
+// member's turn, and reads it back (see settle): without a savepoint, as
+// the leader's fn ran; if the write fails, the leader's call fails with it
+// and nobody joins the transaction. A lone caller never gets here: its
+// write goes with COMMIT, as without the option.
+func (g *group[K, V]) settleLeader(ctx context.Context) {
+	lk := g.lk
+	var sql string
+	var args []any
+	var err error
+	if p := protect(func() {
+		if sql, args, err = g.r.table.Save(g.written, g.cur); err != nil {
+			return
+		}
+		if sql == "" && !g.stale {
+			return
+		}
+		err = g.settle(ctx, &memberTx[K, V]{g: g, plain: true, done: true}, g.cur, sql, args, g.stale)
+	}); p != nil {
+		err = fmt.Errorf("entity: Table panicked: %v", p)
+	}
+	if err != nil {
+		g.ok = g.ok[:0]
+		g.broke(txn.BeforeCommit(g.r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), g.conn.PgConn().IsClosed()), false)
+	}
+}
+
+// keepAlive sends a statement that does nothing, so that the server's idle
+// clock starts again before the next member's fn (see idleGap).
+func (g *group[K, V]) keepAlive(ctx context.Context) {
+	ctx, cancel := txn.CleanupContext(ctx)
+	defer cancel()
+	if _, err := g.conn.PgConn().Exec(ctx, "SELECT").ReadAll(); err != nil {
+		g.broke(fmt.Errorf("entity: with %s: keep the transaction from idling out: %w", g.lk, err), false)
+	}
+	g.lastSQL = time.Now()
 }
 
 // commit writes the row and commits, unless no member succeeded or the

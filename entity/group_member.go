@@ -13,52 +13,88 @@ import (
 	"github.com/paylock/paylock/internal/txn"
 )
 
-// step runs m's fn in g, on m's goroutine, and then hands g back to the
-// leader (unless m is the leader). ok reports whether fn succeeded and its
-// part stays in the transaction; otherwise err or panicked is what m's call
-// ends with.
+// errGoexit: fn ended its goroutine with runtime.Goexit (t.FailNow does),
+// so its call never returned.
+var errGoexit = errors.New("entity: fn called runtime.Goexit")
+
+// step runs m's fn in g, on m's goroutine, then settles its part (see
+// settle) and hands g back to the leader (unless m is the leader). ok
+// reports whether fn succeeded and its part stays in the transaction;
+// otherwise err or panicked is what m's call ends with, and nothing of it
+// stays. Every call into fn and into the Table is recovered here.
 func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any, err error) {
 	if !leader {
 		defer func() { g.stepped <- struct{}{} }()
 		if err := m.ctx.Err(); err != nil {
 			return false, nil, fmt.Errorf("entity: with %s: wait in queue: %w", g.lk, err) // dropped, fn not run
 		}
-		if g.broken != nil { // the reload before this turn failed: fn not run
+		if g.broken != nil { // a failure before this turn: fn not run
 			return false, nil, txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", g.lk, ErrGroupRolledBack, g.broken), true)
 		}
 		m.ev.Granted, m.ev.Wait = time.Now(), time.Since(m.ev.Start)
 	}
 	g.n++
 	m.ev.GroupSize = g.n
-	var v *V
-	switch {
-	case leader:
-		v = g.first
-	case g.cur == g.before:
-		v = g.cloner.Clone(g.before, g.created)
-	default:
-		v = g.cloner.Clone(g.cur, false)
-	}
 	tx := &memberTx[K, V]{g: g, m: txn.NewManaged(g.conn, nil), plain: leader}
 	if !leader {
 		tx.name = "paylock_group_" + strconv.Itoa(g.n)
 	}
 	g.txs = append(g.txs, tx.m) // the leader ends it once the transaction is
 	defer tx.m.Close()
-	m.ev.stage = stageFn
-	fnErr := func() (err error) {
-		defer func() {
-			if p := recover(); p != nil {
-				panicked = p
-			}
-		}()
-		return m.fn(txn.WithHeld(m.ctx, g.lk.ID()), tx, v)
-	}()
-	tx.mu.Lock()
-	tx.closed = true // no savepoint, no write of the row, from now on
-	g.withSQL += tx.begins
-	tx.mu.Unlock()
 	pc := g.conn.PgConn()
+	var v *V
+	switch {
+	case leader:
+		v = g.first
+	case g.gone:
+		// The row is gone (a member before deleted it): this call creates
+		// it again, in its own savepoint, as the next call would.
+		var created bool
+		if panicked = protect(func() { v, created, err = g.recreate(m.ctx, tx) }); panicked != nil || err != nil {
+			tx.shut()
+			g.undo(m.ctx, tx, err)
+			if panicked != nil {
+				return false, panicked, nil
+			}
+			return false, nil, txn.BeforeCommit(g.r.classify(fmt.Errorf("entity: with %s: %w", g.lk, err)), pc.IsClosed())
+		}
+		m.ev.Created = created
+	case g.cur == g.before:
+		panicked = protect(func() { v = g.cloner.Clone(g.before, g.created) })
+	default:
+		panicked = protect(func() { v = g.cloner.Clone(g.cur, false) })
+	}
+	if panicked != nil {
+		return false, panicked, nil
+	}
+	returned := false
+	defer func() {
+		if !returned { // runtime.Goexit in fn: its call never returned, so nothing of it commits
+			tx.shut()
+			g.undo(context.WithoutCancel(m.ctx), tx, errGoexit)
+			if leader {
+				g.broke(errGoexit, false)
+			}
+		}
+	}()
+	m.ev.stage = stageFn
+	var fnErr error
+	panicked = protect(func() { fnErr = m.fn(txn.WithHeld(m.ctx, g.lk.ID()), tx, v) })
+	returned = true
+	leftOpen := tx.shut() // no statement of fn's from now on, from any goroutine
+	tx.mu.Lock()
+	g.withSQL += tx.begins
+	if tx.used && tx.lastSQL.After(g.lastSQL) {
+		g.lastSQL = tx.lastSQL
+	}
+	tx.mu.Unlock()
+	if fnErr == nil && panicked == nil {
+		// fn returned nil, but its ctx ended first: a call of its own would
+		// not send COMMIT.
+		if err := txn.ReadyToCommit(m.ctx, false); err != nil {
+			fnErr = fmt.Errorf("entity: with %s: %w", g.lk, err)
+		}
+	}
 	if panicked != nil || fnErr != nil {
 		if panicked != nil {
 			fnErr = fmt.Errorf("fn panicked: %v", panicked)
@@ -75,10 +111,17 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		return false, nil, txn.BeforeCommit(fnErr, pc.IsClosed())
 	}
 	m.ev.stage = stageCommit
-	if err := tx.m.Finish(); err != nil {
+	if err := tx.m.Finish(); err != nil || leftOpen {
+		if leftOpen {
+			err = txn.ErrRowsOpen // closed by shut: the connection is the group's again
+		}
 		err = fmt.Errorf("entity: with %s: %w", g.lk, err)
-		g.broke(err, errors.Is(err, ErrTxEnded))
-		return false, nil, err
+		if errors.Is(err, ErrTxEnded) {
+			g.broke(err, true)
+		} else {
+			g.undo(m.ctx, tx, err)
+		}
+		return false, nil, txn.BeforeCommit(err, pc.IsClosed())
 	}
 	if pc.TxStatus() == 'E' && tx.opened() {
 		err := fmt.Errorf("entity: with %s: %w", g.lk, ErrTxAborted)
@@ -90,12 +133,13 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		g.broke(err, false)
 		return false, nil, err
 	}
+	// The row as fn left p: Save's statement, checked now (fn changed the
+	// key, say) and, but for the leader's, written now, in the member's
+	// savepoint.
+	var sql string
+	var args []any
 	var saveErr error
-	func() {
-		defer func() { panicked = recover() }()
-		_, _, saveErr = g.r.table.Save(g.cur, v)
-	}()
-	if panicked != nil || saveErr != nil {
+	if panicked = protect(func() { sql, args, saveErr = g.r.table.Save(g.written, v) }); panicked != nil || saveErr != nil {
 		cause := saveErr
 		if panicked != nil {
 			cause = fmt.Errorf("entity: Table.Save panicked: %v", panicked)
@@ -103,56 +147,138 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		g.undo(m.ctx, tx, cause)
 		return false, panicked, saveErr
 	}
-	tx.mu.Lock()
-	used := tx.used
-	tx.mu.Unlock()
-	g.cur = v
-	// fn's SQL may have changed the row itself (an UPDATE, a trigger): a
-	// next member first gets the row written as fn left p and read back
-	// (reload), as a call of its own would, unless the read sent with fn's
-	// last statement found the row as its first found it; the final write
-	// alone needs no read, so a lone caller sends what it sends without the
-	// option.
-	g.stale = used && !tx.rowUnchanged()
+	changed := tx.used && !tx.rowUnchanged() // fn's statements may have changed the row itself
+	if leader {
+		// Written with the transaction's COMMIT if nobody joins, as a call
+		// of its own; else before the first member's turn (settleLeader).
+		g.cur, g.stale = v, changed
+		g.ok = append(g.ok, m)
+		return true, nil, nil
+	}
+	if sql == "" && !changed {
+		g.cur = v // nothing to write, nothing to read
+		g.ok = append(g.ok, m)
+		return true, nil, nil
+	}
+	if panicked = protect(func() { err = g.settle(context.WithoutCancel(m.ctx), tx, v, sql, args, changed) }); panicked != nil || err != nil {
+		if panicked != nil {
+			err = fmt.Errorf("entity: Table panicked: %v", panicked)
+		}
+		g.undo(m.ctx, tx, err)
+		if panicked != nil {
+			return false, panicked, nil
+		}
+		return false, nil, txn.BeforeCommit(g.r.classify(fmt.Errorf("entity: with %s: %w", g.lk, err)), pc.IsClosed())
+	}
 	g.ok = append(g.ok, m)
 	return true, nil, nil
 }
 
-// reload writes what the last member's fn changed in p (g.cur, as Save
-// sees it against the row as the transaction holds it) and reads the row
-// back with Find, in one round trip, inside that member's savepoint. The
-// result is both the row the transaction holds and the one the next member
-// starts from. Find, not Read: fn may have deleted the row, and the key's
-// row may now be another one (a duplicate on a table not yet deduplicated)
-// that the transaction has not locked; Find locks it, as a call of its own
-// would, before the group writes it.
-func (g *group[K, V]) reload(ctx context.Context) error {
+// protect calls f and returns what it panicked with, if it did.
+func protect(f func()) (panicked any) {
+	defer func() { panicked = recover() }()
+	f()
+	return nil
+}
+
+// settle writes v, the row as a member's fn left p, with sql and args
+// (Save's, if anything changed) and reads the row back, in one round trip
+// inside the member's savepoint, opened first if fn ran no SQL: a write
+// the server refuses (a constraint, a trigger, a value jsonb rejects) is
+// the member's and is undone with it, as it would fail that call alone,
+// and the next member starts from the row as the transaction now holds it
+// (what a trigger added, columns the server sets). changed: fn's own
+// statements may have changed the row, or deleted it, so the read is
+// Find's, which locks a row the transaction may not hold yet (another
+// row of the key, on a table not yet deduplicated); otherwise the Table's
+// Read. A row that is gone leaves g.gone for the next member.
+func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql string, args []any, changed bool) error {
 	b := &pgx.Batch{}
-	sql, args, err := g.r.table.Save(g.written, g.cur)
-	if err != nil {
-		return err
+	n := 0
+	if !tx.opened() {
+		n = g.openSQL(b, tx)
 	}
 	if sql != "" {
 		b.Queue(sql, args...)
 	}
-	findSQL, findArgs := g.r.table.Find(g.k)
-	b.Queue(findSQL, findArgs...)
+	readSQL, readArgs := g.read()
+	if changed {
+		readSQL, readArgs = g.r.table.Find(g.k)
+	}
+	b.Queue(readSQL, readArgs...)
 	br := g.conn.SendBatch(ctx, b)
+	defer br.Close()
+	g.lastSQL = time.Now()
+	if n > 0 {
+		for range n {
+			if _, err := br.Exec(); err != nil {
+				return g.openFailed(err)
+			}
+		}
+		tx.mu.Lock()
+		tx.done = true
+		tx.mu.Unlock()
+		g.openSP = tx.name
+		g.withSQL++
+	}
 	if sql != "" {
 		if _, err := br.Exec(); err != nil {
-			br.Close()
 			return err
 		}
 	}
 	fresh, err := g.r.table.Scan(br.QueryRow(), false)
-	if cerr := br.Close(); err == nil {
-		err = cerr
+	if errors.Is(err, pgx.ErrNoRows) {
+		g.gone, g.cur, g.written = true, v, v
+		return br.Close()
 	}
 	if err != nil {
 		return err
 	}
-	g.written, g.cur = fresh, fresh
+	if err := br.Close(); err != nil {
+		return err
+	}
+	g.gone, g.cur, g.written = false, fresh, fresh
 	return nil
+}
+
+// recreate opens tx's savepoint and inserts the key's row again (Ensure,
+// then Find), for the first member after the row was deleted: the row it
+// returns, and whether this call created it.
+func (g *group[K, V]) recreate(ctx context.Context, tx *memberTx[K, V]) (v *V, created bool, err error) {
+	b := &pgx.Batch{}
+	n := g.openSQL(b, tx)
+	ensureSQL, ensureArgs := g.r.table.Ensure(g.k)
+	b.Queue(ensureSQL, ensureArgs...)
+	findSQL, findArgs := g.r.table.Find(g.k)
+	b.Queue(findSQL, findArgs...)
+	br := g.conn.SendBatch(ctx, b)
+	defer br.Close()
+	g.lastSQL = time.Now()
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			return nil, false, g.openFailed(err)
+		}
+	}
+	tx.mu.Lock()
+	tx.done = true
+	tx.mu.Unlock()
+	g.openSP = tx.name
+	g.withSQL++
+	tag, err := br.Exec()
+	if err != nil {
+		return nil, false, err
+	}
+	created = tag.RowsAffected() == 1
+	row, err := g.r.table.Scan(br.QueryRow(), created)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := br.Close(); err != nil {
+		return nil, false, err
+	}
+	// The row as written, and the copy fn changes.
+	g.gone, g.cur, g.written = false, row, row
+	return g.cloner.Clone(row, created), created, nil
 }
 
 // undo rolls back to m's savepoint, if it opened one; if that fails, or the
@@ -194,51 +320,40 @@ func (g *group[K, V]) broke(err error, ended bool) {
 // its own: see prefix.
 func (g *group[K, V]) open(ctx context.Context, tx *memberTx[K, V]) error {
 	b := &pgx.Batch{}
-	n, err := g.prefix(b, tx)
-	if err != nil {
-		return err
-	}
+	n := g.prefix(b, tx)
 	br := tx.m.SendBatch(ctx, b)
-	err = g.opened(br, n, tx)
+	err := g.opened(br, n, tx)
 	if cerr := br.Close(); err == nil && cerr != nil {
 		err = g.openFailed(cerr)
 	}
 	return err
 }
 
-// prefix queues on b what goes before the first statement of a member's fn:
-// a check that this is still the transaction that holds the lock, the
-// release of the previous member's savepoint, the write of the row as the
-// previous members left it, if that changed, the member's savepoint and a
-// read of the row as it then is. It returns how many statements it queued:
-// the first n results of b are opened's to read.
-func (g *group[K, V]) prefix(b *pgx.Batch, tx *memberTx[K, V]) (n int, err error) {
-	// The check fails unless this is still the transaction that holds the
-	// lock: a member before may have ended it and begun another ("COMMIT;
-	// BEGIN"), committing what the members before it did.
+// openSQL queues on b what opens a member's savepoint: a check that this
+// is still the transaction that holds the lock (a member before may have
+// ended it and begun another, "COMMIT; BEGIN", committing what the members
+// before it did), the release of the previous member's savepoint, so that
+// no later fn can roll back into what it did (that fails if it rolled back
+// past its savepoint itself, to one an earlier member's fn left open,
+// undoing what the members before it did), and the member's savepoint. It
+// returns how many statements it queued.
+func (g *group[K, V]) openSQL(b *pgx.Batch, tx *memberTx[K, V]) int {
 	b.Queue(txn.CheckSQL)
 	if g.openSP != "" {
-		// The previous member with SQL is done: release its savepoint, so
-		// that no later fn can roll back into what it did. That fails if it
-		// rolled back past its savepoint itself, to one an earlier member's
-		// fn left open, undoing what the members before it did.
 		b.Queue("RELEASE SAVEPOINT " + g.openSP)
 	}
-	tx.wrote = nil
-	if g.cur != g.written {
-		sql, args, err := g.r.table.Save(g.written, g.cur)
-		if err != nil {
-			return 0, err
-		}
-		if sql != "" {
-			b.Queue(sql, args...)
-			tx.wrote = g.cur
-		}
-	}
 	b.Queue("SAVEPOINT " + tx.name)
+	return len(b.QueuedQueries)
+}
+
+// prefix queues on b what goes before the first statement of a member's
+// fn: openSQL, then a read of the row as it then is. It returns how many
+// statements it queued: the first n results of b are opened's to read.
+func (g *group[K, V]) prefix(b *pgx.Batch, tx *memberTx[K, V]) (n int) {
+	g.openSQL(b, tx)
 	readSQL, readArgs := g.read()
 	b.Queue(readSQL, readArgs...) // the row fn starts from, as the transaction holds it
-	return len(b.QueuedQueries), nil
+	return len(b.QueuedQueries)
 }
 
 // opened reads the n results prefix queued and records the member's
@@ -253,21 +368,12 @@ func (g *group[K, V]) opened(br pgx.BatchResults, n int, tx *memberTx[K, V]) err
 		}
 	}
 	base, err := g.r.table.Scan(br.QueryRow(), false)
-	if err != nil {
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return g.openFailed(err)
 	}
-	g.written = g.cur
 	g.openSP = tx.name
 	g.withSQL++
 	tx.base = base
-	if tx.wrote != nil {
-		// The write may have done more than Save asked (a trigger): then
-		// the row the member's p came from is not the row the transaction
-		// holds, and the next member gets the row read back.
-		if sql, _, err := g.r.table.Save(tx.wrote, base); err != nil || sql != "" {
-			tx.dirty = true
-		}
-	}
 	return nil
 }
 

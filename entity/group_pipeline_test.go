@@ -17,13 +17,13 @@ import (
 )
 
 // TestGroupCommitMemberRoundTrips: a member whose fn changes p and runs one
-// statement through tx that leaves the row alone (a ledger insert) costs one
-// round trip: its savepoint, the write of the row as the member before left
-// it and its statement go in one pipeline, and nothing is read back before
-// the next member. A member whose statement changes the row itself gets the
-// read back (one more round trip), and so does a member after the leader
-// (which sends what a lone caller sends). Run with every default exec mode
-// that pipelines, and the simple protocol, which sends the savepoint apart.
+// statement through tx (a ledger insert) costs two round trips: its
+// savepoint and its statement go in one pipeline with a read of the row
+// after it, and once fn returned its row is written and read back in its
+// savepoint, so that a write the server refuses is the member's alone. A
+// member whose statement changes the row itself costs the same. Run with
+// every default exec mode that pipelines, and the simple protocol, which
+// sends the savepoint apart.
 func TestGroupCommitMemberRoundTrips(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
@@ -32,9 +32,9 @@ func TestGroupCommitMemberRoundTrips(t *testing.T) {
 		// member's end to the next one's start.
 		perMember, between int64
 	}{
-		{pgx.QueryExecModeCacheStatement, 1, 0},
-		{pgx.QueryExecModeCacheDescribe, 1, 0},
-		{pgx.QueryExecModeExec, 1, 0},
+		{pgx.QueryExecModeCacheStatement, 1, 1},
+		{pgx.QueryExecModeCacheDescribe, 1, 1},
+		{pgx.QueryExecModeExec, 1, 1},
 		{pgx.QueryExecModeSimpleProtocol, 2, 1},
 	} {
 		t.Run(c.mode.String(), func(t *testing.T) {
@@ -90,10 +90,7 @@ func TestGroupCommitMemberRoundTrips(t *testing.T) {
 				if got := spans[i].end - spans[i].start; got != c.perMember {
 					t.Errorf("member %d: %d round trips in fn, want %d", i, got, c.perMember)
 				}
-				want := c.between
-				if i == 1 || i == changer+1 {
-					want = 1 // after the leader and after a statement that changed the row: read back
-				}
+				want := c.between // the member before settles: its row written and read back
 				if got := spans[i].start - spans[i-1].end; got != want {
 					t.Errorf("member %d: %d round trips between it and the member before, want %d", i, got, want)
 				}
@@ -148,13 +145,15 @@ func TestGroupCommitPipelinedRow(t *testing.T) {
 			_ = tx.QueryRow(ctx, "SELECT amount_cents FROM payments WHERE id = $1", p.ID)
 			return nil
 		}, insert)
-		for i, want := range []error{entity.ErrGroupRolledBack, entity.ErrGroupRolledBack, entity.ErrRowsOpen, nil} {
+		// As one by one: the call that left its Row unscanned fails with
+		// ErrRowsOpen, alone.
+		for i, want := range []error{nil, nil, entity.ErrRowsOpen, nil} {
 			if !errors.Is(res[i].err, want) || (want == nil && res[i].err != nil) {
 				t.Errorf("call %d: %v, want %v", i, res[i].err, want)
 			}
 		}
-		if got := ledger(t, ctx, pool); !slices.Contains(got, "unscanned/1") || slices.Contains(got, "unscanned/2") {
-			t.Errorf("ledger %v, want only the last call's unscanned/1", got)
+		if got := ledger(t, ctx, pool); !slices.Equal(got[len(got)-3:], []string{"unscanned/1", "unscanned/2", "unscanned/3"}) {
+			t.Errorf("ledger %v, want unscanned/1 to /3", got)
 		}
 	})
 }
@@ -195,7 +194,7 @@ func TestGroupCommitReadsWithoutRowLock(t *testing.T) {
 			}
 		}
 	}
-	if f, r := finds.Load(), reads.Load(); f != 2 || r != 6 {
-		t.Errorf("a group of 4: %d Finds and %d Reads, want 2 Finds (the leader's, the read back after it) and 6 Reads (2 per member)", f, r)
+	if f, r := finds.Load(), reads.Load(); f != 2 || r < 6 {
+		t.Errorf("a group of 4: %d Finds and %d Reads, want 2 Finds (the leader's, the read back after its write) and Reads for the rest", f, r)
 	}
 }

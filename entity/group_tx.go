@@ -6,19 +6,35 @@ import (
 	"fmt"
 	"reflect"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
 )
 
+// memberTx is the pgx.Tx a member's fn gets: a txn.Managed whose first
+// statement first opens the member's savepoint.
+//
+// Its gate is held for reading for the length of every call that uses the
+// connection, and for writing by shut, once fn returned: a goroutine fn
+// left behind then gets pgx.ErrTxClosed and never touches the connection
+// the group goes on using. Results fn left open (Rows, a Row, a batch)
+// are closed by shut, and the member fails with ErrRowsOpen, as a call of
+// its own would.
 type memberTx[K, V any] struct {
 	g     *group[K, V]
 	m     *txn.Managed
 	name  string
 	plain bool // the leader's: no savepoint
+
+	gate     sync.RWMutex
+	isShut   bool           // fn returned: see shut
+	open     map[any]func() // results fn has not finished reading, and how to close each
+	leftOpen bool           // shut closed one of them
 
 	mu     sync.Mutex
 	closed bool // fn returned
@@ -26,18 +42,65 @@ type memberTx[K, V any] struct {
 	done   bool
 	err    error
 	begins int // savepoints fn began directly on tx: subtransactions too
+	// lastSQL is when fn last began a statement through tx.
+	lastSQL time.Time
 	// base is the row as fn's first statement found it, last as fn's last
 	// statement left it, nil when that statement went without a read of the
 	// row (see Exec); opaque: fn took a way to run statements (Begin, Conn,
 	// LargeObjects) whose end the member can't see. Unless last equals base
-	// and nothing is opaque, the row is read back before the next member.
+	// and nothing is opaque, the row is read back after the member.
 	base, last *V
 	opaque     bool
-	// wrote is the row the member's savepoint was opened with a write of
-	// (the previous members' p); dirty: the row read after that write
-	// differs from it, as far as the Table's Save can tell.
-	wrote *V
-	dirty bool
+}
+
+// enter reports whether fn may still use t and, if so, holds the gate for
+// reading: the caller releases it when its call returns.
+func (t *memberTx[K, V]) enter() bool {
+	t.gate.RLock()
+	if t.isShut {
+		t.gate.RUnlock()
+		return false
+	}
+	return true
+}
+
+// shut closes t to fn for good, once fn returned: it waits for calls in
+// progress (from goroutines fn left behind) and closes the results fn left
+// open, so that the connection is the group's again. It reports whether
+// there were any.
+func (t *memberTx[K, V]) shut() (leftOpen bool) {
+	t.gate.Lock()
+	defer t.gate.Unlock()
+	if !t.isShut {
+		t.isShut = true
+		for _, close := range t.open {
+			close()
+			t.leftOpen = true
+		}
+		t.open = nil
+	}
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	return t.leftOpen
+}
+
+// track records r, a result fn reads after the call that returned it, until
+// it is done (untrack).
+func (t *memberTx[K, V]) track(r any, close func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.open == nil {
+		t.open = make(map[any]func())
+	}
+	t.open[r] = close
+}
+
+// untrack forgets r.
+func (t *memberTx[K, V]) untrack(r any) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.open, r)
 }
 
 // rowUnchanged reports whether fn's statements are known to have left the
@@ -45,7 +108,7 @@ type memberTx[K, V any] struct {
 func (t *memberTx[K, V]) rowUnchanged() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return !t.opaque && !t.dirty && t.base != nil && t.last != nil && reflect.DeepEqual(t.base, t.last)
+	return !t.opaque && t.base != nil && t.last != nil && reflect.DeepEqual(t.base, t.last)
 }
 
 // follows reports whether a statement of fn's with these args can go in one
@@ -160,14 +223,12 @@ func (t *memberTx[K, V]) pipeline(ctx context.Context, sql string, args []any) (
 		return nil, false, nil
 	}
 	t.used = true
+	t.lastSQL = time.Now()
 	b := &pgx.Batch{}
 	n := 0
 	if !t.done { // follows: never the leader's
 		t.done = true
-		if n, err = t.g.prefix(b, t); err != nil {
-			t.err = err
-			return nil, false, err
-		}
+		n = t.g.prefix(b, t)
 	}
 	if t.err != nil {
 		return nil, false, t.err
@@ -234,6 +295,7 @@ func (t *memberTx[K, V]) start(ctx context.Context, opaque bool) error {
 		return nil // fn returned: the call itself fails with pgx.ErrTxClosed
 	}
 	t.used = true
+	t.lastSQL = time.Now()
 	t.last = nil
 	t.opaque = t.opaque || opaque
 	if t.plain {
@@ -248,6 +310,10 @@ func (t *memberTx[K, V]) start(ctx context.Context, opaque bool) error {
 
 // Begin opens a savepoint nested in the member's.
 func (t *memberTx[K, V]) Begin(ctx context.Context) (pgx.Tx, error) {
+	if !t.enter() {
+		return nil, pgx.ErrTxClosed
+	}
+	defer t.gate.RUnlock()
 	if err := t.start(ctx, true); err != nil {
 		return nil, err
 	}
@@ -268,6 +334,10 @@ func (t *memberTx[K, V]) Rollback(context.Context) error { return lock.ErrManage
 
 // CopyFrom runs COPY FROM in the member's savepoint.
 func (t *memberTx[K, V]) CopyFrom(ctx context.Context, tn pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
+	if !t.enter() {
+		return 0, pgx.ErrTxClosed
+	}
+	defer t.gate.RUnlock()
 	if err := t.start(ctx, false); err != nil {
 		return 0, err
 	}
@@ -276,14 +346,24 @@ func (t *memberTx[K, V]) CopyFrom(ctx context.Context, tn pgx.Identifier, cols [
 
 // SendBatch sends a batch in the member's savepoint.
 func (t *memberTx[K, V]) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if !t.enter() {
+		return pgx.FailedBatchResults(b, pgx.ErrTxClosed)
+	}
+	defer t.gate.RUnlock()
 	if err := t.start(ctx, false); err != nil {
 		return pgx.FailedBatchResults(b, err)
 	}
-	return t.m.SendBatch(ctx, b)
+	br := &memberBatch[K, V]{t: t, br: t.m.SendBatch(ctx, b)}
+	t.track(br, func() { br.br.Close() })
+	return br
 }
 
 // LargeObjects returns the large object API, in the member's savepoint.
 func (t *memberTx[K, V]) LargeObjects() pgx.LargeObjects {
+	if !t.enter() {
+		return pgx.LargeObjects{}
+	}
+	defer t.gate.RUnlock()
 	if err := t.start(context.Background(), true); err != nil {
 		return pgx.LargeObjects{}
 	}
@@ -292,12 +372,20 @@ func (t *memberTx[K, V]) LargeObjects() pgx.LargeObjects {
 
 // Prepare prepares a statement on the connection.
 func (t *memberTx[K, V]) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	if !t.enter() {
+		return nil, pgx.ErrTxClosed
+	}
+	defer t.gate.RUnlock()
 	return t.m.Prepare(ctx, name, sql)
 }
 
 // Exec runs a statement in the member's savepoint, in one round trip with
 // the savepoint and a read of the row after it, when it can (see follows).
 func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if !t.enter() {
+		return pgconn.CommandTag{}, pgx.ErrTxClosed
+	}
+	defer t.gate.RUnlock()
 	if t.follows(ctx, sql, args) {
 		br, ok, err := t.pipeline(ctx, sql, args)
 		switch {
@@ -323,16 +411,30 @@ func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgc
 
 // Query runs a query in the member's savepoint.
 func (t *memberTx[K, V]) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if !t.enter() {
+		return nil, pgx.ErrTxClosed
+	}
+	defer t.gate.RUnlock()
 	if err := t.start(ctx, false); err != nil {
 		return nil, err
 	}
-	return t.m.Query(ctx, sql, args...)
+	rows, err := t.m.Query(ctx, sql, args...)
+	if err != nil {
+		return rows, err
+	}
+	r := &memberRows[K, V]{t: t, rows: rows}
+	t.track(r, rows.Close)
+	return r, nil
 }
 
 // QueryRow runs a query in the member's savepoint, in one round trip with
 // the savepoint and a read of the row after it, when it can (see follows).
 // The round trip ends when the Row is scanned.
 func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if !t.enter() {
+		return errRow{pgx.ErrTxClosed}
+	}
+	defer t.gate.RUnlock()
 	if t.follows(ctx, sql, args) {
 		br, ok, err := t.pipeline(ctx, sql, args)
 		switch {
@@ -340,7 +442,9 @@ func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) 
 		case err != nil:
 			return errRow{err}
 		case ok:
-			return &pipelinedRow[K, V]{t: t, br: br, sql: sql}
+			r := &pipelinedRow[K, V]{t: t, br: br, sql: sql}
+			t.track(r, func() { br.Close() })
+			return r
 		default:
 			return t.m.QueryRow(ctx, sql, args...) // fn returned: pgx.ErrTxClosed
 		}
@@ -351,7 +455,27 @@ func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) 
 	if err := t.prepare(ctx, sql, args); err != nil {
 		return errRow{err}
 	}
-	return t.m.QueryRow(ctx, sql, args...)
+	// Query, not QueryRow, so that the result is one shut can close.
+	rows, err := t.m.Query(ctx, sql, args...)
+	if err != nil {
+		return errRow{err}
+	}
+	r := &memberRow[K, V]{t: t, rows: rows}
+	t.track(r, rows.Close)
+	return r
+}
+
+// Conn returns the connection, with the member's savepoint open, so that
+// statements run on it directly are the member's too.
+func (t *memberTx[K, V]) Conn() *pgx.Conn {
+	if !t.enter() {
+		return nil
+	}
+	defer t.gate.RUnlock()
+	if err := t.start(context.Background(), true); err != nil {
+		return nil
+	}
+	return t.m.Conn()
 }
 
 // pipelinedRow is the Row of a QueryRow sent by pipeline.
@@ -362,24 +486,177 @@ type pipelinedRow[K, V any] struct {
 }
 
 func (r *pipelinedRow[K, V]) Scan(dest ...any) error {
+	if !r.t.enter() {
+		return pgx.ErrTxClosed
+	}
+	defer r.t.gate.RUnlock()
 	if r.br == nil {
 		return pgx.ErrNoRows // as pgx's Row scanned a second time
 	}
 	br := r.br
 	r.br = nil
+	r.t.untrack(r)
 	err := br.QueryRow().Scan(dest...)
 	preparedOn(r.t.g.conn).forget(r.sql, err)
 	return r.t.after(br, err)
 }
 
-// Conn returns the connection, with the member's savepoint open, so that
-// statements run on it directly are the member's too.
-func (t *memberTx[K, V]) Conn() *pgx.Conn {
-	if err := t.start(context.Background(), true); err != nil {
+// memberRow is the Row of a QueryRow on its own: pgx's, as Rows, so that
+// shut can close it if fn never scans it.
+type memberRow[K, V any] struct {
+	t    *memberTx[K, V]
+	rows pgx.Rows
+	done bool
+}
+
+func (r *memberRow[K, V]) Scan(dest ...any) error {
+	if !r.t.enter() {
+		return pgx.ErrTxClosed
+	}
+	defer r.t.gate.RUnlock()
+	if r.done {
+		return pgx.ErrNoRows // as pgx's Row scanned a second time
+	}
+	r.done = true
+	r.t.untrack(r)
+	// What pgx's connRow.Scan does with its Rows.
+	rows := r.rows
+	defer rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrNoRows
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return err
+	}
+	rows.Close()
+	return rows.Err()
+}
+
+// memberRows are the Rows of a member's Query: pgx's, read only while fn
+// may use tx.
+type memberRows[K, V any] struct {
+	t    *memberTx[K, V]
+	rows pgx.Rows
+}
+
+func (r *memberRows[K, V]) Close() {
+	if !r.t.enter() {
+		return
+	}
+	defer r.t.gate.RUnlock()
+	r.rows.Close()
+	r.t.untrack(r)
+}
+
+func (r *memberRows[K, V]) Err() error {
+	if !r.t.enter() {
+		if err := r.rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrTxClosed
+	}
+	defer r.t.gate.RUnlock()
+	return r.rows.Err()
+}
+
+func (r *memberRows[K, V]) CommandTag() pgconn.CommandTag { return r.rows.CommandTag() }
+
+func (r *memberRows[K, V]) FieldDescriptions() []pgconn.FieldDescription {
+	return r.rows.FieldDescriptions()
+}
+
+func (r *memberRows[K, V]) Next() bool {
+	if !r.t.enter() {
+		return false
+	}
+	defer r.t.gate.RUnlock()
+	if r.rows.Next() {
+		return true
+	}
+	r.t.untrack(r) // pgx closed them
+	return false
+}
+
+func (r *memberRows[K, V]) Scan(dest ...any) error {
+	if !r.t.enter() {
+		return pgx.ErrTxClosed
+	}
+	defer r.t.gate.RUnlock()
+	return r.rows.Scan(dest...)
+}
+
+func (r *memberRows[K, V]) Values() ([]any, error) {
+	if !r.t.enter() {
+		return nil, pgx.ErrTxClosed
+	}
+	defer r.t.gate.RUnlock()
+	return r.rows.Values()
+}
+
+func (r *memberRows[K, V]) RawValues() [][]byte {
+	if !r.t.enter() {
 		return nil
 	}
-	return t.m.Conn()
+	defer r.t.gate.RUnlock()
+	return r.rows.RawValues()
 }
+
+func (r *memberRows[K, V]) Conn() *pgx.Conn { return nil }
+
+func (r *memberRows[K, V]) TypeMap() *pgtype.Map { return r.rows.TypeMap() }
+
+// memberBatch is the BatchResults of a member's SendBatch, read only while
+// fn may use tx.
+type memberBatch[K, V any] struct {
+	t  *memberTx[K, V]
+	br pgx.BatchResults
+}
+
+func (b *memberBatch[K, V]) Exec() (pgconn.CommandTag, error) {
+	if !b.t.enter() {
+		return pgconn.CommandTag{}, pgx.ErrTxClosed
+	}
+	defer b.t.gate.RUnlock()
+	return b.br.Exec()
+}
+
+func (b *memberBatch[K, V]) Query() (pgx.Rows, error) {
+	if !b.t.enter() {
+		return nil, pgx.ErrTxClosed
+	}
+	defer b.t.gate.RUnlock()
+	rows, err := b.br.Query()
+	if err != nil {
+		return rows, err
+	}
+	return &memberRows[K, V]{t: b.t, rows: rows}, nil // closed with the batch
+}
+
+func (b *memberBatch[K, V]) QueryRow() pgx.Row {
+	if !b.t.enter() {
+		return errRow{pgx.ErrTxClosed}
+	}
+	defer b.t.gate.RUnlock()
+	return b.br.QueryRow()
+}
+
+func (b *memberBatch[K, V]) Close() error {
+	if !b.t.enter() {
+		return pgx.ErrTxClosed
+	}
+	defer b.t.gate.RUnlock()
+	b.t.untrack(b)
+	return b.br.Close()
+}
+
+// Tx returns the transaction the batch began, if any.
+func (b *memberBatch[K, V]) Tx() pgx.Tx { return b.br.Tx() }
 
 type errRow struct{ err error }
 

@@ -84,7 +84,7 @@ func setupRace(t *testing.T, ctx context.Context) *pgxpool.Pool {
 // the proof that the race is strong enough to fail, then with each strategy.
 func TestRace(t *testing.T) {
 	t.Parallel()
-	ctx := pgtest.Context(t, 3*time.Minute)
+	ctx := pgtest.Context(t, 10*time.Minute) // only a hang takes that long, on a busy machine too
 	pool := setupRace(t, ctx)
 	const workers, calls = 32, 200
 
