@@ -212,6 +212,12 @@ func ctDraw(seed uint64, allowed []ctKind) ctRound {
 		x := rng.IntN(total)
 		for _, k := range allowed {
 			if x -= ctWeights[k]; x < 0 {
+				if k == kCtxMid && slices.Contains(r.kinds, kCtxMid) {
+					// One broken connection a round: the comparison with
+					// the calls one by one discounts the members of one
+					// broken group only (see the exception in check).
+					k = kAdd
+				}
 				r.kinds = append(r.kinds, k)
 				break
 			}
@@ -835,7 +841,15 @@ func ctCompare(rnd ctRound, g, r ctSide, exempt map[int]bool) []string {
 	if !slices.Equal(g.ledger, r.ledger) {
 		diffs = append(diffs, fmt.Sprintf("ledger: grouped %q; one by one %q", g.ledger, r.ledger))
 	}
-	if !slices.Equal(g.leaks, r.leaks) {
+	// An exempt member's goroutine left using tx ran grouped only.
+	notExempt := func(leaks []string) []string {
+		return slices.DeleteFunc(slices.Clone(leaks), func(l string) bool {
+			i, _, _ := strings.Cut(l, ":")
+			n, err := strconv.Atoi(i)
+			return err == nil && exempt[n]
+		})
+	}
+	if !slices.Equal(notExempt(g.leaks), notExempt(r.leaks)) {
 		diffs = append(diffs, fmt.Sprintf("statements of a goroutine left using tx: grouped %v; one by one %v", g.leaks, r.leaks))
 	}
 	if !slices.IsSorted(g.order) {

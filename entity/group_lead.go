@@ -55,11 +55,18 @@ const (
 	endBroken                      // the transaction can't commit: take nobody else into it
 )
 
-// idleGap is how much of IdleTimeout a member's fn may find spent when it
-// starts: past that, the leader sends a statement first (keepAlive), so
-// that the server's idle clock counts each fn alone, as it would in a call
-// of its own, and not the sum of the fns that ran no SQL.
-const idleGap = time.Millisecond
+// idleGap is how much of IdleTimeout (the server's, when it is left to
+// the server: DefaultIdleTimeout's) a member's fn may find spent when it
+// starts, a twentieth: past that, the leader sends a statement first
+// (keepAlive), so that the server's idle clock counts each fn alone, as it
+// would in a call of its own, and not the sum of the fns that ran no SQL.
+func (g *group[K, V]) idleGap() time.Duration {
+	idle := g.r.settings.IdleTimeout
+	if idle <= 0 {
+		idle = txn.DefaultIdleTimeout
+	}
+	return idle / 20
+}
 
 // withGroup is one attempt of With under group commit.
 func (r *Repository[K, V]) withGroup(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) (err error) {
@@ -281,7 +288,7 @@ func (g *group[K, V]) gather(ctx context.Context, gs *groups[K, V], budget time.
 		if g.n == 1 {
 			g.settleLeader(ctx)
 		}
-		if g.broken == nil && time.Since(g.lastSQL) > idleGap {
+		if g.broken == nil && time.Since(g.lastSQL) > g.idleGap() {
 			g.keepAlive(ctx)
 		}
 		if g.broken != nil {

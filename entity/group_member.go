@@ -35,6 +35,14 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 	}
 	g.n++
 	m.ev.GroupSize = g.n
+	// A member that fails leaves the row as it found it: its savepoint is
+	// rolled back, and so is what g knows of the row.
+	gone, cur, written := g.gone, g.cur, g.written
+	defer func() {
+		if !ok {
+			g.gone, g.cur, g.written = gone, cur, written
+		}
+	}()
 	tx := &memberTx[K, V]{g: g, m: txn.NewManaged(g.conn, nil), plain: leader}
 	if !leader {
 		tx.name = "paylock_group_" + strconv.Itoa(g.n)
