@@ -44,6 +44,11 @@ type Cluster struct {
 	Coordinator *pgserver.Server
 	// Workers hold the shards.
 	Workers []*pgserver.Server
+
+	// addNodes is held while workers are added to a database: Citus fails
+	// one of two databases' citus_add_node at once to the same worker
+	// ("failure on connection marked as essential").
+	addNodes sync.Mutex
 }
 
 // Start starts a coordinator and Workers workers, in parallel, each a
@@ -115,6 +120,8 @@ func (c *Cluster) CreateDatabase(ctx context.Context, name string) error {
 	for _, w := range c.Workers {
 		sql += fmt.Sprintf("; SELECT citus_add_node('127.0.0.1', %d)", w.Port)
 	}
+	c.addNodes.Lock()
+	defer c.addNodes.Unlock()
 	if err := exec(ctx, c.Coordinator.ConnString(name), sql); err != nil {
 		return fmt.Errorf("citustest: add nodes: %w", err)
 	}
