@@ -15,11 +15,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 
-	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/paylock/paylock/internal/citusdb"
 	"github.com/paylock/paylock/internal/pgserver"
 )
 
@@ -44,11 +43,6 @@ type Cluster struct {
 	Coordinator *pgserver.Server
 	// Workers hold the shards.
 	Workers []*pgserver.Server
-
-	// addNodes is held while workers are added to a database: Citus fails
-	// one of two databases' citus_add_node at once to the same worker
-	// ("failure on connection marked as essential").
-	addNodes sync.Mutex
 }
 
 // Start starts a coordinator and Workers workers, in parallel, each a
@@ -96,64 +90,26 @@ func (c *Cluster) Stop() error {
 }
 
 // CreateDatabase creates database name on every node with the extension,
-// records the coordinator's address (citus_set_coordinator_host) and adds
-// the workers to it (citus_add_node), so that the coordinator can
-// distribute tables in name and every node can query them. It blocks until
-// done or ctx ends.
+// records the coordinator's address and adds the workers to it (see
+// citusdb.Create), so that the coordinator can distribute tables in name
+// and every node can query them. It blocks until done or ctx ends.
 func (c *Cluster) CreateDatabase(ctx context.Context, name string) error {
-	var g errgroup.Group
-	for _, s := range c.Nodes() {
-		g.Go(func() error {
-			if err := exec(ctx, s.ConnString("postgres"), "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-				return fmt.Errorf("citustest: create database on port %d: %w", s.Port, err)
-			}
-			if err := exec(ctx, s.ConnString(name), "CREATE EXTENSION citus"); err != nil {
-				return fmt.Errorf("citustest: create extension on port %d: %w", s.Port, err)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	sql := fmt.Sprintf("SELECT citus_set_coordinator_host('127.0.0.1', %d)", c.Coordinator.Port)
-	for _, w := range c.Workers {
-		sql += fmt.Sprintf("; SELECT citus_add_node('127.0.0.1', %d)", w.Port)
-	}
-	c.addNodes.Lock()
-	defer c.addNodes.Unlock()
-	if err := exec(ctx, c.Coordinator.ConnString(name), sql); err != nil {
-		return fmt.Errorf("citustest: add nodes: %w", err)
-	}
-	return nil
+	return citusdb.Create(ctx, c.db(), name)
 }
 
 // DropDatabase drops database name on every node, ending its sessions.
 func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	for _, s := range c.Nodes() {
-		wg.Go(func() {
-			err := exec(ctx, s.ConnString("postgres"), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("citustest: drop database on port %d: %w", s.Port, err))
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return citusdb.Drop(ctx, c.db(), name)
 }
 
-// exec runs sql on a connection of its own to url.
-func exec(ctx context.Context, url, sql string) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return err
+// db is c as citusdb sees it.
+func (c *Cluster) db() citusdb.Cluster {
+	node := func(s *pgserver.Server) citusdb.Node {
+		return citusdb.Node{Host: "127.0.0.1", Port: s.Port, URL: s.ConnString("postgres")}
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, sql)
-	return err
+	d := citusdb.Cluster{Coordinator: node(c.Coordinator)}
+	for _, w := range c.Workers {
+		d.Workers = append(d.Workers, node(w))
+	}
+	return d
 }
