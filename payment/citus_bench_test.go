@@ -12,6 +12,7 @@ import (
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/testing/citustest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -19,11 +20,13 @@ import (
 const citusBenchKeys = 10
 
 // BenchmarkCitus: one caller in a loop on the coordinator of a Citus
-// cluster, payments distributed, 10 keys: With with each strategy beside
-// its statements sent by hand in the same two pipelines (op=sql, as
-// `paylock bench` has pgbench send them), the update finding the row by its
-// distribution column; and, for scale, the same with the update finding the
-// row by id alone, which Citus sends to every shard (op=sql-update-by-id).
+// cluster, payments distributed, 10 keys. With on NewRepository (table=plain:
+// the insert-if-missing is INSERT ... SELECT ... WHERE NOT EXISTS) and on
+// NewDistributedRepository (table=distributed: INSERT ... VALUES ... ON
+// CONFLICT DO NOTHING), with each strategy, beside the same statements sent
+// by hand in With's two pipelines (op=sql, as `paylock bench` has pgbench
+// send them); and, for scale, by hand with the update finding the row by id
+// alone, which Citus sends to every shard (op=sql-update-by-id).
 func BenchmarkCitus(b *testing.B) {
 	db := citustest.NewDB(b)
 	ctx := pgtest.Context(b, 10*time.Minute)
@@ -41,14 +44,13 @@ func BenchmarkCitus(b *testing.B) {
 		name string
 		do   func(ctx context.Context, k payment.Key) error
 	}{
-		{"with-advisory", func(ctx context.Context, k payment.Key) error {
-			return payment.NewRepository(pool).With(ctx, k, bump)
-		}},
-		{"with-rowlock", func(ctx context.Context, k payment.Key) error {
-			return payment.NewRepository(pool, entity.WithStrategy(entity.RowLock)).With(ctx, k, bump)
-		}},
-		{"sql", func(ctx context.Context, k payment.Key) error { return handSQL(ctx, pool, k, false) }},
-		{"sql-update-by-id", func(ctx context.Context, k payment.Key) error { return handSQL(ctx, pool, k, true) }},
+		{"with-advisory/table=plain", with(payment.NewRepository(pool))},
+		{"with-rowlock/table=plain", with(payment.NewRepository(pool, entity.WithStrategy(entity.RowLock)))},
+		{"sql/table=plain", func(ctx context.Context, k payment.Key) error { return handSQL(ctx, pool, k, false, false) }},
+		{"with-advisory/table=distributed", with(payment.NewDistributedRepository(pool))},
+		{"with-rowlock/table=distributed", with(payment.NewDistributedRepository(pool, entity.WithStrategy(entity.RowLock)))},
+		{"sql/table=distributed", func(ctx context.Context, k payment.Key) error { return handSQL(ctx, pool, k, true, false) }},
+		{"sql-update-by-id/table=distributed", func(ctx context.Context, k payment.Key) error { return handSQL(ctx, pool, k, true, true) }},
 	}
 	for _, op := range ops {
 		b.Run("op="+op.name, func(b *testing.B) {
@@ -68,22 +70,29 @@ func BenchmarkCitus(b *testing.B) {
 	}
 }
 
+// with returns repo's With of bump.
+func with(repo *payment.Repository) func(ctx context.Context, k payment.Key) error {
+	return func(ctx context.Context, k payment.Key) error { return repo.With(ctx, k, bump) }
+}
+
 // handSQL is With's statements for k, sent by hand in With's two pipelines:
-// begin, the lock, the insert-if-missing and the locked read; then the
-// update and commit. byID makes the update find the row by id, as With's
-// did; otherwise by (service_id, id).
-func handSQL(ctx context.Context, pool *pgxpool.Pool, k payment.Key, byID bool) error {
+// begin, the transaction's settings, the lock, the insert-if-missing (Table.Distributed's when
+// distributed) and the locked read; then the check that fn left the transaction open, the update
+// and commit. byID makes
+// the update find the row by id, as With's did; otherwise by (service_id,
+// id).
+func handSQL(ctx context.Context, pool *pgxpool.Pool, k payment.Key, distributed, byID bool) error {
 	c, err := pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Release()
 	batch := &pgx.Batch{}
-	batch.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
+	batch.Queue(txn.SQLBegin)
+	batch.Queue(txn.Settings{IdleTimeout: txn.DefaultIdleTimeout, ConnCheck: true}.SetSQL())
 	batch.Queue("SELECT pg_advisory_xact_lock($1)", k.LockKey().ID())
-	batch.Queue(`INSERT INTO payments (service_id, line_item_id)
-		SELECT $1::bigint, $2::text WHERE NOT EXISTS (SELECT FROM payments WHERE service_id = $1::bigint AND line_item_id = $2::text)
-		ON CONFLICT DO NOTHING`, k.ServiceID, k.LineItemID)
+	insert, args := payment.Table{Distributed: distributed}.Ensure(k)
+	batch.Queue(insert, args...)
 	var id, amount int64
 	batch.Queue(`SELECT id, amount_cents FROM payments WHERE service_id = $1::bigint AND line_item_id = $2::text
 		ORDER BY id LIMIT 1 FOR NO KEY UPDATE`, k.ServiceID, k.LineItemID).QueryRow(func(r pgx.Row) error {
@@ -94,6 +103,7 @@ func handSQL(ctx context.Context, pool *pgxpool.Pool, k payment.Key, byID bool) 
 		return err
 	}
 	batch = &pgx.Batch{}
+	batch.Queue(txn.CheckSQL)
 	if byID {
 		batch.Queue("UPDATE payments SET amount_cents = $2, updated_at = now() WHERE id = $1", id, amount+1)
 	} else {

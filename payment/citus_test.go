@@ -153,9 +153,10 @@ func TestCitusMigrate(t *testing.T) {
 	})
 }
 
-// TestCitusWithOnEveryNode: With works through the coordinator (advisory
-// strategy) and through each worker (RowLock, as entity.CheckEngine
-// decides there), on the same payment.
+// TestCitusWithOnEveryNode: payment.Distributed reports the table
+// distributed on every node; With on a NewDistributedRepository works
+// through the coordinator (advisory strategy) and through each worker
+// (RowLock, as entity.CheckEngine decides there), on the same payment.
 func TestCitusWithOnEveryNode(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 2*time.Minute)
@@ -179,7 +180,10 @@ func TestCitusWithOnEveryNode(t *testing.T) {
 		} else if i > 0 {
 			t.Fatalf("CheckEngine accepted the advisory strategy on worker %d", i)
 		}
-		repo := payment.NewRepository(pool, entity.WithStrategy(strategy))
+		if d, err := payment.Distributed(ctx, pool); err != nil || !d {
+			t.Fatalf("Distributed on node %d = %t, %v; want true", i, d, err)
+		}
+		repo := payment.NewDistributedRepository(pool, entity.WithStrategy(strategy))
 		err := repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
 			if p.IsNew() != (i == 0) {
 				t.Errorf("node %d: IsNew = %t", i, p.IsNew())
@@ -202,7 +206,8 @@ func TestCitusWithOnEveryNode(t *testing.T) {
 
 // TestCitusRaceAcrossNodes: one process per node (the coordinator and each
 // worker), its strategy chosen by entity.CheckEngine (advisory on the
-// coordinator, RowLock on a worker), races on the same keys: one row per
+// coordinator, RowLock on a worker), a NewDistributedRepository each,
+// races on the same keys: one row per
 // key, every acknowledged op applied exactly once, the history
 // linearizable per key.
 func TestCitusRaceAcrossNodes(t *testing.T) {
@@ -277,6 +282,13 @@ func citusRaceWorker(ctx context.Context, args []string) error {
 		return err
 	}
 	defer pool.Close()
+	distributed, err := payment.Distributed(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if !distributed {
+		return errors.New("payments is not distributed")
+	}
 	strategy := entity.Advisory
 	if err := entity.CheckEngine(ctx, pool, strategy); errors.Is(err, entity.ErrAdvisoryUnsupported) {
 		strategy = entity.RowLock
@@ -284,7 +296,7 @@ func citusRaceWorker(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stdout, "strategy %v\n", strategy)
-	done, err := racetest.Hammer(ctx, args[1], workers, calls, raceKeys, withDo(payment.NewRepository(pool, entity.WithStrategy(strategy))))
+	done, err := racetest.Hammer(ctx, args[1], workers, calls, raceKeys, withDo(payment.NewDistributedRepository(pool, entity.WithStrategy(strategy))))
 	for _, c := range done {
 		fmt.Fprintf(os.Stdout, "%s %s %t %d %d %d %d\n", c.Key, c.Op, c.Created, c.ID, c.Read, c.CallAt, c.ReturnAt)
 	}

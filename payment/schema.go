@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "embed"
 	"errors"
+	"fmt"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -132,6 +133,17 @@ var ErrCitusWorker = schema.ErrCitusWorker
 // schema can't be distributed as it is. Nothing was changed; docs/SCALING.md
 // says how to move its rows.
 var ErrNotDistributed = schema.ErrNotDistributed
+
+// Distributed reports whether payments is a table Citus distributes, as
+// seen from the node q reaches (the coordinator or a worker): then use
+// [NewDistributedRepository]. It makes two queries.
+func Distributed(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
+	d, err := schema.Distributed(ctx, pool)
+	if err != nil {
+		return false, fmt.Errorf("payment: distributed: %w", err)
+	}
+	return d, nil
+}
 
 // ErrDuplicates is matched by a *DuplicatesError.
 var ErrDuplicates = schema.ErrDuplicates

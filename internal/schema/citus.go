@@ -131,3 +131,14 @@ func shardsValid(ctx context.Context, q Querier) (bool, error) {
 			    = ARRAY['service_id', 'line_item_id']::name[])$$)`, &valid)
 	return valid, err
 }
+
+// Distributed is payment.Distributed.
+func Distributed(ctx context.Context, q Querier) (bool, error) {
+	var citus bool
+	if err := queryRow(ctx, q, "SELECT to_regclass('pg_dist_partition') IS NOT NULL", &citus); err != nil || !citus {
+		return false, err
+	}
+	var distributed bool
+	err := queryRow(ctx, q, "SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = to_regclass('payments') AND partmethod = 'h')", &distributed)
+	return distributed, err
+}
