@@ -49,4 +49,16 @@
 // waits for a build already in progress rather than drop it. On a table that
 // already holds duplicates it stops with a DuplicatesError; `paylock dedupe`
 // merges them while pollers keep running.
+//
+// # Citus
+//
+// On a Citus coordinator Migrate creates services as a reference table and
+// payments distributed by service_id ([CitusSchema]: the primary key is
+// (service_id, id)); the unique index is on every shard. On a worker it
+// refuses with [ErrCitusWorker]. Every node can then run With: use
+// [NewDistributedRepository] ([Distributed] tells), the advisory strategy
+// on the coordinator and RowLock on a worker (entity.CheckEngine says
+// which), since a worker's advisory locks are its own. Callers on
+// different nodes still serialize on the shard's row lock. docs/SCALING.md
+// has the figures.
 package payment

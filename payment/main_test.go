@@ -6,4 +6,6 @@ import (
 	"github.com/paylock/paylock/internal/testing/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m, pgtest.Workers{"race": raceWorker}) }
+func TestMain(m *testing.M) {
+	pgtest.Main(m, pgtest.Workers{"race": raceWorker, "citusrace": citusRaceWorker})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "embed"
 	"errors"
+	"fmt"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -15,6 +16,15 @@ import (
 //
 //go:embed schema.sql
 var Schema string
+
+// CitusSchema is the SQL that creates the services and payments tables on a
+// Citus coordinator, where Migrate applies it before [Schema] and then
+// distributes the tables. It differs from Schema's tables only where Citus
+// requires it: payments' primary key is (service_id, id), and id a
+// bigserial.
+//
+//go:embed schema_citus.sql
+var CitusSchema string
 
 // UniqueIndex is the name of the UNIQUE index on payments (service_id,
 // line_item_id): the safety net under the advisory lock.
@@ -82,13 +92,22 @@ const MigrateLockTimeout = schema.LockTimeout
 // `paylock dedupe` builds the index with the same code, under the same
 // lock: a Migrate started during it waits for that lock first.
 //
+// On a Citus coordinator (the citus extension in the database, local group
+// 0) step 1 applies [CitusSchema] before Schema and, in the same
+// transaction, makes services a reference table and payments a table
+// distributed by service_id; the unique index is then on every shard, and
+// "valid" in steps 2 to 5 means valid on every shard placement. A payments
+// table that exists there as a local table fails with [ErrNotDistributed].
+// On a Citus worker Migrate changes nothing and fails with
+// [ErrCitusWorker], naming the coordinator. See the package doc, "Citus".
+//
 // If ctx ends during the build, pgx sends the server a cancel request as it
 // closes the connection: the build stops and leaves an INVALID index, which
 // the next Migrate drops and rebuilds. If the process dies instead, the server
 // usually finishes the build and the next Migrate, waiting for the lock
 // until that session ends, finds the index valid.
 func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
-	err := schema.Migrate(ctx, pool, Schema)
+	err := schema.Migrate(ctx, pool, Schema, CitusSchema)
 	var dup *schema.DuplicatesError
 	if errors.As(err, &dup) {
 		return newDuplicatesError(dup)
@@ -103,6 +122,28 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 // on a pooled server connection, until that connection closes: later
 // Migrate calls wait for it. Give Migrate a direct connection.
 var ErrSessionChanged = schema.ErrSessionChanged
+
+// ErrCitusWorker: Migrate (or `paylock dedupe`) ran on a Citus worker node.
+// The coordinator owns the schema of distributed tables; the error names
+// it. Nothing was changed.
+var ErrCitusWorker = schema.ErrCitusWorker
+
+// ErrNotDistributed: on a Citus coordinator, payments exists as a local
+// table (made by Migrate before the extension was there): its single-server
+// schema can't be distributed as it is. Nothing was changed; docs/SCALING.md
+// says how to move its rows.
+var ErrNotDistributed = schema.ErrNotDistributed
+
+// Distributed reports whether payments is a table Citus distributes, as
+// seen from the node q reaches (the coordinator or a worker): then use
+// [NewDistributedRepository]. It makes two queries.
+func Distributed(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
+	d, err := schema.Distributed(ctx, pool)
+	if err != nil {
+		return false, fmt.Errorf("payment: distributed: %w", err)
+	}
+	return d, nil
+}
 
 // ErrDuplicates is matched by a *DuplicatesError.
 var ErrDuplicates = schema.ErrDuplicates

@@ -143,9 +143,22 @@ func joinWatchInterval(args []string) []string {
 
 // locksReport is the JSON form of `paylock locks`. Field names are stable.
 type locksReport struct {
-	Database string     `json:"database"`
-	TakenAt  time.Time  `json:"taken_at"`
-	Locks    []lockInfo `json:"locks"`
+	Database string    `json:"database"`
+	TakenAt  time.Time `json:"taken_at"`
+	// Citus is "coordinator" or "worker" on a Citus node: the report then
+	// shows this node's advisory locks only (see citusNote).
+	Citus string     `json:"citus,omitempty"`
+	Locks []lockInfo `json:"locks"`
+}
+
+// citusNote is what writeLocks says on a Citus node about what it can't
+// see: the RowLock strategy (a worker's) takes no advisory lock, and every
+// caller's row lock and its waits are in the shards, on the workers.
+var citusNote = map[string]string{
+	"coordinator": "Citus coordinator: these are the advisory locks of callers connected here. Callers on workers (RowLock) take none;\n" +
+		"every caller's row lock and wait is in a shard on a worker, not listed here: SELECT * FROM citus_lock_waits lists those waits.",
+	"worker": "Citus worker: advisory locks of this node only, and callers here (RowLock) take none. Their waits are row locks\n" +
+		"in the shards: SELECT * FROM citus_lock_waits on the coordinator lists them; paylock locks there shows the coordinator's callers.",
 }
 
 type lockInfo struct {
@@ -328,6 +341,16 @@ func readLocks(ctx context.Context, pool *pgxpool.Pool, only *lock.Key) (*locksR
 		return nil, fmt.Errorf("read locks: %w", err)
 	}
 	r.TakenAt = r.TakenAt.UTC()
+	var citus bool
+	if err := pool.QueryRow(ctx, "SELECT to_regclass('pg_dist_local_group') IS NOT NULL").Scan(&citus); err != nil {
+		return nil, fmt.Errorf("read locks: %w", err)
+	}
+	if citus {
+		err := pool.QueryRow(ctx, "SELECT CASE WHEN groupid = 0 THEN 'coordinator' ELSE 'worker' END FROM pg_dist_local_group").Scan(&r.Citus)
+		if err != nil {
+			return nil, fmt.Errorf("read locks: %w", err)
+		}
+	}
 	rows, err := pool.Query(ctx, sqlLocks)
 	if err != nil {
 		return nil, fmt.Errorf("read locks: %w", err)
@@ -475,6 +498,9 @@ func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 	}
 	fmt.Fprintf(w, "database %s at %s: %d advisory locks (%d paylock, %d other, %d unknown)\n",
 		term.Visible(r.Database), r.TakenAt.Format("2006-01-02 15:04:05Z07:00"), len(r.Locks), counts["paylock"], counts["other"], counts["unknown"])
+	if note := citusNote[r.Citus]; note != "" {
+		fmt.Fprintln(w, note)
+	}
 	if len(r.Locks) == 0 {
 		if only != nil {
 			fmt.Fprintf(w, "nobody holds or waits for %s (id %d)\n", only, only.ID())

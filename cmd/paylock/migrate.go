@@ -20,7 +20,10 @@ INVALID one left by a failed build, and it waits for a build another session
 table that already holds duplicate (service_id, line_item_id) rows it changes
 nothing, lists the worst groups and exits 1: run 'paylock dedupe' to merge
 them, then migrate again. Needs a direct connection, not pgbouncer in
-transaction pooling mode.`,
+transaction pooling mode. On a Citus coordinator it makes services a
+reference table and payments a table distributed by service_id, the unique
+index on every shard; on a Citus worker it changes nothing and exits 1,
+naming the coordinator.`,
 	validate: noArgs,
 	run:      runMigrate,
 }
@@ -45,6 +48,14 @@ func runMigrate(ctx context.Context, c *call) error {
 	}
 	if err != nil {
 		return err
+	}
+	distributed, err := payment.Distributed(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if distributed {
+		fmt.Fprintf(c.stdout, "schema is up to date: services (a reference table), payments (distributed by service_id), unique index %s valid on every shard\n", payment.UniqueIndex)
+		return nil
 	}
 	fmt.Fprintf(c.stdout, "schema is up to date: services, payments, unique index %s valid\n", payment.UniqueIndex)
 	return nil

@@ -104,8 +104,10 @@ func RowLock(ctx context.Context, db TxBeginner, key payment.Key, fn func(r *Row
 		if err := fn(&r); err != nil {
 			return err
 		}
+		// By service_id too, as With does: on Citus an update by id alone
+		// goes to every shard.
 		_, err = tx.Exec(ctx, `UPDATE payments SET amount_cents = $2, currency = $3, status = $4, data = $5,
-			updated_at = now() WHERE id = $1`, r.ID, r.AmountCents, r.Currency, r.Status, r.Data)
+			updated_at = now() WHERE service_id = $6 AND id = $1`, r.ID, r.AmountCents, r.Currency, r.Status, r.Data, key.ServiceID)
 		return err
 	})
 }

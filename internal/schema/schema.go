@@ -39,13 +39,24 @@ const LockTimeout = 3 * time.Second
 const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (service_id, line_item_id)"
 
 // Migrate is payment.Migrate: it applies schemaSQL (payment.Schema) and
-// then makes sure UniqueIndex exists and is valid; see payment.Migrate.
-func Migrate(ctx context.Context, pool *pgxpool.Pool, schemaSQL string) (err error) {
+// then makes sure UniqueIndex exists and is valid; see payment.Migrate. On a
+// Citus coordinator it applies citusSQL (payment.CitusSchema) before
+// schemaSQL and distributes the tables; on a Citus worker it refuses with an
+// error matching ErrCitusWorker.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, schemaSQL, citusSQL string) (err error) {
 	pc, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("payment: migrate: acquire a connection: %w", txn.Classify(ctx, err))
 	}
 	conn := pc.Conn()
+	node, err := refuseWorker(ctx, conn)
+	if err != nil {
+		pc.Release()
+		return err
+	}
+	if node == CitusCoordinator {
+		schemaSQL = citusSQL + ";\n" + schemaSQL
+	}
 	pid, err := lockMigrate(ctx, conn)
 	if err != nil {
 		pc.Release() // a connection that failed mid-query is closed, and destroyed
@@ -56,7 +67,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schemaSQL string) (err err
 			err = rerr
 		}
 	}()
-	created, err := applySchema(ctx, conn, pid, schemaSQL)
+	created, err := applySchema(ctx, conn, pid, schemaSQL, node == CitusCoordinator)
 	if err != nil || created {
 		return err
 	}
@@ -83,6 +94,10 @@ func BuildUniqueIndex(ctx context.Context, pool *pgxpool.Pool) (b IndexBuild, er
 	pc, err := pool.Acquire(ctx)
 	if err != nil {
 		return b, fmt.Errorf("payment: build index: acquire a connection: %w", txn.Classify(ctx, err))
+	}
+	if _, err := refuseWorker(ctx, pc.Conn()); err != nil {
+		pc.Release()
+		return b, err
 	}
 	pid, err := lockMigrate(ctx, pc.Conn())
 	if err != nil {
@@ -175,8 +190,9 @@ func releaseMigrate(ctx context.Context, pc *pgxpool.Conn, pid uint32) error {
 }
 
 // applySchema runs schemaSQL in a transaction under a bounded lock_timeout and,
-// if that transaction created payments, the unique index as well.
-func applySchema(ctx context.Context, conn *pgx.Conn, pid uint32, schemaSQL string) (created bool, err error) {
+// if that transaction created payments, the unique index as well; with
+// citus, it then distributes the tables (see distribute).
+func applySchema(ctx context.Context, conn *pgx.Conn, pid uint32, schemaSQL string, citus bool) (created bool, err error) {
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		var got uint32
 		err := tx.QueryRow(ctx, "SELECT set_config('lock_timeout', $1, true), pg_backend_pid()",
@@ -191,17 +207,29 @@ func applySchema(ctx context.Context, conn *pgx.Conn, pid uint32, schemaSQL stri
 		if err := tx.QueryRow(ctx, "SELECT to_regclass('payments') IS NOT NULL").Scan(&existed); err != nil {
 			return err
 		}
+		if citus {
+			// One connection per worker for the whole transaction: the
+			// DDL below and create_distributed_table's shards then run on
+			// the connections that already hold this transaction's locks.
+			if _, err := tx.Exec(ctx, "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"); err != nil {
+				return err
+			}
+		}
 		if _, err := tx.Exec(ctx, schemaSQL); err != nil {
 			return err
 		}
-		if existed {
-			return nil
+		if !existed {
+			created = true
+			if _, err := tx.Exec(ctx, fmt.Sprintf(createIndexSQL, "")); err != nil {
+				return err
+			}
 		}
-		created = true
-		_, err = tx.Exec(ctx, fmt.Sprintf(createIndexSQL, ""))
-		return err
+		if citus {
+			return distribute(ctx, tx, existed)
+		}
+		return nil
 	})
-	if errors.Is(err, ErrSessionChanged) {
+	if errors.Is(err, ErrSessionChanged) || errors.Is(err, ErrNotDistributed) {
 		return false, err
 	}
 	if err != nil {
@@ -321,7 +349,9 @@ func dropInvalidIndex(ctx context.Context, conn *pgx.Conn) error {
 // found it.
 type IndexState struct {
 	Exists bool // UniqueIndex exists on payments
-	Valid  bool // and is valid: it enforces uniqueness
+	// Valid: and is valid: it enforces uniqueness. On a Citus coordinator
+	// with payments distributed, the shards' copies must all be valid too.
+	Valid bool
 	// Building: another session is running CREATE INDEX CONCURRENTLY or
 	// REINDEX CONCURRENTLY on payments. Such a build shows in
 	// pg_stat_progress_create_index and holds the table's SHARE UPDATE
@@ -355,6 +385,10 @@ func UniqueIndexState(ctx context.Context, q Querier) (IndexState, error) {
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return IndexState{}, nil
+	}
+	if err == nil && st.Valid {
+		// On Citus, the coordinator's index stands for its shards'.
+		st.Valid, err = shardsValid(ctx, q)
 	}
 	if err != nil {
 		return IndexState{}, fmt.Errorf("payment: inspect index: %w", txn.Classify(ctx, err))

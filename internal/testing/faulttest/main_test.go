@@ -7,5 +7,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	pgtest.Main(m, pgtest.Workers{"hold": holdWorker, "holdgroup": groupHoldWorker, "failover": failoverWorker})
+	pgtest.Main(m, pgtest.Workers{"hold": holdWorker, "holdgroup": groupHoldWorker, "failover": failoverWorker,
+		"citushold": citusHoldWorker})
 }

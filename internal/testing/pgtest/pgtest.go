@@ -76,6 +76,9 @@ func run(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "pgtest:", err)
 		}
 	}
+	for _, err := range runAtEnd() {
+		fmt.Fprintln(os.Stderr, "pgtest:", err)
+	}
 	if err := stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgtest: stop:", err)
 	}

@@ -84,7 +84,12 @@ func openLoad(ctx context.Context, spec loadSpec) (*pgxpool.Pool, op, error) {
 		pool.Close()
 		return nil, nil, err
 	}
-	o, err := newOp(spec.Strategy, pool)
+	distributed, err := payment.Distributed(ctx, pool)
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	o, err := newOp(spec.Strategy, pool, distributed)
 	if err != nil {
 		pool.Close()
 		return nil, nil, err

@@ -42,8 +42,10 @@ func findPgbench() string {
 // another. pgbench can't carry a value from a pipelined SELECT to the UPDATE
 // (\gset is refused in a pipeline), so the update adds 1 in SQL and finds
 // the row by its key; it can't compute paylock's xxhash either, so the lock
-// id is the key's number.
-func pgbenchScript(workload string) string {
+// id is the key's number. distributed: payments is distributed by Citus, and
+// the insert is payment.Table's for it (INSERT ... VALUES ... ON CONFLICT DO
+// NOTHING), as the library's is there.
+func pgbenchScript(workload string, distributed bool) string {
 	var set, li, lockID string
 	switch workload {
 	case "hot":
@@ -64,11 +66,15 @@ func pgbenchScript(workload string) string {
 	if workload == "cold" {
 		lock = strings.Replace(txn.TrySQL, "$1", lockID, 1)
 	}
+	insert := `INSERT INTO payments (service_id, line_item_id) SELECT 1, ` + li + ` WHERE NOT EXISTS (SELECT FROM payments WHERE ` + where + `) ON CONFLICT DO NOTHING`
+	if distributed {
+		insert = `INSERT INTO payments (service_id, line_item_id) VALUES (1, ` + li + `) ON CONFLICT DO NOTHING`
+	}
 	return set + `\startpipeline
 ` + txn.SQLBegin + `;
 ` + txn.Settings{IdleTimeout: txn.DefaultIdleTimeout, ConnCheck: true}.SetSQL() + `;
 ` + lock + `;
-INSERT INTO payments (service_id, line_item_id) SELECT 1, ` + li + ` WHERE NOT EXISTS (SELECT FROM payments WHERE ` + where + `) ON CONFLICT DO NOTHING;
+` + insert + `;
 SELECT id, service_id, line_item_id, amount_cents, currency, status, data, created_at, updated_at FROM payments WHERE ` + where + ` ORDER BY id LIMIT 1 FOR NO KEY UPDATE;
 \endpipeline
 \startpipeline
@@ -83,7 +89,8 @@ var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection t
 
 // runPgbench runs the script with workers clients for d (rounded up to whole
 // seconds, pgbench's unit) and reads every transaction's latency from its log.
-func runPgbench(ctx context.Context, path, mode, connString, workload string, workers int, d time.Duration) (loadResult, error) {
+// distributed is pgbenchScript's.
+func runPgbench(ctx context.Context, path, mode, connString, workload string, distributed bool, workers int, d time.Duration) (loadResult, error) {
 	cfg, err := pgconn.ParseConfig(connString)
 	if err != nil {
 		return loadResult{}, err
@@ -94,7 +101,7 @@ func runPgbench(ctx context.Context, path, mode, connString, workload string, wo
 	}
 	defer os.RemoveAll(dir)
 	script := filepath.Join(dir, "op.sql")
-	if err := os.WriteFile(script, []byte(pgbenchScript(workload)), 0o644); err != nil {
+	if err := os.WriteFile(script, []byte(pgbenchScript(workload, distributed)), 0o644); err != nil {
 		return loadResult{}, err
 	}
 	secs := max(int(math.Ceil(d.Seconds())), 1)

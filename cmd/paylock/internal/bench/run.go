@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/internal/baseline"
+	"github.com/paylock/paylock/internal/citusdb"
 	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/tcpproxy"
 	"github.com/paylock/paylock/payment"
@@ -139,7 +140,10 @@ func runOne(ctx context.Context, opts *Options, pool *pgxpool.Pool, connString, 
 		Duration: opts.duration, KeyPrefix: prefix}
 	switch {
 	case s == pgbenchName:
-		res, err = runPgbench(ctx, opts.pgbench, opts.pgbenchM, connString, w, opts.workers, opts.duration)
+		var distributed bool
+		if distributed, err = payment.Distributed(ctx, pool); err == nil {
+			res, err = runPgbench(ctx, opts.pgbench, opts.pgbenchM, connString, w, distributed, opts.workers, opts.duration)
+		}
 	case opts.processes > 1:
 		res, err = runProcesses(ctx, spec, opts.processes)
 	default:
@@ -166,9 +170,31 @@ func runOne(ctx context.Context, opts *Options, pool *pgxpool.Pool, connString, 
 	return res, rows - keys, res.Ops - sum, nil
 }
 
-// createDatabase creates db on the server of adminURL with the schema and
-// service 1, and returns a URL to it and a function that drops it.
+// createDatabase creates db on the server of adminURL, and returns a URL to
+// it and a function that drops it. When adminURL names a database of a
+// Citus coordinator with workers, it creates db on every node of that
+// cluster, ready to distribute tables (citusdb.Create), so Migrate
+// distributes payments there.
 func createDatabase(ctx context.Context, adminURL, db string) (string, func(), error) {
+	if c, ok, err := citusdb.Discover(ctx, adminURL); err != nil {
+		return "", nil, fmt.Errorf("create database: %w", err)
+	} else if ok {
+		drop := func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			citusdb.Drop(ctx, c, db)
+		}
+		if err := citusdb.Create(ctx, c, db); err != nil {
+			drop()
+			return "", nil, fmt.Errorf("create database: %w", err)
+		}
+		u, err := withDatabase(adminURL, db)
+		if err != nil {
+			drop()
+			return "", nil, err
+		}
+		return u, drop, nil
+	}
 	conn, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
 		return "", nil, err

@@ -24,7 +24,7 @@ type op func(ctx context.Context, key payment.Key) (retries int, err error)
 var strategies = []struct {
 	name string
 	doc  string
-	new  func(pool *pgxpool.Pool) op
+	new  func(pool *pgxpool.Pool, repo newRepository) op
 }{
 	{"naive", "find, then insert if missing, then update; no lock, no unique index", naive},
 	{"rowlock", "INSERT ... ON CONFLICT DO NOTHING, SELECT ... FOR UPDATE, UPDATE: one statement per round trip", rowlock},
@@ -37,7 +37,7 @@ var strategies = []struct {
 var extraStrategies = []struct {
 	name string
 	doc  string
-	new  func(pool *pgxpool.Pool) op
+	new  func(pool *pgxpool.Pool, repo newRepository) op
 }{
 	{"paylock-noqueue", "payment.Repository.With without the per-key queue (entityopt.WithoutKeyQueue)", paylockNoQueue},
 	{"paylock-group", "payment.Repository.With with group commit (entity.WithGroupCommit(32))", paylockGroup},
@@ -45,13 +45,14 @@ var extraStrategies = []struct {
 
 const (
 	sqlEnsure = `INSERT INTO payments (service_id, line_item_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`
-	sqlUpdate = `UPDATE payments SET amount_cents = $2, updated_at = now() WHERE id = $1`
+	// By service_id too: on Citus an update by id alone goes to every shard.
+	sqlUpdate = `UPDATE payments SET amount_cents = $2, updated_at = now() WHERE service_id = $3 AND id = $1`
 )
 
 // naive is what the pollers did before paylock (baseline.Naive), on
 // baseline.Table, a copy of payments without the unique index: it makes
 // duplicates and loses updates.
-func naive(pool *pgxpool.Pool) op {
+func naive(pool *pgxpool.Pool, _ newRepository) op {
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		_, err := baseline.Naive(ctx, pool, key, func(r *baseline.Row) (bool, error) { r.AmountCents++; return true, nil })
 		return 0, err
@@ -60,7 +61,7 @@ func naive(pool *pgxpool.Pool) op {
 
 // rowlock relies on the unique index and a row lock, as a Go developer
 // without paylock would write it with pgx (baseline.RowLock).
-func rowlock(pool *pgxpool.Pool) op {
+func rowlock(pool *pgxpool.Pool, _ newRepository) op {
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		return 0, baseline.RowLock(ctx, pool, key, func(r *baseline.Row) error { r.AmountCents++; return nil })
 	}
@@ -68,7 +69,7 @@ func rowlock(pool *pgxpool.Pool) op {
 
 // advisorySeq takes the same advisory lock as paylock, but sends one
 // statement per round trip: the lock is held for four of them.
-func advisorySeq(pool *pgxpool.Pool) op {
+func advisorySeq(pool *pgxpool.Pool, _ newRepository) op {
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		return 0, pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", key.LockKey().ID()); err != nil {
@@ -82,14 +83,14 @@ func advisorySeq(pool *pgxpool.Pool) op {
 				WHERE service_id = $1 AND line_item_id = $2`, key.ServiceID, key.LineItemID).Scan(&id, &amount); err != nil {
 				return err
 			}
-			_, err := tx.Exec(ctx, sqlUpdate, id, amount+1)
+			_, err := tx.Exec(ctx, sqlUpdate, id, amount+1, key.ServiceID)
 			return err
 		})
 	}
 }
 
 // serializable lets SERIALIZABLE find the conflicts and retries.
-func serializable(pool *pgxpool.Pool) op {
+func serializable(pool *pgxpool.Pool, _ newRepository) op {
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		for retries := 0; ; retries++ {
 			err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.Serializable}, func(tx pgx.Tx) error {
@@ -104,7 +105,7 @@ func serializable(pool *pgxpool.Pool) op {
 				if err != nil {
 					return err
 				}
-				_, err = tx.Exec(ctx, sqlUpdate, id, amount+1)
+				_, err = tx.Exec(ctx, sqlUpdate, id, amount+1, key.ServiceID)
 				return err
 			})
 			var pgErr *pgconn.PgError
@@ -120,8 +121,8 @@ func serializable(pool *pgxpool.Pool) op {
 }
 
 // paylock is the library.
-func paylock(pool *pgxpool.Pool) op {
-	repo := payment.NewRepository(pool)
+func paylock(pool *pgxpool.Pool, newRepo newRepository) op {
+	repo := newRepo(pool)
 	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		return 0, repo.With(ctx, key, bump)
@@ -130,8 +131,8 @@ func paylock(pool *pgxpool.Pool) op {
 
 // paylockNoQueue is the library without its per-key queue: every caller
 // waits at PostgreSQL.
-func paylockNoQueue(pool *pgxpool.Pool) op {
-	repo := payment.NewRepository(pool, entityopt.WithoutKeyQueue())
+func paylockNoQueue(pool *pgxpool.Pool, newRepo newRepository) op {
+	repo := newRepo(pool, entityopt.WithoutKeyQueue())
 	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		return 0, repo.With(ctx, key, bump)
@@ -140,19 +141,28 @@ func paylockNoQueue(pool *pgxpool.Pool) op {
 
 // paylockGroup is the library with group commit: a hot key's callers queued
 // in this process commit together.
-func paylockGroup(pool *pgxpool.Pool) op {
-	repo := payment.NewRepository(pool, entity.WithGroupCommit(32))
+func paylockGroup(pool *pgxpool.Pool, newRepo newRepository) op {
+	repo := newRepo(pool, entity.WithGroupCommit(32))
 	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		return 0, repo.With(ctx, key, bump)
 	}
 }
 
-// newOp returns the op of the named strategy.
-func newOp(name string, pool *pgxpool.Pool) (op, error) {
+// newRepository is payment.NewRepository or, where payments is
+// distributed by Citus, payment.NewDistributedRepository.
+type newRepository func(pool *pgxpool.Pool, opts ...entity.Option) *payment.Repository
+
+// newOp returns the op of the named strategy; distributed: payments is
+// distributed by Citus (payment.Distributed).
+func newOp(name string, pool *pgxpool.Pool, distributed bool) (op, error) {
+	repo := payment.NewRepository
+	if distributed {
+		repo = payment.NewDistributedRepository
+	}
 	for _, s := range append(strategies[:len(strategies):len(strategies)], extraStrategies...) {
 		if s.name == name {
-			return s.new(pool), nil
+			return s.new(pool, repo), nil
 		}
 	}
 	return nil, fmt.Errorf("unknown strategy %q", name)

@@ -124,6 +124,14 @@ type IndexResult struct {
 	DuplicateErrors int // builds that failed on a duplicate inserted meanwhile
 }
 
+// ErrDistributed: payments is distributed by Citus and holds duplicates.
+// Merging them there is not supported: the batch's locks would serialize
+// only the callers on the coordinator, and the quarantine table would be
+// local to it. Merge them before distributing the table, on a single
+// server; a table Migrate distributes has the unique index from its
+// creation and can't get duplicates.
+var ErrDistributed = errors.New("dedupe: payments is distributed by Citus and holds duplicates: dedupe merges only on a single server; merge them there before distributing (docs/SCALING.md)")
+
 // ErrStillDuplicated: writers that don't take the lock kept adding
 // duplicates faster than Run merged them, pass after pass.
 var ErrStillDuplicated = errors.New("dedupe: duplicates keep appearing; are writers running that don't use paylock?")
@@ -181,6 +189,9 @@ func Merge(ctx context.Context, pool *pgxpool.Pool, o Options) (Result, error) {
 	o = o.withDefaults()
 	var res Result
 	start := time.Now()
+	if err := refuseDistributed(ctx, pool); err != nil {
+		return res, err
+	}
 	if err := EnsureTable(ctx, pool); err != nil {
 		return res, err
 	}
@@ -320,4 +331,36 @@ func EnsureIndex(ctx context.Context, pool *pgxpool.Pool) (IndexResult, error) {
 		return r, fmt.Errorf("dedupe: %w", err)
 	}
 	return r, nil
+}
+
+// refuseDistributed returns an error matching payment.ErrCitusWorker on a
+// Citus worker, and ErrDistributed on a coordinator whose distributed
+// payments table holds duplicates; nil otherwise: on a distributed table
+// without duplicates Run goes on to check or build the unique index, which
+// works there as on a single server.
+func refuseDistributed(ctx context.Context, pool *pgxpool.Pool) error {
+	node, coordinator, err := schema.DetectNode(ctx, pool)
+	switch {
+	case err != nil:
+		return fmt.Errorf("dedupe: %w", err)
+	case node == schema.CitusWorker:
+		return fmt.Errorf("dedupe: %w: the coordinator is %s", payment.ErrCitusWorker, coordinator)
+	case node == schema.Plain:
+		return nil
+	}
+	var distributed bool
+	if err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = to_regclass('payments'))").Scan(&distributed); err != nil {
+		return fmt.Errorf("dedupe: %w", err)
+	}
+	if !distributed {
+		return nil
+	}
+	keys, err := duplicatedKeys(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if len(keys) > 0 {
+		return fmt.Errorf("%w: %d keys have duplicates", ErrDistributed, len(keys))
+	}
+	return nil
 }

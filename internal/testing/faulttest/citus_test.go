@@ -1,0 +1,235 @@
+package faulttest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/testing/citustest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/lock"
+	"github.com/paylock/paylock/payment"
+)
+
+// citusNodes is a migrated database on a Citus cluster with service 1:
+// a pool per node (the coordinator's first) and, for each, the strategy
+// entity.CheckEngine chose there.
+type citusNodes struct {
+	db         *citustest.DB
+	pools      []*pgxpool.Pool
+	strategies []entity.Strategy
+	// shard is the index in pools of the worker that holds service 1's
+	// shard, where every payment of these tests lives.
+	shard int
+}
+
+func newCitusNodes(t *testing.T, ctx context.Context, db *citustest.DB) *citusNodes {
+	t.Helper()
+	n := &citusNodes{db: db}
+	for _, url := range db.URLs() {
+		cfg, err := pgxpool.ParseConfig(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.MaxConns = 16
+		pool, err := pgxpool.NewWithConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		n.pools = append(n.pools, pool)
+	}
+	if err := payment.Migrate(ctx, n.pools[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.pools[0].Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
+		t.Fatal(err)
+	}
+	for _, pool := range n.pools {
+		s := entity.Advisory
+		if err := entity.CheckEngine(ctx, pool, s); errors.Is(err, entity.ErrAdvisoryUnsupported) {
+			s = entity.RowLock
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		n.strategies = append(n.strategies, s)
+	}
+	var port int
+	if err := n.pools[0].QueryRow(ctx, `SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
+		WHERE p.shardid = get_shard_id_for_distribution_column('payments', 1)`).Scan(&port); err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range db.Cluster.Workers {
+		if w.Port == port {
+			n.shard = i + 1
+		}
+	}
+	if n.shard == 0 {
+		t.Fatalf("service 1's shard is on port %d, no worker's", port)
+	}
+	return n
+}
+
+// repo returns a NewDistributedRepository on node i with its strategy and
+// opts.
+func (n *citusNodes) repo(i int, opts ...entity.Option) *payment.Repository {
+	return payment.NewDistributedRepository(n.pools[i], append(opts, entity.WithStrategy(n.strategies[i]))...)
+}
+
+// waitLockWaits waits until at least want backends of the database wait
+// for a lock on node i.
+func (n *citusNodes) waitLockWaits(ctx context.Context, i, want int) error {
+	return waitFor(ctx, fmt.Sprintf("%d lock waits on node %d", want, i), func() (bool, error) {
+		var got int
+		err := n.pools[i].QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&got)
+		return got >= want, err
+	})
+}
+
+// citusHoldWorker is holdWorker on a Citus node: args are the node's
+// database URL, the line item and an op id. With RowLock (the strategy on a
+// worker) and a distributed repository, it increments the payment, writes a
+// partial update of its own through tx, prints "holding" and waits to be
+// killed.
+func citusHoldWorker(ctx context.Context, args []string) error {
+	pool, err := pgxpool.New(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	repo := payment.NewDistributedRepository(pool, entity.WithStrategy(entity.RowLock))
+	return repo.With(ctx, payment.Key{ServiceID: 1, LineItemID: args[1]}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		if err := increment(p, args[2]); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "UPDATE payments SET status = 'partial' WHERE service_id = 1 AND id = $1", p.ID); err != nil {
+			return err
+		}
+		fmt.Fprintln(os.Stdout, "holding")
+		<-ctx.Done()
+		return ctx.Err()
+	})
+}
+
+// TestCitusKilledHolder: a process connected to a worker that doesn't hold
+// the payment's shard holds the payment in the middle of fn when it is
+// killed with SIGKILL, while a caller on every node (advisory on the
+// coordinator, RowLock on the workers) waits for it on the shard. Citus
+// ends the dead process's transaction: every waiter succeeds, the partial
+// update is nowhere, one row, every acknowledged op exactly once.
+func TestCitusKilledHolder(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 2*time.Minute)
+	n := newCitusNodes(t, ctx, citustest.NewDB(t))
+	if n.strategies[0] != entity.Advisory || n.strategies[1] != entity.RowLock || n.strategies[2] != entity.RowLock {
+		t.Fatalf("strategies per node %v, want advisory on the coordinator, rowlock on the workers", n.strategies)
+	}
+	l := newLedger()
+	k := key(1)
+	for i := range n.pools {
+		if err := l.call(ctx, n.repo(i), k, fmt.Sprint("before.", i), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := 3 - n.shard // the worker without the shard
+	cmd, line := startWorker(t, ctx, "citushold", n.db.URLs()[other], k.LineItemID, "killed")
+	if line != "holding\n" {
+		t.Fatalf("worker printed %q", line)
+	}
+	errs := make(chan error, len(n.pools))
+	for i := range n.pools {
+		go func() { errs <- l.call(ctx, n.repo(i), k, fmt.Sprint("after.", i), nil) }()
+	}
+	if err := n.waitLockWaits(ctx, n.shard, len(n.pools)); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	for range n.pools {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	applied := l.check(t, n.pools[0])
+	if applied["killed"] != 0 {
+		t.Error("the killed holder's increment was applied")
+	}
+	var partial int
+	if err := n.pools[0].QueryRow(ctx, "SELECT count(*) FROM payments WHERE status = 'partial'").Scan(&partial); err != nil || partial != 0 {
+		t.Errorf("%d rows with the killed holder's partial update (%v)", partial, err)
+	}
+}
+
+// TestCitusWorkerRestart stops the worker that holds the payments' shard
+// as a crash would (immediate shutdown) and starts it again, while pollers
+// on every node (advisory on the coordinator, RowLock on the workers; half
+// of them with lock.Options.Retry) update 4 payments: every call returns,
+// work continues after the restart, one row per key, every acknowledged op
+// applied exactly once, none that failed, none of unknown outcome twice;
+// the history is linearizable per key. The cluster is the test's own.
+func TestCitusWorkerRestart(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 3*time.Minute)
+	cluster := citustest.StartCluster(t)
+	n := newCitusNodes(t, ctx, citustest.OnCluster(t, cluster))
+	const perNode, keys = 4, 4
+	retry := entity.WithLockOptions(lock.Options{Retry: pollRetry})
+	var repos []*payment.Repository
+	for i := range n.pools {
+		repos = append(repos, n.repo(i, retry), n.repo(i))
+	}
+	l := newLedger()
+	stop := make(chan struct{})
+	hungc := make(chan []string, 1)
+	// Worker w polls through node w/perNode; even ones with Retry (see
+	// ledger.failures).
+	go func() {
+		hungc <- poll(ctx, l, func(w int) *payment.Repository { return repos[2*(w/perNode)+w%2] }, "w", perNode*len(n.pools), keys, stop)
+	}()
+	waitOK := func(want int) error {
+		return waitFor(ctx, fmt.Sprintf("%d successful calls", want), func() (bool, error) {
+			ok, _, _ := l.counts()
+			return ok >= want, nil
+		})
+	}
+	if err := waitOK(100); err != nil {
+		close(stop)
+		<-hungc
+		t.Fatal(err)
+	}
+	before, _, _ := l.counts()
+	start := time.Now()
+	restartErr := cluster.Workers[n.shard-1].Restart(ctx, "immediate")
+	restarted := time.Since(start)
+	afterErr := waitOK(before + 100)
+	close(stop)
+	hung := <-hungc
+	if restartErr != nil {
+		t.Fatal(restartErr)
+	}
+	if afterErr != nil {
+		t.Fatalf("work did not continue after the restart: %v", afterErr)
+	}
+	if len(hung) > 0 {
+		t.Errorf("%d calls ran into their 30s deadline: %v", len(hung), hung)
+	}
+	gap := longestGap(l.rec.Ops())
+	ok, failed, unknown := l.counts()
+	failedRetrying, failedPlain := l.failures()
+	applied := l.check(t, n.pools[0])
+	t.Logf("FIGURE citus worker restart: restart took %v; longest stretch without a success %v; calls: %d ok, %d failed (%d with Retry, %d without), %d unknown (%d of them committed)",
+		restarted.Round(time.Millisecond), gap.Round(time.Millisecond), ok, failed, failedRetrying, failedPlain, unknown, l.unknownApplied(applied))
+}

@@ -1,0 +1,304 @@
+package payment_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/schema"
+	"github.com/paylock/paylock/internal/testing/citustest"
+	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/testing/racetest"
+	"github.com/paylock/paylock/payment"
+)
+
+// citusPool returns a pool on url, closed when t ends.
+func citusPool(t testing.TB, url string, configure func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if configure != nil {
+		configure(cfg)
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// TestCitusMigrate: on a coordinator, concurrent Migrates make services a
+// reference table and payments a table distributed by service_id, with the
+// unique index valid on every shard; Migrate again changes nothing; on a
+// worker Migrate refuses, naming the coordinator; a local payments table on
+// the coordinator is refused.
+func TestCitusMigrate(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 2*time.Minute)
+	db := citustest.NewDB(t)
+	coord := citusPool(t, db.CoordinatorURL(), nil)
+
+	var g errgroup.Group
+	for range 3 {
+		g.Go(func() error { return payment.Migrate(ctx, coord) })
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := payment.Migrate(ctx, coord); err != nil {
+		t.Fatalf("Migrate again: %v", err)
+	}
+	rows, err := coord.Query(ctx, `SELECT logicalrelid::text, partmethod::text,
+		coalesce(column_to_column_name(logicalrelid, partkey), ''),
+		(SELECT count(*) FROM pg_dist_shard s WHERE s.logicalrelid = p.logicalrelid)
+		FROM pg_dist_partition p ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type dist struct {
+		Table, Method, Column string
+		Shards                int
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[dist])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Table != "payments" || got[0].Method != "h" || got[0].Column != "service_id" ||
+		got[1].Table != "services" || got[1].Method != "n" || got[0].Shards < 2 {
+		t.Fatalf("distributed tables %+v, want payments hash-distributed by service_id and services a reference table", got)
+	}
+	st, err := schema.UniqueIndexState(ctx, coord)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Valid {
+		t.Fatalf("unique index %+v, want valid on every shard", st)
+	}
+	var placements, valid int
+	if err := coord.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE result = '1')
+		FROM run_command_on_placements('payments', $$SELECT count(*) FROM pg_index
+			WHERE indrelid = '%s'::regclass AND indisunique AND indisvalid AND indnkeyatts = 2
+			AND indexrelid::regclass::text LIKE '`+payment.UniqueIndex+`%%'$$)`).Scan(&placements, &valid); err != nil {
+		t.Fatal(err)
+	}
+	if placements != got[0].Shards || valid != placements {
+		t.Fatalf("%d of %d placements have the unique index valid; want every one of %d shards", valid, placements, got[0].Shards)
+	}
+
+	t.Run("Worker", func(t *testing.T) {
+		worker := citusPool(t, db.WorkerURL(0), nil)
+		err := payment.Migrate(ctx, worker)
+		if !errors.Is(err, payment.ErrCitusWorker) {
+			t.Fatalf("Migrate on a worker = %v, want ErrCitusWorker", err)
+		}
+		if want := "127.0.0.1:" + strconv.Itoa(db.Cluster.Coordinator.Port); !strings.Contains(err.Error(), want) {
+			t.Errorf("Migrate on a worker = %q, want it to name the coordinator %s", err, want)
+		}
+		if err := worker.Ping(ctx); err != nil {
+			t.Errorf("the pool after the refusal: %v", err)
+		}
+	})
+
+	t.Run("UniqueOnEveryShard", func(t *testing.T) {
+		// Rows of many services land on every shard; a second row for a key
+		// fails whichever node it is written through.
+		if _, err := coord.Exec(ctx, `INSERT INTO services SELECT g, 's' || g FROM generate_series(1, 64) g;
+			INSERT INTO payments (service_id, line_item_id) SELECT g, 'li_1' FROM generate_series(1, 64) g`); err != nil {
+			t.Fatal(err)
+		}
+		for _, url := range db.URLs() {
+			c, err := pgx.Connect(ctx, url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for s := 1; s <= 64; s += 7 {
+				_, err := c.Exec(ctx, "INSERT INTO payments (service_id, line_item_id) VALUES ($1, 'li_1')", s)
+				var pgErr *pgconn.PgError
+				if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+					t.Errorf("%s: a second row for (%d, li_1): %v, want a unique violation", url, s, err)
+				}
+			}
+			c.Close(ctx)
+		}
+	})
+
+	t.Run("LocalTable", func(t *testing.T) {
+		// A payments table of the single-server schema on the coordinator:
+		// in a schema of its own, first on the pool's search_path.
+		if _, err := coord.Exec(ctx, "CREATE SCHEMA old; SET search_path = old; "+payment.Schema+"; RESET search_path"); err != nil {
+			t.Fatal(err)
+		}
+		old := citusPool(t, db.CoordinatorURL(), func(c *pgxpool.Config) {
+			c.ConnConfig.RuntimeParams["search_path"] = "old, public"
+		})
+		if err := payment.Migrate(ctx, old); !errors.Is(err, payment.ErrNotDistributed) {
+			t.Fatalf("Migrate with a local payments table = %v, want ErrNotDistributed", err)
+		}
+	})
+}
+
+// TestCitusWithOnEveryNode: payment.Distributed reports the table
+// distributed on every node; With on a NewDistributedRepository works
+// through the coordinator (advisory strategy) and through each worker
+// (RowLock, as entity.CheckEngine decides there), on the same payment.
+func TestCitusWithOnEveryNode(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 2*time.Minute)
+	db := citustest.NewDB(t)
+	coord := citusPool(t, db.CoordinatorURL(), nil)
+	if err := payment.Migrate(ctx, coord); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := coord.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
+		t.Fatal(err)
+	}
+	key := payment.Key{ServiceID: 1, LineItemID: "li_1"}
+	for i, url := range db.URLs() {
+		pool := citusPool(t, url, nil)
+		strategy := entity.Advisory
+		if err := entity.CheckEngine(ctx, pool, entity.Advisory); err != nil {
+			if i == 0 || !errors.Is(err, entity.ErrAdvisoryUnsupported) {
+				t.Fatalf("CheckEngine on node %d: %v", i, err)
+			}
+			strategy = entity.RowLock
+		} else if i > 0 {
+			t.Fatalf("CheckEngine accepted the advisory strategy on worker %d", i)
+		}
+		if d, err := payment.Distributed(ctx, pool); err != nil || !d {
+			t.Fatalf("Distributed on node %d = %t, %v; want true", i, d, err)
+		}
+		repo := payment.NewDistributedRepository(pool, entity.WithStrategy(strategy))
+		err := repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			if p.IsNew() != (i == 0) {
+				t.Errorf("node %d: IsNew = %t", i, p.IsNew())
+			}
+			p.AmountCents++
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("With on node %d (%v): %v", i, strategy, err)
+		}
+	}
+	p, err := payment.NewRepository(coord).Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.AmountCents != 3 {
+		t.Fatalf("amount %d after one With per node, want 3", p.AmountCents)
+	}
+}
+
+// TestCitusRaceAcrossNodes: one process per node (the coordinator and each
+// worker), its strategy chosen by entity.CheckEngine (advisory on the
+// coordinator, RowLock on a worker), a NewDistributedRepository each,
+// races on the same keys: one row per
+// key, every acknowledged op applied exactly once, the history
+// linearizable per key.
+func TestCitusRaceAcrossNodes(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 3*time.Minute)
+	db := citustest.NewDB(t)
+	coord := citusPool(t, db.CoordinatorURL(), nil)
+	if err := payment.Migrate(ctx, coord); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := coord.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
+		t.Fatal(err)
+	}
+	const workers, calls = 6, 25
+	var mu sync.Mutex
+	var done []racetest.Call
+	strategies := make([]string, len(db.URLs()))
+	var g errgroup.Group
+	for n, url := range db.URLs() {
+		g.Go(func() error {
+			cmd := pgtest.Command(ctx, "citusrace", url, fmt.Sprintf("n%d.", n), strconv.Itoa(workers), strconv.Itoa(calls))
+			out, err := cmd.Output()
+			if err != nil {
+				return fmt.Errorf("node %d: %w", n, err)
+			}
+			for line := range strings.Lines(string(out)) {
+				if s, ok := strings.CutPrefix(line, "strategy "); ok {
+					strategies[n] = strings.TrimSpace(s)
+					continue
+				}
+				var c racetest.Call
+				if _, err := fmt.Sscanf(line, "%s %s %t %d %d %d %d", &c.Key, &c.Op, &c.Created, &c.ID, &c.Read, &c.CallAt, &c.ReturnAt); err != nil {
+					return fmt.Errorf("node %d printed %q: %w", n, line, err)
+				}
+				mu.Lock()
+				done = append(done, c)
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"advisory", "rowlock", "rowlock"}; !slices.Equal(strategies, want) {
+		t.Errorf("strategies per node %q, want %q", strategies, want)
+	}
+	report := audit(t, ctx, coord, "payments", done, true)
+	for _, p := range report.Problems {
+		t.Error(p)
+	}
+	if want := len(strategies) * workers * calls; report.Calls != want {
+		t.Errorf("%d calls succeeded, want %d", report.Calls, want)
+	}
+	if ok, why := racetest.Linearizable(done); !ok {
+		t.Error("history:", why)
+	}
+	t.Logf("coordinator and %d workers: %v; history linearizable per key", citustest.Workers, report)
+}
+
+// citusRaceWorker is TestCitusRaceAcrossNodes' process: args are the
+// node's database URL, an op prefix, the goroutine count and the calls per
+// goroutine. It prints "strategy NAME", then one line per successful call.
+func citusRaceWorker(ctx context.Context, args []string) error {
+	if len(args) != 4 {
+		return fmt.Errorf("want 4 args, got %q", args)
+	}
+	workers, _ := strconv.Atoi(args[2])
+	calls, _ := strconv.Atoi(args[3])
+	pool, err := pgxpool.New(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	distributed, err := payment.Distributed(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if !distributed {
+		return errors.New("payments is not distributed")
+	}
+	strategy := entity.Advisory
+	if err := entity.CheckEngine(ctx, pool, strategy); errors.Is(err, entity.ErrAdvisoryUnsupported) {
+		strategy = entity.RowLock
+	} else if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stdout, "strategy %v\n", strategy)
+	done, err := racetest.Hammer(ctx, args[1], workers, calls, raceKeys, withDo(payment.NewDistributedRepository(pool, entity.WithStrategy(strategy))))
+	for _, c := range done {
+		fmt.Fprintf(os.Stdout, "%s %s %t %d %d %d %d\n", c.Key, c.Op, c.Created, c.ID, c.Read, c.CallAt, c.ReturnAt)
+	}
+	return err
+}
