@@ -33,9 +33,10 @@ fmt-check: ## fail if gofmt would change a file
 demo: ## the race and the cure side by side (starts a throwaway PostgreSQL unless DATABASE_URL is set)
 	$(GO) run ./cmd/paylock demo
 
-soak: ## the fault tests with 20 rounds of the restart and lock_timeout faults, then 2 minutes of fuzzing
+soak: ## the fault tests with 20 rounds of the restart and lock_timeout faults, 1000 random rounds of the group commit contract, then 2 minutes of fuzzing
 	@$(GO) test -race -count=1 -timeout 30m -v ./internal/testing/faulttest/ -faulttest.rounds=20 > $${TMPDIR:-/tmp}/paylock-soak.log 2>&1; st=$$?; \
 	grep -E 'FIGURE|^(--- FAIL|ok|FAIL)' $${TMPDIR:-/tmp}/paylock-soak.log; echo "full log: $${TMPDIR:-/tmp}/paylock-soak.log"; exit $$st
+	$(GO) test -race -count=1 -run TestGroupCommitContract ./entity/ -contract.rounds=1000
 	$(GO) test -run '^$$' -fuzz FuzzPaymentKey -fuzztime 1m ./payment/
 	$(GO) test -run '^$$' -fuzz FuzzKey -fuzztime 1m ./lock/
 
