@@ -168,7 +168,10 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		g.ok = append(g.ok, m)
 		return true, nil, nil
 	}
-	if panicked = protect(func() { err = g.settle(context.WithoutCancel(m.ctx), tx, v, sql, args, changed) }); panicked != nil || err != nil {
+	// The member's ctx covers its write as it would cover a lone call's: if
+	// it ends meanwhile, pgx closes the connection (see the contract's
+	// exception), but no call waits past its ctx.
+	if panicked = protect(func() { err = g.settle(m.ctx, tx, v, sql, args, changed) }); panicked != nil || err != nil {
 		if panicked != nil {
 			err = fmt.Errorf("entity: Table panicked: %v", panicked)
 		}
