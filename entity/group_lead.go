@@ -321,6 +321,7 @@ func (g *group[K, V]) settleLeader(ctx context.Context) {
 			return
 		}
 		if sql == "" && !g.stale {
+			g.cur = g.written // not fields of p that Save does not write
 			return
 		}
 		err = g.settle(ctx, &memberTx[K, V]{g: g, plain: true, done: true}, g.cur, sql, args, g.stale)

@@ -79,6 +79,7 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 	defer func() {
 		if !returned { // runtime.Goexit in fn: its call never returned, so nothing of it commits
 			tx.shut()
+			tx.m.Close() // and the savepoints fn began: waits for their statements in flight
 			g.undo(context.WithoutCancel(m.ctx), tx, errGoexit)
 			if leader {
 				g.broke(errGoexit, false)
@@ -163,8 +164,11 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		g.ok = append(g.ok, m)
 		return true, nil, nil
 	}
-	if sql == "" && !changed {
-		g.cur = v // nothing to write, nothing to read
+	if sql == "" && !changed && !tx.used {
+		// Nothing to write, nothing to read: the next member gets the row
+		// as the transaction holds it, not fields of p that Save does not
+		// write (as the next call would read it).
+		g.cur = g.written
 		g.ok = append(g.ok, m)
 		return true, nil, nil
 	}
@@ -206,8 +210,16 @@ func protect(f func()) (panicked any) {
 func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql string, args []any, changed bool) error {
 	b := &pgx.Batch{}
 	n := 0
-	if !tx.opened() {
+	checked := false
+	switch {
+	case !tx.opened():
 		n = g.openSQL(b, tx)
+	case !tx.plain:
+		// fn ran SQL: first make sure this is still the group's
+		// transaction ("COMMIT; BEGIN" in fn), so that a break is charged
+		// to the member that made it.
+		b.Queue(txn.CheckSQL)
+		checked = true
 	}
 	if sql != "" {
 		b.Queue(sql, args...)
@@ -231,6 +243,15 @@ func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql 
 		tx.mu.Unlock()
 		g.openSP = tx.name
 		g.withSQL++
+	}
+	if checked {
+		if _, err := br.Exec(); err != nil {
+			if txn.EndedByFn(err) {
+				err = fmt.Errorf("%w: %w", ErrTxEnded, err)
+				g.broke(err, true)
+			}
+			return err
+		}
 	}
 	if sql != "" {
 		if _, err := br.Exec(); err != nil {

@@ -15,6 +15,25 @@ type preparedSQL struct {
 	// sds: nil for a statement forgotten (see forget), to deallocate
 	// before it is prepared again.
 	sds map[string]*pgconn.StatementDescription
+	// names fn prepared statements under itself (tx.Prepare): fn runs
+	// them by name, which is not SQL to prepare.
+	names map[string]bool
+}
+
+// named records name as one fn prepared a statement under.
+func (p *preparedSQL) named(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.names == nil {
+		p.names = make(map[string]bool)
+	}
+	p.names[name] = true
+}
+
+func (p *preparedSQL) isNamed(name string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.names[name]
 }
 
 const (

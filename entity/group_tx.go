@@ -182,7 +182,7 @@ func (t *memberTx[K, V]) prepare(ctx context.Context, sql string, args []any) er
 		return nil
 	}
 	ps := preparedOn(t.g.conn)
-	if ps.get(sql) != nil {
+	if ps.get(sql) != nil || ps.isNamed(sql) {
 		return nil
 	}
 	// Named by its own text: pgx runs a statement by the name it was
@@ -376,7 +376,17 @@ func (t *memberTx[K, V]) Prepare(ctx context.Context, name, sql string) (*pgconn
 		return nil, pgx.ErrTxClosed
 	}
 	defer t.gate.RUnlock()
-	return t.m.Prepare(ctx, name, sql)
+	// Inside the member's savepoint: a statement PostgreSQL refuses to
+	// parse fails this member alone.
+	if err := t.start(ctx, false); err != nil {
+		return nil, err
+	}
+	sd, err := t.m.Prepare(ctx, name, sql)
+	if err == nil && name != sql {
+		// fn runs it by name: never prepare that name as SQL (see prepare).
+		preparedOn(t.g.conn).named(name)
+	}
+	return sd, err
 }
 
 // Exec runs a statement in the member's savepoint, in one round trip with
@@ -607,7 +617,13 @@ func (r *memberRows[K, V]) RawValues() [][]byte {
 	return r.rows.RawValues()
 }
 
-func (r *memberRows[K, V]) Conn() *pgx.Conn { return nil }
+func (r *memberRows[K, V]) Conn() *pgx.Conn {
+	if !r.t.enter() {
+		return nil
+	}
+	defer r.t.gate.RUnlock()
+	return r.rows.Conn()
+}
 
 func (r *memberRows[K, V]) TypeMap() *pgtype.Map { return r.rows.TypeMap() }
 
