@@ -67,9 +67,9 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 			return false, nil, txn.BeforeCommit(g.r.classify(fmt.Errorf("entity: with %s: %w", g.lk, err)), pc.IsClosed())
 		}
 		m.ev.Created = created
-	case g.cur == g.before:
-		panicked = protect(func() { v = g.cloner.Clone(g.before, g.created) })
 	default:
+		// Not new, whoever created it: the leader's call succeeded (else
+		// nobody joins), as the call before this one would have.
 		panicked = protect(func() { v = g.cloner.Clone(g.cur, false) })
 	}
 	if panicked != nil {
