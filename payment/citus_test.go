@@ -138,6 +138,36 @@ func TestCitusMigrate(t *testing.T) {
 		}
 	})
 
+	t.Run("RepairsShardIndex", func(t *testing.T) {
+		// One shard's copy of the unique index marked invalid, as a failed
+		// concurrent build leaves it: Migrate drops the index everywhere
+		// and builds it again, concurrently.
+		w, err := pgx.Connect(ctx, db.WorkerURL(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close(ctx)
+		// Citus hides the shards from other applications' catalog queries.
+		if _, err := w.Exec(ctx, "SET citus.show_shards_for_app_name_prefixes = '*'"); err != nil {
+			t.Fatal(err)
+		}
+		tag, err := w.Exec(ctx, `UPDATE pg_index SET indisvalid = false WHERE indexrelid = (
+			SELECT indexrelid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+			WHERE c.relname LIKE '`+payment.UniqueIndex+`\_%' ORDER BY c.relname LIMIT 1)`)
+		if err != nil || tag.RowsAffected() != 1 {
+			t.Fatalf("invalidate a shard's index: %v (%d rows)", err, tag.RowsAffected())
+		}
+		if st, err := schema.UniqueIndexState(ctx, coord); err != nil || st.Valid {
+			t.Fatalf("UniqueIndexState with a shard's index invalid = %+v, %v; want not valid", st, err)
+		}
+		if err := payment.Migrate(ctx, coord); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := schema.UniqueIndexState(ctx, coord); err != nil || !st.Valid {
+			t.Fatalf("UniqueIndexState after Migrate = %+v, %v; want valid on every shard", st, err)
+		}
+	})
+
 	t.Run("LocalTable", func(t *testing.T) {
 		// A payments table of the single-server schema on the coordinator:
 		// in a schema of its own, first on the pool's search_path.
