@@ -67,7 +67,7 @@ func Discover(ctx context.Context, adminURL string) (c Cluster, ok bool, err err
 			c.Coordinator.Host, c.Coordinator.Port = host, port
 			return nil
 		}
-		u, err := withHostPort(adminURL, host, port)
+		u, err := WithHostPort(adminURL, host, port)
 		c.Workers = append(c.Workers, Node{Host: host, Port: port, URL: u})
 		return err
 	})
@@ -86,7 +86,7 @@ func Create(ctx context.Context, c Cluster, name string) error {
 			if err := exec(ctx, n.URL, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
 				return fmt.Errorf("citusdb: create database on %s:%d: %w", n.Host, n.Port, err)
 			}
-			u, err := withDatabase(n.URL, name)
+			u, err := WithDatabase(n.URL, name)
 			if err == nil {
 				err = exec(ctx, u, "CREATE EXTENSION IF NOT EXISTS citus")
 			}
@@ -99,7 +99,7 @@ func Create(ctx context.Context, c Cluster, name string) error {
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	u, err := withDatabase(c.Coordinator.URL, name)
+	u, err := WithDatabase(c.Coordinator.URL, name)
 	if err != nil {
 		return err
 	}
@@ -157,8 +157,9 @@ func exec(ctx context.Context, u, sql string) error {
 	return err
 }
 
-// withDatabase returns connString naming database db.
-func withDatabase(connString, db string) (string, error) {
+// WithDatabase returns connString (a URL or keyword/value string) naming
+// database db.
+func WithDatabase(connString, db string) (string, error) {
 	if u, err := url.Parse(connString); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
 		u.Path = "/" + db
 		return u.String(), nil
@@ -166,8 +167,9 @@ func withDatabase(connString, db string) (string, error) {
 	return connString + " dbname=" + db, nil
 }
 
-// withHostPort returns connString pointing at host:port.
-func withHostPort(connString, host string, port int) (string, error) {
+// WithHostPort returns connString (a URL or keyword/value string)
+// pointing at host:port.
+func WithHostPort(connString, host string, port int) (string, error) {
 	if u, err := url.Parse(connString); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
 		u.Host = net.JoinHostPort(host, strconv.Itoa(port))
 		return u.String(), nil

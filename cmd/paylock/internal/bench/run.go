@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"runtime"
 	"slices"
@@ -67,7 +66,7 @@ func Run(ctx context.Context, opts *Options, args []string, stdout, stderr io.Wr
 		}
 		defer p.Close()
 		p.SetLatency(opts.latency / 2) // each way
-		connString, err = withHostPort(connString, "127.0.0.1", p.Port())
+		connString, err = citusdb.WithHostPort(connString, "127.0.0.1", p.Port())
 		if err != nil {
 			return err
 		}
@@ -188,7 +187,7 @@ func createDatabase(ctx context.Context, adminURL, db string) (string, func(), e
 			drop()
 			return "", nil, fmt.Errorf("create database: %w", err)
 		}
-		u, err := withDatabase(adminURL, db)
+		u, err := citusdb.WithDatabase(adminURL, db)
 		if err != nil {
 			drop()
 			return "", nil, err
@@ -211,7 +210,7 @@ func createDatabase(ctx context.Context, adminURL, db string) (string, func(), e
 			conn.Close(ctx)
 		}
 	}
-	u, err := withDatabase(adminURL, db)
+	u, err := citusdb.WithDatabase(adminURL, db)
 	if err != nil {
 		drop()
 		return "", nil, err
@@ -233,22 +232,4 @@ func setup(ctx context.Context, pool *pgxpool.Pool, rep *Report) error {
 	}
 	return pool.QueryRow(ctx, "SELECT current_setting('server_version'), current_setting('synchronous_commit'), current_setting('fsync')").
 		Scan(&rep.ServerVersion, &rep.SynchronousCommit, &rep.Fsync)
-}
-
-// withDatabase returns connString naming database db.
-func withDatabase(connString, db string) (string, error) {
-	if u, err := url.Parse(connString); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		u.Path = "/" + db
-		return u.String(), nil
-	}
-	return connString + " dbname=" + db, nil
-}
-
-// withHostPort returns connString pointing at host:port.
-func withHostPort(connString, host string, port int) (string, error) {
-	if u, err := url.Parse(connString); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		u.Host = net.JoinHostPort(host, strconv.Itoa(port))
-		return u.String(), nil
-	}
-	return fmt.Sprintf("%s host=%s port=%d", connString, host, port), nil
 }
