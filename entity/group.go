@@ -47,8 +47,10 @@ type Cloner[V any] interface {
 // side effect of fn — except for latency, and except that a failure of the
 // shared COMMIT (or of the connection) reaches every member whose fn
 // succeeded, with nothing committed ([ErrGroupRolledBack] when another
-// member broke the connection). No call waits past its ctx. A lone caller
-// runs exactly as without the option.
+// member broke the connection). No call waits past its ctx: a member whose
+// ctx ends after its fn returned, before the group's outcome, gets
+// lock.ErrCommitUnknown with ctx's error (the group may yet commit its
+// part). A lone caller runs exactly as without the option.
 //
 // So a member's row is written, and read back, in its own savepoint once
 // its fn returned, before the next member's turn (one round trip when fn

@@ -268,3 +268,48 @@ func isCode(err error, code string) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == code
 }
+
+// TestGroupCommitMemberReturnsAtItsCtx: member 1's fn returns at once and
+// its ctx ends while member 2's fn still runs. No call waits past its ctx:
+// member 1 returns then, before member 2's fn ends, with
+// lock.ErrCommitUnknown and its ctx's error (the group may yet commit its
+// part, and does).
+func TestGroupCommitMemberReturnsAtItsCtx(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	type member1 struct{}
+	returned := make(chan struct{}) // member 1's call ended (its Done hook ran)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithHooks(entity.Hooks{
+		Done: func(ctx context.Context, _ entity.Event) {
+			if ctx.Value(member1{}) != nil {
+				close(returned)
+			}
+		},
+	}))
+	ctx1, cancel1 := context.WithCancel(context.WithValue(ctx, member1{}, true))
+	defer cancel1()
+	var waited bool
+	res := groupedBounded(t, ctx, repo, payment.Key{ServiceID: 1, LineItemID: "li_ctx_return"}, []context.Context{nil, ctx1},
+		payNoop,
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			cancel1() // member 1's ctx ends while this fn runs
+			select {
+			case <-returned:
+				waited = true
+			case <-time.After(30 * time.Second): // only a member 1 that waits for this fn gets here
+			}
+			p.AmountCents += 10
+			return nil
+		},
+	)
+	if !waited {
+		t.Errorf("member 1 (%v) did not return while member 2's fn ran", res[1].err)
+	}
+	if !errors.Is(res[1].err, lock.ErrCommitUnknown) || !errors.Is(res[1].err, context.Canceled) {
+		t.Errorf("member 1: %v, want ErrCommitUnknown and context.Canceled", res[1].err)
+	}
+	if amount, _ := payRow(t, ctx, pool, payment.Key{ServiceID: 1, LineItemID: "li_ctx_return"}); amount != 11 {
+		t.Errorf("amount %d, want 11: member 1's part was committed with the group", amount)
+	}
+}

@@ -110,7 +110,7 @@ func (r *Repository[K, V]) withGroup(ctx context.Context, k K, fn func(ctx conte
 			if !ok {
 				return err
 			}
-			return <-m.done
+			return g.outcome(ctx, m)
 		}
 	}
 	err, panicked = r.lead(ctx, k, lk, m)
@@ -118,6 +118,31 @@ func (r *Repository[K, V]) withGroup(ctx context.Context, k K, fn func(ctx conte
 		panic(panicked)
 	}
 	return err
+}
+
+// outcome waits for the group's outcome for m, whose fn succeeded, or for
+// ctx to end first: no call waits past its ctx. Its part can't be taken
+// out of the group any more, so a call whose ctx ends first gets
+// lock.ErrCommitUnknown with ctx's error: the group may yet commit it.
+func (g *group[K, V]) outcome(ctx context.Context, m *member[K, V]) error {
+	done := func(err error) error {
+		if err == nil {
+			m.ev.stage, m.ev.GroupSize = stageDone, g.size // set before the outcome was sent
+		}
+		return err
+	}
+	select {
+	case err := <-m.done:
+		return done(err)
+	case <-ctx.Done():
+	}
+	select {
+	case err := <-m.done:
+		return done(err)
+	default:
+		return fmt.Errorf("entity: with %s: %w: its fn returned, and its group had not committed when ctx ended: %w",
+			g.lk, txn.ErrCommitUnknown, ctx.Err())
+	}
 }
 
 // waitTurn waits until a leader takes m into its group (returned) or makes
@@ -400,10 +425,9 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 		}
 		return g.r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
 	}
-	for _, o := range g.ok {
-		o.ev.stage = stageDone
-		o.ev.GroupSize = g.size
-	}
+	// The leader's Event; each member sets its own when it gets the
+	// outcome (it may have returned already: see outcome).
+	g.ok[0].ev.stage, g.ok[0].ev.GroupSize = stageDone, g.size
 	return nil
 }
 
