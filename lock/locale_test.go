@@ -138,6 +138,9 @@ func TestServerInGermanClassifiesEveryPath(t *testing.T) {
 			t.Run("SerializationFailureIsRetried", func(t *testing.T) {
 				retried(t, lock.Options{}, "40001", func(ctx context.Context, q do) error { return q(ctx, raise("40001")) })
 			})
+			t.Run("ServerConnectionExceptionIsRetried", func(t *testing.T) { // Citus: a worker out of reach
+				retried(t, lock.Options{}, "08006", func(ctx context.Context, q do) error { return q(ctx, raise("08006")) })
+			})
 			t.Run("DeadlockIsRetried", func(t *testing.T) {
 				retried(t, lock.Options{}, "40P01", func(ctx context.Context, q do) error { return q(ctx, raise("40P01")) })
 			})

@@ -23,6 +23,9 @@ var ErrCommitUnknown = txn.ErrCommitUnknown
 //     whether from the lock (the error then matches ErrDeadlock) or from a
 //     statement of fn's (fn's error is returned unchanged: errors.As finds
 //     the *pgconn.PgError);
+//   - a connection exception the server reports before COMMIT (SQLSTATE
+//     class 08: a Citus coordinator that could not reach a worker); at
+//     COMMIT it is ErrCommitUnknown;
 //   - the connection lost before COMMIT was sent: a dial that failed, a
 //     server restart or pg_terminate_backend, a network reset, the server
 //     ending an idle transaction (IdleTimeout). PostgreSQL commits nothing

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -74,6 +75,12 @@ func AfterCommit(err error) error {
 	if err == nil {
 		return nil
 	}
+	if connectionException(err) {
+		// Reported by the server about a connection of its own (Citus's
+		// coordinator about a worker): whether the worker committed is
+		// unknown.
+		return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
+	}
 	if serverError(err) || errors.Is(err, pgx.ErrTxCommitRollback) || errors.As(err, new(*notSentError)) {
 		return err
 	}
@@ -102,8 +109,9 @@ func (e *lostError) Unwrap() []error {
 }
 
 // Retryable reports whether a transaction that failed with err may be run
-// again: a serialization failure (40001), a deadlock (40P01), or a connection
-// lost before COMMIT was sent. Never after ErrCommitUnknown, never once ctx is
+// again: a serialization failure (40001), a deadlock (40P01), a connection
+// exception the server reported (class 08: a Citus worker out of reach), or
+// a connection lost before COMMIT was sent. Never after ErrCommitUnknown, never once ctx is
 // done, never for a lock or statement timeout (the caller's own bound).
 func Retryable(ctx context.Context, err error) bool {
 	return ctx.Err() == nil && transient(err)
@@ -118,7 +126,17 @@ func transient(err error) bool {
 		return true
 	}
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01") || connectionException(err)
+}
+
+// connectionException reports whether err is a server's error of class 08
+// (connection exception) on a connection that is itself fine: Citus's
+// coordinator reports so a worker it could not reach ("08006"). Before
+// COMMIT nothing was committed, and the transaction may run again; at
+// COMMIT, AfterCommit makes it ErrCommitUnknown.
+func connectionException(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "08")
 }
 
 // Retry is the policy of lock.Retry: Attempts in all, waiting a random time
