@@ -22,8 +22,6 @@ type group[K, V any] struct {
 	cloner  Cloner[V]
 	lk      lock.Key
 	conn    *pgx.Conn
-	created bool
-	before  *V   // the row as read
 	first   *V   // the leader's copy
 	cur     *V   // the row as the last successful member left it
 	written *V   // the row as the transaction holds it
@@ -230,8 +228,8 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed()), nil
 	}
 	g := &group[K, V]{
-		k: k, r: r, cloner: r.table.(Cloner[V]), lk: lk, conn: conn.Conn(), created: ev.Created,
-		before: before, first: v, cur: before, written: before,
+		k: k, r: r, cloner: r.table.(Cloner[V]), lk: lk, conn: conn.Conn(),
+		first: v, cur: before, written: before,
 	}
 	g.txs, g.ok = g.txs0[:0], g.ok0[:0]
 	g.lastSQL = time.Now() // lockAndLoad's round trip just ended

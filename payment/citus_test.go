@@ -268,8 +268,8 @@ func TestCitusRaceAcrossNodes(t *testing.T) {
 					strategies[n] = strings.TrimSpace(s)
 					continue
 				}
-				var c racetest.Call
-				if _, err := fmt.Sscanf(line, "%s %s %t %d %d %d %d", &c.Key, &c.Op, &c.Created, &c.ID, &c.Read, &c.CallAt, &c.ReturnAt); err != nil {
+				c, err := racetest.ParseCall(line)
+				if err != nil {
 					return fmt.Errorf("node %d printed %q: %w", n, line, err)
 				}
 				mu.Lock()
@@ -328,7 +328,7 @@ func citusRaceWorker(ctx context.Context, args []string) error {
 	fmt.Fprintf(os.Stdout, "strategy %v\n", strategy)
 	done, err := racetest.Hammer(ctx, args[1], workers, calls, raceKeys, withDo(payment.NewDistributedRepository(pool, entity.WithStrategy(strategy))))
 	for _, c := range done {
-		fmt.Fprintf(os.Stdout, "%s %s %t %d %d %d %d\n", c.Key, c.Op, c.Created, c.ID, c.Read, c.CallAt, c.ReturnAt)
+		fmt.Fprintln(os.Stdout, c)
 	}
 	return err
 }

@@ -253,12 +253,12 @@ func (p *poller) finish() (result, error) {
 		return r, fmt.Errorf("%s: %w: %s", p.name, err, p.stderr.String())
 	}
 	for line := range strings.Lines(string(out)) {
-		var c racetest.Call
 		if f := strings.Fields(line); len(f) == 4 && f[0] == "ERR" {
 			r.errors[f[3]]++
 			continue
 		}
-		if _, err := fmt.Sscanf(line, "%s %s %t %d %d %d %d", &c.Key, &c.Op, &c.Created, &c.ID, &c.Read, &c.CallAt, &c.ReturnAt); err != nil {
+		c, err := racetest.ParseCall(line)
+		if err != nil {
 			return r, fmt.Errorf("%s printed %q: %w", p.name, line, err)
 		}
 		r.calls = append(r.calls, c)

@@ -172,8 +172,8 @@ func raceProcesses(t *testing.T, mode string) {
 				return fmt.Errorf("worker %d: %w", p, err)
 			}
 			for line := range strings.Lines(string(out)) {
-				var c racetest.Call
-				if _, err := fmt.Sscanf(line, "%s %s %t %d %d %d %d", &c.Key, &c.Op, &c.Created, &c.ID, &c.Read, &c.CallAt, &c.ReturnAt); err != nil {
+				c, err := racetest.ParseCall(line)
+				if err != nil {
 					return fmt.Errorf("worker %d printed %q: %w", p, line, err)
 				}
 				mu.Lock()
@@ -220,7 +220,7 @@ func raceWorker(ctx context.Context, args []string) error {
 	defer pool.Close()
 	done, err := racetest.Hammer(ctx, args[1], workers, calls, raceKeys, withDo(payment.NewRepository(pool, opts...)))
 	for _, c := range done {
-		fmt.Fprintf(os.Stdout, "%s %s %t %d %d %d %d\n", c.Key, c.Op, c.Created, c.ID, c.Read, c.CallAt, c.ReturnAt)
+		fmt.Fprintln(os.Stdout, c)
 	}
 	return err
 }

@@ -33,6 +33,20 @@ type Call struct {
 	CallAt, ReturnAt int64
 }
 
+// String is c as one line of text, the form a worker process (in Go, Ruby
+// or Python) prints a call in and ParseCall reads: key, op, created, id,
+// read, call and return times, separated by spaces.
+func (c Call) String() string {
+	return fmt.Sprintf("%s %s %t %d %d %d %d", c.Key, c.Op, c.Created, c.ID, c.Read, c.CallAt, c.ReturnAt)
+}
+
+// ParseCall reads a call from its line (see Call.String).
+func ParseCall(line string) (Call, error) {
+	var c Call
+	_, err := fmt.Sscanf(line, "%s %s %t %d %d %d %d", &c.Key, &c.Op, &c.Created, &c.ID, &c.Read, &c.CallAt, &c.ReturnAt)
+	return c, err
+}
+
 // Do performs operation op on key k: add 1 and append op. It returns what it
 // saw.
 type Do func(ctx context.Context, k int, op string) (Call, error)
