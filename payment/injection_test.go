@@ -72,14 +72,16 @@ func TestWithHostileKeys(t *testing.T) {
 	}()
 	want := "/*paylock_key='" + k.LockKey().String() + "'*/"
 	var query string
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(time.Minute) // only a hang takes that long
 	for {
 		err := pool.QueryRow(ctx, `SELECT coalesce(max(query), '') FROM pg_stat_activity
 			WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'`).Scan(&query)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if query != "" || time.Now().After(deadline) {
+		// Until the waiter's own statement shows: under load the row may
+		// still show a statement of the same pipeline.
+		if strings.HasSuffix(query, want) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
