@@ -1,12 +1,15 @@
 // Package goldenkeys reads the golden lock keys of the repository's
-// testdata/keys.json, shared by the Go, SQL, Ruby and Python tests: each
-// entry is a key's namespace and parts, its 64-bit id and its string form.
+// testdata/keys.json, shared by the Go, SQL, Ruby, Python and Node.js tests:
+// each entry is a key's namespace and parts, its 64-bit id (as a JSON number
+// and, for readers whose numbers are doubles, as a decimal string) and its
+// string form.
 package goldenkeys
 
 import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -15,7 +18,10 @@ type Key struct {
 	Namespace string   `json:"namespace"`
 	Parts     []string `json:"parts"`
 	ID        int64    `json:"id"`
-	Key       string   `json:"key"` // lock.Key.String
+	// IDStr is ID in decimal: JavaScript's JSON.parse rounds every id of
+	// the file to a double, so a Node.js client reads this one.
+	IDStr string `json:"id_str"`
+	Key   string `json:"key"` // lock.Key.String
 }
 
 // Path returns the absolute path of testdata/keys.json in the module that
@@ -48,6 +54,11 @@ func Read(t testing.TB) []Key {
 	var keys []Key
 	if err := json.Unmarshal(b, &keys); err != nil {
 		t.Fatalf("testdata/keys.json: %v", err)
+	}
+	for _, k := range keys {
+		if k.IDStr != strconv.FormatInt(k.ID, 10) {
+			t.Fatalf("testdata/keys.json: key %q: id_str %q is not id %d", k.Key, k.IDStr, k.ID)
+		}
 	}
 	return keys
 }
