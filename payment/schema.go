@@ -26,6 +26,14 @@ var Schema string
 //go:embed schema_citus.sql
 var CitusSchema string
 
+// SchemaScript returns the whole schema Migrate creates on a single server
+// (not Citus) as one idempotent SQL script, for a team without Go: [Schema],
+// then [UniqueIndex] built CONCURRENTLY, with checks that stop the script
+// where Migrate would stop (duplicates, an INVALID index). Run it with
+// psql -v ON_ERROR_STOP=1 -f, not in a transaction. `paylock migrate
+// --print-sql` prints it.
+func SchemaScript() string { return schema.Script(Schema) }
+
 // UniqueIndex is the name of the UNIQUE index on payments (service_id,
 // line_item_id): the safety net under the advisory lock.
 const UniqueIndex = schema.UniqueIndex

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 
 	"github.com/paylock/paylock/payment"
 )
@@ -23,12 +25,22 @@ them, then migrate again. Needs a direct connection, not pgbouncer in
 transaction pooling mode. On a Citus coordinator it makes services a
 reference table and payments a table distributed by service_id, the unique
 index on every shard; on a Citus worker it changes nothing and exits 1,
-naming the coordinator.`,
+naming the coordinator.
+
+--print-sql prints the same schema as one SQL script, for psql -v
+ON_ERROR_STOP=1 -f, and connects to nothing.`,
+	flags: func(fs *flag.FlagSet) any {
+		return fs.Bool("print-sql", false, "print the schema as SQL for psql instead of applying it; needs no database")
+	},
 	validate: noArgs,
 	run:      runMigrate,
 }
 
 func runMigrate(ctx context.Context, c *call) error {
+	if *c.flags.(*bool) {
+		_, err := io.WriteString(c.stdout, payment.SchemaScript())
+		return err
+	}
 	pool, err := c.connect(ctx)
 	if err != nil {
 		return err
