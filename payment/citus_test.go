@@ -234,6 +234,45 @@ func TestCitusWithOnEveryNode(t *testing.T) {
 	}
 }
 
+// TestCitusUnknownService: a key whose service_id has no services row
+// fails with ErrUnknownService on every node, with either repository and
+// strategy, although Citus names the shard's foreign key
+// (payments_service_id_fkey_<shard id>) on a worker and passes no
+// constraint name at all through the coordinator; nothing is written.
+func TestCitusUnknownService(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 2*time.Minute)
+	db := citustest.NewDB(t)
+	coord := citusPool(t, db.CoordinatorURL(), nil)
+	if err := payment.Migrate(ctx, coord); err != nil {
+		t.Fatal(err)
+	}
+	for i, url := range db.URLs() {
+		pool := citusPool(t, url, nil)
+		strategy := entity.Advisory
+		if i > 0 {
+			strategy = entity.RowLock
+		}
+		for name, repo := range map[string]*payment.Repository{
+			"NewRepository":            payment.NewRepository(pool, entity.WithStrategy(strategy)),
+			"NewDistributedRepository": payment.NewDistributedRepository(pool, entity.WithStrategy(strategy)),
+		} {
+			err := repo.With(ctx, payment.Key{ServiceID: 99, LineItemID: "li_1"}, func(context.Context, pgx.Tx, *payment.Payment) error {
+				t.Errorf("node %d, %s: fn called for an unknown service", i, name)
+				return nil
+			})
+			var pgErr *pgconn.PgError
+			if !errors.Is(err, payment.ErrUnknownService) || !errors.As(err, &pgErr) || pgErr.Code != "23503" {
+				t.Errorf("node %d, %s: With on an unknown service = %v; want ErrUnknownService and the 23503", i, name, err)
+			}
+		}
+	}
+	var n int
+	if err := coord.QueryRow(ctx, "SELECT count(*) FROM payments").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d payments after the refused calls (%v), want 0", n, err)
+	}
+}
+
 // TestCitusRaceAcrossNodes: one process per node (the coordinator and each
 // worker), its strategy chosen by entity.CheckEngine (advisory on the
 // coordinator, RowLock on a worker), a NewDistributedRepository each,

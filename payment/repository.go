@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -191,8 +194,36 @@ func (Table) Save(before, after *Payment) (string, []any, error) {
 // service_id.
 func (Table) ClassifyError(err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23503" && pgErr.ConstraintName == "payments_service_id_fkey" {
+	if errors.As(err, &pgErr) && pgErr.Code == "23503" && serviceKeyViolated(pgErr) {
 		return fmt.Errorf("%w: %w", ErrUnknownService, err)
 	}
 	return err
+}
+
+// serviceKey is the name of payments' foreign key on service_id.
+const serviceKey = "payments_service_id_fkey"
+
+// serviceKeyViolated reports whether e, a foreign-key violation, is
+// serviceKey's. One server names the constraint; a Citus worker names its
+// shard's copy, serviceKey + "_<shard id>"; a Citus coordinator relays a
+// worker's error without the constraint name, whose message names it then
+// (an identifier, untranslated whatever the worker's lc_messages).
+func serviceKeyViolated(e *pgconn.PgError) bool {
+	name := e.ConstraintName
+	if name == "" {
+		i := strings.Index(e.Message, serviceKey)
+		if i < 0 {
+			return false
+		}
+		end := i + strings.IndexFunc(e.Message[i:]+" ", func(r rune) bool {
+			return r != '_' && !unicode.IsLetter(r) && !unicode.IsDigit(r)
+		})
+		name = e.Message[i:end]
+	}
+	shard, ok := strings.CutPrefix(name, serviceKey+"_")
+	if !ok {
+		return name == serviceKey
+	}
+	_, err := strconv.ParseUint(shard, 10, 64)
+	return err == nil
 }
