@@ -183,6 +183,48 @@ func TestCitusMigrate(t *testing.T) {
 	})
 }
 
+// TestCitusMigrateHostileSchema: payments in a schema whose name needs
+// quoting (a quote, a space, upper case) on the pool's search_path: Migrate
+// distributes it with the unique index valid on every shard, and a second
+// Migrate leaves that index alone (the same index, never dropped and built
+// again, which would leave the shards without their safety net meanwhile).
+func TestCitusMigrateHostileSchema(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 2*time.Minute)
+	db := citustest.NewDB(t)
+	const name = `Pay's "ments"`
+	coord := citusPool(t, db.CoordinatorURL(), nil)
+	if _, err := coord.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	pool := citusPool(t, db.CoordinatorURL(), func(c *pgxpool.Config) {
+		c.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{name}.Sanitize()
+	})
+	index := func() (oid uint32) {
+		t.Helper()
+		if err := pool.QueryRow(ctx, "SELECT to_regclass($1)::oid", pgx.Identifier{name, payment.UniqueIndex}.Sanitize()).Scan(&oid); err != nil {
+			t.Fatal(err)
+		}
+		return oid
+	}
+	if err := payment.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	first := index()
+	if st, err := schema.UniqueIndexState(ctx, pool); err != nil || !st.Valid {
+		t.Fatalf("UniqueIndexState after Migrate = %+v, %v; want valid on every shard", st, err)
+	}
+	if err := payment.Migrate(ctx, pool); err != nil {
+		t.Fatalf("Migrate again: %v", err)
+	}
+	if again := index(); again != first {
+		t.Fatalf("Migrate again replaced the unique index (oid %d, then %d)", first, again)
+	}
+	if d, err := payment.Distributed(ctx, pool); err != nil || !d {
+		t.Fatalf("Distributed = %t, %v; want true", d, err)
+	}
+}
+
 // TestCitusWithOnEveryNode: payment.Distributed reports the table
 // distributed on every node; With on a NewDistributedRepository works
 // through the coordinator (advisory strategy) and through each worker

@@ -122,10 +122,15 @@ func shardsValid(ctx context.Context, q Querier) (bool, error) {
 	if err := queryRow(ctx, q, "SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'payments'::regclass)", &distributed); err != nil || !distributed {
 		return true, err
 	}
+	// run_command_on_placements puts each shard's name, quoted as an
+	// identifier, in the command with format(): %L makes it a literal, so a
+	// schema name holding a quote can't break the command (a failed
+	// command would read as an invalid index, dropped and built again by
+	// every Migrate).
 	var valid bool
 	err := queryRow(ctx, q, `SELECT coalesce(bool_and(success AND result = 't'), false)
 		FROM run_command_on_placements('payments', $$SELECT EXISTS (SELECT FROM pg_index i
-			WHERE i.indrelid = '%s'::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+			WHERE i.indrelid = %L::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
 			AND (SELECT array_agg(a.attname ORDER BY k.n) FROM unnest(i.indkey) WITH ORDINALITY k(attnum, n)
 			     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)
 			    = ARRAY['service_id', 'line_item_id']::name[])$$)`, &valid)
