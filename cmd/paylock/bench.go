@@ -9,21 +9,25 @@ import (
 
 var cmdBench = &command{
 	name:    "bench",
-	usage:   "[bench flags]",
 	summary: "measure paylock against the naive code (see cmd/paylock/internal/bench)",
+	help:    bench.Help(),
 	flags: func(fs *flag.FlagSet) any {
 		o := new(bench.Options)
-		o.Flags(fs) // --database-url included: bench's own, with its own default
+		o.Flags(fs)
 		return o
 	},
-	printHelp: bench.PrintHelp,
 	validate: func(c *call) error {
 		if err := c.flags.(*bench.Options).Validate(c.args); err != nil {
 			return usageError{err.Error()}
 		}
 		return nil
 	},
-	run: func(ctx context.Context, c *call) error {
-		return bench.Run(ctx, c.flags.(*bench.Options), c.argv, c.stdout, c.stderr)
+	run: func(ctx context.Context, c *call) (err error) {
+		connString, _, stop, err := c.serverOrThrowaway(ctx, c.stderr)
+		if err != nil {
+			return err
+		}
+		defer stop(&err)
+		return bench.Run(ctx, c.flags.(*bench.Options), connString, c.argv, c.stdout, c.stderr)
 	},
 }

@@ -45,7 +45,7 @@ func TestBenchEscapes(t *testing.T) {
 // TestBenchHelp: bench's --help lists its strategies and its own flags.
 func TestBenchHelp(t *testing.T) {
 	out := mustRun(t, context.Background(), "bench", "--help")
-	for _, want := range []string{"usage: paylock bench [flags]", "  paylock ", "-strategies", "-database-url", "CREATE DATABASE"} {
+	for _, want := range []string{"Usage: paylock bench [flags]", "  paylock ", "-strategies", "-database-url", "CREATE DATABASE", "throwaway"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("paylock bench --help lacks %q:\n%s", want, out)
 		}

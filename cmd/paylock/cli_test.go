@@ -121,7 +121,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"nope"}, 2, "", `unknown command "nope"`},
 		{[]string{"locks", "--help"}, 0, "JSON (--json) fields", ""},
 		{[]string{"help", "dedupe"}, 0, "payment_duplicates", ""},
-		{[]string{"locks", "--bogus"}, 2, "", "flag provided but not defined: -bogus"},
+		{[]string{"locks", "--bogus"}, 2, "", "unknown flag --bogus"},
 		{[]string{"locks", "payments"}, 2, "", "did you mean --key payments"},
 		{[]string{"locks", "--watch=1ns"}, 2, "", "at least 100ms"},
 		{[]string{"key"}, 2, "", "missing NAMESPACE"},
@@ -129,7 +129,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"key", "payments/%zz"}, 2, "", "bad escape"},
 		// An argument's control characters are escaped on stderr, like every
 		// string paylock prints.
-		{[]string{"locks", "--\x1b[2Kx"}, 2, "", `defined: -\x1b[2Kx`},
+		{[]string{"locks", "--\x1b[2Kx"}, 2, "", `unknown flag --\x1b[2Kx`},
 		{[]string{"key", "Pay\x1bments", "7"}, 2, "", `Pay\x1bments`},
 		{[]string{"dedupe", "--batch", "0"}, 2, "", "--batch"},
 		{[]string{"migrate", "--database-url", "postgres://nobody@127.0.0.1:1/x?connect_timeout=2"}, 1, "", "paylock migrate: connect"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -76,13 +77,25 @@ func TestMigrateAndDedupe(t *testing.T) {
 	}
 }
 
+// TestMigrateFreshDatabase: on an empty database migrate says what it
+// created; run again, it creates nothing and says the schema is up to date.
 func TestMigrateFreshDatabase(t *testing.T) { // not parallel: it sets DATABASE_URL
 	ctx := pgtest.Context(t, 30*time.Second)
 	url := pgtest.DB(t)
-	for range 2 { // idempotent
-		if out := mustRun(t, ctx, "migrate", "--database-url", url); !strings.Contains(out, "up to date") {
-			t.Fatalf("migrate: %s", out)
+	out := mustRun(t, ctx, "migrate", "--database-url", url)
+	var created []string
+	for _, l := range outputLines(out) {
+		if what, ok := strings.CutPrefix(l, "created "); ok {
+			created = append(created, strings.Join(strings.Fields(what)[:2], " "))
 		}
+	}
+	want := []string{"table services", "table payments", "function paylock_key_id(namespace", "unique index"}
+	if !slices.Equal(created, want) || !strings.Contains(out, "created unique index "+payment.UniqueIndex+" ") ||
+		!strings.Contains(out, "schema is up to date") {
+		t.Fatalf("migrate on an empty database created %q, want %q:\n%s", created, want, out)
+	}
+	if out := mustRun(t, ctx, "migrate", "--database-url", url); strings.Contains(out, "created") || !strings.Contains(out, "up to date") {
+		t.Fatalf("migrate again: %s", out)
 	}
 	// DATABASE_URL is the fallback for --database-url.
 	t.Setenv("DATABASE_URL", url)

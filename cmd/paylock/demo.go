@@ -19,7 +19,6 @@ import (
 
 	"github.com/paylock/paylock/cmd/paylock/internal/demo"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
-	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/worker"
 )
 
@@ -159,23 +158,11 @@ func runDemo(ctx context.Context, c *call) (err error) {
 	w := c.stdout
 	processes := f.processes
 
-	connString, where := c.connString(), ""
-	if c.databaseConfigured() {
-		where = "the configured database"
-	} else {
-		fmt.Fprintln(w, "starting a throwaway PostgreSQL cluster (no database configured)...")
-		srv, err := pgserver.Start(ctx, pgserver.Options{})
-		if err != nil {
-			return fmt.Errorf("no database configured and no throwaway server: %w (set DATABASE_URL or install postgresql)", err)
-		}
-		defer func() {
-			if serr := srv.Stop(); serr != nil && err == nil {
-				err = fmt.Errorf("stop the throwaway server: %w", serr)
-			}
-		}()
-		connString = srv.ConnString("postgres")
-		where = fmt.Sprintf("a throwaway PostgreSQL cluster in %s (durable: fsync on; removed at the end)", srv.Dir)
+	connString, where, stop, err := c.serverOrThrowaway(ctx, w)
+	if err != nil {
+		return err
 	}
+	defer stop(&err)
 
 	// The demo's own schema, dropped at the end even after Ctrl-C.
 	schema := fmt.Sprintf("paylock_demo_%d_%d", os.Getpid(), time.Now().UnixNano()%1_000_000)

@@ -192,14 +192,11 @@ func checkSynopsis(words []string) error {
 	if len(words) == 0 || words[0] == "..." || placeholder.MatchString(words[0]) {
 		return nil
 	}
-	cmd := lookup(words[0])
-	if cmd == nil {
-		return fmt.Errorf("unknown command %q", words[0])
+	c, err := parseCall(words[:1])
+	if c == nil {
+		return err
 	}
-	fs, _ := newFlagSet(cmd)
-	if fs.Lookup("database-url") == nil {
-		fs.String("database-url", "", "")
-	}
+	cmd, fs := c.cmd, c.fs
 	for _, w := range words[1:] {
 		name, ok := strings.CutPrefix(strings.Trim(w, "[]"), "--")
 		if name, _, _ = strings.Cut(name, "="); ok && fs.Lookup(name) == nil {
@@ -389,7 +386,8 @@ func hasPrefix(p string) func([]string) bool {
 }
 
 // TestDocsCaptured regenerates the output docs/CLI.md and README.md show as
-// captured — the help text, `paylock key`, and `paylock locks` (text and
+// captured — the help text, `paylock key`, `paylock migrate` on an empty
+// database, and `paylock locks` (text and
 // JSON) while pollers hold and await payments through payment.Repository.With
 // — and fails when a document differs from what the CLI prints today in
 // anything but pids, times, durations and the database name. -update
@@ -406,6 +404,10 @@ func TestDocsCaptured(t *testing.T) {
 	capturedBlock(t, &cli, "docs/CLI.md", hasPrefix("paylock: serialize"), "", outputLines(mustRun(t, ctx, "help")))
 	capturedBlock(t, &cli, "docs/CLI.md", firstLineIs("$ paylock key payments 7 li_123"), "$ paylock key payments 7 li_123",
 		outputLines(mustRun(t, ctx, "key", "payments", "7", "li_123")))
+
+	const migratePrompt = `$ paylock migrate --database-url "$NEW_URL"`
+	capturedBlock(t, &cli, "docs/CLI.md", firstLineIs(migratePrompt), migratePrompt,
+		outputLines(mustRun(t, ctx, "migrate", "--database-url", pgtest.DB(t))))
 
 	url := pgtest.DB(t)
 	text, jsonOut := captureLocks(t, ctx, url)

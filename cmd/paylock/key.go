@@ -26,6 +26,7 @@ Example:
   paylock key 'payments/7/li%20x'    # the escaped form 'paylock locks' prints
 
 No database is needed.`,
+	noDatabase: true,
 	flags: func(fs *flag.FlagSet) any {
 		f := new(keyFlags)
 		fs.BoolVar(&f.json, "json", false, "print JSON")

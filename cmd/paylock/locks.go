@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -108,29 +109,42 @@ func (w *watchFlag) Set(s string) error {
 	return nil
 }
 
+// minWatchInterval is the shortest --watch interval: each refresh reads
+// pg_locks and pg_stat_activity, which take the server's lock manager locks.
+const minWatchInterval = 100 * time.Millisecond
+
+// parseInterval reads --watch's interval: a duration (500ms, 2s) or a number
+// of seconds (0.5, 2).
 func parseInterval(s string) (time.Duration, error) {
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		f, ferr := strconv.ParseFloat(s, 64)
-		if ferr != nil {
-			return 0, fmt.Errorf("interval %q: want a duration like 2s or 500ms", s)
-		}
-		d = time.Duration(f * float64(time.Second))
+	d, ok := interval(s)
+	if !ok {
+		return 0, errors.New("want a duration such as 2s or 500ms")
 	}
-	if d < 100*time.Millisecond {
-		return 0, fmt.Errorf("interval %s: at least 100ms", d)
+	if d < minWatchInterval {
+		return 0, fmt.Errorf("the interval must be at least %s", minWatchInterval)
 	}
 	return d, nil
 }
 
+// interval reads s as a duration or a number of seconds, whatever its value.
+func interval(s string) (time.Duration, bool) {
+	if d, err := time.ParseDuration(s); err == nil {
+		return d, true
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	return time.Duration(f * float64(time.Second)), err == nil
+}
+
 // joinWatchInterval turns "--watch 5s" into "--watch=5s" so that the optional
-// interval is not taken for a key part.
+// interval is not taken for a key part. A word that reads as an interval is
+// joined even when out of range ("--watch 0s"), so that its error is about
+// the interval.
 func joinWatchInterval(args []string) []string {
 	out := make([]string, 0, len(args))
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if (a == "--watch" || a == "-watch") && i+1 < len(args) {
-			if _, err := parseInterval(args[i+1]); err == nil {
+			if _, ok := interval(args[i+1]); ok {
 				out = append(out, a+"="+args[i+1])
 				i++
 				continue
@@ -496,8 +510,9 @@ func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 	for _, l := range r.Locks {
 		counts[l.Origin]++
 	}
-	fmt.Fprintf(w, "database %s at %s: %d advisory locks (%d paylock, %d other, %d unknown)\n",
-		term.Visible(r.Database), r.TakenAt.Format("2006-01-02 15:04:05Z07:00"), len(r.Locks), counts["paylock"], counts["other"], counts["unknown"])
+	fmt.Fprintf(w, "database %s at %s: %s (%d paylock, %d other, %d unknown)\n",
+		term.Visible(r.Database), r.TakenAt.Format("2006-01-02 15:04:05Z07:00"), plural(len(r.Locks), "advisory lock", "advisory locks"),
+		counts["paylock"], counts["other"], counts["unknown"])
 	if note := citusNote[r.Citus]; note != "" {
 		fmt.Fprintln(w, note)
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/paylock/paylock/payment"
 )
 
@@ -46,6 +48,10 @@ func runMigrate(ctx context.Context, c *call) error {
 		return err
 	}
 	defer pool.Close()
+	before, err := readSchemaState(ctx, pool)
+	if err != nil {
+		return err
+	}
 	err = payment.Migrate(ctx, pool)
 	var dup *payment.DuplicatesError
 	if errors.As(err, &dup) {
@@ -61,6 +67,13 @@ func runMigrate(ctx context.Context, c *call) error {
 	if err != nil {
 		return err
 	}
+	after, err := readSchemaState(ctx, pool)
+	if err != nil {
+		return err
+	}
+	for _, what := range before.created(after) {
+		fmt.Fprintf(c.stdout, "created %s\n", what)
+	}
 	distributed, err := payment.Distributed(ctx, pool)
 	if err != nil {
 		return err
@@ -71,4 +84,43 @@ func runMigrate(ctx context.Context, c *call) error {
 	}
 	fmt.Fprintf(c.stdout, "schema is up to date: services, payments, unique index %s valid\n", payment.UniqueIndex)
 	return nil
+}
+
+// schemaState is what of the schema a database has, as migrate reports it.
+type schemaState struct {
+	services, payments, keyID, index bool // index: UniqueIndex exists and is valid
+}
+
+// readSchemaState reads which of the objects Migrate makes exist, where
+// Migrate makes them (the first schema of search_path; paylock_key_id in
+// public).
+func readSchemaState(ctx context.Context, pool *pgxpool.Pool) (schemaState, error) {
+	var st schemaState
+	err := pool.QueryRow(ctx, `SELECT to_regclass('services') IS NOT NULL, to_regclass('payments') IS NOT NULL,
+		to_regprocedure('public.paylock_key_id(text, text[])') IS NOT NULL,
+		EXISTS (SELECT FROM pg_index WHERE indexrelid = to_regclass($1) AND indisvalid)`,
+		payment.UniqueIndex).Scan(&st.services, &st.payments, &st.keyID, &st.index)
+	if err != nil {
+		return st, fmt.Errorf("read the schema: %w", err)
+	}
+	return st, nil
+}
+
+// created lists what after has and st has not, as migrate prints it.
+func (st schemaState) created(after schemaState) []string {
+	var out []string
+	for _, o := range []struct {
+		before, after bool
+		what          string
+	}{
+		{st.services, after.services, "table services (id bigint primary key, name text)"},
+		{st.payments, after.payments, "table payments (service_id references services, line_item_id, amount_cents, currency, status, data, ...)"},
+		{st.keyID, after.keyID, "function paylock_key_id(namespace text, VARIADIC parts text[]): a key's lock id in SQL"},
+		{st.index, after.index, "unique index " + payment.UniqueIndex + " on payments (service_id, line_item_id)"},
+	} {
+		if !o.before && o.after {
+			out = append(out, o.what)
+		}
+	}
+	return out
 }

@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
+	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -32,15 +35,14 @@ type command struct {
 	summary string // one line for `paylock help`
 	help    string // the rest of --help, after the flags
 	hidden  bool
+	// noDatabase: the command never connects, so it has no --database-url.
+	noDatabase bool
 	// flags defines the command's flags on fs, bound to the fields of a new
 	// value that it returns (a pointer to the command's flags struct); the
 	// call keeps it in c.flags. May be nil.
 	flags   func(fs *flag.FlagSet) any
 	rewrite func([]string) []string // adjusts the arguments before parsing, may be nil
 	run     func(ctx context.Context, c *call) error
-	// printHelp replaces the generic --help text after the usage line's
-	// command when set. May be nil.
-	printHelp func(w io.Writer, fs *flag.FlagSet)
 	// validate checks a parsed call's arguments and flag values, touching
 	// nothing; a usageError from it is exit 2. run calls it before c.cmd.run,
 	// and checkCommandLine too, so the docs' command lines get the same
@@ -91,9 +93,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch name {
 	case "help", "-h", "-help", "--help":
 		if len(args) > 1 {
-			if cmd := lookup(args[1]); cmd != nil {
-				fs, _ := newFlagSet(cmd)
-				printCommandHelp(stdout, cmd, fs)
+			if c, _ := parseCall(args[1:2]); c != nil {
+				printCommandHelp(stdout, c.cmd, c.fs)
 				return exitOK
 			}
 			fmt.Fprintf(stderr, "paylock: unknown command %q; run 'paylock help'\n", args[1])
@@ -135,17 +136,19 @@ func parseCall(args []string) (c *call, err error) {
 	}
 	c = &call{cmd: cmd, argv: args[1:]}
 	c.fs, c.flags = newFlagSet(cmd)
-	if c.fs.Lookup("database-url") == nil { // bench defines its own
-		c.fs.StringVar(&c.databaseURL, "database-url", "",
-			"PostgreSQL connection URL or keyword/value string (default: $DATABASE_URL, else the PG* variables)")
+	if !cmd.noDatabase {
+		c.fs.StringVar(&c.databaseURL, "database-url", "", databaseURLUsage)
 	}
 	rest := args[1:]
 	if cmd.rewrite != nil {
 		rest = cmd.rewrite(rest)
 	}
 	c.args, err = parseInterspersed(c.fs, rest)
-	return c, err
+	return c, flagError(cmd, c.fs, err)
 }
+
+// databaseURLUsage is --database-url's line in every --help that has it.
+const databaseURLUsage = "PostgreSQL connection URL or keyword/value string (default: $DATABASE_URL, else the PG* variables)"
 
 // checkCommandLine parses a command line as run would, flags included, and
 // runs nothing: docs_test.go checks every command line the docs show with it.
@@ -212,6 +215,58 @@ func newFlagSet(cmd *command) (*flag.FlagSet, any) {
 	return fs, flags
 }
 
+// Go's flag package words its errors for Go programs ("flag provided but not
+// defined: -x", "invalid boolean value ..."); flagError says the same in the
+// CLI's words, naming flags as the docs do (--watch).
+var (
+	flagUndefined = regexp.MustCompile(`^flag provided but not defined: -(.*)$`)
+	flagBadValue  = regexp.MustCompile(`^invalid (?:boolean )?value ("(?:[^"\\]|\\.)*") for (?:flag )?-([^:]+): (.*)$`)
+	flagBadBool   = regexp.MustCompile(`^invalid boolean flag ([^:]+): (.*)$`)
+	flagNoValue   = regexp.MustCompile(`^flag needs an argument: -(.*)$`)
+	flagSyntax    = regexp.MustCompile(`^bad flag syntax: (.*)$`)
+)
+
+// flagError rewords an error of fs.Parse for cmd's command line; nil and
+// flag.ErrHelp pass unchanged.
+func flagError(cmd *command, fs *flag.FlagSet, err error) error {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	msg := err.Error()
+	if m := flagUndefined.FindStringSubmatch(msg); m != nil {
+		if m[1] == "database-url" && cmd.noDatabase {
+			return usagef("--database-url: paylock %s needs no database", cmd.name)
+		}
+		return usagef("unknown flag --%s", m[1])
+	}
+	if m := flagBadValue.FindStringSubmatch(msg); m != nil {
+		detail := m[3]
+		if f := fs.Lookup(m[2]); f != nil && (detail == "parse error" || strings.HasPrefix(detail, "strconv.")) {
+			if g, ok := f.Value.(flag.Getter); ok {
+				switch g.Get().(type) {
+				case time.Duration:
+					detail = "want a duration such as 5s or 500ms"
+				case int, int64, uint, uint64:
+					detail = "want a whole number"
+				case bool:
+					detail = "want true or false"
+				}
+			}
+		}
+		return usagef("--%s %s: %s", m[2], m[1], detail)
+	}
+	if m := flagBadBool.FindStringSubmatch(msg); m != nil {
+		return usagef("--%s: %s", m[1], m[2])
+	}
+	if m := flagNoValue.FindStringSubmatch(msg); m != nil {
+		return usagef("--%s needs a value", m[1])
+	}
+	if m := flagSyntax.FindStringSubmatch(msg); m != nil {
+		return usagef("malformed flag %q", m[1])
+	}
+	return err
+}
+
 // parseInterspersed parses flags anywhere among the positional arguments
 // (`paylock locks --key payments 7 li_1 --json`); "--" ends the flags.
 func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
@@ -246,17 +301,14 @@ Commands:
 		}
 	}
 	fmt.Fprint(w, `
-Every command takes --database-url; without it DATABASE_URL, else the usual
-PG* variables (PGHOST, PGPORT, PGUSER, PGDATABASE, ...) say where to connect.
+Every command but key takes --database-url; without it DATABASE_URL, else the
+usual PG* variables (PGHOST, PGPORT, PGUSER, PGDATABASE, ...) say where to
+connect. With none of them set, demo and bench start a throwaway PostgreSQL.
 Exit codes: 0 ok, 1 failure, 2 usage. Run 'paylock COMMAND --help' for more.
 `)
 }
 
 func printCommandHelp(w io.Writer, cmd *command, fs *flag.FlagSet) {
-	if cmd.printHelp != nil {
-		cmd.printHelp(w, fs)
-		return
-	}
 	fmt.Fprintf(w, "Usage: paylock %s [flags]", cmd.name)
 	if cmd.usage != "" {
 		fmt.Fprintf(w, " %s", cmd.usage)
@@ -292,6 +344,33 @@ func (c *call) databaseConfigured() bool {
 	return false
 }
 
+// serverOrThrowaway returns the connection string of the configured database
+// (see connString: "" leaves it to the PG* variables) or, when nothing is
+// configured, of a throwaway PostgreSQL cluster it starts, saying so on w:
+// durable settings, removed by stop. where describes the server for a
+// report. demo and bench use it; every other command connects only where it
+// is told. stop sets *err to the error of removing the server when *err is nil.
+func (c *call) serverOrThrowaway(ctx context.Context, w io.Writer) (connString, where string, stop func(err *error), err error) {
+	if c.databaseConfigured() {
+		return c.connString(), "the configured database", func(*error) {}, nil
+	}
+	fmt.Fprintln(w, "starting a throwaway PostgreSQL cluster (no database configured)...")
+	srv, err := pgserver.Start(ctx, pgserver.Options{})
+	if err != nil {
+		return "", "", nil, fmt.Errorf("no database configured and no throwaway server: %w (%s, or install postgresql)", err, configureHint)
+	}
+	stop = func(err *error) {
+		if serr := srv.Stop(); serr != nil && *err == nil {
+			*err = fmt.Errorf("stop the throwaway server: %w", serr)
+		}
+	}
+	where = fmt.Sprintf("a throwaway PostgreSQL cluster in %s (durable: fsync on; removed at the end)", srv.Dir)
+	return srv.ConnString("postgres"), where, stop, nil
+}
+
+// configureHint says how to name a database.
+const configureHint = "set --database-url or DATABASE_URL (postgres://user:password@host:5432/dbname), or PGHOST, PGPORT, PGUSER, PGDATABASE"
+
 // poolConfig parses the connection string and names the application, so
 // pg_stat_activity shows the CLI for what it is.
 func (c *call) poolConfig() (*pgxpool.Config, error) {
@@ -317,6 +396,9 @@ func (c *call) connect(ctx context.Context) (*pgxpool.Pool, error) {
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
+		if !c.databaseConfigured() {
+			return nil, fmt.Errorf("no database configured: %s; PostgreSQL's default, %s, failed: %w", configureHint, describe(cfg), err)
+		}
 		return nil, fmt.Errorf("connect to %s: %w", describe(cfg), err)
 	}
 	return pool, nil

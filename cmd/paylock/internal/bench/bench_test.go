@@ -15,7 +15,7 @@ import (
 )
 
 // runBench parses args as `paylock bench` does and runs bench with them.
-func runBench(t *testing.T, args ...string) (stdout string, err error) {
+func runBench(t *testing.T, adminURL string, args ...string) (stdout string, err error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -29,7 +29,7 @@ func runBench(t *testing.T, args ...string) (stdout string, err error) {
 		return "", err
 	}
 	var out, errb bytes.Buffer
-	err = Run(ctx, &o, args, &out, &errb)
+	err = Run(ctx, &o, adminURL, args, &out, &errb)
 	if err != nil {
 		err = fmt.Errorf("%w; stderr: %s", err, errb.String())
 	}
@@ -41,7 +41,7 @@ func runBench(t *testing.T, args ...string) (stdout string, err error) {
 // and finds them for naive — proof that the check can fail.
 func TestRunHot(t *testing.T) {
 	t.Parallel()
-	stdout, err := runBench(t, "--database-url", pgtest.DB(t), "--workloads", "hot", "--workers", "6",
+	stdout, err := runBench(t, pgtest.DB(t), "--workloads", "hot", "--workers", "6",
 		"--duration", "400ms", "--rounds", "1", "--json")
 	if err != nil {
 		t.Fatalf("Run: %v", err)
@@ -89,7 +89,7 @@ func TestRunHot(t *testing.T) {
 // proxy and prints the table.
 func TestRunLatencyTable(t *testing.T) {
 	t.Parallel()
-	stdout, err := runBench(t, "--database-url", pgtest.DB(t), "--workloads", "cold,warm", "--workers", "4",
+	stdout, err := runBench(t, pgtest.DB(t), "--workloads", "cold,warm", "--workers", "4",
 		"--strategies", "rowlock,paylock", "--no-pgbench", "--duration", "300ms", "--rounds", "2", "--latency", "1ms")
 	if err != nil {
 		t.Fatalf("Run: %v", err)

@@ -19,7 +19,7 @@ import (
 func TestRunCitus(t *testing.T) {
 	t.Parallel()
 	db := citustest.NewDB(t)
-	stdout, err := runBench(t, "--database-url", db.CoordinatorURL(), "--workloads", "hot,cold",
+	stdout, err := runBench(t, db.CoordinatorURL(), "--workloads", "hot,cold",
 		"--strategies", "rowlock,paylock", "--workers", "4", "--duration", "300ms", "--rounds", "1", "--json")
 	if err != nil {
 		t.Fatalf("Run: %v", err)

@@ -4,21 +4,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"os"
 	"slices"
 	"strings"
 	"time"
 )
 
-// EnvDatabase names the variable --database-url defaults to, as for every
-// paylock command.
-const EnvDatabase = "DATABASE_URL"
-
 // Options are the flags of `paylock bench`: Flags binds them to a flag set,
 // Validate checks them after parsing, and Run runs with them.
 type Options struct {
-	db           string
 	strategyList string
 	workloadList string
 	noPgbench    bool
@@ -49,11 +42,6 @@ func strategyNames() []string {
 
 // Flags defines bench's flags on fs, bound to o.
 func (o *Options) Flags(fs *flag.FlagSet) {
-	fs.StringVar(&o.db, "database-url", "", "PostgreSQL URL of a server where the role may CREATE DATABASE (default $"+
-		EnvDatabase+"; none: a throwaway durable server is started)")
-	// The default, set after the flag so that --help doesn't print it: it
-	// may hold a password.
-	o.db = os.Getenv(EnvDatabase)
 	fs.StringVar(&o.strategyList, "strategies", strings.Join(strategyNames(), ","), "strategies to run, comma-separated")
 	fs.StringVar(&o.workloadList, "workloads", "hot,warm,cold", "workloads to run, comma-separated: hot, warm, cold")
 	fs.IntVar(&o.workers, "workers", 32, "concurrent callers in all")
@@ -68,20 +56,26 @@ func (o *Options) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.pgbenchM, "pgbench-mode", "prepared", "pgbench's query mode: prepared (as paylock runs its statements with pgx's default statement cache) or extended (unnamed, as paylock sends them in exec mode)")
 }
 
-// PrintHelp writes bench's --help to w: the strategies, then fs's flags.
-func PrintHelp(w io.Writer, fs *flag.FlagSet) {
-	fmt.Fprintln(w, "usage: paylock bench [flags]\n\nRuns the strategies side by side on one server:")
+// Help is the text of bench's --help after its flags: the strategies, and
+// where it runs.
+func Help() string {
+	var b strings.Builder
+	b.WriteString("Runs the strategies side by side on one server:\n")
 	for _, s := range strategies {
-		fmt.Fprintf(w, "  %-13s %s\n", s.name, s.doc)
+		fmt.Fprintf(&b, "  %-15s %s\n", s.name, s.doc)
 	}
-	fmt.Fprintf(w, "  %-13s %s\n", pgbenchName, "paylock's statements run by pgbench in pipeline mode, when pgbench is found")
+	fmt.Fprintf(&b, "  %-15s %s\n", pgbenchName, "paylock's statements run by pgbench in pipeline mode, when pgbench is found")
 	for _, s := range extraStrategies {
-		fmt.Fprintf(w, "  %-13s %s (only when named)\n", s.name, s.doc)
+		fmt.Fprintf(&b, "  %-15s %s (only when named)\n", s.name, s.doc)
 	}
-	fmt.Fprintln(w, "\nflags:")
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-	fs.SetOutput(io.Discard)
+	b.WriteString(`
+Where it runs: the database the command line or environment names, as for
+every command (--database-url, else DATABASE_URL, else the PG* variables),
+where the role may CREATE DATABASE: bench works in a database of its own,
+dropped at the end; on a Citus coordinator it creates that database on every
+node. With nothing configured it starts a throwaway PostgreSQL with durable
+settings (fsync on, synchronous_commit on) and removes it at the end.`)
+	return b.String()
 }
 
 // Validate checks the parsed flags and the positional arguments args

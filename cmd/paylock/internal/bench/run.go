@@ -17,25 +17,15 @@ import (
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/citusdb"
-	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/tcpproxy"
 	"github.com/paylock/paylock/payment"
 )
 
 // Run runs `paylock bench` with the options, parsed from args and checked
-// by Validate, and writes the report to stdout and progress to stderr. ctx
-// cancels the run.
-func Run(ctx context.Context, opts *Options, args []string, stdout, stderr io.Writer) error {
-	adminURL := opts.db
-	if adminURL == "" {
-		fmt.Fprintln(stderr, "paylock bench: no --database-url or $"+EnvDatabase+": starting a throwaway PostgreSQL (fsync on, synchronous_commit on)")
-		s, err := pgserver.Start(ctx, pgserver.Options{})
-		if err != nil {
-			return err
-		}
-		defer s.Stop()
-		adminURL = s.ConnString("postgres")
-	}
+// by Validate, on the server adminURL names (a URL or keyword/value string;
+// "" leaves it to the PG* variables), where the role may CREATE DATABASE.
+// It writes the report to stdout and progress to stderr. ctx cancels the run.
+func Run(ctx context.Context, opts *Options, adminURL string, args []string, stdout, stderr io.Writer) error {
 	db := fmt.Sprintf("paylock_bench_%d_%d", os.Getpid(), time.Now().UnixNano()%1e9)
 	connString, drop, err := createDatabase(ctx, adminURL, db)
 	if err != nil {

@@ -33,7 +33,7 @@ func TestWorkerProcessError(t *testing.T) {
 // (this binary again) and their ops add up in the report.
 func TestRunProcesses(t *testing.T) {
 	t.Parallel()
-	stdout, err := runBench(t, "--database-url", pgtest.DB(t), "--workloads", "hot", "--workers", "2", "--processes", "2",
+	stdout, err := runBench(t, pgtest.DB(t), "--workloads", "hot", "--workers", "2", "--processes", "2",
 		"--strategies", "paylock,naive", "--no-pgbench", "--duration", "200ms", "--rounds", "1", "--json")
 	if err != nil {
 		t.Fatalf("Run: %v", err)

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/lock"
+)
+
+// goFlagWording is what Go's flag package says in its errors; the CLI says
+// it in its own words (flagError).
+var goFlagWording = []string{"flag provided but not defined", "invalid boolean value", "invalid value",
+	"for -", "flag needs an argument", "bad flag syntax", "parse error", "strconv."}
+
+// TestFlagErrorsInOurWords: a bad flag or flag value gets one line naming the
+// flag as the docs do (--watch), with what is wanted, and none of Go's flag
+// package wording; --watch takes its interval with or without '='.
+func TestFlagErrorsInOurWords(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a usage error is found before anything connects
+	for _, tt := range []struct {
+		line, want string
+	}{
+		{"locks --watch 0s", `--watch "0s": the interval must be at least 100ms`},
+		{"locks --watch=0s", `--watch "0s": the interval must be at least 100ms`},
+		{"locks --watch -1s", `--watch "-1s": the interval must be at least 100ms`},
+		{"locks --watch=soon", `--watch "soon": want a duration such as 2s or 500ms`},
+		{"locks --bogus", "unknown flag --bogus"},
+		{"locks --json=maybe", `--json "maybe": want true or false`},
+		{"locks ---x", `malformed flag "---x"`},
+		{"demo --pollers x", `--pollers "x": want a whole number`},
+		{"demo --work 5x", `--work "5x": want a duration such as 5s or 500ms`},
+		{"demo --pollers", "--pollers needs a value"},
+		{"bench --duration 1", `--duration "1": want a duration such as 5s or 500ms`},
+		{"key --jsn payments 7", "unknown flag --jsn"},
+		{"key --database-url postgres:///x payments 7", "--database-url: paylock key needs no database"},
+	} {
+		args := strings.Fields(tt.line)
+		code, out, errOut := paylock(ctx, args...)
+		if code != exitUsage || out != "" || !strings.Contains(errOut, tt.want) || strings.Count(errOut, "\n") != 1 {
+			t.Errorf("paylock %s = %d, stdout %q, stderr %q; want exit 2 and one line with %q", tt.line, code, out, errOut, tt.want)
+		}
+		for _, w := range goFlagWording {
+			if strings.Contains(errOut, w) {
+				t.Errorf("paylock %s: stderr %q has Go's flag wording %q", tt.line, errOut, w)
+			}
+		}
+	}
+	// The interval parses in every form the help names.
+	for _, line := range []string{"locks --watch 5s", "locks --watch=500ms", "locks --watch 0.5", "locks --watch",
+		"locks --watch 2s --key payments 7 li_1", "locks --key payments 7 li_1 --watch"} {
+		if err := checkCommandLine(strings.Fields(line)); err != nil {
+			t.Errorf("paylock %s: %v", line, err)
+		}
+	}
+}
+
+// TestHelpFormat: every command's --help has the same shape — usage line,
+// summary, flags, then the details — and lists --database-url exactly when
+// the command connects.
+func TestHelpFormat(t *testing.T) {
+	for _, cmd := range commands {
+		if cmd.hidden {
+			continue
+		}
+		out := mustRun(t, context.Background(), cmd.name, "--help")
+		head := "Usage: paylock " + cmd.name + " [flags]"
+		if !strings.HasPrefix(out, head) || !strings.Contains(out, "\n\n"+cmd.summary+"\n\nFlags:\n") {
+			t.Errorf("paylock %s --help does not start with %q, the summary and Flags:\n%s", cmd.name, head, out)
+		}
+		if has := strings.Contains(out, "-database-url"); has == cmd.noDatabase {
+			t.Errorf("paylock %s --help: lists --database-url = %v, but the command connects = %v", cmd.name, has, !cmd.noDatabase)
+		}
+	}
+	if out := mustRun(t, context.Background(), "key", "--help"); !strings.Contains(out, "No database is needed.") {
+		t.Errorf("paylock key --help:\n%s", out)
+	}
+}
+
+// TestLocksOneLock: one lock is "1 advisory lock".
+func TestLocksOneLock(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 30*time.Second)
+	url := pgtest.DB(t)
+	s := openSession(t, ctx, url, "holder")
+	if err := lock.Acquire(ctx, s.tx, lock.NewKey("payments", "7", "li_1")); err != nil {
+		t.Fatal(err)
+	}
+	out := mustRun(t, ctx, "locks", "--database-url", url)
+	if first, _, _ := strings.Cut(out, "\n"); !strings.Contains(first, ": 1 advisory lock (1 paylock, 0 other, 0 unknown)") {
+		t.Errorf("first line %q, want 1 advisory lock, singular", first)
+	}
+}
+
+// clearDatabaseVars unsets every variable that says where a database is, for
+// the rest of t.
+func clearDatabaseVars(t *testing.T) {
+	for _, v := range []string{"DATABASE_URL", "PGHOST", "PGPORT", "PGDATABASE", "PGSERVICE", "PGUSER", "PGPASSWORD"} {
+		t.Setenv(v, "") // restored when the test ends
+		os.Unsetenv(v)
+	}
+}
+
+// TestNothingConfigured: a command that needs a database, run with none
+// configured, fails naming the flag and the variables to set.
+func TestNothingConfigured(t *testing.T) { // not parallel: it clears the database variables
+	clearDatabaseVars(t)
+	// Whether or not a server listens where libpq looks by default, this
+	// makes the connection fail: the server refuses an unknown setting.
+	t.Setenv("PGOPTIONS", "-c paylock_no_such_setting=1")
+	ctx := pgtest.Context(t, 30*time.Second)
+	for _, cmd := range []string{"locks", "migrate", "dedupe"} {
+		code, out, errOut := paylock(ctx, cmd)
+		if code != exitFailure || out != "" || strings.Count(errOut, "\n") != 1 {
+			t.Errorf("paylock %s = %d, stdout %q, stderr %q; want exit 1 and one line", cmd, code, out, errOut)
+		}
+		for _, want := range []string{"paylock " + cmd + ": no database configured: set --database-url or DATABASE_URL", "PGHOST", "PGDATABASE"} {
+			if !strings.Contains(errOut, want) {
+				t.Errorf("paylock %s: stderr %q lacks %q", cmd, errOut, want)
+			}
+		}
+	}
+}
+
+// TestBenchHonoursPGVariables: with only the PG* variables set, bench runs
+// on the server they name, as every command does, and starts no throwaway
+// server.
+func TestBenchHonoursPGVariables(t *testing.T) { // not parallel: it sets the database variables
+	ctx := pgtest.Context(t, 2*time.Minute)
+	url := pgtest.DB(t)
+	cfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clearDatabaseVars(t)
+	t.Setenv("PGHOST", cfg.Host)
+	t.Setenv("PGPORT", strconv.Itoa(int(cfg.Port)))
+	t.Setenv("PGUSER", cfg.User)
+	t.Setenv("PGPASSWORD", cfg.Password)
+	t.Setenv("PGDATABASE", cfg.Database)
+	code, out, errOut := paylock(ctx, "bench", "--workloads", "hot", "--strategies", "naive", "--no-pgbench",
+		"--workers", "2", "--rounds", "1", "--duration", "100ms")
+	if code != 0 || strings.Contains(errOut, "throwaway") || !strings.Contains(out, "naive") {
+		t.Fatalf("paylock bench with PG* = %d\nstdout:\n%s\nstderr:\n%s\nwant a run on the server PG* names", code, out, errOut)
+	}
+}
