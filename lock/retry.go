@@ -31,8 +31,10 @@ var ErrCommitUnknown = txn.ErrCommitUnknown
 //     ending an idle transaction (IdleTimeout). PostgreSQL commits nothing
 //     without a COMMIT, so the attempt is known to have rolled back.
 //
-// It never retries ErrCommitUnknown, ErrLockTimeout, a statement timeout, an
-// error fn returns for its own reasons, or anything once ctx is done.
+// It never retries ErrCommitUnknown, ErrTxEnded (fn ran COMMIT itself, so
+// its work may be committed, whatever failed after it), ErrLockTimeout, a
+// statement timeout, an error fn returns for its own reasons, or anything
+// once ctx is done.
 //
 // fn is therefore called once per attempt, each time in a new transaction
 // that sees the current committed state: it must be safe to run again. Its

@@ -88,12 +88,16 @@ func (m *Managed) Close() {
 // committed: ErrRowsOpen when fn left a result open (the connection is busy,
 // so COMMIT can't even be sent), ErrTxEnded when fn ended the transaction
 // itself (the connection is idle, or was after a statement of fn's: a BEGIN
-// that followed would not hold the lock). Otherwise nil, also when the connection is
-// closed or the transaction failed: the caller's own checks see those.
+// that followed would not hold the lock; also when the connection closed
+// since, as what fn committed stays committed). Otherwise nil, also when the
+// connection is closed or the transaction failed: the caller's own checks
+// see those.
 func (m *Managed) Finish() error {
 	m.Close()
 	pc := m.conn.PgConn()
 	switch {
+	case pc.IsClosed() && m.ended.Load():
+		return ErrTxEnded
 	case pc.IsClosed():
 		return nil
 	case pc.IsBusy():

@@ -111,15 +111,18 @@ func (e *lostError) Unwrap() []error {
 // Retryable reports whether a transaction that failed with err may be run
 // again: a serialization failure (40001), a deadlock (40P01), a connection
 // exception the server reported (class 08: a Citus worker out of reach), or
-// a connection lost before COMMIT was sent. Never after ErrCommitUnknown, never once ctx is
-// done, never for a lock or statement timeout (the caller's own bound).
+// a connection lost before COMMIT was sent. Never after ErrCommitUnknown or
+// ErrTxEnded (fn's own COMMIT may have committed), never once ctx is done,
+// never for a lock or statement timeout (the caller's own bound).
 func Retryable(ctx context.Context, err error) bool {
 	return ctx.Err() == nil && transient(err)
 }
 
-// transient reports whether err is one Retryable allows, ctx aside.
+// transient reports whether err is one Retryable allows, ctx aside. Never
+// ErrTxEnded: fn committed (or may have) by itself before the failure, so
+// whatever the failure, running fn again could apply its work twice.
 func transient(err error) bool {
-	if err == nil || errors.Is(err, ErrCommitUnknown) {
+	if err == nil || errors.Is(err, ErrCommitUnknown) || errors.Is(err, ErrTxEnded) {
 		return false
 	}
 	if errors.Is(err, errConnLost) {

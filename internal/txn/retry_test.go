@@ -44,6 +44,9 @@ func TestCommitClassification(t *testing.T) {
 		{"TranslatedFatalBeforeCommit", txn.BeforeCommit(&pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "57P01"}, false), false, true},
 		{"TranslatedPanicDuringCommit", txn.AfterCommit(&pgconn.PgError{Severity: "PANIK", SeverityUnlocalized: "PANIC", Code: "XX000"}), true, false},
 		{"CommitNeverSent", txn.AfterCommit(txn.CommitNotSent(context.Canceled)), false, false},
+		// fn ran COMMIT itself, then a statement of its failed: its work may be committed.
+		{"WorkerUnreachableAfterFnsCommit", txn.BeforeCommit(fmt.Errorf("%w (and %w)", &pgconn.PgError{Severity: "ERROR", Code: "08006"}, txn.ErrTxEnded), false), false, false},
+		{"ConnectionLostAfterFnsCommit", txn.BeforeCommit(fmt.Errorf("%w (and %w)", netErr, txn.ErrTxEnded), true), false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := errors.Is(tt.err, txn.ErrCommitUnknown); got != tt.unknown {
