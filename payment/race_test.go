@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,7 +100,7 @@ func TestRace(t *testing.T) {
 	if ok, _ := racetest.Linearizable(naive); ok {
 		t.Error("the history checker accepted the naive strategy's history, lost updates and all")
 	}
-	t.Logf("naive: %v", report)
+	t.Logf("%s", readmeRaceLine(t, "naive", fmt.Sprintf("naive: %v", report)))
 
 	for _, strategy := range []entity.Strategy{entity.Advisory, entity.RowLock, groupCommit} {
 		name := strategy.String()
@@ -137,9 +138,52 @@ func TestRace(t *testing.T) {
 			if strategy == groupCommit && largest.Load() < 2 {
 				t.Errorf("no two calls ran in one transaction (largest group %d): the race tested no group", largest.Load())
 			}
-			t.Logf("%s: %v; history linearizable per key; largest group %d", name, report, largest.Load())
+			line := fmt.Sprintf("%s: %v; history linearizable per key", name, report)
+			if strategy == groupCommit {
+				line += fmt.Sprintf("; largest group %d", largest.Load())
+			}
+			t.Logf("%s", readmeRaceLine(t, name, line))
 		})
 	}
+}
+
+// readmeRaceLine returns line, the figures a race test logs under label,
+// after checking that README.md shows the same line in its `go test -v -run
+// TestRace` block: the same words and the same figures, but those that vary
+// from run to run (the naive strategy's outcome, the largest group).
+func readmeRaceLine(t *testing.T, label, line string) string {
+	t.Helper()
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(readme), "`go test -v -run TestRace ./payment/`")
+	if ok {
+		_, block, ok = strings.Cut(block, "```\n")
+		block, _, _ = strings.Cut(block, "```")
+	}
+	if !ok {
+		t.Fatal("README.md: no block after `go test -v -run TestRace ./payment/`")
+	}
+	vary := regexp.MustCompile(`^naive: (\d+ calls on \d+ keys: ).*|largest group \d+`)
+	mask := func(s string) string {
+		return vary.ReplaceAllStringFunc(s, func(m string) string {
+			if strings.HasPrefix(m, "naive: ") {
+				return vary.ReplaceAllString(m, "naive: ${1}N")
+			}
+			return "largest group N"
+		})
+	}
+	for l := range strings.Lines(block) {
+		if strings.HasPrefix(l, label+": ") {
+			if mask(strings.TrimSpace(l)) != mask(line) {
+				t.Errorf("README.md shows\n\t%s\nbut the test logs\n\t%s\n(only the naive outcome and the largest group may differ): update README.md", strings.TrimSpace(l), line)
+			}
+			return line
+		}
+	}
+	t.Errorf("README.md's TestRace block has no %q line; the test logs\n\t%s", label+":", line)
+	return line
 }
 
 // groupCommit stands for Advisory with entity.WithGroupCommit in TestRace.
@@ -196,7 +240,8 @@ func raceProcesses(t *testing.T, mode string) {
 	if ok, why := racetest.Linearizable(done); !ok {
 		t.Error("history:", why)
 	}
-	t.Logf("%d processes: %v; history linearizable per key", procs, report)
+	label := fmt.Sprintf("%d processes, %s", procs, mode)
+	t.Logf("%s", readmeRaceLine(t, label, fmt.Sprintf("%s: %v; history linearizable per key", label, report)))
 }
 
 // raceWorker is TestRaceProcesses' worker process: args are the database
