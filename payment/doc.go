@@ -29,10 +29,16 @@
 //
 // # Round trips
 //
-// With makes two round trips when fn does no I/O of its own: BEGIN, the lock,
-// the insert-if-missing and the read go as one pipeline; the update (only if
-// fn changed something) goes with COMMIT. The lock is held for about one round
-// trip plus fn.
+// With makes two round trips on a warm connection when fn does no I/O of its
+// own: BEGIN, the lock, the insert-if-missing and the read go as one
+// pipeline; the update (only if fn changed something) goes with COMMIT. It
+// makes three when another session holds or awaits the key and no other
+// caller of the same Repository has it: With first tries the lock with a
+// prepared statement, and only when that fails waits for it with the
+// statement that names the key to `paylock locks`. A connection's first
+// calls also prepare With's statements, and pgxpool pings a connection idle
+// for over a second; both happen before the lock. The lock is held for about
+// one round trip plus fn. docs/DESIGN.md, "Round trips", has the details.
 //
 // # Errors
 //
