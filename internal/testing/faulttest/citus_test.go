@@ -5,15 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/testing/citustest"
+	"github.com/paylock/paylock/internal/testing/history"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -182,6 +185,33 @@ func TestCitusKilledHolder(t *testing.T) {
 // the history is linearizable per key. The cluster is the test's own.
 func TestCitusWorkerRestart(t *testing.T) {
 	t.Parallel()
+	restartCitusNode(t, func(n *citusNodes) int { return n.shard })
+}
+
+// TestCitusCoordinatorRestart is TestCitusWorkerRestart with the
+// coordinator stopped as a crash would and started again: the
+// coordinator's pollers lose their connections and fail (or retry) until
+// it is back; the workers' pollers, whose statements go from their worker
+// straight to the shard, carry on. After the restart every node's pollers
+// succeed again; one row per key, every acknowledged op exactly once.
+func TestCitusCoordinatorRestart(t *testing.T) {
+	t.Parallel()
+	calls := restartCitusNode(t, func(*citusNodes) int { return 0 })
+	for i, s := range calls[1:] {
+		if s.failed+s.unknown > 0 {
+			t.Errorf("pollers on worker %d: %d calls failed, %d of unknown outcome while the coordinator restarted (%v); want none",
+				i, s.failed, s.unknown, s.kinds)
+		}
+	}
+}
+
+// restartCitusNode runs the restart tests on a cluster of the test's own:
+// 4 pollers per node, half with Retry, on 4 payments of service 1; the node
+// which picks (an index in n.pools) is stopped with an immediate shutdown
+// and started again once 100 calls succeeded, and the pollers go on until
+// each node's pollers have had 30 more successes. It returns what each
+// node's pollers saw.
+func restartCitusNode(t *testing.T, which func(*citusNodes) int) []nodeCalls {
 	ctx := pgtest.Context(t, 3*time.Minute)
 	cluster := citustest.StartCluster(t)
 	n := newCitusNodes(t, ctx, citustest.OnCluster(t, cluster))
@@ -199,29 +229,37 @@ func TestCitusWorkerRestart(t *testing.T) {
 	go func() {
 		hungc <- poll(ctx, l, func(w int) *payment.Repository { return repos[2*(w/perNode)+w%2] }, "w", perNode*len(n.pools), keys, stop)
 	}()
-	waitOK := func(want int) error {
-		return waitFor(ctx, fmt.Sprintf("%d successful calls", want), func() (bool, error) {
-			ok, _, _ := l.counts()
-			return ok >= want, nil
+	waitOK := func(want []int) error {
+		return waitFor(ctx, fmt.Sprintf("%v successful calls per node", want), func() (bool, error) {
+			for i, s := range l.perNode(perNode, len(n.pools)) {
+				if s.ok < want[i] {
+					return false, nil
+				}
+			}
+			return true, nil
 		})
 	}
-	if err := waitOK(100); err != nil {
+	if err := waitOK([]int{30, 30, 30}); err != nil {
 		close(stop)
 		<-hungc
 		t.Fatal(err)
 	}
-	before, _, _ := l.counts()
+	node := which(n)
+	var before []int
+	for _, s := range l.perNode(perNode, len(n.pools)) {
+		before = append(before, s.ok+30)
+	}
 	start := time.Now()
-	restartErr := cluster.Workers[n.shard-1].Restart(ctx, "immediate")
+	restartErr := n.db.Cluster.Nodes()[node].Restart(ctx, "immediate")
 	restarted := time.Since(start)
-	afterErr := waitOK(before + 100)
+	afterErr := waitOK(before)
 	close(stop)
 	hung := <-hungc
 	if restartErr != nil {
 		t.Fatal(restartErr)
 	}
 	if afterErr != nil {
-		t.Fatalf("work did not continue after the restart: %v", afterErr)
+		t.Fatalf("work did not continue on every node after the restart: %v (per node: %+v)", afterErr, l.perNode(perNode, len(n.pools)))
 	}
 	if len(hung) > 0 {
 		t.Errorf("%d calls ran into their 30s deadline: %v", len(hung), hung)
@@ -230,6 +268,74 @@ func TestCitusWorkerRestart(t *testing.T) {
 	ok, failed, unknown := l.counts()
 	failedRetrying, failedPlain := l.failures()
 	applied := l.check(t, n.pools[0])
-	t.Logf("FIGURE citus worker restart: restart took %v; longest stretch without a success %v; calls: %d ok, %d failed (%d with Retry, %d without), %d unknown (%d of them committed)",
-		restarted.Round(time.Millisecond), gap.Round(time.Millisecond), ok, failed, failedRetrying, failedPlain, unknown, l.unknownApplied(applied))
+	t.Logf("FIGURE citus node %d restart: restart took %v; longest stretch without a success %v; calls: %d ok, %d failed (%d with Retry, %d without), %d unknown (%d of them committed)",
+		node, restarted.Round(time.Millisecond), gap.Round(time.Millisecond), ok, failed, failedRetrying, failedPlain, unknown, l.unknownApplied(applied))
+	calls := l.perNode(perNode, len(n.pools))
+	for i, s := range calls {
+		t.Logf("FIGURE citus node %d restart: pollers on node %d: %d ok, %d failed (%d with Retry), %d unknown; errors: %v",
+			node, i, s.ok, s.failed, s.failedRetrying, s.unknown, s.kinds)
+	}
+	return calls
+}
+
+// nodeCalls is what poll's workers on one node saw.
+type nodeCalls struct {
+	ok, failed, failedRetrying, unknown int
+	kinds                               map[string]int // failed and unknown calls by errorKind
+}
+
+// perNode splits l's calls by node, worker w polling through node
+// w/perNode.
+func (l *ledger) perNode(perNode, nodes int) []nodeCalls {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]nodeCalls, nodes)
+	for i := range out {
+		out[i].kinds = map[string]int{}
+	}
+	for op, o := range l.outcomes {
+		var w, i int
+		if _, err := fmt.Sscanf(op[strings.LastIndexByte(op, 'w')+1:], "%d.%d", &w, &i); err != nil || w/perNode >= nodes {
+			continue
+		}
+		s := &out[w/perNode]
+		switch o {
+		case history.OK:
+			s.ok++
+			continue
+		case history.Failed:
+			s.failed++
+			if w%2 == 0 {
+				s.failedRetrying++
+			}
+		default:
+			s.unknown++
+		}
+		s.kinds[errorKind(l.errs[op])]++
+	}
+	return out
+}
+
+// errorKind names the kind of a call's error, for the figures: a
+// SQLSTATE, ErrCommitUnknown, a failed dial, or the start of the message.
+func errorKind(err error) string {
+	var pgErr *pgconn.PgError
+	var connectErr *pgconn.ConnectError
+	switch {
+	case errors.Is(err, lock.ErrCommitUnknown):
+		return "commit unknown"
+	case errors.As(err, &pgErr) && pgErr.Code == "XX000": // internal_error: which one?
+		return pgErr.Code + " " + pgErr.Message
+	case errors.As(err, &pgErr):
+		return pgErr.Code
+	case errors.As(err, &connectErr):
+		return "dial"
+	case err == nil:
+		return "none"
+	}
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	return msg
 }

@@ -102,9 +102,12 @@ type ledger struct {
 	rec      history.Recorder
 	mu       sync.Mutex
 	outcomes map[string]history.Outcome // op id → outcome
+	errs     map[string]error           // op id → the error of a call that failed
 }
 
-func newLedger() *ledger { return &ledger{outcomes: map[string]history.Outcome{}} }
+func newLedger() *ledger {
+	return &ledger{outcomes: map[string]history.Outcome{}, errs: map[string]error{}}
+}
 
 // increment is the workload's fn: add 1 to the amount and append op to the
 // JSON array in Data.
@@ -141,6 +144,9 @@ func (l *ledger) call(ctx context.Context, repo *payment.Repository, k payment.K
 	o := c.End(err)
 	l.mu.Lock()
 	l.outcomes[op] = o.Outcome
+	if err != nil {
+		l.errs[op] = err
+	}
 	l.mu.Unlock()
 	return err
 }
