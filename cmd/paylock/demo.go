@@ -19,6 +19,7 @@ import (
 
 	"github.com/paylock/paylock/cmd/paylock/internal/demo"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
+	"github.com/paylock/paylock/internal/pgversion"
 	"github.com/paylock/paylock/internal/worker"
 )
 
@@ -171,6 +172,9 @@ func runDemo(ctx context.Context, c *call) (err error) {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer admin.Close(context.WithoutCancel(ctx))
+	if err := pgversion.Check(ctx, admin); err != nil {
+		return err
+	}
 	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
 		return fmt.Errorf("create schema %s: %w", schema, err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/pgversion"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -384,7 +385,8 @@ func (c *call) poolConfig() (*pgxpool.Config, error) {
 	return cfg, nil
 }
 
-// connect opens a pool and checks that the server answers.
+// connect opens a pool and checks that the server answers and is one paylock
+// supports (internal/pgversion).
 func (c *call) connect(ctx context.Context) (*pgxpool.Pool, error) {
 	cfg, err := c.poolConfig()
 	if err != nil {
@@ -400,6 +402,10 @@ func (c *call) connect(ctx context.Context) (*pgxpool.Pool, error) {
 			return nil, fmt.Errorf("no database configured: %s; PostgreSQL's default, %s, failed: %w", configureHint, describe(cfg), err)
 		}
 		return nil, fmt.Errorf("connect to %s: %w", describe(cfg), err)
+	}
+	if err := pgversion.Check(ctx, pool); err != nil {
+		pool.Close()
+		return nil, err
 	}
 	return pool, nil
 }

@@ -35,6 +35,10 @@ import (
 // ErrNoBinaries is returned by Start when initdb and postgres can't be found.
 var ErrNoBinaries = errors.New("pgserver: initdb and postgres not found on PATH or under /usr/lib/postgresql/*/bin")
 
+// ErrNoBasebackup is returned by Standby when the server's build has no
+// pg_basebackup beside its postgres (the builds make test-versions uses).
+var ErrNoBasebackup = errors.New("pgserver: this PostgreSQL build has no pg_basebackup")
+
 // Options tunes the cluster. The zero value is a durable server (fsync on).
 type Options struct {
 	// Fast turns off fsync and full_page_writes: right for unit tests, wrong
@@ -42,6 +46,10 @@ type Options struct {
 	Fast bool
 	// Settings are extra "name=value" server settings passed with -c.
 	Settings []string
+	// BinDir is the directory of initdb and postgres; empty means
+	// FindBinDir's. Any version starts, older than paylock supports too: its
+	// callers refuse those once connected (internal/pgversion).
+	BinDir string
 }
 
 // Server is a running throwaway cluster.
@@ -91,9 +99,12 @@ func version(binDir string) int {
 // Start initialises and starts a cluster. It blocks until the server accepts
 // connections or ctx is done.
 func Start(ctx context.Context, opts Options) (*Server, error) {
-	binDir, err := FindBinDir()
-	if err != nil {
-		return nil, err
+	binDir := opts.BinDir
+	if binDir == "" {
+		var err error
+		if binDir, err = FindBinDir(); err != nil {
+			return nil, err
+		}
 	}
 	dir, err := os.MkdirTemp("", "paylock-pg-")
 	if err != nil {
@@ -119,7 +130,7 @@ func (s *Server) start(ctx context.Context) error {
 		}
 	}
 	initdb := s.command(ctx, "initdb", "-D", s.dataDir(), "-U", s.User, "--auth=trust",
-		"--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions")
+		"--encoding=UTF8", "--locale=C", "--no-sync")
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return fmt.Errorf("pgserver: initdb: %w: %s", err, lastLines(out, 5))
 	}
@@ -231,8 +242,12 @@ func (s *Server) Shutdown(mode string) error {
 // starts it as a hot standby of s, on a free port, with opts. It blocks until
 // the standby accepts (read-only) connections or ctx is done. opts are the
 // standby's own: they become the settings of the primary it turns into when
-// promoted. Stop it as any Server.
+// promoted. Stop it as any Server. A build without pg_basebackup gives an
+// error matching ErrNoBasebackup.
 func (s *Server) Standby(ctx context.Context, opts Options) (*Server, error) {
+	if _, err := os.Stat(filepath.Join(s.binDir, "pg_basebackup")); err != nil {
+		return nil, fmt.Errorf("%w (%s)", ErrNoBasebackup, s.binDir)
+	}
 	dir, err := os.MkdirTemp("", "paylock-pg-")
 	if err != nil {
 		return nil, err

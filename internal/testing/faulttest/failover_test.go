@@ -42,6 +42,9 @@ func replicated(t *testing.T, ctx context.Context, settings ...string) (primary,
 	}
 	t.Cleanup(func() { primary.Stop() })
 	standby, err = primary.Standby(ctx, pgserver.Options{Fast: true})
+	if errors.Is(err, pgserver.ErrNoBasebackup) && os.Getenv("CI") != "true" {
+		t.Skipf("%v (CI=true makes this fail)", err)
+	}
 	if err != nil {
 		t.Fatalf("start the standby: %v", err)
 	}

@@ -11,7 +11,9 @@
 //  3. a postgres container started through github.com/ory/dockertest/v3 when
 //     a Docker engine answers.
 //
-// When none of these works, Main fails with one message naming all three.
+// When none of these works, Main fails with one message naming all three; a
+// server older than paylock supports fails it too, saying so
+// (internal/pgversion).
 // DB and Pool then create a database per test (CREATE DATABASE ... TEMPLATE),
 // so tests can run with t.Parallel without sharing rows or locks.
 package pgtest
@@ -31,6 +33,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/pgversion"
 	"github.com/paylock/paylock/internal/worker"
 )
 
@@ -121,6 +124,9 @@ func createTemplate(ctx context.Context) error {
 		return fmt.Errorf("connect %s: %w", redact(adminURL), err)
 	}
 	defer conn.Close(ctx)
+	if err := pgversion.Check(ctx, conn); err != nil {
+		return err
+	}
 	// An earlier run against a shared server may have left it behind.
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", template).Scan(&exists); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
 	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/citusdb"
+	"github.com/paylock/paylock/internal/pgversion"
 	"github.com/paylock/paylock/internal/tcpproxy"
 	"github.com/paylock/paylock/payment"
 )
@@ -208,9 +209,13 @@ func createDatabase(ctx context.Context, adminURL, db string) (string, func(), e
 	return u, drop, nil
 }
 
-// setup applies the schema, adds service 1 and baseline.Table (payments
+// setup refuses a server older than paylock supports (internal/pgversion),
+// applies the schema, adds service 1 and baseline.Table (payments
 // without its unique index), and reads the server's settings into rep.
 func setup(ctx context.Context, pool *pgxpool.Pool, rep *Report) error {
+	if err := pgversion.Check(ctx, pool); err != nil {
+		return err
+	}
 	if err := payment.Migrate(ctx, pool); err != nil {
 		return err
 	}
