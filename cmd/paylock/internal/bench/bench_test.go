@@ -133,7 +133,7 @@ func TestHistQuantile(t *testing.T) {
 func TestPgbenchScriptSendsWithsStatements(t *testing.T) {
 	t.Parallel()
 	for _, workload := range []string{"hot", "warm", "cold"} {
-		pipelines := strings.Split(pgbenchScript(workload, false), `\startpipeline`)
+		pipelines := strings.Split(pgbenchScript(workload, pgbenchTarget{connCheck: true}), `\startpipeline`)
 		if len(pipelines) != 3 {
 			t.Fatalf("%s: %d pipelines, want 2", workload, len(pipelines)-1)
 		}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/payment"
@@ -36,16 +37,40 @@ func findPgbench() string {
 	return ""
 }
 
+// pgbenchTarget is what the pgbench script must know of its database.
+type pgbenchTarget struct {
+	distributed bool // payments is distributed by Citus
+	connCheck   bool // the server accepts client_connection_check_interval
+}
+
+// probePgbenchTarget asks pool's database what pgbenchScript must know, the
+// way the library asks: payment.Distributed, and txn.Settings.Probe on one
+// of pool's connections.
+func probePgbenchTarget(ctx context.Context, pool *pgxpool.Pool) (pgbenchTarget, error) {
+	var t pgbenchTarget
+	var err error
+	if t.distributed, err = payment.Distributed(ctx, pool); err != nil {
+		return t, err
+	}
+	err = pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
+		s, err := txn.Settings{}.Probe(ctx, c.Conn())
+		t.connCheck = s.ConnCheck
+		return err
+	})
+	return t, err
+}
+
 // pgbenchScript returns the script of one op: With's two round trips, with
 // the same statements and settings (payment/repository.go), the first five
 // in one pipeline, the commit check (txn.CheckSQL), the update and COMMIT in
 // another. pgbench can't carry a value from a pipelined SELECT to the UPDATE
 // (\gset is refused in a pipeline), so the update adds 1 in SQL and finds
 // the row by its key; it can't compute paylock's xxhash either, so the lock
-// id is the key's number. distributed: payments is distributed by Citus, and
-// the insert is payment.Table's for it (INSERT ... VALUES ... ON CONFLICT DO
-// NOTHING), as the library's is there.
-func pgbenchScript(workload string, distributed bool) string {
+// id is the key's number. Where payments is distributed by Citus the insert
+// is payment.Table's for it (INSERT ... VALUES ... ON CONFLICT DO NOTHING),
+// as the library's is there; client_connection_check_interval is set only
+// where the server accepts it, as With sets it.
+func pgbenchScript(workload string, target pgbenchTarget) string {
 	var set, li, lockID string
 	switch workload {
 	case "hot":
@@ -67,12 +92,12 @@ func pgbenchScript(workload string, distributed bool) string {
 		lock = strings.Replace(txn.TrySQL, "$1", lockID, 1)
 	}
 	insert := `INSERT INTO payments (service_id, line_item_id) SELECT 1, ` + li + ` WHERE NOT EXISTS (SELECT FROM payments WHERE ` + where + `) ON CONFLICT DO NOTHING`
-	if distributed {
+	if target.distributed {
 		insert = `INSERT INTO payments (service_id, line_item_id) VALUES (1, ` + li + `) ON CONFLICT DO NOTHING`
 	}
 	return set + `\startpipeline
 ` + txn.SQLBegin + `;
-` + txn.Settings{IdleTimeout: txn.DefaultIdleTimeout, ConnCheck: true}.SetSQL() + `;
+` + txn.Settings{IdleTimeout: txn.DefaultIdleTimeout, ConnCheck: target.connCheck}.SetSQL() + `;
 ` + lock + `;
 ` + insert + `;
 SELECT id, service_id, line_item_id, amount_cents, currency, status, data, created_at, updated_at FROM payments WHERE ` + where + ` ORDER BY id LIMIT 1 FOR NO KEY UPDATE;
@@ -89,8 +114,7 @@ var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection t
 
 // runPgbench runs the script with workers clients for d (rounded up to whole
 // seconds, pgbench's unit) and reads every transaction's latency from its log.
-// distributed is pgbenchScript's.
-func runPgbench(ctx context.Context, path, mode, connString, workload string, distributed bool, workers int, d time.Duration) (loadResult, error) {
+func runPgbench(ctx context.Context, path, mode, connString, workload string, target pgbenchTarget, workers int, d time.Duration) (loadResult, error) {
 	cfg, err := pgconn.ParseConfig(connString)
 	if err != nil {
 		return loadResult{}, err
@@ -101,7 +125,7 @@ func runPgbench(ctx context.Context, path, mode, connString, workload string, di
 	}
 	defer os.RemoveAll(dir)
 	script := filepath.Join(dir, "op.sql")
-	if err := os.WriteFile(script, []byte(pgbenchScript(workload, distributed)), 0o644); err != nil {
+	if err := os.WriteFile(script, []byte(pgbenchScript(workload, target)), 0o644); err != nil {
 		return loadResult{}, err
 	}
 	secs := max(int(math.Ceil(d.Seconds())), 1)

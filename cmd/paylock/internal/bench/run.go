@@ -130,9 +130,9 @@ func runOne(ctx context.Context, opts *Options, pool *pgxpool.Pool, connString, 
 		Duration: opts.duration, KeyPrefix: prefix}
 	switch {
 	case s == pgbenchName:
-		var distributed bool
-		if distributed, err = payment.Distributed(ctx, pool); err == nil {
-			res, err = runPgbench(ctx, opts.pgbench, opts.pgbenchM, connString, w, distributed, opts.workers, opts.duration)
+		var target pgbenchTarget
+		if target, err = probePgbenchTarget(ctx, pool); err == nil {
+			res, err = runPgbench(ctx, opts.pgbench, opts.pgbenchM, connString, w, target, opts.workers, opts.duration)
 		}
 	case opts.processes > 1:
 		res, err = runProcesses(ctx, spec, opts.processes)
