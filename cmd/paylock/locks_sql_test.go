@@ -41,6 +41,10 @@ func TestLocksTakenFromSQL(t *testing.T) {
 		{lock.NewKey("payments", "10", "li_10"), `SELECT pg_advisory_xact_lock("paylock_key_id"('payments', '10', 'li_10'))`, nil, "paylock"},
 		{lock.NewKey("payments", "11", "li_11"), "SELECT pg_advisory_xact_lock(PUBLIC.Paylock_Key_Id (\n 'payments' ,\n 011::text , 'li_11' ))", nil, "paylock"},
 		{lock.NewKey("payments", "12", "li_12"), "SELECT pg_advisory_xact_lock(paylock_key_id('payments', '12', 'li_12')) /*paylock_key='payments/13/li_13'*/", nil, "paylock"},
+		// An id computed by the client (examples/python's key_id) is named
+		// by its comment; without one it is "other", as the row with key x.
+		{lock.NewKey("payments", "14", "li_14"), "SELECT pg_advisory_xact_lock($1) /*paylock_key='payments/14/li_14'*/",
+			[]any{lock.NewKey("payments", "14", "li_14").ID()}, "paylock"},
 	} {
 		holder := openSession(t, ctx, url, "ruby-holder")
 		if _, err := holder.tx.Exec(ctx, tt.sql, tt.args...); err != nil {

@@ -1,7 +1,8 @@
-# Payment.with for ActiveRecord: the same lock, row and safety net as
-# paylock's Go payment.With, so Ruby and Go pollers can update the same
-# payments at once. Needs the schema `paylock migrate` installs: the unique
-# index and the SQL function paylock_key_id. See docs/INTEROP.md.
+# Payment.with for ActiveRecord: the same lock, row and bounds as paylock's
+# Go payment.With, so Ruby and Go pollers can update the same payments at
+# once. Needs the schema of `paylock migrate` (or `paylock migrate
+# --print-sql`): the tables, the unique index and the SQL function
+# paylock_key_id. See docs/INTEROP.md.
 require "active_record"
 
 class Service < ActiveRecord::Base
@@ -21,11 +22,18 @@ class Payment < ActiveRecord::Base
   # then saves it and commits. Every caller of the same payment, in any
   # process and language that takes the same lock, waits its turn. An
   # exception in the block rolls everything back and is raised again;
-  # ActiveRecord::Rollback rolls back too and makes with return nil.
-  def self.with(line_item_id:, service_id:)
-    service_id = Integer(service_id.to_s, 10) # "07" is Go's key "7"
+  # ActiveRecord::Rollback rolls back too and makes with return nil. The
+  # bounds are Go's defaults: wait for the lock without limit (0), let the
+  # server end the transaction, and release the lock, once it sits idle for
+  # idle_timeout_ms, leave statement_timeout as the server has it (nil).
+  def self.with(line_item_id:, service_id:, lock_timeout_ms: 0, idle_timeout_ms: 60_000, statement_timeout_ms: nil)
+    service_id = service_id_text(service_id)
+    bounds = { "lock_timeout" => lock_timeout_ms, "idle_in_transaction_session_timeout" => idle_timeout_ms,
+               "statement_timeout" => statement_timeout_ms }.compact
     transaction(isolation: :read_committed) do
       pg = connection.raw_connection # the transaction's own connection, BEGIN already sent
+      pg.exec_params("SELECT " + bounds.keys.each_with_index.map { |k, i| "set_config('#{k}', $#{i + 1}, true)" }.join(", "),
+                     bounds.values.map { |v| Integer(v).to_s })
       pg.exec_params("SELECT pg_advisory_xact_lock(paylock_key_id('payments', $1::text, $2::text)) " \
                      "/*paylock_key='#{paylock_key("payments", service_id, line_item_id)}'*/", [service_id, line_item_id])
       created = pg.exec_params(ENSURE, [service_id, line_item_id]).cmd_tuples == 1
@@ -35,6 +43,17 @@ class Payment < ActiveRecord::Base
       payment.save!
       payment
     end
+  end
+
+  # The service id as the key holds it: a positive bigint in canonical
+  # decimal, "07" as "7". Not Integer(s), which reads "010" as 8, nor
+  # Integer(s, 10) or to_i, which take "1_000", " 7" or "7abc".
+  def self.service_id_text(service_id)
+    s = service_id.is_a?(Integer) ? service_id.to_s : service_id
+    unless s.is_a?(String) && s.match?(/\A[0-9]+\z/) && s.to_i.between?(1, 2**63 - 1)
+      raise ArgumentError, "service id #{service_id.inspect} is not a positive bigint in decimal"
+    end
+    s.to_i.to_s
   end
 
   # lock.Key.String: the key as `paylock locks` reads it from the comment.

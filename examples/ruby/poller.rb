@@ -1,86 +1,88 @@
-# The Ruby side of the cross-language race in payment/interop_test.go. Not an
-# example to copy: it drives payment.rb (or the naive code it replaces) from
-# several threads, each on its own connection, and prints what each call saw.
+# A poller on Payment.with (payment.rb): applies payment events to the
+# payments table with WORKERS threads, each on its own connection. Where a
+# real poller fetches events from the provider, this one reads them from
+# stdin, one JSON object per line:
+#   {"event": "ev_1", "service_id": "7", "line_item_id": "li_123", "amount_cents": 1250}
+# Each adds amount_cents to the payment and its event id to the list in
+# data, once: an event already in the list (a redelivery) is skipped. It
+# prints "ready" once every worker has its connection, then one JSON line per
+# event; a failed event stops it with exit status 1.
 #
-#   DATABASE_URL=... ruby poller.rb with|naive TABLE OP_PREFIX THREADS CALLS KEYS
-#   DATABASE_URL=... ruby poller.rb golden KEYS_JSON
-#
-# It prints "ready" once every thread holds a connection, waits for a line on
-# stdin, then runs THREADS x CALLS calls: each adds 1 to amount_cents and
-# appends its op id to data. It prints one line per call:
-# "KEY OP CREATED ID READ CALL_NS RETURN_NS", or "ERR KEY OP ERROR_CLASS" for a
-# naive call that failed. golden prints, per key of KEYS_JSON,
-# "ID_FROM_SQL KEY_STRING".
+#   DATABASE_URL=postgres://... ruby poller.rb [WORKERS]
+#   DATABASE_URL=postgres://... ruby poller.rb --check-keys testdata/keys.json
 require "json"
 require_relative "payment"
 
-mode = ARGV.shift
-ActiveRecord::Base.establish_connection(url: ENV.fetch("DATABASE_URL"), pool: 32)
+def now_ns = Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)
 
-if mode == "golden"
-  conn = ActiveRecord::Base.connection.raw_connection
-  JSON.parse(File.read(ARGV[0])).each do |k|
-    parts = k["parts"].map { |p| conn.escape_literal(p) + "::text" }
-    id = conn.exec_params("SELECT paylock_key_id($1::text, VARIADIC $2::text[])",
-                          [k["namespace"], PG::TextEncoder::Array.new.encode(k["parts"])]).getvalue(0, 0)
-    id2 = conn.exec(["SELECT paylock_key_id(#{conn.escape_literal(k["namespace"])}", *parts].join(", ") + ")").getvalue(0, 0)
-    puts "#{id} #{id2} #{Payment.paylock_key(k["namespace"], *k["parts"])}"
+# Compares the ids paylock_key_id computes and the key strings of
+# Payment.paylock_key with the golden keys of testdata/keys.json; prints each
+# mismatch and returns 1 if there is one.
+def check_keys(path)
+  keys = JSON.parse(File.read(path))
+  pg = ActiveRecord::Base.connection.raw_connection
+  bad = keys.count do |k|
+    id = pg.exec_params("SELECT paylock_key_id($1::text, VARIADIC $2::text[])",
+                        [k["namespace"], PG::TextEncoder::Array.new.encode(k["parts"])]).getvalue(0, 0).to_s
+    key = Payment.paylock_key(k["namespace"], *k["parts"])
+    next false if id == k["id_str"] && key == k["key"]
+    puts "key #{k["key"]}: paylock_key_id #{id}, paylock_key #{key.inspect}; want #{k["id_str"]} and #{k["key"].inspect}"
+    true
   end
-  exit
+  puts "#{keys.size - bad} of #{keys.size} keys match"
+  bad.zero? ? 0 : 1
 end
 
-table, prefix, threads, calls, nkeys = ARGV
-threads, calls, nkeys = Integer(threads), Integer(calls), Integer(nkeys)
-NaivePayment = Class.new(ActiveRecord::Base) { self.table_name = table; self.primary_key = "id" }
-
-def now = Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)
-
-# The seed's naive code: find, else create, then update; no lock.
-def naive(li, op)
-  p = NaivePayment.where(service_id: 1, line_item_id: li).order(:id).first
-  created = p.nil?
-  p ||= NaivePayment.create!(service_id: 1, line_item_id: li)
-  read = p.amount_cents
-  p.update!(amount_cents: read + 1, data: (p.data || []) + [op])
-  [created, p.id, read]
-end
-
-def with(li, op)
-  read = nil
-  p = Payment.with(line_item_id: li, service_id: 1) do |payment|
-    read = payment.amount_cents
-    payment.amount_cents += 1
-    payment.data = (payment.data || []) + [op]
+def work(events, out, failed)
+  while (line = events.pop)
+    next unless failed.empty?
+    ev = JSON.parse(line)
+    log = { "event" => ev["event"], "payment" => "#{ev["service_id"]}/#{ev["line_item_id"]}" }
+    start = now_ns
+    begin
+      p = Payment.with(service_id: ev["service_id"], line_item_id: ev["line_item_id"]) do |payment|
+        applied = payment.data || []
+        if applied.include?(ev["event"])
+          log["skipped"] = "already applied"
+          next
+        end
+        log["amount_before"] = payment.amount_cents
+        payment.amount_cents += ev["amount_cents"]
+        payment.data = applied + [ev["event"]]
+      end
+    rescue StandardError => e
+      failed << e
+      warn "poller: event #{ev["event"]}: #{e.class}: #{e.message}"
+      next
+    end
+    log.merge!("payment_id" => p.id, "created" => p.created?, "amount_cents" => p.amount_cents,
+               "started_ns" => start, "finished_ns" => now_ns)
+    out.synchronize { $stdout.puts(JSON.generate(log)) }
   end
-  [p.created?, p.id, read]
 end
 
-out, mu, ready, go = [], Mutex.new, Queue.new, Queue.new
-workers = threads.times.map do |w|
+workers = ARGV[0] == "--check-keys" ? 1 : Integer(ARGV[0] || "4", 10)
+ActiveRecord::Base.establish_connection(url: ENV.fetch("DATABASE_URL"), pool: workers)
+exit check_keys(ARGV[1]) if ARGV[0] == "--check-keys"
+
+$stdout.sync = true
+events, out, failed, connected = Queue.new, Mutex.new, Queue.new, Queue.new
+threads = workers.times.map do
   Thread.new do
     ActiveRecord::Base.connection_pool.with_connection do |c|
-      c.execute("SELECT 1")
-      ready << w
-      go.pop
-      calls.times do |i|
-        # naive: every thread walks the keys in step, the worst case for it
-        k = mode == "naive" ? i % nkeys : (w + i) % nkeys
-        li, op, at = "li_#{k}", "#{prefix}#{w}.#{i}", now
-        begin
-          created, id, read = mode == "naive" ? naive(li, op) : with(li, op)
-          mu.synchronize { out << "1/#{li} #{op} #{created} #{id} #{read} #{at} #{now}" }
-        rescue ActiveRecord::ActiveRecordError => e
-          raise unless mode == "naive"
-          mu.synchronize { out << "ERR 1/#{li} #{op} #{e.class}" }
-        end
-      end
+      c.verify!
+      connected << true
+      work(events, out, failed)
     end
+  rescue StandardError => e
+    failed << e
+    connected << false
+    warn "poller: #{e.class}: #{e.message}"
   end
 end
-threads.times { ready.pop }
-$stdout.puts "ready"
-$stdout.flush
-$stdin.gets
-threads.times { go << true }
-workers.each(&:join)
-$stdout.puts out
+workers.times { connected.pop }
+puts "ready"
+$stdin.each_line { |line| events << line unless line.strip.empty? }
+events.close
+threads.each(&:join)
+exit(failed.empty? ? 0 : 1)
