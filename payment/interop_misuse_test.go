@@ -79,6 +79,7 @@ with psycopg.connect(url, autocommit=True) as conn, psycopg.connect(url, autocom
             return "refused"
 
     print("service ids", *(canon(x) for x in INPUTS))
+    print("python reads loosely", int("1_000"), int(" 7"), int("\u0667"))
     got = []
     with_payment(conn, 7, "li_bounds", lambda p: got.append(conn.execute(SHOW).fetchone()))
     with_payment(conn, 7, "li_bounds", lambda p: got.append(conn.execute(SHOW).fetchone()),
@@ -97,7 +98,7 @@ with psycopg.connect(url, autocommit=True) as conn, psycopg.connect(url, autocom
 
     try:
         with psycopg.connect(url, autocommit=True) as c:
-            with_payment(c, 7, "li_thread", outer, idle_timeout_ms=1000)
+            with_payment(c, 7, "li_thread", outer, idle_timeout_ms=2000)
         print("nested in a thread returned")
     except psycopg.Error:
         amount = conn.execute("SELECT amount_cents FROM payments WHERE service_id = 7 AND line_item_id = 'li_thread'").fetchone()[0]
@@ -143,6 +144,7 @@ rescue ArgumentError
   "refused"
 end
 puts "service ids #{canon.join(" ")}"
+puts "ruby reads loosely #{Integer("010")} #{Integer("1_000", 10)} #{Integer(" 7", 10)} #{"7abc".to_i}"
 got = []
 Payment.with(line_item_id: "li_bounds", service_id: 7) { got << Payment.connection.select_rows(SHOW).first }
 Payment.with(line_item_id: "li_bounds", service_id: 7, lock_timeout_ms: 250, idle_timeout_ms: 2000, statement_timeout_ms: 5000) do
@@ -150,7 +152,7 @@ Payment.with(line_item_id: "li_bounds", service_id: 7, lock_timeout_ms: 250, idl
 end
 got.each { |g| puts "bounds #{g.join(" ")}" }
 begin
-  Payment.with(line_item_id: "li_thread", service_id: 7, idle_timeout_ms: 1000) do |p|
+  Payment.with(line_item_id: "li_thread", service_id: 7, idle_timeout_ms: 2000) do |p|
     p.amount_cents += 1
     Thread.new { Payment.with(line_item_id: "li_thread", service_id: 7) { |q| q.amount_cents += 10 } }.join
   end
@@ -196,6 +198,7 @@ async function main () {
   console.log('text service id locked', ...held)
   const canon = x => { try { return serviceIdText(x) } catch (e) { if (e instanceof RangeError) return 'refused'; throw e } }
   console.log('service ids', ...INPUTS.map(canon), canon(2 ** 53 + 1), canon(2n ** 53n + 1n))
+  console.log('javascript reads loosely', Number('0x10'), String(BigInt('0x10')), String(9007199254740993))
   const got = []
   const show = async (p, client) => { got.push((await client.query({ text: SHOW, rowMode: 'array' })).rows[0]) }
   await withPayment(pool, 7, 'li_bounds', show)
@@ -237,11 +240,12 @@ func goBounds(t *testing.T, ctx context.Context, repo *payment.Repository) strin
 // SQLSTATE 23503; past lock_timeout a call fails with 55P03 and writes
 // nothing. A nested call they can't see (another thread, on its own
 // connection) waits until the server ends the idle outer transaction
-// (idle_in_transaction_session_timeout, here 1s): the outer call fails and
+// (idle_in_transaction_session_timeout, here 2s): the outer call fails and
 // only the inner call's change stays. A service id is canonical: "07" takes
 // the lock of Go's key ("payments", "7", line item), and what the language
 // would read loosely ("010" as 8, "1_000", " 7", "0x10", a non-ASCII digit,
-// a Number above 2^53) is refused.
+// a Number above 2^53) is refused; the scripts show each language reading
+// them so.
 func TestInteropMisuse(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 2*time.Minute)
@@ -279,11 +283,13 @@ func TestInteropMisuse(t *testing.T) {
 	}{
 		{pythonLang, "-c", misusePy, []string{"python"}, []string{"nested refused ProgrammingError",
 			"nested on another connection refused ReentrantError", "in a transaction refused",
-			unknown, timeout, locked, serviceIDWant, bounds[0], bounds[1], thread}},
+			unknown, timeout, locked, serviceIDWant, "python reads loosely 1000 7 7", bounds[0], bounds[1], thread}},
 		{rubyLang, "-e", misuseRb, []string{"ruby", "payment.rb"}, []string{"nested refused TransactionIsolationError",
-			"in a transaction refused", unknown, timeout, locked, serviceIDWant, bounds[0], bounds[1], thread}},
+			"in a transaction refused", unknown, timeout, locked, serviceIDWant, "ruby reads loosely 8 1000 7 7",
+			bounds[0], bounds[1], thread}},
 		{nodeLang, "-e", misuseJS, []string{"node", "payment.js"}, []string{"nested refused ReentrantError",
-			unknown, timeout, locked, serviceIDWant + " refused 9007199254740993", bounds[0], bounds[1]}},
+			unknown, timeout, locked, serviceIDWant + " refused 9007199254740993",
+			"javascript reads loosely 16 16 9007199254740992", bounds[0], bounds[1]}},
 	} {
 		t.Run(tt.l.name, func(t *testing.T) {
 			cmd := script(ctx, dsn, "misuse", tt.l.interp(t), tt.flag, misuseScript(tt.src), example(t, tt.lib...))
