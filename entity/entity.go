@@ -254,7 +254,8 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 // *pgconn.PgError with SQLSTATE 25P03, which Retry may run again). With
 // neither timeout it waits until its own ctx is done. Pass fn's ctx on.
 //
-// With runs the transaction at READ COMMITTED whatever the server's default
+// With runs the transaction at READ COMMITTED, READ WRITE, whatever the
+// session's defaults,
 // and makes two round trips when fn does none: BEGIN, the lock, Ensure and
 // Find go together; Save, if anything changed, goes with COMMIT. (Three when
 // no other caller of this Repository has the key but another session does:

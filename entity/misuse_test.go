@@ -3,6 +3,7 @@ package entity_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -389,5 +390,42 @@ func TestLockTimeoutBoundsTheQueue(t *testing.T) {
 	close(done)
 	if err := <-holder; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWithAfterAnFnMadeTheSessionReadOnly: an fn that runs SET SESSION
+// CHARACTERISTICS AS TRANSACTION READ ONLY changes its pooled session's
+// default for later transactions; With begins READ WRITE whatever that
+// default, so the next calls on the same connection (a pool of one) still
+// create and write their rows, with and without group commit.
+func TestWithAfterAnFnMadeTheSessionReadOnly(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, oneConn)
+	for _, opts := range [][]entity.Option{nil, {entity.WithGroupCommit(8)}} {
+		repo := entity.New(pool, counters{}, opts...)
+		name := fmt.Sprintf("ro_%d", len(opts))
+		if err := repo.With(ctx, name+"_setter", func(ctx context.Context, tx pgx.Tx, p *counter) error {
+			p.N = 1
+			_, err := tx.Exec(ctx, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		var def string
+		if err := pool.QueryRow(ctx, "SHOW default_transaction_read_only").Scan(&def); err != nil || def != "on" {
+			t.Fatalf("the session's default_transaction_read_only = %q (%v), want on", def, err)
+		}
+		if err := repo.With(ctx, name+"_next", func(_ context.Context, _ pgx.Tx, p *counter) error {
+			p.N = 2
+			return nil
+		}); err != nil {
+			t.Fatalf("With after an fn made the session's transactions read only: %v", err)
+		}
+		if n, _ := row(t, ctx, pool, name+"_next"); n != 2 {
+			t.Fatalf("n = %d, want 2", n)
+		}
+		if _, err := pool.Exec(ctx, "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

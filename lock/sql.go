@@ -62,7 +62,7 @@ func RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context
 }
 
 // RunDB is Options.Run for a *sql.DB, with the same contract: it begins a
-// READ COMMITTED transaction, applies o and takes the lock in one round
+// READ COMMITTED, READ WRITE transaction, applies o and takes the lock in one round
 // trip, runs fn, and commits; it rolls back if fn returns an error (returned
 // unchanged, unless the connection was lost meanwhile) or panics (raised
 // again). o.Retry runs the whole transaction again after a failure that left
@@ -126,7 +126,7 @@ func (o Options) beginDB(ctx context.Context, db *sql.DB, key Key) (*sqlTx, erro
 		conn.Close()
 		return nil, err
 	}
-	return &sqlTx{conn: conn, tx: tx, key: key, lockSQL: s.SetSQL() + "; " + literalLockSQL("pg_advisory_xact_lock", key)}, nil
+	return &sqlTx{conn: conn, tx: tx, key: key, lockSQL: txn.SetReadWrite + "; " + s.SetSQL() + "; " + literalLockSQL("pg_advisory_xact_lock", key)}, nil
 }
 
 // sqlTx is RunDB's transaction for txn.Run.

@@ -113,8 +113,17 @@ func EndedByFn(err error) bool {
 // the lock wait then sees what the previous holder committed.
 func (s Settings) BeginSQL() string { return SQLBegin + "; " + s.SetSQL() }
 
-// SQLBegin begins the transaction.
-const SQLBegin = "BEGIN ISOLATION LEVEL READ COMMITTED"
+// SQLBegin begins the transaction: READ COMMITTED (see BeginSQL) and READ
+// WRITE whatever default_transaction_read_only says, so that an fn that
+// ran SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY on a pooled
+// connection (or a database or role given that default) does not make the
+// later calls on it fail at their first write: the key's row is created
+// and written in every call.
+const SQLBegin = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
+
+// SetReadWrite is what RunDB sends first in its transaction, which
+// database/sql begins without an access mode (see SQLBegin).
+const SetReadWrite = "SET TRANSACTION READ WRITE"
 
 // TrySQL takes the transaction-scoped advisory lock $1 if no other session
 // holds it or waits for it, and otherwise fails with a division by zero
