@@ -275,8 +275,8 @@ func TestWithNestedOnAnotherCtx(t *testing.T) {
 		t.Fatalf("inner With = %v, want it to run once the outer transaction was ended", innerErr)
 	}
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "25P03" || errors.Is(err, lock.ErrCommitUnknown) {
-		t.Fatalf("outer With = %v, want the server's idle-in-transaction termination (25P03), known not committed", err)
+	if !errors.As(err, &pgErr) || pgErr.Code != "25P03" || !errors.Is(err, lock.ErrIdleTimeout) || errors.Is(err, lock.ErrCommitUnknown) {
+		t.Fatalf("outer With = %v, want the server's idle-in-transaction termination (25P03, lock.ErrIdleTimeout), known not committed", err)
 	}
 	t.Logf("outer With: %v", err)
 	if amount, status := row(t, ctx, pool, key); amount != 42 || status == "outer" {

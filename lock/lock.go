@@ -21,6 +21,11 @@ var (
 	// ErrDeadlock: PostgreSQL broke a deadlock by failing this transaction
 	// (SQLSTATE 40P01). Retrying the whole transaction is safe.
 	ErrDeadlock = txn.ErrDeadlock
+	// ErrIdleTimeout: the transaction sat idle (fn ran no statement) for
+	// longer than Options.IdleTimeout, so the server ended it (SQLSTATE
+	// 25P03, reachable with errors.As) and nothing of it was committed.
+	// Retrying is safe, with an fn that does not stall.
+	ErrIdleTimeout = txn.ErrIdleTimeout
 	// ErrReentrant: Run (or [github.com/paylock/paylock/entity.Repository.With])
 	// was called, from inside fn, for a key that the enclosing call already
 	// holds. A second transaction would wait for the first forever, so it is

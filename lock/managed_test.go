@@ -167,8 +167,8 @@ func TestRunNestedOnAnotherCtx(t *testing.T) {
 		t.Fatalf("inner Run = %v, want it to run once the outer transaction was ended", innerErr)
 	}
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "25P03" || errors.Is(err, lock.ErrCommitUnknown) {
-		t.Fatalf("outer Run = %v, want the server's idle-in-transaction termination (25P03), known not committed", err)
+	if !errors.As(err, &pgErr) || pgErr.Code != "25P03" || !errors.Is(err, lock.ErrIdleTimeout) || errors.Is(err, lock.ErrCommitUnknown) {
+		t.Fatalf("outer Run = %v, want the server's idle-in-transaction termination (25P03, lock.ErrIdleTimeout), known not committed", err)
 	}
 	if value(t, ctx, pool, "inner") != 1 || value(t, ctx, pool, "outer") != 0 {
 		t.Fatal("want the inner Run's insert committed and the outer's not")

@@ -15,7 +15,19 @@ var (
 	ErrLockTimeout = errors.New("lock: lock_timeout expired while waiting for the lock")
 	ErrDeadlock    = errors.New("lock: deadlock detected")
 	ErrReentrant   = errors.New("lock: key is already held by the transaction running this fn; use its tx instead of starting another")
+	ErrIdleTimeout = errors.New("lock: the transaction sat idle for longer than IdleTimeout, so it was ended and nothing of it was committed")
 )
+
+// idleEnded adds ErrIdleTimeout to err when it holds SQLSTATE 25P03: the
+// server ended the session, idle in the transaction for longer than
+// idle_in_transaction_session_timeout.
+func idleEnded(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "25P03" && !errors.Is(err, ErrIdleTimeout) {
+		return fmt.Errorf("%w: %w", ErrIdleTimeout, err)
+	}
+	return err
+}
 
 // Classify adds paylock's sentinels to err: ErrLockTimeout for SQLSTATE
 // 55P03, ErrDeadlock for 40P01, and ctx.Err() when ctx is done, so that

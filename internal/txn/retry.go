@@ -33,7 +33,7 @@ func BeforeCommit(err error, closed bool) error {
 	}
 	var connectErr *pgconn.ConnectError
 	if closed || errors.As(err, &connectErr) || sessionEnded(err) {
-		return &lostError{err}
+		return &lostError{idleEnded(err)}
 	}
 	return err
 }
@@ -86,7 +86,7 @@ func AfterCommit(err error) error {
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "25P03" {
-		return &lostError{err}
+		return &lostError{idleEnded(err)}
 	}
 	return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
 }
