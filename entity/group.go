@@ -50,7 +50,10 @@ type Cloner[V any] interface {
 // member broke the connection). No call waits past its ctx: a member whose
 // ctx ends after its fn returned, before the group's outcome, gets
 // lock.ErrCommitUnknown with ctx's error (the group may yet commit its
-// part). A lone caller runs exactly as without the option.
+// part). A member whose fn runs no statement through tx for IdleTimeout is
+// cut off, as the server would end a call of its own: it fails with
+// lock.ErrIdleTimeout and the group goes on without it. A lone caller runs
+// exactly as without the option.
 //
 // So a member's row is written, and read back, in its own savepoint once
 // its fn returned, before the next member's turn (one round trip when fn

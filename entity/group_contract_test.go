@@ -74,6 +74,7 @@ var (
 var ctDirected = []string{
 	"max=16 row slow,slow",
 	"max=16 row add,poison,add",
+	"max=16 row add,ledger,stall,add,ledger",
 }
 
 // ctVocabulary is what seed draws from: the fixed seeds leave poison out
@@ -120,6 +121,7 @@ const (
 	kCtxMid             // ctx ends during fn's statement (pg_sleep): the connection is closed
 	kLeak               // change p; a goroutine keeps using tx after fn returned
 	kPoison             // UPDATE the row through tx to a status the Table's Scan panics on
+	kStall              // a ledger row, change p, then sleep 8/5 of IdleTimeout: idle too long
 	ctNumKinds
 )
 
@@ -128,14 +130,14 @@ var ctKindNames = [...]string{
 	kPanic: "panic", kPanicSQL: "panicSQL", kGoexit: "goexit", kUpdate: "update", kUpdateP: "updateP",
 	kDelete: "delete", kFail: "fail", kFailIgnored: "failIgnored", kBadData: "badData", kData: "data",
 	kSlow: "slow", kCtxBefore: "ctxBefore", kCtxDuring: "ctxDuring", kCtxAtEnd: "ctxAtEnd",
-	kCtxAfter: "ctxAfter", kCtxMid: "ctxMid", kLeak: "leak", kPoison: "poison",
+	kCtxAfter: "ctxAfter", kCtxMid: "ctxMid", kLeak: "leak", kPoison: "poison", kStall: "stall",
 }
 
 // ctWeights: how often each kind is drawn.
 var ctWeights = [...]int{
 	kNoop: 3, kStatus: 3, kAdd: 4, kLedger: 5, kLedgerErr: 2, kPanic: 2, kPanicSQL: 2, kGoexit: 1,
 	kUpdate: 2, kUpdateP: 1, kDelete: 1, kFail: 2, kFailIgnored: 1, kBadData: 1, kData: 2, kSlow: 1,
-	kCtxBefore: 1, kCtxDuring: 1, kCtxAtEnd: 1, kCtxAfter: 1, kCtxMid: 1, kLeak: 1, kPoison: 1,
+	kCtxBefore: 1, kCtxDuring: 1, kCtxAtEnd: 1, kCtxAfter: 1, kCtxMid: 1, kLeak: 1, kPoison: 1, kStall: 1,
 }
 
 func (k ctKind) String() string { return ctKindNames[k] }
@@ -368,6 +370,12 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 		case kSlow:
 			time.Sleep(c.env.idle * 3 / 5)
 			p.AmountCents += 5
+		case kStall:
+			if err := entry(ctx); err != nil {
+				return err
+			}
+			p.AmountCents += 7
+			time.Sleep(c.env.idle * 8 / 5)
 		case kCtxBefore:
 			return fmt.Errorf("member %d: fn ran though its ctx ended before", i)
 		case kCtxDuring:
@@ -784,7 +792,7 @@ func ctClass(err error, panicked any, goexit bool, own *ctOwnErr) string {
 		{context.Canceled, "Canceled"}, {context.DeadlineExceeded, "DeadlineExceeded"},
 		{entity.ErrGroupRolledBack, "ErrGroupRolledBack"}, {lock.ErrCommitUnknown, "ErrCommitUnknown"},
 		{entity.ErrTxAborted, "ErrTxAborted"}, {entity.ErrTxEnded, "ErrTxEnded"}, {entity.ErrRowsOpen, "ErrRowsOpen"},
-		{lock.ErrLockTimeout, "ErrLockTimeout"}, {payment.ErrInvalidPayment, "ErrInvalidPayment"},
+		{lock.ErrLockTimeout, "ErrLockTimeout"}, {lock.ErrIdleTimeout, "ErrIdleTimeout"}, {payment.ErrInvalidPayment, "ErrInvalidPayment"},
 		{payment.ErrKeyChanged, "ErrKeyChanged"}, {pgx.ErrTxClosed, "ErrTxClosed"}, {pgx.ErrNoRows, "ErrNoRows"},
 	} {
 		if errors.Is(err, s.err) {
@@ -792,7 +800,9 @@ func ctClass(err error, panicked any, goexit bool, own *ctOwnErr) string {
 		}
 	}
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
+	if errors.As(err, &pgErr) && !(pgErr.Code == "25P03" && errors.Is(err, lock.ErrIdleTimeout)) {
+		// The server's 25P03 is the idle timeout a group's leader enforces
+		// itself: compared as ErrIdleTimeout.
 		tags = append(tags, "SQLSTATE "+pgErr.Code)
 	}
 	if len(tags) == 0 {
@@ -820,8 +830,7 @@ func ctCompare(rnd ctRound, g, r ctSide, exempt map[int]bool) []string {
 		}
 		// Each side returns its own *ctOwnErr values: compare by member.
 		gc, rc := ctOwnClass(g.calls[i], i), ctOwnClass(r.calls[i], i)
-		if rc == "nil" && errors.Is(g.calls[i].err, lock.ErrCommitUnknown) &&
-			(errors.Is(g.calls[i].err, context.Canceled) || errors.Is(g.calls[i].err, context.DeadlineExceeded)) {
+		if rc == "nil" && ctUnknownByCtx(g.calls[i].err) {
 			// Latency: its ctx ended while the group it ran in had not
 			// committed yet, which a call of its own had; whether it was
 			// committed, the row and the ledger tell.
@@ -899,7 +908,7 @@ func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
 		}
 	}
 	for i, c := range r.calls {
-		if c.err != nil && ctHasCode(c.err, "25P03") {
+		if c.err != nil && ctHasCode(c.err, "25P03") && rnd.kinds[i] != kStall {
 			v.inconclusive = fmt.Sprintf("call %d (%s) timed out idle one by one: this machine is too slow for -contract.idle=%s", i, rnd.kinds[i], e.idle)
 			return v
 		}
@@ -924,7 +933,9 @@ func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
 	// (ctxMid) breaks the shared connection. Then the members before it in
 	// its transaction whose fn succeeded get ErrGroupRolledBack and nothing
 	// of theirs is committed: compare with the calls one by one without
-	// them.
+	// them. So is a member whose ctx ended before that group's outcome
+	// (lock.ErrCommitUnknown with ctx's error): its part went with the
+	// group.
 	lastMid := -1
 	for i, k := range rnd.kinds {
 		if k == kCtxMid && g.calls[i].ran {
@@ -934,7 +945,7 @@ func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
 	exempt := map[int]bool{}
 	for i := range rnd.kinds {
 		if i < lastMid && r.calls[i].err == nil && r.calls[i].panicked == nil && !r.calls[i].goexit && !r.calls[i].hang &&
-			!g.calls[i].hang && g.calls[i].panicked == nil && errors.Is(g.calls[i].err, entity.ErrGroupRolledBack) {
+			!g.calls[i].hang && g.calls[i].panicked == nil && (errors.Is(g.calls[i].err, entity.ErrGroupRolledBack) || ctUnknownByCtx(g.calls[i].err)) {
 			exempt[i] = true
 		}
 	}
@@ -960,6 +971,12 @@ func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
 		})
 	}
 	return v
+}
+
+// ctUnknownByCtx reports whether err is what a member whose ctx ended
+// before its group's outcome gets.
+func ctUnknownByCtx(err error) bool {
+	return errors.Is(err, lock.ErrCommitUnknown) && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
 }
 
 func ctHasCode(err error, code string) bool {
@@ -1106,7 +1123,7 @@ func TestGroupCommitContract(t *testing.T) {
 				}
 			}
 			if len(v.exception) > 0 {
-				t.Logf("%s: members %v got ErrGroupRolledBack for a ctxMid member's broken connection; compared with the calls one by one without them", rnd.spec(), v.exception)
+				t.Logf("%s: members %v got ErrGroupRolledBack (or ErrCommitUnknown, their ctx ended first) for a ctxMid member's broken connection; compared with the calls one by one without them", rnd.spec(), v.exception)
 			}
 			if len(v.diffs) == 0 {
 				return

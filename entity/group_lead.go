@@ -28,16 +28,17 @@ type group[K, V any] struct {
 	gone    bool // the row was deleted: the next member creates it again
 	n       int
 	withSQL int
-	ok      []*member[K, V] // members whose fn succeeded, in order
-	broken  error           // why the transaction can't commit
-	ended   bool            // a member's fn ended the transaction itself, or may have
-	openSP  string          // the savepoint of the last member with SQL, not yet released
-	stale   bool            // the leader's statements may have changed the row: read it back with its write
-	lastSQL time.Time       // when the last statement of the transaction was sent, as far as known
-	txs     []*txn.Managed  // each member's tx, ended once the transaction is
-	size    int             // callers whose fn ran, set before the outcome is sent
-	stepped chan struct{}
-	txs0    [1]*txn.Managed // txs and ok of a lone caller, without allocations
+	ok      []*member[K, V]      // members whose fn succeeded, in order
+	broken  error                // why the transaction can't commit
+	ended   bool                 // a member's fn ended the transaction itself, or may have
+	openSP  string               // the savepoint of the last member with SQL, not yet released
+	stale   bool                 // the leader's statements may have changed the row: read it back with its write
+	lastSQL time.Time            // when the last statement of the transaction was sent, as far as known
+	txs     []*txn.Managed       // each member's tx, ended once the transaction is
+	size    int                  // callers whose fn ran, set before the outcome is sent
+	stepped chan struct{}        // a member's turn ended
+	running chan *memberTx[K, V] // a member's fn began, with this tx
+	txs0    [1]*txn.Managed      // txs and ok of a lone caller, without allocations
 	ok0     [1]*member[K, V]
 }
 
@@ -319,13 +320,20 @@ func (g *group[K, V]) gather(ctx context.Context, gs *groups[K, V], budget time.
 			gs.requeue(g.lk.ID(), next)
 			return endBroken
 		}
-		if g.stepped == nil {
-			g.stepped = make(chan struct{}, 1) // a lone caller needs none
+		if g.stepped == nil { // a lone caller needs none
+			g.stepped, g.running = make(chan struct{}, 1), make(chan *memberTx[K, V], 1)
 		}
+		gone, cur, written, sent := g.gone, g.cur, g.written, g.lastSQL
 		next.turn <- g
 		unwatch := watch()
-		<-g.stepped
+		cut := g.await(ctx, sent)
 		unwatch()
+		if cut != nil {
+			// next's fn stalled: its part goes, and the turn is the
+			// leader's again (see await).
+			g.undo(ctx, cut, txn.ErrIdleTimeout)
+			g.gone, g.cur, g.written = gone, cur, written
+		}
 	}
 }
 

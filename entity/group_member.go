@@ -23,8 +23,15 @@ var errGoexit = errors.New("entity: fn called runtime.Goexit")
 // otherwise err or panicked is what m's call ends with, and nothing of it
 // stays. Every call into fn and into the Table is recovered here.
 func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any, err error) {
+	// cut: the leader cut fn off (see await), and took the turn back: from
+	// then on, nothing of g is m's to touch.
+	cut := false
 	if !leader {
-		defer func() { g.stepped <- struct{}{} }()
+		defer func() {
+			if !cut {
+				g.stepped <- struct{}{}
+			}
+		}()
 		if err := m.ctx.Err(); err != nil {
 			return false, nil, fmt.Errorf("entity: with %s: wait in queue: %w", g.lk, err) // dropped, fn not run
 		}
@@ -39,7 +46,7 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 	// rolled back, and so is what g knows of the row.
 	gone, cur, written := g.gone, g.cur, g.written
 	defer func() {
-		if !ok {
+		if !ok && !cut {
 			g.gone, g.cur, g.written = gone, cur, written
 		}
 	}()
@@ -78,6 +85,10 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 	returned := false
 	defer func() {
 		if !returned { // runtime.Goexit in fn: its call never returned, so nothing of it commits
+			if !tx.returned() {
+				cut = true
+				return
+			}
 			tx.shut()
 			tx.m.Close() // and the savepoints fn began: waits for their statements in flight
 			g.undo(context.WithoutCancel(m.ctx), tx, errGoexit)
@@ -87,9 +98,20 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		}
 	}()
 	m.ev.stage = stageFn
+	tx.idleSince = time.Now()
+	if !leader {
+		g.running <- tx // buffered: never blocks
+	}
 	var fnErr error
 	panicked = protect(func() { fnErr = m.fn(txn.WithHeld(m.ctx, g.lk.ID()), tx, v) })
 	returned = true
+	if !tx.returned() {
+		cut = true
+		if panicked != nil {
+			return false, panicked, nil
+		}
+		return false, nil, g.cutOffErr(fnErr)
+	}
 	leftOpen := tx.shut() // no statement of fn's from now on, from any goroutine
 	tx.mu.Lock()
 	g.withSQL += tx.begins

@@ -483,8 +483,12 @@ func TestGroupCommitExecModes(t *testing.T) {
 
 // TestGroupCommitReentrantOtherCtx: a With for the key from inside fn given
 // another ctx than fn's, with no LockTimeout, is freed as without group
-// commit: the server ends the outer transaction, idle for IdleTimeout, the
-// inner call runs and commits, and the outer group commits nothing.
+// commit: one by one, the server ends the outer transaction, idle for
+// IdleTimeout, the inner call runs and commits, and the outer call fails.
+// In a group the same: the nested call, when it leads, holds the group
+// until the server ends it (a leader's fn is its call's own); as a member,
+// the leader cuts it off (see TestGroupCommitCutsOffAStalledFn) and the
+// calls before it commit, as one by one.
 func TestGroupCommitReentrantOtherCtx(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
@@ -513,16 +517,16 @@ func TestGroupCommitReentrantOtherCtx(t *testing.T) {
 			if inner != nil {
 				t.Errorf("inner With: %v, want nil once the server ended the outer transaction", inner)
 			}
-			// The outer group: both calls, or, when the nested call leads,
-			// it alone (the other then leads the next group, which the
-			// inner call joins).
-			outer, want := res, int64(100)
+			// The call that nests fails; the other commits, before it or
+			// after it.
+			outer, other := res[1:], res[0]
 			if leader {
-				outer, want = res[:1], 101
-				if res[1].err != nil {
-					t.Errorf("call 1, after the outer group: %v", res[1].err)
-				}
+				outer, other = res[:1], res[1]
 			}
+			if other.err != nil {
+				t.Errorf("the call that does not nest: %v", other.err)
+			}
+			want := int64(101)
 			for i, r := range outer {
 				if r.err == nil || errors.Is(r.err, lock.ErrCommitUnknown) {
 					t.Errorf("call %d: %v, want an error saying nothing was committed", i, r.err)
@@ -536,9 +540,9 @@ func TestGroupCommitReentrantOtherCtx(t *testing.T) {
 }
 
 // TestGroupCommitIdleTimeoutThenFail: a member that ran SQL, then outlived
-// the idle timeout and failed, leaves the others a retryable error saying
-// nothing was committed (the server ended the session, so nothing was), not
-// ErrCommitUnknown.
+// the idle timeout and failed. One by one, the call before it commits and
+// it fails with its own error; so in a group, where the leader cuts it off
+// before the server would end the shared transaction.
 func TestGroupCommitIdleTimeoutThenFail(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
@@ -558,11 +562,14 @@ func TestGroupCommitIdleTimeoutThenFail(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		return errB
 	})
-	if !errors.Is(res[0].err, entity.ErrGroupRolledBack) || errors.Is(res[0].err, lock.ErrCommitUnknown) {
-		t.Errorf("call 0: %v, want ErrGroupRolledBack", res[0].err)
+	if res[0].err != nil {
+		t.Errorf("call 0: %v, want nil, as one by one", res[0].err)
 	}
 	if !errors.Is(res[1].err, errB) {
 		t.Errorf("call 1: %v, want its own error", res[1].err)
+	}
+	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"1"}) {
+		t.Errorf("ledger %q, want call 0's row only", got)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,9 +33,13 @@ type memberTx[K, V any] struct {
 	plain bool // the leader's: no savepoint
 
 	gate     sync.RWMutex
-	isShut   bool           // fn returned: see shut
+	isShut   bool           // fn returned, or was cut off: see shut
 	open     map[any]func() // results fn has not finished reading, and how to close each
 	leftOpen bool           // shut closed one of them
+
+	// fn is where the member's fn is, changed once: to fnReturned by the
+	// member, or to fnCutOff by the leader (see group.cutOff).
+	fn atomic.Int32
 
 	mu     sync.Mutex
 	closed bool // fn returned
@@ -44,6 +49,8 @@ type memberTx[K, V any] struct {
 	begins int // savepoints fn began directly on tx: subtransactions too
 	// lastSQL is when fn last began a statement through tx.
 	lastSQL time.Time
+	// idleSince is when fn began, or last ended a call through tx.
+	idleSince time.Time
 	// base is the row as fn's first statement found it, last as fn's last
 	// statement left it, nil when that statement went without a read of the
 	// row (see Exec); opaque: fn took a way to run statements (Begin, Conn,
@@ -64,6 +71,35 @@ func (t *memberTx[K, V]) enter() bool {
 	return true
 }
 
+// closedErr is what a call through t returns once fn may not use it.
+func (t *memberTx[K, V]) closedErr() error {
+	if t.fn.Load() == fnCutOff {
+		return fmt.Errorf("%w: %w", txn.ErrIdleTimeout, pgx.ErrTxClosed)
+	}
+	return pgx.ErrTxClosed
+}
+
+// exit ends a call that entered t.
+func (t *memberTx[K, V]) exit() {
+	t.mu.Lock()
+	t.idleSince = time.Now()
+	t.mu.Unlock()
+	t.gate.RUnlock()
+}
+
+// Where a member's fn is (memberTx.fn).
+const (
+	fnRunning  int32 = iota
+	fnReturned       // the member's goroutine goes on with its turn
+	fnCutOff         // idle for IdleTimeout: the leader took the turn back
+)
+
+// returned records that fn returned (or ended its goroutine), unless the
+// leader cut it off first: then the member touches nothing of the group.
+func (t *memberTx[K, V]) returned() bool {
+	return t.fn.CompareAndSwap(fnRunning, fnReturned)
+}
+
 // shut closes t to fn for good, once fn returned: it waits for calls in
 // progress (from goroutines fn left behind) and closes the results fn left
 // open, so that the connection is the group's again. It reports whether
@@ -71,6 +107,11 @@ func (t *memberTx[K, V]) enter() bool {
 func (t *memberTx[K, V]) shut() (leftOpen bool) {
 	t.gate.Lock()
 	defer t.gate.Unlock()
+	return t.shutLocked()
+}
+
+// shutLocked is shut, with the gate held.
+func (t *memberTx[K, V]) shutLocked() (leftOpen bool) {
 	if !t.isShut {
 		t.isShut = true
 		for _, close := range t.open {
@@ -311,9 +352,9 @@ func (t *memberTx[K, V]) start(ctx context.Context, opaque bool) error {
 // Begin opens a savepoint nested in the member's.
 func (t *memberTx[K, V]) Begin(ctx context.Context) (pgx.Tx, error) {
 	if !t.enter() {
-		return nil, pgx.ErrTxClosed
+		return nil, t.closedErr()
 	}
-	defer t.gate.RUnlock()
+	defer t.exit()
 	if err := t.start(ctx, true); err != nil {
 		return nil, err
 	}
@@ -335,9 +376,9 @@ func (t *memberTx[K, V]) Rollback(context.Context) error { return lock.ErrManage
 // CopyFrom runs COPY FROM in the member's savepoint.
 func (t *memberTx[K, V]) CopyFrom(ctx context.Context, tn pgx.Identifier, cols []string, src pgx.CopyFromSource) (int64, error) {
 	if !t.enter() {
-		return 0, pgx.ErrTxClosed
+		return 0, t.closedErr()
 	}
-	defer t.gate.RUnlock()
+	defer t.exit()
 	if err := t.start(ctx, false); err != nil {
 		return 0, err
 	}
@@ -347,9 +388,9 @@ func (t *memberTx[K, V]) CopyFrom(ctx context.Context, tn pgx.Identifier, cols [
 // SendBatch sends a batch in the member's savepoint.
 func (t *memberTx[K, V]) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	if !t.enter() {
-		return pgx.FailedBatchResults(b, pgx.ErrTxClosed)
+		return pgx.FailedBatchResults(b, t.closedErr())
 	}
-	defer t.gate.RUnlock()
+	defer t.exit()
 	if err := t.start(ctx, false); err != nil {
 		return pgx.FailedBatchResults(b, err)
 	}
@@ -363,7 +404,7 @@ func (t *memberTx[K, V]) LargeObjects() pgx.LargeObjects {
 	if !t.enter() {
 		return pgx.LargeObjects{}
 	}
-	defer t.gate.RUnlock()
+	defer t.exit()
 	if err := t.start(context.Background(), true); err != nil {
 		return pgx.LargeObjects{}
 	}
@@ -373,9 +414,9 @@ func (t *memberTx[K, V]) LargeObjects() pgx.LargeObjects {
 // Prepare prepares a statement on the connection.
 func (t *memberTx[K, V]) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
 	if !t.enter() {
-		return nil, pgx.ErrTxClosed
+		return nil, t.closedErr()
 	}
-	defer t.gate.RUnlock()
+	defer t.exit()
 	// Inside the member's savepoint: a statement PostgreSQL refuses to
 	// parse fails this member alone.
 	if err := t.start(ctx, false); err != nil {
@@ -393,9 +434,9 @@ func (t *memberTx[K, V]) Prepare(ctx context.Context, name, sql string) (*pgconn
 // the savepoint and a read of the row after it, when it can (see follows).
 func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	if !t.enter() {
-		return pgconn.CommandTag{}, pgx.ErrTxClosed
+		return pgconn.CommandTag{}, t.closedErr()
 	}
-	defer t.gate.RUnlock()
+	defer t.exit()
 	if t.follows(ctx, sql, args) {
 		br, ok, err := t.pipeline(ctx, sql, args)
 		switch {
@@ -422,9 +463,9 @@ func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgc
 // Query runs a query in the member's savepoint.
 func (t *memberTx[K, V]) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	if !t.enter() {
-		return nil, pgx.ErrTxClosed
+		return nil, t.closedErr()
 	}
-	defer t.gate.RUnlock()
+	defer t.exit()
 	if err := t.start(ctx, false); err != nil {
 		return nil, err
 	}
@@ -442,9 +483,9 @@ func (t *memberTx[K, V]) Query(ctx context.Context, sql string, args ...any) (pg
 // The round trip ends when the Row is scanned.
 func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	if !t.enter() {
-		return errRow{pgx.ErrTxClosed}
+		return errRow{t.closedErr()}
 	}
-	defer t.gate.RUnlock()
+	defer t.exit()
 	if t.follows(ctx, sql, args) {
 		br, ok, err := t.pipeline(ctx, sql, args)
 		switch {
@@ -481,7 +522,7 @@ func (t *memberTx[K, V]) Conn() *pgx.Conn {
 	if !t.enter() {
 		return nil
 	}
-	defer t.gate.RUnlock()
+	defer t.exit()
 	if err := t.start(context.Background(), true); err != nil {
 		return nil
 	}
@@ -497,9 +538,9 @@ type pipelinedRow[K, V any] struct {
 
 func (r *pipelinedRow[K, V]) Scan(dest ...any) error {
 	if !r.t.enter() {
-		return pgx.ErrTxClosed
+		return r.t.closedErr()
 	}
-	defer r.t.gate.RUnlock()
+	defer r.t.exit()
 	if r.br == nil {
 		return pgx.ErrNoRows // as pgx's Row scanned a second time
 	}
@@ -521,9 +562,9 @@ type memberRow[K, V any] struct {
 
 func (r *memberRow[K, V]) Scan(dest ...any) error {
 	if !r.t.enter() {
-		return pgx.ErrTxClosed
+		return r.t.closedErr()
 	}
-	defer r.t.gate.RUnlock()
+	defer r.t.exit()
 	if r.done {
 		return pgx.ErrNoRows // as pgx's Row scanned a second time
 	}
@@ -559,7 +600,7 @@ func (r *memberRows[K, V]) Close() {
 	if !r.t.enter() {
 		return
 	}
-	defer r.t.gate.RUnlock()
+	defer r.t.exit()
 	r.rows.Close()
 	r.t.untrack(r)
 }
@@ -569,9 +610,9 @@ func (r *memberRows[K, V]) Err() error {
 		if err := r.rows.Err(); err != nil {
 			return err
 		}
-		return pgx.ErrTxClosed
+		return r.t.closedErr()
 	}
-	defer r.t.gate.RUnlock()
+	defer r.t.exit()
 	return r.rows.Err()
 }
 
@@ -585,7 +626,7 @@ func (r *memberRows[K, V]) Next() bool {
 	if !r.t.enter() {
 		return false
 	}
-	defer r.t.gate.RUnlock()
+	defer r.t.exit()
 	if r.rows.Next() {
 		return true
 	}
@@ -595,17 +636,17 @@ func (r *memberRows[K, V]) Next() bool {
 
 func (r *memberRows[K, V]) Scan(dest ...any) error {
 	if !r.t.enter() {
-		return pgx.ErrTxClosed
+		return r.t.closedErr()
 	}
-	defer r.t.gate.RUnlock()
+	defer r.t.exit()
 	return r.rows.Scan(dest...)
 }
 
 func (r *memberRows[K, V]) Values() ([]any, error) {
 	if !r.t.enter() {
-		return nil, pgx.ErrTxClosed
+		return nil, r.t.closedErr()
 	}
-	defer r.t.gate.RUnlock()
+	defer r.t.exit()
 	return r.rows.Values()
 }
 
@@ -613,7 +654,7 @@ func (r *memberRows[K, V]) RawValues() [][]byte {
 	if !r.t.enter() {
 		return nil
 	}
-	defer r.t.gate.RUnlock()
+	defer r.t.exit()
 	return r.rows.RawValues()
 }
 
@@ -621,7 +662,7 @@ func (r *memberRows[K, V]) Conn() *pgx.Conn {
 	if !r.t.enter() {
 		return nil
 	}
-	defer r.t.gate.RUnlock()
+	defer r.t.exit()
 	return r.rows.Conn()
 }
 
@@ -636,17 +677,17 @@ type memberBatch[K, V any] struct {
 
 func (b *memberBatch[K, V]) Exec() (pgconn.CommandTag, error) {
 	if !b.t.enter() {
-		return pgconn.CommandTag{}, pgx.ErrTxClosed
+		return pgconn.CommandTag{}, b.t.closedErr()
 	}
-	defer b.t.gate.RUnlock()
+	defer b.t.exit()
 	return b.br.Exec()
 }
 
 func (b *memberBatch[K, V]) Query() (pgx.Rows, error) {
 	if !b.t.enter() {
-		return nil, pgx.ErrTxClosed
+		return nil, b.t.closedErr()
 	}
-	defer b.t.gate.RUnlock()
+	defer b.t.exit()
 	rows, err := b.br.Query()
 	if err != nil {
 		return rows, err
@@ -656,17 +697,17 @@ func (b *memberBatch[K, V]) Query() (pgx.Rows, error) {
 
 func (b *memberBatch[K, V]) QueryRow() pgx.Row {
 	if !b.t.enter() {
-		return errRow{pgx.ErrTxClosed}
+		return errRow{b.t.closedErr()}
 	}
-	defer b.t.gate.RUnlock()
+	defer b.t.exit()
 	return b.br.QueryRow()
 }
 
 func (b *memberBatch[K, V]) Close() error {
 	if !b.t.enter() {
-		return pgx.ErrTxClosed
+		return b.t.closedErr()
 	}
-	defer b.t.gate.RUnlock()
+	defer b.t.exit()
 	b.t.untrack(b)
 	return b.br.Close()
 }
