@@ -21,7 +21,8 @@ import (
 // holdPy, holdRb and holdJS call each example's with on payment (1,
 // li_hung) with idle_timeout_ms from the command line, and an fn that adds
 // 100, prints "holding" and hangs until a line comes on stdin; then they
-// print "holder committed" or "holder failed".
+// print "holder committed" or "holder failed"; Node's then whether its pool
+// still works (withPayment gives a broken client back as such).
 const holdPy = `
 import os, sys
 sys.path.insert(0, sys.argv[1])
@@ -66,6 +67,8 @@ withPayment(pool, '1', 'li_hung', async p => {
   console.log('holding')
   await new Promise(resolve => process.stdin.once('data', resolve))
 }, { idleTimeoutMs: Number(process.argv[2]) }).then(() => console.log('holder committed'), () => console.log('holder failed'))
+  .then(() => pool.query('SELECT 1')) // on the client withPayment gave back, if the pool kept it
+  .then(() => console.log('pool works'), e => console.log('pool broken', e.message))
   .finally(() => { process.stdin.pause(); return pool.end() })
 `
 
@@ -239,6 +242,11 @@ func TestInteropHungHolder(t *testing.T) {
 			}
 			if line := holder.next(t, ctx); line != "holder failed" {
 				t.Errorf("the hung holder printed %q once its fn returned, want holder failed", line)
+			}
+			if l.name == nodeLang.name {
+				if line := holder.next(t, ctx); line != "pool works" {
+					t.Errorf("after the hung holder failed its pool: %q, want pool works", line)
+				}
 			}
 			p, err := repo.Get(ctx, key)
 			if err != nil || p.AmountCents != 1 {
