@@ -62,7 +62,9 @@ func ReadyToCommit(ctx context.Context, closed bool) error {
 
 // AfterCommit classifies err, the failure of a round trip that carried
 // COMMIT, sent on a connection that was open (see ReadyToCommit). An ERROR
-// from the server (a deferred constraint, say), pgx.ErrTxCommitRollback, or
+// from the server (a deferred constraint, say; but not a connection
+// exception, class 08, or an internal error, XX000, which Citus's
+// coordinator raises about a worker's COMMIT), pgx.ErrTxCommitRollback, or
 // the session ended by idle_in_transaction_session_timeout (25P03, which only
 // fires while the server waits for a command) means the transaction did not
 // commit. Anything else — the connection broke, ctx ended the wait, a FATAL
@@ -75,10 +77,12 @@ func AfterCommit(err error) error {
 	if err == nil {
 		return nil
 	}
-	if connectionException(err) {
+	if connectionException(err) || internalError(err) {
 		// Reported by the server about a connection of its own (Citus's
 		// coordinator about a worker): whether the worker committed is
-		// unknown.
+		// unknown. Citus reports a worker's COMMIT whose answer it lost
+		// as an internal error ("could not commit transaction for shard",
+		// XX000), whether or not the worker committed.
 		return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
 	}
 	if serverError(err) || errors.Is(err, pgx.ErrTxCommitRollback) || errors.As(err, new(*notSentError)) {
@@ -140,6 +144,13 @@ func transient(err error) bool {
 func connectionException(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "08")
+}
+
+// internalError reports whether err is a server's internal error (SQLSTATE
+// XX000): at COMMIT the server can't vouch that nothing committed.
+func internalError(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "XX000"
 }
 
 // Retry is the policy of lock.Retry: Attempts in all, waiting a random time

@@ -28,6 +28,8 @@ func TestCommitClassification(t *testing.T) {
 		{"SerializationFailureAtCommit", txn.AfterCommit(&pgconn.PgError{Severity: "ERROR", Code: "40001"}), false, true},
 		{"WorkerUnreachableBeforeCommit", txn.BeforeCommit(&pgconn.PgError{Severity: "ERROR", Code: "08006"}, false), false, true},
 		{"WorkerUnreachableAtCommit", txn.AfterCommit(&pgconn.PgError{Severity: "ERROR", Code: "08006"}), true, false},
+		// Citus: "could not commit transaction for shard", the worker's answer to COMMIT lost.
+		{"ShardCommitUnconfirmed", txn.AfterCommit(&pgconn.PgError{Severity: "ERROR", Code: "XX000"}), true, false},
 		{"CommitTurnedRollback", txn.AfterCommit(pgx.ErrTxCommitRollback), false, false},
 		{"IdleTimeoutEndedTheSession", txn.AfterCommit(&pgconn.PgError{Severity: "FATAL", Code: "25P03"}), false, true},
 		{"TerminatedDuringCommit", txn.AfterCommit(&pgconn.PgError{Severity: "FATAL", Code: "57P01"}), true, false},

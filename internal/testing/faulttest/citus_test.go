@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -338,4 +339,84 @@ func errorKind(err error) string {
 		msg = msg[i+2:]
 	}
 	return msg
+}
+
+// TestCitusCommitLostOnTheWorker: the coordinator commits a With call's
+// transaction on the shard's worker (one shard: no two-phase commit), the
+// worker commits it and its session ends before the coordinator reads the
+// answer (here: the worker waits for a synchronous standby that doesn't
+// exist, and its backend is terminated in that wait, after the local
+// commit). Citus then fails the coordinator's COMMIT with an ERROR (XX000,
+// "could not commit transaction for shard"), although the work is
+// committed: With must say ErrCommitUnknown, not a failure, and never
+// retry it.
+func TestCitusCommitLostOnTheWorker(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 2*time.Minute)
+	cluster := citustest.StartCluster(t)
+	n := newCitusNodes(t, ctx, citustest.OnCluster(t, cluster))
+	worker := n.pools[n.shard]
+	k := key(1)
+	l := newLedger()
+	// Each transaction on a connection of its own to the worker, which
+	// reads the worker's settings as they are then.
+	cfg, err := pgxpool.ParseConfig(n.db.CoordinatorURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["citus.max_cached_conns_per_worker"] = "0"
+	coord, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(coord.Close)
+	repo := payment.NewDistributedRepository(coord, entity.WithLockOptions(lock.Options{Retry: pollRetry}))
+	if err := l.call(ctx, repo, k, "before", nil); err != nil {
+		t.Fatal(err)
+	}
+	syncStandby := func(ctx context.Context, names string) error {
+		if _, err := worker.Exec(ctx, "ALTER SYSTEM SET synchronous_standby_names = '"+names+"'"); err != nil {
+			return err
+		}
+		_, err := worker.Exec(ctx, "SELECT pg_reload_conf()")
+		return err
+	}
+	if err := syncStandby(ctx, "nobody"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syncStandby(context.Background(), "") })
+	var fnCalls atomic.Int32
+	done := make(chan error, 1)
+	go func() {
+		done <- l.call(ctx, repo, k, "lost", func(context.Context, pgx.Tx) error { fnCalls.Add(1); return nil })
+	}()
+	var pid int32
+	err = waitFor(ctx, "the shard's COMMIT waiting for the standby", func() (bool, error) {
+		err := worker.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'
+			AND datname = current_database() AND pid <> pg_backend_pid()`).Scan(&pid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := worker.Exec(ctx, "SELECT pg_terminate_backend($1::int)", pid); err != nil {
+		t.Fatal(err)
+	}
+	err = <-done
+	if !errors.Is(err, lock.ErrCommitUnknown) {
+		t.Errorf("With whose COMMIT the worker committed = %v; want ErrCommitUnknown", err)
+	}
+	if got := fnCalls.Load(); got != 1 {
+		t.Errorf("fn ran %d times; want once (never retried)", got)
+	}
+	if err := syncStandby(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	applied := l.check(t, n.pools[0])
+	if applied["lost"] != 1 {
+		t.Errorf("the op is applied %d times; this test wants the case where the worker committed it", applied["lost"])
+	}
 }
