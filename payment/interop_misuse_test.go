@@ -27,7 +27,7 @@ const (
 	serviceIDWant     = "service ids 7 7 7 10 refused refused refused refused refused refused"
 	// The settings each example applies, read inside fn.
 	showBounds = "SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout'), " +
-		"current_setting('statement_timeout'), current_setting('transaction_isolation')"
+		"current_setting('statement_timeout'), current_setting('transaction_isolation'), current_setting('transaction_read_only')"
 	myLock = "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
 )
 
@@ -216,12 +216,12 @@ func misuseScript(src string) string {
 }
 
 // goBounds returns the settings payment.With applies with opts, as the
-// scripts print them: "bounds LOCK IDLE STATEMENT ISOLATION".
+// scripts print them: "bounds LOCK IDLE STATEMENT ISOLATION READ_ONLY".
 func goBounds(t *testing.T, ctx context.Context, repo *payment.Repository) string {
 	t.Helper()
-	var v [4]string
+	var v [5]string
 	err := repo.With(ctx, payment.Key{ServiceID: 7, LineItemID: "li_go"}, func(ctx context.Context, tx pgx.Tx, _ *payment.Payment) error {
-		return tx.QueryRow(ctx, showBounds).Scan(&v[0], &v[1], &v[2], &v[3])
+		return tx.QueryRow(ctx, showBounds).Scan(&v[0], &v[1], &v[2], &v[3], &v[4])
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -231,8 +231,9 @@ func goBounds(t *testing.T, ctx context.Context, repo *payment.Repository) strin
 
 // TestInteropMisuse: the examples take the bounds Go's payment.With takes,
 // by default and when given (lock_timeout, idle_in_transaction_session_timeout,
-// statement_timeout, read committed), on a database whose defaults differ
-// (lock_timeout 7s, serializable, statement_timeout 30s). They refuse to
+// statement_timeout, read committed, read write), on a database whose
+// defaults differ (lock_timeout 7s, serializable, statement_timeout 30s,
+// read only). They refuse to
 // run nested on the payment their fn holds, or inside the caller's
 // transaction, where the lock and the row lock would last until that
 // transaction ends and a nested call's update would be lost under the outer
@@ -257,6 +258,7 @@ func TestInteropMisuse(t *testing.T) {
 		EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = serializable', current_database());
 		EXECUTE format('ALTER DATABASE %I SET lock_timeout = ''7s''', current_database());
 		EXECUTE format('ALTER DATABASE %I SET statement_timeout = ''30s''', current_database());
+		EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database());
 		END$$`); err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +269,7 @@ func TestInteropMisuse(t *testing.T) {
 		goBounds(t, ctx, payment.NewRepository(pool, entity.WithLockOptions(lock.Options{
 			LockTimeout: 250 * time.Millisecond, IdleTimeout: 2 * time.Second, StatementTimeout: 5 * time.Second}))),
 	}
-	if want := []string{"bounds 0 1min 30s read committed", "bounds 250ms 2s 5s read committed"}; !slices.Equal(bounds, want) {
+	if want := []string{"bounds 0 1min 30s read committed off", "bounds 250ms 2s 5s read committed off"}; !slices.Equal(bounds, want) {
 		t.Fatalf("Go's bounds are %q, want %q", bounds, want)
 	}
 	unknown := "unknown service 23503"
@@ -297,7 +299,7 @@ func TestInteropMisuse(t *testing.T) {
 				t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
 			}
 		})
-		if _, err := pool.Exec(ctx, "TRUNCATE payments"); err != nil {
+		if _, err := pool.Exec(ctx, "BEGIN READ WRITE; TRUNCATE payments; COMMIT"); err != nil {
 			t.Fatal(err)
 		}
 	}

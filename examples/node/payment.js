@@ -65,7 +65,7 @@ async function withPayment (pool, serviceId, lineItemId, fn, { lockTimeoutMs = 0
   const onError = err => { lost = err }
   client.on('error', onError)
   try {
-    await client.query('BEGIN ISOLATION LEVEL READ COMMITTED')
+    await client.query('BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE')
     await client.query('SELECT ' + names.map((k, i) => `set_config('${k}', $${i + 1}, true)`).join(', '),
       names.map(k => String(Math.trunc(bounds[k]))))
     await client.query(`SELECT pg_advisory_xact_lock(paylock_key_id('payments', $1::text, $2::text)) /*paylock_key='${key}'*/`, [sid, lineItemId])

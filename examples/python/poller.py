@@ -77,7 +77,7 @@ def with_payment(conn, service_id, line_item_id, fn, *,
               "statement_timeout": statement_timeout_ms}
     bounds = {k: str(int(v)) for k, v in bounds.items() if v is not None}
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE")
         cur.execute("SELECT " + ", ".join(f"set_config('{k}', %s, true)" for k in bounds), list(bounds.values()))
         cur.execute(f"SELECT pg_advisory_xact_lock(%s) /*paylock_key='{key}'*/", (lock_id,))
         created = cur.execute(ENSURE, {"s": service_id, "l": line_item_id}).rowcount == 1

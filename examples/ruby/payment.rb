@@ -32,6 +32,7 @@ class Payment < ActiveRecord::Base
                "statement_timeout" => statement_timeout_ms }.compact
     transaction(isolation: :read_committed) do
       pg = connection.raw_connection # the transaction's own connection, BEGIN already sent
+      pg.exec("SET TRANSACTION READ WRITE") # whatever default_transaction_read_only says, as Go
       pg.exec_params("SELECT " + bounds.keys.each_with_index.map { |k, i| "set_config('#{k}', $#{i + 1}, true)" }.join(", "),
                      bounds.values.map { |v| Integer(v).to_s })
       pg.exec_params("SELECT pg_advisory_xact_lock(paylock_key_id('payments', $1::text, $2::text)) " \
