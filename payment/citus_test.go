@@ -225,6 +225,39 @@ func TestCitusMigrateHostileSchema(t *testing.T) {
 	}
 }
 
+// TestCitusMigrateNoWorkers: a database with the citus extension and no
+// worker added (its group is 0, as on a coordinator) is a one-node
+// cluster to Migrate: payments is distributed there, its shards on that
+// node, and Migrate again changes nothing.
+func TestCitusMigrateNoWorkers(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 2*time.Minute)
+	db := citustest.NewDB(t)
+	admin := citusPool(t, db.Cluster.Coordinator.ConnString("postgres"), nil)
+	name := db.Name + "_alone"
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Exec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)") })
+	pool := citusPool(t, db.Cluster.Coordinator.ConnString(name), nil)
+	if _, err := pool.Exec(ctx, "CREATE EXTENSION citus"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := payment.Migrate(ctx, pool); err != nil {
+			t.Fatalf("Migrate %d: %v", i+1, err)
+		}
+	}
+	if d, err := payment.Distributed(ctx, pool); err != nil || !d {
+		t.Fatalf("Distributed = %t, %v; want true", d, err)
+	}
+	var elsewhere int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_dist_placement p JOIN pg_dist_shard s USING (shardid)
+		WHERE s.logicalrelid = 'payments'::regclass AND p.groupid <> 0`).Scan(&elsewhere); err != nil || elsewhere != 0 {
+		t.Fatalf("%d shard placements off the coordinator (%v), want none", elsewhere, err)
+	}
+}
+
 // TestCitusWithOnEveryNode: payment.Distributed reports the table
 // distributed on every node; With on a NewDistributedRepository works
 // through the coordinator (advisory strategy) and through each worker
