@@ -75,6 +75,7 @@ var ctDirected = []string{
 	"max=16 row slow,slow",
 	"max=16 row add,poison,add",
 	"max=16 row add,ledger,stall,add,ledger",
+	"max=16 row setLocal,settings,setLocal,settings,add,settings",
 }
 
 // ctVocabulary is what seed draws from: the fixed seeds leave poison out
@@ -122,6 +123,8 @@ const (
 	kLeak               // change p; a goroutine keeps using tx after fn returned
 	kPoison             // UPDATE the row through tx to a status the Table's Scan panics on
 	kStall              // a ledger row, change p, then sleep 8/5 of IdleTimeout: idle too long
+	kSetLocal           // SET LOCAL statement_timeout and set_config('ct.who', ..., true): settings for its transaction
+	kSettings           // a ledger row naming the settings kSetLocal changes, as fn finds them
 	ctNumKinds
 )
 
@@ -131,6 +134,7 @@ var ctKindNames = [...]string{
 	kDelete: "delete", kFail: "fail", kFailIgnored: "failIgnored", kBadData: "badData", kData: "data",
 	kSlow: "slow", kCtxBefore: "ctxBefore", kCtxDuring: "ctxDuring", kCtxAtEnd: "ctxAtEnd",
 	kCtxAfter: "ctxAfter", kCtxMid: "ctxMid", kLeak: "leak", kPoison: "poison", kStall: "stall",
+	kSetLocal: "setLocal", kSettings: "settings",
 }
 
 // ctWeights: how often each kind is drawn.
@@ -138,6 +142,7 @@ var ctWeights = [...]int{
 	kNoop: 3, kStatus: 3, kAdd: 4, kLedger: 5, kLedgerErr: 2, kPanic: 2, kPanicSQL: 2, kGoexit: 1,
 	kUpdate: 2, kUpdateP: 1, kDelete: 1, kFail: 2, kFailIgnored: 1, kBadData: 1, kData: 2, kSlow: 1,
 	kCtxBefore: 1, kCtxDuring: 1, kCtxAtEnd: 1, kCtxAfter: 1, kCtxMid: 1, kLeak: 1, kPoison: 1, kStall: 1,
+	kSetLocal: 2, kSettings: 2,
 }
 
 func (k ctKind) String() string { return ctKindNames[k] }
@@ -402,6 +407,17 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 			return err
 		case kPoison:
 			_, err := tx.Exec(ctx, "UPDATE payments SET status = 'poison' WHERE id = $1", p.ID)
+			return err
+		case kSetLocal:
+			p.AmountCents += 70
+			if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = '%ds'", 100+i)); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "SELECT set_config('ct.who', $1, true)", fmt.Sprint("member ", i))
+			return err
+		case kSettings:
+			_, err := tx.Exec(ctx, "INSERT INTO contract_ledger (k, entry) VALUES ($1, $2 || ' who=' || coalesce(nullif(current_setting('ct.who', true), ''), '<none>') || ' statement_timeout=' || current_setting('statement_timeout'))",
+				c.k, fmt.Sprintf("%02d %s saw %s", i, kind, saw))
 			return err
 		case kLeak:
 			p.AmountCents += 60

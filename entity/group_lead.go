@@ -28,18 +28,21 @@ type group[K, V any] struct {
 	gone    bool // the row was deleted: the next member creates it again
 	n       int
 	withSQL int
-	ok      []*member[K, V]      // members whose fn succeeded, in order
-	broken  error                // why the transaction can't commit
-	ended   bool                 // a member's fn ended the transaction itself, or may have
-	openSP  string               // the savepoint of the last member with SQL, not yet released
-	stale   bool                 // the leader's statements may have changed the row: read it back with its write
-	lastSQL time.Time            // when the last statement of the transaction was sent, as far as known
-	txs     []*txn.Managed       // each member's tx, ended once the transaction is
-	size    int                  // callers whose fn ran, set before the outcome is sent
-	stepped chan struct{}        // a member's turn ended
-	running chan *memberTx[K, V] // a member's fn began, with this tx
-	txs0    [1]*txn.Managed      // txs and ok of a lone caller, without allocations
-	ok0     [1]*member[K, V]
+	ok      []*member[K, V] // members whose fn succeeded, in order
+	broken  error           // why the transaction can't commit
+	ended   bool            // a member's fn ended the transaction itself, or may have
+	openSP  string          // the savepoint of the last member with SQL, not yet released
+	stale   bool            // the leader's statements may have changed the row: read it back with its write
+	// leaderSnap: the settings before the leader's fn changed any, set
+	// back before the first member's turn (see settingsSnap).
+	leaderSnap *settingsSnap
+	lastSQL    time.Time            // when the last statement of the transaction was sent, as far as known
+	txs        []*txn.Managed       // each member's tx, ended once the transaction is
+	size       int                  // callers whose fn ran, set before the outcome is sent
+	stepped    chan struct{}        // a member's turn ended
+	running    chan *memberTx[K, V] // a member's fn began, with this tx
+	txs0       [1]*txn.Managed      // txs and ok of a lone caller, without allocations
+	ok0        [1]*member[K, V]
 }
 
 // gatherEnd is why a leader stopped taking callers into its transaction.
@@ -351,11 +354,11 @@ func (g *group[K, V]) settleLeader(ctx context.Context) {
 		if sql, args, err = g.r.table.Save(g.written, g.cur); err != nil {
 			return
 		}
-		if sql == "" && !g.stale {
+		if sql == "" && !g.stale && g.leaderSnap == nil {
 			g.cur = g.written // not fields of p that Save does not write
 			return
 		}
-		err = g.settle(ctx, &memberTx[K, V]{g: g, plain: true, done: true}, g.cur, sql, args, g.stale)
+		err = g.settle(ctx, &memberTx[K, V]{g: g, plain: true, done: true, snap: g.leaderSnap}, g.cur, sql, args, g.stale)
 	}); p != nil {
 		err = fmt.Errorf("entity: Table panicked: %v", p)
 	}

@@ -183,6 +183,9 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		// Written with the transaction's COMMIT if nobody joins, as a call
 		// of its own; else before the first member's turn (settleLeader).
 		g.cur, g.stale = v, changed
+		tx.mu.Lock()
+		g.leaderSnap = tx.snap
+		tx.mu.Unlock()
 		g.ok = append(g.ok, m)
 		return true, nil, nil
 	}
@@ -243,6 +246,9 @@ func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql 
 		b.Queue(txn.CheckSQL)
 		checked = true
 	}
+	tx.mu.Lock()
+	restored := queueRestore(b, tx.snap)
+	tx.mu.Unlock()
 	if sql != "" {
 		b.Queue(sql, args...)
 	}
@@ -273,6 +279,11 @@ func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql 
 				g.broke(err, true)
 			}
 			return err
+		}
+	}
+	if restored {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("set back the settings fn changed for its transaction: %w", err)
 		}
 	}
 	if sql != "" {

@@ -58,6 +58,9 @@ type memberTx[K, V any] struct {
 	// and nothing is opaque, the row is read back after the member.
 	base, last *V
 	opaque     bool
+	// snap: the settings before fn's first statement that may change one
+	// (see noteSettings); nil until then.
+	snap *settingsSnap
 }
 
 // enter reports whether fn may still use t and, if so, holds the gate for
@@ -391,6 +394,15 @@ func (t *memberTx[K, V]) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchR
 		return pgx.FailedBatchResults(b, t.closedErr())
 	}
 	defer t.exit()
+	sqls := make([]string, len(b.QueuedQueries))
+	var args []any
+	for i, q := range b.QueuedQueries {
+		sqls[i] = q.SQL
+		args = append(args, q.Arguments...)
+	}
+	if err := t.noteSettings(ctx, sqls, args); err != nil {
+		return pgx.FailedBatchResults(b, err)
+	}
 	if err := t.start(ctx, false); err != nil {
 		return pgx.FailedBatchResults(b, err)
 	}
@@ -437,6 +449,9 @@ func (t *memberTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgc
 		return pgconn.CommandTag{}, t.closedErr()
 	}
 	defer t.exit()
+	if err := t.noteSettings(ctx, []string{sql}, args); err != nil {
+		return pgconn.CommandTag{}, err
+	}
 	if t.follows(ctx, sql, args) {
 		br, ok, err := t.pipeline(ctx, sql, args)
 		switch {
@@ -466,6 +481,9 @@ func (t *memberTx[K, V]) Query(ctx context.Context, sql string, args ...any) (pg
 		return nil, t.closedErr()
 	}
 	defer t.exit()
+	if err := t.noteSettings(ctx, []string{sql}, args); err != nil {
+		return nil, err
+	}
 	if err := t.start(ctx, false); err != nil {
 		return nil, err
 	}
@@ -486,6 +504,9 @@ func (t *memberTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) 
 		return errRow{t.closedErr()}
 	}
 	defer t.exit()
+	if err := t.noteSettings(ctx, []string{sql}, args); err != nil {
+		return errRow{err}
+	}
 	if t.follows(ctx, sql, args) {
 		br, ok, err := t.pipeline(ctx, sql, args)
 		switch {
