@@ -87,11 +87,13 @@ type Table struct {
 	// it on a coordinator ([Distributed] tells). Ensure then inserts with
 	// INSERT ... VALUES ... ON CONFLICT DO NOTHING, which Citus sends
 	// straight to the key's shard, instead of the INSERT ... SELECT ... WHERE
-	// NOT EXISTS it plans through the coordinator (With then takes 2 to 4
-	// times as long: BenchmarkCitusEnsure). It relies on the unique index
-	// alone to find an existing row, which such a table always has; on a
-	// table without that index (one still to deduplicate) every call would
-	// insert a row: leave it false there.
+	// NOT EXISTS it plans through the coordinator (With then takes about
+	// twice as long: BenchmarkCitus, table=plain against
+	// table=distributed). It relies on the unique index alone to find an
+	// existing row, which such a table has (but while Migrate rebuilds an
+	// index left invalid: docs/SCALING.md); on a table without that index
+	// (one still to deduplicate) every call would insert a row: leave it
+	// false there.
 	Distributed bool
 }
 
@@ -128,7 +130,7 @@ ORDER BY id LIMIT 1`
 
 	// sqlUpdate names the row by its distribution column as well as its
 	// id: on Citus, where payments is distributed by service_id, an update
-	// by id alone goes to every shard (about 18 times the cost of the
+	// by id alone goes to every shard (about 30 times the cost of the
 	// whole of With's SQL, BenchmarkCitus); on one server the primary key
 	// finds it as before.
 	sqlUpdate = `UPDATE payments SET amount_cents = $2::bigint, currency = $3::text, status = $4::text, data = $5::jsonb,
