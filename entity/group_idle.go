@@ -105,13 +105,13 @@ func (g *group[K, V]) checkIdle(ctx context.Context, tx *memberTx[K, V], idle ti
 	tx.mu.Lock()
 	since, opaque, open := tx.idleSince, tx.opaque, len(tx.open) > 0
 	tx.mu.Unlock()
-	if opaque || tx.fn.Load() != fnRunning {
+	if opaque || tx.fnState() != fnRunning {
 		return idleUnseen
 	}
 	now := time.Now()
 	switch {
 	case now.Sub(since) >= idle:
-		if !tx.fn.CompareAndSwap(fnRunning, fnCutOff) {
+		if !tx.leave(fnCutOff) {
 			return idleUnseen // fn returned just now
 		}
 		tx.shutLocked()

@@ -29,8 +29,8 @@ type group[K, V any] struct {
 	n       int
 	withSQL int
 	ok      []*member[K, V] // members whose fn succeeded, in order
-	broken  error           // why the transaction can't commit
-	ended   bool            // a member's fn ended the transaction itself, or may have
+	state   txState         // whether the transaction can still commit
+	why     error           // why not, unless txOpen
 	openSP  string          // the savepoint of the last member with SQL, not yet released
 	stale   bool            // the leader's statements may have changed the row: read it back with its write
 	// leaderSnap: the settings before the leader's fn changed any, set
@@ -44,6 +44,15 @@ type group[K, V any] struct {
 	txs0       [1]*txn.Managed      // txs and ok of a lone caller, without allocations
 	ok0        [1]*member[K, V]
 }
+
+// txState is whether a group's transaction can still commit.
+type txState int
+
+const (
+	txOpen      txState = iota // it can
+	txBroken                   // it can't: it is rolled back, and nothing of it commits
+	txEndedByFn                // a member's fn ended it with SQL (or may have), committing what ran before
+)
 
 // gatherEnd is why a leader stopped taking callers into its transaction.
 type gatherEnd int
@@ -253,7 +262,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	if end == endBroken && ok && g.n == 1 && len(g.ok) == 0 {
 		// The leader's own write failed (settleLeader): its call fails
 		// as it would alone.
-		ok, ownErr = false, g.broken
+		ok, ownErr = false, g.why
 	}
 	stop()
 	g.size = g.n
@@ -297,7 +306,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 func (g *group[K, V]) gather(ctx context.Context, gs *groups[K, V], budget time.Duration, granted time.Time, leading func() bool, watch func() func() bool) gatherEnd {
 	for {
 		switch {
-		case g.broken != nil:
+		case g.state != txOpen:
 			return endBroken
 		case !leading():
 			return endIdle
@@ -315,10 +324,10 @@ func (g *group[K, V]) gather(ctx context.Context, gs *groups[K, V], budget time.
 		if g.n == 1 {
 			g.settleLeader(ctx)
 		}
-		if g.broken == nil && time.Since(g.lastSQL) > g.idleGap() {
+		if g.state == txOpen && time.Since(g.lastSQL) > g.idleGap() {
 			g.keepAlive(ctx)
 		}
-		if g.broken != nil {
+		if g.state != txOpen {
 			// next did not join: it leads the next transaction.
 			gs.requeue(g.lk.ID(), next)
 			return endBroken
@@ -386,12 +395,12 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 	if len(g.ok) == 0 {
 		return nil
 	}
-	if g.broken != nil {
-		if g.ended {
+	if g.state != txOpen {
+		if g.state == txEndedByFn {
 			return fmt.Errorf("entity: with %s: %w: another call in the same group transaction ended it with SQL (or may have), committing what ran before it: %w",
-				lk, txn.ErrCommitUnknown, g.broken)
+				lk, txn.ErrCommitUnknown, g.why)
 		}
-		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", lk, ErrGroupRolledBack, g.broken), true)
+		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", lk, ErrGroupRolledBack, g.why), true)
 	}
 	if g.size > 1 {
 		// Once a member's fn returned, its ctx can't undo its part; the

@@ -35,8 +35,8 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 		if err := m.ctx.Err(); err != nil {
 			return false, nil, fmt.Errorf("entity: with %s: wait in queue: %w", g.lk, err) // dropped, fn not run
 		}
-		if g.broken != nil { // a failure before this turn: fn not run
-			return false, nil, txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", g.lk, ErrGroupRolledBack, g.broken), true)
+		if g.state != txOpen { // a failure before this turn: fn not run
+			return false, nil, txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (%v)", g.lk, ErrGroupRolledBack, g.why), true)
 		}
 		m.ev.Granted, m.ev.Wait = time.Now(), time.Since(m.ev.Start)
 	}
@@ -376,8 +376,11 @@ func (g *group[K, V]) undo(ctx context.Context, tx *memberTx[K, V], cause error)
 }
 
 func (g *group[K, V]) broke(err error, ended bool) {
-	if g.broken == nil {
-		g.broken, g.ended = err, ended
+	if g.state == txOpen {
+		g.state, g.why = txBroken, err
+		if ended {
+			g.state = txEndedByFn
+		}
 	}
 }
 
