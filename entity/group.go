@@ -50,8 +50,9 @@ type Cloner[V any] interface {
 // member broke the connection). No call waits past its ctx: a member whose
 // ctx ends after its fn returned, before the group's outcome, gets
 // lock.ErrCommitUnknown with ctx's error (the group may yet commit its
-// part). A member whose fn runs no statement through tx for IdleTimeout is
-// cut off, as the server would end a call of its own: it fails with
+// part). A member whose fn runs no statement through tx (and holds no
+// result of one open) for IdleTimeout is cut off, as the server would end
+// a call of its own: it fails with
 // lock.ErrIdleTimeout and the group goes on without it. A lone caller runs
 // exactly as without the option.
 //

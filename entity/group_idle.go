@@ -21,15 +21,18 @@ import (
 // before it get their outcome.
 //
 // The leader can tell that fn runs no statement only while every call fn
-// makes goes through tx: once fn took a way around it (tx.Begin's
-// savepoints, tx.Conn, tx.LargeObjects), or when IdleTimeout is left to the
-// server (negative), the leader waits for fn as long as it runs.
+// makes goes through tx and has ended: once fn took a way around it
+// (tx.Begin's savepoints, tx.Conn, tx.LargeObjects), or when IdleTimeout is
+// left to the server (negative), the leader waits for fn as long as it
+// runs; and while fn holds a result open (Rows, a Row not yet scanned, a
+// batch not yet closed), whose statement may still be running on the
+// server, it waits until fn has closed it.
 
 // idleCheck is what await found when it looked at a member's fn.
 type idleCheck int
 
 const (
-	idleBusy   idleCheck = iota // a call through tx is in progress
+	idleBusy   idleCheck = iota // a call through tx is in progress, or a result of one open
 	idleFine                    // fn may idle on: nothing to do yet
 	idleKept                    // the leader sent a statement that does nothing
 	idleCut                     // fn was cut off
@@ -110,6 +113,13 @@ func (g *group[K, V]) checkIdle(ctx context.Context, tx *memberTx[K, V], idle ti
 	}
 	now := time.Now()
 	switch {
+	case open:
+		// fn holds a result open (Rows, a Row not yet scanned, a batch):
+		// its statement may still run on the server, which does not count
+		// a busy transaction as idle, and the leader can't tell without
+		// reading the connection. Neither cut fn off nor send anything:
+		// look again later.
+		return idleBusy
 	case now.Sub(since) >= idle:
 		if !tx.leave(fnCutOff) {
 			return idleUnseen // fn returned just now
@@ -117,7 +127,7 @@ func (g *group[K, V]) checkIdle(ctx context.Context, tx *memberTx[K, V], idle ti
 		tx.shutLocked()
 		tx.m.Close()
 		return idleCut
-	case !open && now.Sub(later(*kept, since)) >= idle-idle/4:
+	case now.Sub(later(*kept, since)) >= idle-idle/4:
 		// With the gate held, fn can't send anything meanwhile; and until
 		// fn returned (above), its member touches nothing of g.
 		g.keepAlive(ctx)

@@ -66,15 +66,16 @@ const (
 	endBroken                      // the transaction can't commit: take nobody else into it
 )
 
-// idleGap is how much of IdleTimeout (the server's, when it is left to
-// the server: DefaultIdleTimeout's) a member's fn may find spent when it
+// idleGap is how much of IdleTimeout a member's fn may find spent when it
 // starts, a twentieth: past that, the leader sends a statement first
 // (keepAlive), so that the server's idle clock counts each fn alone, as it
 // would in a call of its own, and not the sum of the fns that ran no SQL.
+// When IdleTimeout is left to the server, the leader does not know the
+// server's setting (a database's or role's, 2 s say): then 1 ms.
 func (g *group[K, V]) idleGap() time.Duration {
 	idle := g.r.settings.IdleTimeout
 	if idle <= 0 {
-		idle = txn.DefaultIdleTimeout
+		return time.Millisecond
 	}
 	return idle / 20
 }
