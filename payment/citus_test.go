@@ -258,6 +258,67 @@ func TestCitusMigrateNoWorkers(t *testing.T) {
 	}
 }
 
+// TestCitusMoveLocalPayments runs docs/SCALING.md's move of a local
+// payments table (the single-server schema, with rows, made before the
+// extension) into the table Migrate distributes: Migrate refuses it with
+// ErrNotDistributed and changes nothing; renamed with its unique index,
+// the old table makes way, Migrate distributes a new one, the rows move
+// with their ids, and the sequence moved past them lets With create new
+// payments beside the old ones, which it finds and updates.
+func TestCitusMoveLocalPayments(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 2*time.Minute)
+	db := citustest.NewDB(t)
+	pool := citusPool(t, db.CoordinatorURL(), nil)
+	exec := func(sqls ...string) {
+		t.Helper()
+		for _, sql := range sqls {
+			if _, err := pool.Exec(ctx, sql); err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+		}
+	}
+	exec(payment.Schema, "CREATE UNIQUE INDEX "+payment.UniqueIndex+" ON payments (service_id, line_item_id)",
+		"INSERT INTO services VALUES (1, 'api')",
+		"INSERT INTO payments (service_id, line_item_id, amount_cents) SELECT 1, 'li_' || g, g FROM generate_series(1, 100) g")
+	if err := payment.Migrate(ctx, pool); !errors.Is(err, payment.ErrNotDistributed) {
+		t.Fatalf("Migrate with a local payments table = %v, want ErrNotDistributed", err)
+	}
+	if d, err := payment.Distributed(ctx, pool); err != nil || d {
+		t.Fatalf("Distributed after the refusal = %t, %v; want false, nothing changed", d, err)
+	}
+	// The procedure, as docs/SCALING.md gives it.
+	exec("ALTER TABLE payments RENAME TO old_payments",
+		"ALTER INDEX "+payment.UniqueIndex+" RENAME TO old_payments_key")
+	if err := payment.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	exec("INSERT INTO payments SELECT * FROM old_payments",
+		"SELECT setval(pg_get_serial_sequence('payments', 'id'), (SELECT max(id) FROM payments))",
+		"DROP TABLE old_payments")
+
+	if d, err := payment.Distributed(ctx, pool); err != nil || !d {
+		t.Fatalf("Distributed = %t, %v; want true", d, err)
+	}
+	repo := payment.NewDistributedRepository(pool)
+	for _, k := range []payment.Key{{ServiceID: 1, LineItemID: "li_7"}, {ServiceID: 1, LineItemID: "li_new"}} {
+		err := repo.With(ctx, k, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			if old := k.LineItemID == "li_7"; p.IsNew() == old || (old && (p.ID != 7 || p.AmountCents != 7)) || (!old && p.ID <= 100) {
+				t.Errorf("%s: id %d, amount %d, new %t; want the moved row (id 7, amount 7) or a new one past id 100", k, p.ID, p.AmountCents, p.IsNew())
+			}
+			p.AmountCents++
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("With %s: %v", k, err)
+		}
+	}
+	var rows, sum int
+	if err := pool.QueryRow(ctx, "SELECT count(*), sum(amount_cents) FROM payments").Scan(&rows, &sum); err != nil || rows != 101 || sum != 5050+2 {
+		t.Fatalf("%d rows, amounts %d (%v); want 101 and 5052", rows, sum, err)
+	}
+}
+
 // TestCitusWithOnEveryNode: payment.Distributed reports the table
 // distributed on every node; With on a NewDistributedRepository works
 // through the coordinator (advisory strategy) and through each worker
