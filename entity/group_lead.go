@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
@@ -380,13 +381,27 @@ func (g *group[K, V]) settleLeader(ctx context.Context) {
 
 // keepAlive sends a statement that does nothing, so that the server's idle
 // clock starts again before the next member's fn (see idleGap).
+//
+// In a transaction a member's fn left aborted (a statement of its failed,
+// and fn goes on), the server refuses it (25P02) and the transaction stays
+// as it was: the server's idle clock starts again all the same, and the
+// member fails with ErrTxAborted once fn returns, as alone.
 func (g *group[K, V]) keepAlive(ctx context.Context) {
 	ctx, cancel := txn.CleanupContext(ctx)
 	defer cancel()
-	if _, err := g.conn.PgConn().Exec(ctx, "SELECT").ReadAll(); err != nil {
+	pc := g.conn.PgConn()
+	aborted := pc.TxStatus() == 'E'
+	if _, err := pc.Exec(ctx, "SELECT").ReadAll(); err != nil && !(aborted && isSQLState(err, "25P02") && pc.TxStatus() == 'E') {
 		g.broke(fmt.Errorf("entity: with %s: keep the transaction from idling out: %w", g.lk, err), false)
 	}
 	g.lastSQL = time.Now()
+}
+
+// isSQLState reports whether err is an error of the server's with SQLSTATE
+// code.
+func isSQLState(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
 }
 
 // commit writes the row and commits, unless no member succeeded or the

@@ -2,6 +2,7 @@ package entity_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -197,5 +198,59 @@ func TestGroupCommitReview3ServerIdleTimeoutPerMember(t *testing.T) {
 		if (one[i].err == nil) != (grp[i].err == nil) {
 			t.Errorf("call %d: grouped %v; one by one %v", i, grp[i].err, one[i].err)
 		}
+	}
+}
+
+// TestGroupCommitReview3KeepAliveInAbortedTx: a member's fn runs a
+// statement that fails, ignores the error, and runs no statement for a
+// while, less than IdleTimeout, then returns nil. One by one, its call
+// fails (the transaction was aborted: ErrTxAborted) and the calls before
+// and after it commit. Grouped, the leader's keep-alive (an empty SELECT,
+// sent once fn has run no statement for 3/4 of IdleTimeout) failed in the
+// aborted transaction (25P02) and broke the group: every call failed.
+func TestGroupCommitReview3KeepAliveInAbortedTx(t *testing.T) {
+	t.Parallel()
+	const idle = 4 * time.Second
+	pool, ctx := groupSetup(t)
+	opts := lock.Options{IdleTimeout: idle}
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	failed := func(waitKeepAlive bool) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents += 10
+			var pid int32
+			if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+				return err
+			}
+			_, _ = tx.Exec(ctx, "SELECT 1/0") // ignored
+			// Grouped, wait for the leader's keep-alive (at 3/4 of idle);
+			// one by one there is none, and fn returns at once.
+			for waitKeepAlive {
+				var q string
+				if err := pool.QueryRow(ctx, "SELECT query FROM pg_stat_activity WHERE pid = $1", pid).Scan(&q); err != nil {
+					return err
+				}
+				if q == "SELECT" {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			return nil
+		}
+	}
+	plain := entity.New(pool, payment.Table{}, entity.WithLockOptions(opts))
+	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
+	oneKey := payment.Key{ServiceID: 1, LineItemID: "li_r3_aborted_one"}
+	grpKey := payment.Key{ServiceID: 1, LineItemID: "li_r3_aborted_grp"}
+	one := r2OneByOne(t, ctx, plain, oneKey, add, failed(false), add)
+	grp := groupedBounded(t, ctx, gc, grpKey, nil, add, failed(true), add)
+	for i := range one {
+		if (one[i].err == nil) != (grp[i].err == nil) || errors.Is(one[i].err, entity.ErrTxAborted) != errors.Is(grp[i].err, entity.ErrTxAborted) {
+			t.Errorf("call %d: grouped %v; one by one %v", i, grp[i].err, one[i].err)
+		}
+	}
+	oneAmt, _ := payRow(t, ctx, pool, oneKey)
+	grpAmt, _ := payRow(t, ctx, pool, grpKey)
+	if oneAmt != grpAmt {
+		t.Errorf("amount: grouped %d, one by one %d", grpAmt, oneAmt)
 	}
 }
