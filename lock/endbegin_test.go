@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -106,5 +107,58 @@ func TestRunDBFnEndsAndBeginsInOneMessage(t *testing.T) {
 				t.Errorf("victim = 99: RunDB committed fn's write made after fn ended the transaction, without the lock")
 			}
 		})
+	}
+}
+
+// TestRunRetryAfterFnCommitted: fn commits its write itself, then a
+// statement of fn's fails with an error Retry would retry had nothing
+// committed (a connection exception, or the connection lost): Run and
+// RunDB fail with ErrTxEnded and never run fn again, which would apply the
+// committed write twice.
+func TestRunRetryAfterFnCommitted(t *testing.T) {
+	t.Parallel()
+	retry := lock.Options{Retry: lock.Retry{Attempts: 3, Backoff: time.Millisecond}}
+	for _, failure := range []string{
+		"DO $$ BEGIN RAISE EXCEPTION 'worker out of reach' USING ERRCODE = '08006'; END $$",
+		"SELECT pg_terminate_backend(pg_backend_pid())",
+	} {
+		for _, api := range []string{"Run", "RunDB"} {
+			t.Run(api+"/"+failure[:8], func(t *testing.T) {
+				pool, ctx := managedSetup(t)
+				key := lock.NewKey("test", "committed")
+				calls := 0
+				body := func(exec func(string) error) error {
+					calls++
+					if err := exec("UPDATE t SET v = v + 1 WHERE k = 'victim'"); err != nil {
+						return err
+					}
+					if err := exec("COMMIT"); err != nil {
+						return err
+					}
+					if calls > 1 {
+						return nil
+					}
+					return exec(failure)
+				}
+				var err error
+				if api == "Run" {
+					err = retry.Run(ctx, pool, key, func(ctx context.Context, tx pgx.Tx) error {
+						return body(func(sql string) error { _, err := tx.Exec(ctx, sql); return err })
+					})
+				} else {
+					db := stdlib.OpenDBFromPool(pool)
+					defer db.Close()
+					err = retry.RunDB(ctx, db, key, func(ctx context.Context, tx *sql.Tx) error {
+						return body(func(sql string) error { _, err := tx.ExecContext(ctx, sql); return err })
+					})
+				}
+				if !errors.Is(err, lock.ErrTxEnded) {
+					t.Errorf("%s = %v, want ErrTxEnded", api, err)
+				}
+				if v := value(t, ctx, pool, "victim"); calls != 1 || v != 2 {
+					t.Errorf("fn ran %d times, victim = %d; want once, 2", calls, v)
+				}
+			})
+		}
 	}
 }

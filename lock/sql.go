@@ -146,14 +146,18 @@ func (t *sqlTx) Lock(ctx context.Context) error {
 
 // FnDone reports a transaction that fn ended itself (COMMIT or ROLLBACK run
 // through tx), which pgx's stdlib driver can tell: its connection is out of
-// any transaction. Other drivers can't, and database/sql's own Commit then
-// fails with an error of the driver's.
+// any transaction, or was when the server last said (a connection lost
+// after fn's COMMIT: fn's work may be committed, and Retry must not run it
+// again). Other drivers can't, and database/sql's own Commit then fails
+// with an error of the driver's.
 func (t *sqlTx) FnDone(fnErr error) error {
 	ended := false
 	_ = t.conn.Raw(func(dc any) error {
 		if c, ok := dc.(interface{ Conn() *pgx.Conn }); ok {
 			pc := c.Conn().PgConn()
-			ended = !pc.IsClosed() && !pc.IsBusy() && pc.TxStatus() == 'I'
+			// TxStatus is the status of the server's last ReadyForQuery,
+			// kept when the connection closes.
+			ended = !pc.IsBusy() && pc.TxStatus() == 'I'
 		}
 		return nil
 	})
