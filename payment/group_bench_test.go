@@ -3,6 +3,7 @@ package payment_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -76,4 +77,34 @@ func BenchmarkGroupCommit(b *testing.B) {
 			})
 		}
 	}
+	// A lone caller, with and without the option, call by call in turn on
+	// two keys of their own, so that the machine's noise falls on both
+	// alike: the ratio of their medians is what the option costs alone.
+	b.Run("workload=single-interleaved/workers=1", func(b *testing.B) {
+		if _, err := pool.Exec(ctx, "TRUNCATE payments, ledger; CHECKPOINT"); err != nil {
+			b.Fatal(err)
+		}
+		repos := [2]*payment.Repository{payment.NewRepository(pool), payment.NewRepository(pool, entity.WithGroupCommit(32))}
+		keys := [2]payment.Key{{ServiceID: 1, LineItemID: "lone-with"}, {ServiceID: 1, LineItemID: "lone-group"}}
+		var lat [2][]time.Duration
+		i := 0
+		for b.Loop() {
+			at := time.Now()
+			if err := repos[i%2].With(ctx, keys[i%2], bump); err != nil {
+				b.Fatal(err)
+			}
+			lat[i%2] = append(lat[i%2], time.Since(at))
+			i++
+		}
+		if len(lat[1]) == 0 {
+			return
+		}
+		median := func(d []time.Duration) float64 {
+			slices.Sort(d)
+			return float64(d[len(d)/2])
+		}
+		b.ReportMetric(median(lat[0])/1e3, "with-median-us")
+		b.ReportMetric(median(lat[1])/1e3, "group-median-us")
+		b.ReportMetric(median(lat[1])/median(lat[0]), "group/with")
+	})
 }
