@@ -40,8 +40,9 @@ someone waits for is read from the waiter and verified by recomputing its id.
 A holder that has moved on to other statements no longer shows it: its lock is
 listed with origin "unknown" until someone waits for it, which is exactly when
 the key matters. Clients in other languages lock with the SQL function
-paylock_key_id and send the same comment (docs/INTEROP.md); without it, the
-key is read from the function's literal arguments, or the lock is "unknown".
+paylock_key_id or with an id they compute themselves, and send the same
+comment (docs/INTEROP.md); without it, the key is read from the function's
+literal arguments, or the lock is "unknown".
 Locks taken with two int4 keys, or waited for by statements with neither the
 comment nor the function, are marked origin "other" (not taken by paylock).
 
