@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -253,4 +255,285 @@ func TestGroupCommitReview3KeepAliveInAbortedTx(t *testing.T) {
 	if oneAmt != grpAmt {
 		t.Errorf("amount: grouped %d, one by one %d", grpAmt, oneAmt)
 	}
+}
+
+// r3Stalled runs leader, m1, the stalled fn and m3 in a group through repo
+// on key: the stalled fn stalls (no statement through tx, ctx ignored)
+// until the calls around it have returned, then wakes and runs after. It
+// returns each call's outcome; the stalled call's is waited for only once
+// it woke. A failing test wakes it before it unwinds.
+func r3Stalled(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, leader, m1 payFn,
+	stalled func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error, m3 payFn,
+) []result {
+	t.Helper()
+	wake := make(chan struct{})
+	woken := false
+	wakeUp := func() {
+		if !woken {
+			woken = true
+			close(wake)
+		}
+	}
+	defer wakeUp()
+	stalledFn := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		return stalled(ctx, tx, p, func() { <-wake })
+	}
+	fns := []payFn{leader, m1, stalledFn, m3}
+	res := make([]result, len(fns))
+	dones := make([]chan struct{}, len(fns))
+	held, gate := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	for i, fn := range fns {
+		dones[i] = make(chan struct{})
+		if i == 0 {
+			inner := fn
+			fn = func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				once.Do(func() { close(held) })
+				<-gate
+				return inner(ctx, tx, p)
+			}
+		}
+		go func() {
+			defer close(dones[i])
+			defer func() { res[i].panicked = recover() }()
+			res[i].err = repo.With(ctx, key, fn)
+		}()
+		if i == 0 {
+			<-held
+		} else {
+			waitQueued(t, repo, key, i)
+		}
+	}
+	close(gate)
+	for _, i := range []int{0, 1, 3} {
+		select {
+		case <-dones[i]:
+		case <-time.After(time.Minute):
+			wakeUp()
+			t.Fatalf("call %d has not returned a minute after the group began, while call 2's fn stalls", i)
+		}
+	}
+	wakeUp()
+	select {
+	case <-dones[2]:
+	case <-time.After(time.Minute):
+		t.Fatal("the stalled call has not returned a minute after its fn woke")
+	}
+	return res
+}
+
+// TestGroupCommitReview3CutOff: a member's fn stalls (no statement through
+// tx for longer than IdleTimeout) and, once woken, ends in various ways;
+// what one by one gives is written out: the server would have ended its
+// transaction, so nothing of it commits, and the calls around it commit.
+func TestGroupCommitReview3CutOff(t *testing.T) {
+	t.Parallel()
+	const idle = 500 * time.Millisecond
+	pool, ctx := groupSetup(t)
+	add := func(n int64, entry string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents += n
+			return ledgerInsert(entry)(ctx, tx, p)
+		}
+	}
+	stallThen := func(then func(ctx context.Context, tx pgx.Tx) error) func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
+			p.AmountCents += 1000
+			if err := ledgerInsert("stalled")(ctx, tx, p); err != nil {
+				return err
+			}
+			wait()
+			return then(ctx, tx)
+		}
+	}
+	repo := func(opts lock.Options) payRepo {
+		opts.IdleTimeout = idle
+		return entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
+	}
+	n := 0
+	key := func() payment.Key {
+		n++
+		_, _ = pool.Exec(ctx, "DELETE FROM ledger")
+		return payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_r3_cut_", n)}
+	}
+	wantOthers := func(t *testing.T, res []result, k payment.Key, amount int64) {
+		t.Helper()
+		for _, i := range []int{0, 1, 3} {
+			if res[i].err != nil || res[i].panicked != nil {
+				t.Errorf("call %d: %v (panic %v), want nil as one by one", i, res[i].err, res[i].panicked)
+			}
+		}
+		if got, _ := payRow(t, ctx, pool, k); got != amount {
+			t.Errorf("amount %d, want %d", got, amount)
+		}
+		if got := ledger(t, ctx, pool); len(got) != 3 {
+			t.Errorf("ledger %q, want leader, m1 and m3 only", got)
+		}
+	}
+
+	t.Run("panic", func(t *testing.T) {
+		k := key()
+		res := r3Stalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
+			stallThen(func(context.Context, pgx.Tx) error { panic("woke up and panicked") }), add(4, "m3"))
+		wantOthers(t, res, k, 7)
+		if res[2].panicked != "woke up and panicked" {
+			t.Errorf("stalled call: %v, panic %v; want its panic re-raised, as alone", res[2].err, res[2].panicked)
+		}
+	})
+	t.Run("ownError", func(t *testing.T) {
+		k := key()
+		own := errors.New("own")
+		res := r3Stalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
+			stallThen(func(context.Context, pgx.Tx) error { return own }), add(4, "m3"))
+		wantOthers(t, res, k, 7)
+		if !errors.Is(res[2].err, own) {
+			t.Errorf("stalled call: %v, want its own error, as alone", res[2].err)
+		}
+	})
+	t.Run("statementAfter", func(t *testing.T) {
+		k := key()
+		var lateErr error
+		res := r3Stalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
+			stallThen(func(ctx context.Context, tx pgx.Tx) error {
+				rows, err := tx.Query(ctx, "SELECT 1")
+				if err == nil {
+					rows.Close()
+				}
+				lateErr = err
+				b := &pgx.Batch{}
+				b.Queue("SELECT 1")
+				if err := tx.SendBatch(ctx, b).Close(); !errors.Is(err, lock.ErrIdleTimeout) {
+					return fmt.Errorf("batch after the cut-off: %v", err)
+				}
+				if c := tx.Conn(); c != nil {
+					return errors.New("tx.Conn after the cut-off is not nil")
+				}
+				if _, err := tx.Begin(ctx); !errors.Is(err, lock.ErrIdleTimeout) {
+					return fmt.Errorf("Begin after the cut-off: %v", err)
+				}
+				return nil
+			}), add(4, "m3"))
+		wantOthers(t, res, k, 7)
+		if !errors.Is(lateErr, lock.ErrIdleTimeout) {
+			t.Errorf("Query after the cut-off: %v, want lock.ErrIdleTimeout", lateErr)
+		}
+		if !errors.Is(res[2].err, lock.ErrIdleTimeout) {
+			t.Errorf("stalled call: %v, want lock.ErrIdleTimeout", res[2].err)
+		}
+	})
+	t.Run("rowDeletedBefore", func(t *testing.T) {
+		k := key()
+		var m3New bool
+		res := r3Stalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"),
+			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				if err := ledgerInsert("m1")(ctx, tx, p); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, "DELETE FROM payments WHERE id = $1", p.ID)
+				return err
+			},
+			func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
+				if !p.IsNew() {
+					return errors.New("stalled fn: the row deleted before it is not new")
+				}
+				p.AmountCents += 1000
+				wait()
+				return nil
+			},
+			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				m3New = p.IsNew()
+				p.AmountCents += 4
+				return ledgerInsert("m3")(ctx, tx, p)
+			})
+		wantOthers(t, res, k, 4)
+		if !m3New {
+			t.Error("m3 did not create the row again (IsNew false), as it would one by one")
+		}
+		if !errors.Is(res[2].err, lock.ErrIdleTimeout) {
+			t.Errorf("stalled call: %v, want lock.ErrIdleTimeout", res[2].err)
+		}
+	})
+	t.Run("retry", func(t *testing.T) {
+		k := key()
+		attempts := 0
+		res := r3Stalled(t, ctx, repo(lock.Options{Retry: lock.Retry{Attempts: 2, Backoff: time.Millisecond}}), k, add(1, "leader"), add(2, "m1"),
+			func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
+				attempts++
+				p.AmountCents += 1000
+				if attempts == 1 {
+					if err := ledgerInsert("stalled")(ctx, tx, p); err != nil {
+						return err
+					}
+					wait()
+				}
+				return nil
+			}, add(4, "m3"))
+		for _, i := range []int{0, 1, 2, 3} {
+			if res[i].err != nil {
+				t.Errorf("call %d: %v, want nil (the stalled call retried once)", i, res[i].err)
+			}
+		}
+		if got, _ := payRow(t, ctx, pool, k); got != 1007 {
+			t.Errorf("amount %d, want 1007: the retried call once", got)
+		}
+		if got := ledger(t, ctx, pool); len(got) != 3 || attempts != 2 {
+			t.Errorf("ledger %q after %d attempts, want leader, m1 and m3, 2 attempts", got, attempts)
+		}
+	})
+}
+
+// TestGroupCommitReview3CutOffRace: a member's fn runs a statement, then
+// no statement for about IdleTimeout, then returns, or runs another
+// statement: the leader's cut-off races with fn's return or its call
+// (run with -race). Whichever wins, a call that returned nil has its
+// ledger row committed and one that failed has not, unless its outcome is
+// unknown; and nobody hangs.
+func TestGroupCommitReview3CutOffRace(t *testing.T) {
+	t.Parallel()
+	const idle = 40 * time.Millisecond
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
+	cuts := 0
+	for round := range 40 {
+		_, _ = pool.Exec(ctx, "DELETE FROM ledger")
+		key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_r3_race_", round)}
+		entry := func(i int) string { return fmt.Sprint(round, "/", i) }
+		add := func(i int) payFn {
+			return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				p.AmountCents++
+				return ledgerInsert(entry(i))(ctx, tx, p)
+			}
+		}
+		racy := func(i int) payFn {
+			return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				p.AmountCents++
+				if err := ledgerInsert(entry(i))(ctx, tx, p); err != nil {
+					return err
+				}
+				time.Sleep(idle - idle/8 + time.Duration(round%8)*idle/32)
+				if round%2 == 1 {
+					_, err := tx.Exec(ctx, "SELECT 1")
+					return err
+				}
+				return nil
+			}
+		}
+		res := groupedBounded(t, ctx, repo, key, nil, add(0), racy(1), add(2), racy(3), add(4))
+		got := ledger(t, ctx, pool)
+		for i, r := range res {
+			committed := slices.Contains(got, entry(i))
+			switch {
+			case r.panicked != nil:
+				t.Errorf("round %d call %d panicked: %v", round, i, r.panicked)
+			case r.err == nil && !committed:
+				t.Errorf("round %d call %d returned nil, its row is not committed (ledger %q)", round, i, got)
+			case r.err != nil && committed && !errors.Is(r.err, lock.ErrCommitUnknown):
+				t.Errorf("round %d call %d failed (%v), its row is committed", round, i, r.err)
+			}
+			if errors.Is(r.err, lock.ErrIdleTimeout) {
+				cuts++
+			}
+		}
+	}
+	t.Logf("%d calls ended with lock.ErrIdleTimeout", cuts)
 }
