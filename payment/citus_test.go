@@ -319,6 +319,57 @@ func TestCitusMoveLocalPayments(t *testing.T) {
 	}
 }
 
+// TestCitusHostileKeys: the hostile line item ids of TestWithHostileKeys,
+// each written through a different node (Citus deparses a router
+// statement, its values included, into the text it sends a worker), make
+// exactly their own rows, verbatim, read back the same from every node.
+func TestCitusHostileKeys(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 2*time.Minute)
+	db := citustest.NewDB(t)
+	coord := citusPool(t, db.CoordinatorURL(), nil)
+	if err := payment.Migrate(ctx, coord); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := coord.Exec(ctx, "INSERT INTO services SELECT g, 's' FROM generate_series(1, 8) g"); err != nil {
+		t.Fatal(err)
+	}
+	var repos []*payment.Repository
+	for i, url := range db.URLs() {
+		strategy := entity.Advisory
+		if i > 0 {
+			strategy = entity.RowLock
+		}
+		repos = append(repos, payment.NewDistributedRepository(citusPool(t, url, nil), entity.WithStrategy(strategy)))
+	}
+	var keys []payment.Key
+	for i, li := range hostile {
+		k := payment.Key{ServiceID: int64(1 + i%8), LineItemID: li} // on several shards
+		keys = append(keys, k)
+		for n := range repos { // created through one node, updated through the others
+			err := repos[(i+n)%len(repos)].With(ctx, k, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+				p.Status, p.AmountCents = li, p.AmountCents+1
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("With(%q) on node %d: %v", li, (i+n)%len(repos), err)
+			}
+		}
+	}
+	for n, repo := range repos {
+		for _, k := range keys {
+			p, err := repo.Get(ctx, k)
+			if err != nil || p.Key() != k || p.Status != k.LineItemID || p.AmountCents != int64(len(repos)) {
+				t.Fatalf("Get(%q) on node %d = %+v, %v", k.LineItemID, n, p, err)
+			}
+		}
+	}
+	var rows int
+	if err := coord.QueryRow(ctx, "SELECT count(*) FROM payments").Scan(&rows); err != nil || rows != len(hostile) {
+		t.Fatalf("%d rows (%v), want %d", rows, err, len(hostile))
+	}
+}
+
 // TestCitusWithOnEveryNode: payment.Distributed reports the table
 // distributed on every node; With on a NewDistributedRepository works
 // through the coordinator (advisory strategy) and through each worker
