@@ -74,8 +74,8 @@ func ReadyToCommit(ctx context.Context, closed bool) error {
 // as safe to retry.) Severities are read unlocalized, never from the
 // translated text.
 func AfterCommit(err error) error {
-	if err == nil {
-		return nil
+	if err == nil || errors.As(err, new(*notSentError)) {
+		return err
 	}
 	if connectionException(err) || internalError(err) {
 		// Reported by the server about a connection of its own (Citus's
@@ -85,7 +85,7 @@ func AfterCommit(err error) error {
 		// XX000), whether or not the worker committed.
 		return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
 	}
-	if serverError(err) || errors.Is(err, pgx.ErrTxCommitRollback) || errors.As(err, new(*notSentError)) {
+	if serverError(err) || errors.Is(err, pgx.ErrTxCommitRollback) {
 		return err
 	}
 	var pgErr *pgconn.PgError

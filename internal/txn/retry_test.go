@@ -46,6 +46,8 @@ func TestCommitClassification(t *testing.T) {
 		{"TranslatedFatalBeforeCommit", txn.BeforeCommit(&pgconn.PgError{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "57P01"}, false), false, true},
 		{"TranslatedPanicDuringCommit", txn.AfterCommit(&pgconn.PgError{Severity: "PANIK", SeverityUnlocalized: "PANIC", Code: "XX000"}), true, false},
 		{"CommitNeverSent", txn.AfterCommit(txn.CommitNotSent(context.Canceled)), false, false},
+		// RunDB's check before COMMIT met a worker out of reach: COMMIT was never sent.
+		{"WorkerUnreachableCommitNeverSent", txn.AfterCommit(txn.CommitNotSent(&pgconn.PgError{Severity: "ERROR", Code: "08006"})), false, true},
 		// fn ran COMMIT itself, then a statement of its failed: its work may be committed.
 		{"WorkerUnreachableAfterFnsCommit", txn.BeforeCommit(fmt.Errorf("%w (and %w)", &pgconn.PgError{Severity: "ERROR", Code: "08006"}, txn.ErrTxEnded), false), false, false},
 		{"ConnectionLostAfterFnsCommit", txn.BeforeCommit(fmt.Errorf("%w (and %w)", netErr, txn.ErrTxEnded), true), false, false},
