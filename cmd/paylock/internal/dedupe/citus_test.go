@@ -45,6 +45,12 @@ func TestCitus(t *testing.T) {
 	if err != nil || res.Keys != 0 || !res.Index.AlreadyValid {
 		t.Fatalf("Run = %+v, %v; want nothing merged and the index already valid", res, err)
 	}
+	// Nothing to merge, and nothing made for it: no local quarantine table
+	// beside the distributed payments.
+	var quarantine bool
+	if err := pool.QueryRow(ctx, "SELECT to_regclass('payment_duplicates') IS NOT NULL").Scan(&quarantine); err != nil || quarantine {
+		t.Fatalf("after Run on a distributed table, payment_duplicates exists: %t (%v); want no table made", quarantine, err)
+	}
 
 	t.Run("Duplicates", func(t *testing.T) {
 		// One statement at a time: Citus sends some DDL on to the workers

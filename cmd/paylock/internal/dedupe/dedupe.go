@@ -189,7 +189,11 @@ func Merge(ctx context.Context, pool *pgxpool.Pool, o Options) (Result, error) {
 	o = o.withDefaults()
 	var res Result
 	start := time.Now()
-	if err := refuseDistributed(ctx, pool); err != nil {
+	if distributed, err := refuseDistributed(ctx, pool); err != nil || distributed {
+		// A distributed table without duplicates: nothing to merge, and
+		// no local quarantine table to make beside it, nor a later listing
+		// whose merge would lock on the coordinator alone.
+		res.Elapsed = time.Since(start)
 		return res, err
 	}
 	if err := EnsureTable(ctx, pool); err != nil {
@@ -335,32 +339,32 @@ func EnsureIndex(ctx context.Context, pool *pgxpool.Pool) (IndexResult, error) {
 
 // refuseDistributed returns an error matching payment.ErrCitusWorker on a
 // Citus worker, and ErrDistributed on a coordinator whose distributed
-// payments table holds duplicates; nil otherwise: on a distributed table
-// without duplicates Run goes on to check or build the unique index, which
-// works there as on a single server.
-func refuseDistributed(ctx context.Context, pool *pgxpool.Pool) error {
+// payments table holds duplicates; otherwise whether payments is
+// distributed: on a distributed table without duplicates Run merges
+// nothing and goes on to check or build the unique index, which works
+// there as on a single server.
+func refuseDistributed(ctx context.Context, pool *pgxpool.Pool) (distributed bool, err error) {
 	node, coordinator, err := schema.DetectNode(ctx, pool)
 	switch {
 	case err != nil:
-		return fmt.Errorf("dedupe: %w", err)
+		return false, fmt.Errorf("dedupe: %w", err)
 	case node == schema.CitusWorker:
-		return fmt.Errorf("dedupe: %w: the coordinator is %s", payment.ErrCitusWorker, coordinator)
+		return false, fmt.Errorf("dedupe: %w: the coordinator is %s", payment.ErrCitusWorker, coordinator)
 	case node == schema.Plain:
-		return nil
+		return false, nil
 	}
-	var distributed bool
 	if err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = to_regclass('payments'))").Scan(&distributed); err != nil {
-		return fmt.Errorf("dedupe: %w", err)
+		return false, fmt.Errorf("dedupe: %w", err)
 	}
 	if !distributed {
-		return nil
+		return false, nil
 	}
 	keys, err := duplicatedKeys(ctx, pool)
 	if err != nil {
-		return err
+		return true, err
 	}
 	if len(keys) > 0 {
-		return fmt.Errorf("%w: %d keys have duplicates", ErrDistributed, len(keys))
+		return true, fmt.Errorf("%w: %d keys have duplicates", ErrDistributed, len(keys))
 	}
-	return nil
+	return true, nil
 }
