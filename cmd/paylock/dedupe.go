@@ -65,6 +65,10 @@ func validateDedupe(c *call) error {
 		return usagef("--batch %d: must be at least 1", batch)
 	case sample < 0:
 		return usagef("--sample %d: must not be negative", sample)
+	case f.lockTimeout < time.Millisecond:
+		// 0 is no limit to PostgreSQL's lock_timeout but 30s to dedupe.Options:
+		// refuse it rather than pick one.
+		return usagef("--lock-timeout %s: must be at least 1ms", f.lockTimeout)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -41,6 +42,9 @@ func TestFlagErrorsInOurWords(t *testing.T) {
 		{"bench --duration 1", `--duration "1": want a duration such as 5s or 500ms`},
 		{"key --jsn payments 7", "unknown flag --jsn"},
 		{"key --database-url postgres:///x payments 7", "--database-url: paylock key needs no database"},
+		{"dedupe --lock-timeout 0s", "--lock-timeout 0s: must be at least 1ms"},
+		{"dedupe --lock-timeout -1s", "--lock-timeout -1s: must be at least 1ms"},
+		{"dedupe --lock-timeout 500us", "--lock-timeout 500µs: must be at least 1ms"},
 	} {
 		args := strings.Fields(tt.line)
 		code, out, errOut := paylock(ctx, args...)
@@ -75,7 +79,10 @@ func TestHelpFormat(t *testing.T) {
 		if !strings.HasPrefix(out, head) || !strings.Contains(out, "\n\n"+cmd.summary+"\n\nFlags:\n") {
 			t.Errorf("paylock %s --help does not start with %q, the summary and Flags:\n%s", cmd.name, head, out)
 		}
-		if has := strings.Contains(out, "-database-url"); has == cmd.noDatabase {
+		if m := regexp.MustCompile(`(?m)^ +-[^-].*$`).FindString(out); m != "" {
+			t.Errorf("paylock %s --help names a flag in Go's wording, not as --name: %q", cmd.name, m)
+		}
+		if has := strings.Contains(out, "--database-url"); has == cmd.noDatabase {
 			t.Errorf("paylock %s --help: lists --database-url = %v, but the command connects = %v", cmd.name, has, !cmd.noDatabase)
 		}
 	}

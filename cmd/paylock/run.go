@@ -309,15 +309,22 @@ Exit codes: 0 ok, 1 failure, 2 usage. Run 'paylock COMMAND --help' for more.
 `)
 }
 
+// flagLine is the start of a flag's line in flag.PrintDefaults' output.
+var flagLine = regexp.MustCompile(`(?m)^  -`)
+
 func printCommandHelp(w io.Writer, cmd *command, fs *flag.FlagSet) {
 	fmt.Fprintf(w, "Usage: paylock %s [flags]", cmd.name)
 	if cmd.usage != "" {
 		fmt.Fprintf(w, " %s", cmd.usage)
 	}
 	fmt.Fprintf(w, "\n\n%s\n\nFlags:\n", cmd.summary)
-	fs.SetOutput(w)
+	// Go's flag package lists the flags as -name; the CLI names them as the
+	// rest of the help and the docs do: --name.
+	var flags strings.Builder
+	fs.SetOutput(&flags)
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)
+	fmt.Fprint(w, flagLine.ReplaceAllString(flags.String(), "  --"))
 	if cmd.help != "" {
 		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(cmd.help))
 	}

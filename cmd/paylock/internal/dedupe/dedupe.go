@@ -268,6 +268,13 @@ INSERT INTO payment_duplicates
     (id, service_id, line_item_id, amount_cents, currency, status, data, created_at, updated_at, original, merged_into)
 SELECT * FROM moved`
 
+// lockTimeoutSetting is lock_timeout's value, in milliseconds, for a wait
+// of d: rounded up, so that a positive d below a millisecond is 1, never 0,
+// which PostgreSQL reads as no limit at all.
+func lockTimeoutSetting(d time.Duration) string {
+	return fmt.Sprint(int64(max(1, (d+time.Millisecond-1)/time.Millisecond)))
+}
+
 // mergeBatch merges keys in one transaction holding all their locks.
 func mergeBatch(ctx context.Context, pool *pgxpool.Pool, keys []payment.Key, lockTimeout time.Duration) (int64, error) {
 	lks := make([]lock.Key, len(keys))
@@ -278,8 +285,7 @@ func mergeBatch(ctx context.Context, pool *pgxpool.Pool, keys []payment.Key, loc
 	}
 	var moved int64
 	err := pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)",
-			fmt.Sprint(lockTimeout.Milliseconds())); err != nil {
+		if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", lockTimeoutSetting(lockTimeout)); err != nil {
 			return err
 		}
 		if err := lock.AcquireAll(ctx, tx, lks...); err != nil {
