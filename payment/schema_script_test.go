@@ -2,6 +2,7 @@ package payment_test
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -22,9 +23,13 @@ import (
 // combined output and error.
 func psqlScript(t *testing.T, ctx context.Context, url string) (string, error) {
 	t.Helper()
+	// The server's own psql, else the one on PATH: a build without one
+	// (make test-versions') is run with whichever psql the machine has.
 	psql := "psql"
 	if dir, err := pgserver.FindBinDir(); err == nil {
-		psql = filepath.Join(dir, "psql")
+		if _, err := os.Stat(filepath.Join(dir, "psql")); err == nil {
+			psql = filepath.Join(dir, "psql")
+		}
 	}
 	cmd := exec.CommandContext(ctx, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", url)
 	cmd.Stdin = strings.NewReader(payment.SchemaScript())
