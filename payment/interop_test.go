@@ -623,3 +623,33 @@ func TestInteropPollerFails(t *testing.T) {
 		t.Errorf("%d payments (%v), want none", n, err)
 	}
 }
+
+// TestInteropPollerRefusesNoWorkers: a poller given WORKERS that is not a
+// positive whole number exits with status 2 before it reads an event,
+// instead of reading them all with no worker to apply them and exiting 0.
+func TestInteropPollerRefusesNoWorkers(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, time.Minute)
+	pool := paytest.Pool(t)
+	dsn := pool.Config().ConnString()
+	for _, l := range languages {
+		t.Run(l.name, func(t *testing.T) {
+			for _, workers := range []string{"0", "-1", "x"} {
+				cmd := script(ctx, dsn, "noworkers", l.interp(t), example(t, l.poller...), workers)
+				cmd.Stdin = strings.NewReader(event("ev_noworkers_"+l.prefix, 0))
+				var stderr bytes.Buffer
+				cmd.Stderr = &stderr
+				out, err := cmd.Output()
+				var exit *exec.ExitError
+				if !errors.As(err, &exit) || exit.ExitCode() != 2 || len(out) != 0 || !strings.Contains(stderr.String(), "WORKERS") {
+					t.Errorf("WORKERS %q: exit %v, stdout %q, stderr %q; want exit status 2, nothing on stdout and a line naming WORKERS",
+						workers, err, out, stderr.String())
+				}
+			}
+		})
+	}
+	var n int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM payments").Scan(&n); err != nil || n != 0 {
+		t.Errorf("%d payments (%v), want none", n, err)
+	}
+}

@@ -6,7 +6,8 @@
 // Each adds amount_cents to the payment and its event id to the list in
 // data, once: an event already in the list (a redelivery) is skipped. It
 // prints "ready" once every worker has its connection, then one JSON line per
-// event; a failed event stops it with exit status 1.
+// event; a failed event stops it with exit status 1. WORKERS (default 4)
+// must be a positive whole number: otherwise it exits with status 2.
 //
 //   DATABASE_URL=postgres://... node poller.js [WORKERS]
 //   DATABASE_URL=postgres://... node poller.js --check-keys testdata/keys.json
@@ -39,7 +40,13 @@ async function checkKeys (pool, path) {
 }
 
 async function main (argv) {
-  const workers = argv[0] === '--check-keys' ? 1 : Number.parseInt(argv[0] || '4', 10)
+  const arg = argv[0] === '--check-keys' ? '1' : argv[0] || '4'
+  if (!/^[0-9]+$/.test(arg) || Number(arg) < 1) {
+    // with no worker every event would be read and none applied
+    console.error(`poller: WORKERS ${JSON.stringify(arg)} is not a positive whole number`)
+    return 2
+  }
+  const workers = Number(arg)
   const pool = new Pool({ connectionString: process.env.DATABASE_URL, max: workers })
   pool.on('error', err => console.error(`poller: idle client: ${err.message}`)) // the pool replaces it
   if (argv[0] === '--check-keys') {

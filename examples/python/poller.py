@@ -108,7 +108,8 @@ def main(argv):
     Each adds amount_cents to the payment and its event id to the list in
     data, once: an event already in the list (a redelivery) is skipped. It
     prints "ready" once every worker has its connection, then one JSON line
-    per event; a failed event stops it with exit status 1.
+    per event; a failed event stops it with exit status 1. WORKERS (default
+    4) must be a positive whole number: otherwise it exits with status 2.
 
       DATABASE_URL=postgres://... python3 poller.py [WORKERS]
       DATABASE_URL=postgres://... python3 poller.py --check-keys testdata/keys.json
@@ -123,7 +124,12 @@ def main(argv):
     url = os.environ["DATABASE_URL"]
     if argv[1:2] == ["--check-keys"]:
         sys.exit(check_keys(url, argv[2]))
-    workers = int(argv[1]) if len(argv) > 1 else 4
+    arg = argv[1] if len(argv) > 1 else "4"
+    if not re.fullmatch(r"[0-9]+", arg) or int(arg) < 1:
+        # with no worker every event would be read and none applied
+        print(f"poller: WORKERS {arg!r} is not a positive whole number", file=sys.stderr)
+        sys.exit(2)
+    workers = int(arg)
     conns = [psycopg.connect(url, autocommit=True) for _ in range(workers)]
     events, out, failed = queue.SimpleQueue(), threading.Lock(), []
 

@@ -6,7 +6,8 @@
 # Each adds amount_cents to the payment and its event id to the list in
 # data, once: an event already in the list (a redelivery) is skipped. It
 # prints "ready" once every worker has its connection, then one JSON line per
-# event; a failed event stops it with exit status 1.
+# event; a failed event stops it with exit status 1. WORKERS (default 4)
+# must be a positive whole number: otherwise it exits with status 2.
 #
 #   DATABASE_URL=postgres://... ruby poller.rb [WORKERS]
 #   DATABASE_URL=postgres://... ruby poller.rb --check-keys testdata/keys.json
@@ -61,7 +62,13 @@ def work(events, out, failed)
   end
 end
 
-workers = ARGV[0] == "--check-keys" ? 1 : Integer(ARGV[0] || "4", 10)
+arg = ARGV[0] == "--check-keys" ? "1" : ARGV[0] || "4"
+unless arg.match?(/\A[0-9]+\z/) && arg.to_i >= 1
+  # with no worker every event would be read and none applied
+  warn "poller: WORKERS #{arg.inspect} is not a positive whole number"
+  exit 2
+end
+workers = arg.to_i
 ActiveRecord::Base.establish_connection(url: ENV.fetch("DATABASE_URL"), pool: workers)
 exit check_keys(ARGV[1]) if ARGV[0] == "--check-keys"
 
