@@ -21,9 +21,10 @@ lock paylock.migrate) and while pollers write: on an existing payments table
 it builds the unique index with CREATE UNIQUE INDEX CONCURRENTLY, replacing an
 INVALID one left by a failed build, and it waits for a build another session
 (such as 'paylock dedupe') still runs instead of dropping it. On a payments
-table that already holds duplicate (service_id, line_item_id) rows it changes
-nothing, lists the worst groups and exits 1: run 'paylock dedupe' to merge
-them, then migrate again. Needs a direct connection, not pgbouncer in
+table that already holds duplicate (service_id, line_item_id) rows it
+touches no row and no index: it creates only what else is missing (such as
+the function paylock_key_id, saying so), lists the worst groups and exits 1:
+run 'paylock dedupe' to merge them, then migrate again. Needs a direct connection, not pgbouncer in
 transaction pooling mode. On a Citus coordinator it makes services a
 reference table and payments a table distributed by service_id, the unique
 index on every shard; on a Citus worker it changes nothing and exits 1,
@@ -55,6 +56,15 @@ func runMigrate(ctx context.Context, c *call) error {
 	err = payment.Migrate(ctx, pool)
 	var dup *payment.DuplicatesError
 	if errors.As(err, &dup) {
+		// Migrate has installed what was missing but the index
+		// (paylock_key_id, on a table older code made): say so.
+		after, err := readSchemaState(ctx, pool)
+		if err != nil {
+			return err
+		}
+		for _, what := range before.created(after) {
+			fmt.Fprintf(c.stdout, "created %s\n", what)
+		}
 		fmt.Fprintf(c.stdout, "payments holds duplicates: %d keys have %d extra rows; the unique index %s was not created.\n",
 			dup.Groups, dup.Extra, payment.UniqueIndex)
 		fmt.Fprintln(c.stdout, "worst keys:")
