@@ -260,6 +260,16 @@ func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, release, sq
 		return ErrTxEnded // nothing after fn's COMMIT ran: the batch stopped at the check
 	}
 	if err != nil && !committed(n, last, lerr) {
+		failed := n // the statement whose error ended the reading, counted from 0
+		if lerr != nil {
+			failed = n - 1
+		}
+		if failed < b.n-1 && txn.ServerError(err) {
+			// A statement before COMMIT failed with an ERROR of the
+			// server's: the pipeline stopped there and COMMIT never ran,
+			// whatever the error's class (08: a Citus worker out of reach).
+			return txn.BeforeCommit(txn.Classify(ctx, err), conn.IsClosed())
+		}
 		return txn.AfterCommit(txn.Classify(ctx, err))
 	}
 	if last.String() != "COMMIT" {

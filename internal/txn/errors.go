@@ -65,9 +65,11 @@ func severity(e *pgconn.PgError) string {
 	return e.Severity
 }
 
-// serverError reports whether err holds an ERROR from the server: the
+// ServerError reports whether err holds an ERROR from the server: the
 // statement failed and the session lives on. A FATAL or PANIC ended the
 // session.
+func ServerError(err error) bool { return serverError(err) }
+
 func serverError(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && severity(pgErr) == "ERROR"
