@@ -49,7 +49,9 @@ comment nor the function, are marked origin "other" (not taken by paylock).
 --watch refreshes every interval (default 2s) until Ctrl-C; --watch 5s or
 --watch=500ms sets it. Seeing other sessions' queries needs the
 pg_read_all_stats role (or superuser); without it PostgreSQL shows
-"<insufficient privilege>".
+"<insufficient privilege>", so the key of a lock those sessions wait for
+can't be read: the lock is "unknown" (never "other"), and their client and
+transaction age are shown as "?".
 
 Other sessions choose their queries, application names and keys: in the
 text output their control characters, bidi controls and invalid UTF-8 are
@@ -414,8 +416,18 @@ func readLocks(ctx context.Context, pool *pgxpool.Pool, only *lock.Key) (*locksR
 
 func round(s float64) float64 { return float64(int64(s*1000)) / 1000 }
 
+// hiddenQuery is what pg_stat_activity shows of another role's session to
+// a role without pg_read_all_stats: the query, and with it the key, can't be
+// read (nor the state, client address or transaction start).
+const hiddenQuery = "<insufficient privilege>"
+
+// hidden reports whether b's session is hidden from this role.
+func (b backend) hidden() bool { return b.Query == hiddenQuery }
+
 // resolveKey sets the lock's origin and key from the comments of its
-// waiters' and holders' statements, each verified by its id.
+// waiters' and holders' statements, each verified by its id. A waiter whose
+// statement this role can't read proves nothing: its lock stays "unknown",
+// never "other".
 func resolveKey(l *lockInfo, only *lock.Key) {
 	if l.ObjSubID != 1 { // two int4 keys: the library never takes those
 		l.Origin = "other"
@@ -431,7 +443,7 @@ func resolveKey(l *lockInfo, only *lock.Key) {
 	}{{"waiter", l.Waiters}, {"holder", l.Holders}} {
 		for _, b := range group.bs {
 			keys, tagged := keysInQuery(b.Query)
-			if group.name == "waiter" && !tagged {
+			if group.name == "waiter" && !tagged && !b.hidden() {
 				untagged = true
 			}
 			for _, k := range keys {
@@ -526,6 +538,9 @@ func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 	for _, l := range r.Locks {
 		fmt.Fprintln(w)
 		entity := "key unknown until someone waits for it"
+		if slices.ContainsFunc(l.Waiters, backend.hidden) {
+			entity = "key unknown: this role can't read the waiters' queries (pg_read_all_stats)"
+		}
 		if l.Key != "" {
 			k, _ := lock.ParseKey(l.Key)
 			entity = humanKey(k)
@@ -543,7 +558,11 @@ func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 		}
 		fmt.Fprintln(w)
 		for _, h := range l.Holders {
-			fmt.Fprintf(w, "  held by  %s  xact %s\n", describeBackend(h), seconds(h.XactAgeS))
+			xact := seconds(h.XactAgeS)
+			if h.hidden() {
+				xact = "?"
+			}
+			fmt.Fprintf(w, "  held by  %s  xact %s\n", describeBackend(h), xact)
 			fmt.Fprintf(w, "           query: %s\n", shorten(h.Query, 100))
 			if len(h.WaitsFor) > 0 {
 				fmt.Fprintf(w, "           itself waits (%s):", term.Visible(h.WaitEvent))
@@ -567,7 +586,10 @@ func writeLocks(w io.Writer, r *locksReport, only *lock.Key) {
 
 func describeBackend(b backend) string {
 	client := term.Visible(b.ClientAddr)
-	if client == "" {
+	switch {
+	case b.hidden():
+		client = "?" // hidden, not a local socket
+	case client == "":
 		client = "local"
 	}
 	return fmt.Sprintf("pid %d  app %q  client %s  %s  %s", b.PID, b.ApplicationName, client, term.Visible(b.State), term.Visible(b.Mode))

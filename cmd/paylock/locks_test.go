@@ -496,3 +496,74 @@ func TestVisible(t *testing.T) {
 		t.Errorf("escaped JSON decodes to %q, %v", back, err)
 	}
 }
+
+// TestLocksHiddenSessions: to a role without pg_read_all_stats, PostgreSQL
+// hides other roles' queries ("<insufficient privilege>"), the comment that
+// names the key included. A lock such a session waits for is then
+// "unknown", never "other" (not taken by paylock), and its client and
+// transaction age are "?", not a local socket and 0s.
+func TestLocksHiddenSessions(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 30*time.Second)
+	url := pgtest.DB(t)
+	holder := openSession(t, ctx, url, "holder")
+	waiter := openSession(t, ctx, url, "waiter")
+	key := lock.NewKey("payments", "7", "li_hidden")
+	if err := lock.Acquire(ctx, holder.tx, key); err != nil {
+		t.Fatal(err)
+	}
+	done := waiter.acquireAsync(ctx, key)
+	waitWaiters(t, ctx, holder.conn, key.ID(), 1)
+
+	admin, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close(context.Background()) })
+	role := fmt.Sprintf("paylock_viewer_%d", time.Now().UnixNano()%1e9)
+	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
+		t.Skipf("can't create a role here: %v", err)
+	}
+	t.Cleanup(func() { admin.Exec(context.Background(), "DROP ROLE "+role) })
+	u, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = neturl.User(role)
+	viewer := u.String()
+	if c, err := pgx.Connect(ctx, viewer); err != nil {
+		t.Skipf("the role can't log in here: %v", err)
+	} else {
+		c.Close(ctx)
+	}
+
+	r := decodeLocks(t, mustRun(t, ctx, "locks", "--json", "--database-url", viewer))
+	l := findLock(r, key.ID(), 1)
+	if l == nil || len(l.Waiters) != 1 || l.Waiters[0].Query != hiddenQuery {
+		t.Fatalf("lock %d as the viewer: %+v; want one waiter with its query hidden", key.ID(), l)
+	}
+	if l.Origin != "unknown" {
+		t.Errorf("origin %q with the waiter's query hidden, want unknown", l.Origin)
+	}
+	out := mustRun(t, ctx, "locks", "--database-url", viewer)
+	for _, want := range []string{"0 other, 1 unknown", "key unknown: this role can't read the waiters' queries (pg_read_all_stats)  [unknown]",
+		"client ?", "xact ?"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("paylock locks as the viewer lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "not taken by paylock") || strings.Contains(out, "client local") {
+		t.Errorf("paylock locks as the viewer says what it can't know:\n%s", out)
+	}
+	// The same call by a role that may read the queries names the key.
+	r = decodeLocks(t, mustRun(t, ctx, "locks", "--json", "--database-url", url))
+	if l := findLock(r, key.ID(), 1); l == nil || l.Origin != "paylock" || l.Key != key.String() {
+		t.Errorf("as the owner: %+v, want origin paylock and key %s", l, key)
+	}
+	if err := holder.tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
