@@ -158,3 +158,22 @@ func TestBenchHonoursPGVariables(t *testing.T) { // not parallel: it sets the da
 		t.Fatalf("paylock bench with PG* = %d\nstdout:\n%s\nstderr:\n%s\nwant a run on the server PG* names", code, out, errOut)
 	}
 }
+
+// TestWatchDefault: --watch without an interval refreshes every 2s, as
+// --help and docs/CLI.md say; --watch 5s and --watch=500ms set it.
+func TestWatchDefault(t *testing.T) {
+	for line, want := range map[string]time.Duration{
+		"locks --watch":                     2 * time.Second,
+		"locks --watch --key payments 7 li": 2 * time.Second,
+		"locks --watch 5s":                  5 * time.Second,
+		"locks --watch=500ms":               500 * time.Millisecond,
+	} {
+		c, err := parseCall(strings.Fields(line))
+		if err != nil {
+			t.Fatalf("paylock %s: %v", line, err)
+		}
+		if w := c.flags.(*locksFlags).watch; !w.on || w.interval != want {
+			t.Errorf("paylock %s: watch %+v, want on every %s", line, w, want)
+		}
+	}
+}

@@ -22,3 +22,12 @@ func TestLockTimeoutSetting(t *testing.T) {
 		}
 	}
 }
+
+// TestOptionsDefaults: the defaults docs/CLI.md states: batches of 100 keys,
+// a 30s wait for a batch's locks, up to 5 passes.
+func TestOptionsDefaults(t *testing.T) {
+	o := Options{}.withDefaults()
+	if o.Batch != 100 || o.LockTimeout != 30*time.Second || o.MaxPasses != 5 {
+		t.Errorf("Options{} defaults to %+v; want Batch 100, LockTimeout 30s, MaxPasses 5 (docs/CLI.md)", o)
+	}
+}
