@@ -57,6 +57,9 @@ func runKey(_ context.Context, c *call) error {
 	if err != nil {
 		return err
 	}
+	if note := paymentKeyNote(k); note != "" {
+		fmt.Fprintln(c.stderr, term.Visible(note))
+	}
 	info := keyInfo{Key: k.String(), Namespace: k.Namespace(), Parts: k.Parts(), Fields: keyFields(k),
 		ID: k.ID(), ClassID: k.ClassID(), ObjID: k.ObjID(), ObjSubID: 1, Query: keyQuery(k)}
 	if c.flags.(*keyFlags).json {

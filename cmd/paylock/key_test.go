@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -89,5 +90,38 @@ func TestKeyJSONEscapesControls(t *testing.T) {
 	}
 	if info.Fields["line_item_id"] != part || len(info.Parts) != 2 || info.Parts[1] != part {
 		t.Fatalf("key --json decodes to %+v, want line_item_id %q", info, part)
+	}
+}
+
+// TestKeyNotesPaymentKeysNobodyLocks: `paylock key` and `paylock locks --key`
+// compute the id of the key as given, but for a payments key no payment.Key
+// makes ("07" for service 7, an empty line item id) they say so on stderr,
+// naming the key Go's callers lock; a payment.Key's own key gets no note.
+func TestKeyNotesPaymentKeysNobodyLocks(t *testing.T) {
+	ctx := context.Background()
+	for args, want := range map[string]string{
+		"payments 07 li_123":  "payment.Key{ServiceID: 7} locks payments/7/li_123 (id 1856902557913729806), not this key",
+		"payments/+7/li_123":  "payment.Key{ServiceID: 7} locks payments/7/li_123",
+		"payments 0 li_123":   "service_id 0 must be positive",
+		"payments 7 ":         "empty line_item_id",
+		"payments seven li_1": `service_id "seven" is not a number`,
+		"payments 7 li_123":   "",
+		"invoices 07 li_123":  "",
+	} {
+		args := strings.Split(args, " ")
+		code, out, errOut := paylock(ctx, append([]string{"key"}, args...)...)
+		if code != 0 || !strings.HasPrefix(out, "key ") {
+			t.Errorf("paylock key %q = %d, stdout %q, stderr %q", args, code, out, errOut)
+		}
+		if want == "" && errOut != "" || want != "" && (!strings.HasPrefix(errOut, "note: ") || !strings.Contains(errOut, want) || strings.Count(errOut, "\n") != 1) {
+			t.Errorf("paylock key %q: stderr %q, want one note with %q (none if empty)", args, errOut, want)
+		}
+	}
+	// locks --key says it before it connects: a usage of its own.
+	ctxc, cancel := context.WithCancel(ctx)
+	cancel()
+	_, _, errOut := paylock(ctxc, "locks", "--database-url", "postgres://nobody@127.0.0.1:1/x", "--key", "payments", "07", "li_123")
+	if !strings.HasPrefix(errOut, "note: a payment's key holds its service id in canonical decimal") {
+		t.Errorf("paylock locks --key payments 07 li_123: stderr %q, want the note first", errOut)
 	}
 }

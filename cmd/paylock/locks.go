@@ -258,6 +258,9 @@ func runLocks(ctx context.Context, c *call) error {
 			return err
 		}
 		only = &k
+		if note := paymentKeyNote(k); note != "" {
+			fmt.Fprintln(c.stderr, term.Visible(note))
+		}
 	}
 	watch := &f.watch
 	asJSON := f.json

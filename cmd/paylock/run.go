@@ -456,6 +456,30 @@ func keyFromArgs(args []string) (lock.Key, error) {
 	return k, nil
 }
 
+// paymentKeyNote says, for a payments key that no payment.Key makes (a
+// service id such as "07", "+7" or "0", an empty line item id...), which key
+// Go's callers and the examples lock instead, or why none: its id is not
+// theirs, so `paylock locks --key` with it finds nobody. "" for any other key.
+func paymentKeyNote(k lock.Key) string {
+	parts := k.Parts()
+	if k.Namespace() != payment.Namespace || len(parts) != 2 {
+		return ""
+	}
+	n, err := strconv.ParseInt(parts[0], 10, 64)
+	if err != nil {
+		return fmt.Sprintf("note: service_id %q is not a number: no payment.Key has this key", parts[0])
+	}
+	pk := payment.Key{ServiceID: n, LineItemID: parts[1]}
+	if err := pk.Validate(); err != nil {
+		return fmt.Sprintf("note: no payment.Key has this key (%v)", err)
+	}
+	if want := pk.LockKey(); want.ID() != k.ID() {
+		return fmt.Sprintf("note: a payment's key holds its service id in canonical decimal: payment.Key{ServiceID: %d} locks %s (id %d), not this key",
+			n, want, want.ID())
+	}
+	return ""
+}
+
 // keyFields labels a key's parts where the namespace is known: a payment's
 // are service_id and line_item_id.
 func keyFields(k lock.Key) map[string]string {
