@@ -41,6 +41,8 @@ func TestFlagErrorsInOurWords(t *testing.T) {
 		{"demo --pollers", "--pollers needs a value"},
 		{"bench --duration 1", `--duration "1": want a duration such as 5s or 500ms`},
 		{"key --jsn payments 7", "unknown flag --jsn"},
+		{"key payments -1 li_1", "unknown flag -1: an argument that begins with '-' goes after --"},
+		{"locks --key payments 7 -_x", "unknown flag -_x: an argument that begins with '-' goes after --"},
 		{"key --database-url postgres:///x payments 7", "--database-url: paylock key needs no database"},
 		{"dedupe --lock-timeout 0s", "--lock-timeout 0s: must be at least 1ms"},
 		{"dedupe --lock-timeout -1s", "--lock-timeout -1s: must be at least 1ms"},

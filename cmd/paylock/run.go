@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -145,7 +146,7 @@ func parseCall(args []string) (c *call, err error) {
 		rest = cmd.rewrite(rest)
 	}
 	c.args, err = parseInterspersed(c.fs, rest)
-	return c, flagError(cmd, c.fs, err)
+	return c, flagError(cmd, c.fs, rest, err)
 }
 
 // databaseURLUsage is --database-url's line in every --help that has it.
@@ -227,9 +228,9 @@ var (
 	flagSyntax    = regexp.MustCompile(`^bad flag syntax: (.*)$`)
 )
 
-// flagError rewords an error of fs.Parse for cmd's command line; nil and
-// flag.ErrHelp pass unchanged.
-func flagError(cmd *command, fs *flag.FlagSet, err error) error {
+// flagError rewords an error of fs.Parse for cmd's command line (args, as
+// parsed); nil and flag.ErrHelp pass unchanged.
+func flagError(cmd *command, fs *flag.FlagSet, args []string, err error) error {
 	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return err
 	}
@@ -237,6 +238,11 @@ func flagError(cmd *command, fs *flag.FlagSet, err error) error {
 	if m := flagUndefined.FindStringSubmatch(msg); m != nil {
 		if m[1] == "database-url" && cmd.noDatabase {
 			return usagef("--database-url: paylock %s needs no database", cmd.name)
+		}
+		if cmd.usage != "" && slices.Contains(args, "-"+m[1]) && !slices.Contains(args, "--"+m[1]) {
+			// "-1", "-li_9" where the command takes arguments: likely one
+			// of them, not a mistyped flag
+			return usagef("unknown flag -%s: an argument that begins with '-' goes after --", m[1])
 		}
 		return usagef("unknown flag --%s", m[1])
 	}
