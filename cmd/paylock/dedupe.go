@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -82,6 +83,13 @@ func runDedupe(ctx context.Context, c *call) error {
 	}
 	defer pool.Close()
 
+	var exists bool
+	if err := pool.QueryRow(ctx, "SELECT to_regclass('payments') IS NOT NULL").Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		return errors.New("no payments table in this database (on its search_path): nothing to merge; 'paylock migrate' creates the schema")
+	}
 	r, err := dedupe.Inspect(ctx, pool, sample)
 	if err != nil {
 		return err

@@ -165,3 +165,19 @@ func TestProgressBar(t *testing.T) {
 		t.Errorf("plain progress = %q, want 2 plain lines", b.String())
 	}
 }
+
+// TestDedupeWithoutPaymentsTable: on a database without the payments table
+// dedupe fails in one line that says so and points to migrate, not with
+// PostgreSQL's "relation does not exist".
+func TestDedupeWithoutPaymentsTable(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, 30*time.Second)
+	url := pgtest.DB(t)
+	for _, args := range [][]string{{"dedupe", "--dry-run"}, {"dedupe"}} {
+		code, out, errOut := paylock(ctx, append(args, "--database-url", url)...)
+		if code != 1 || out != "" || !strings.Contains(errOut, "no payments table") || !strings.Contains(errOut, "paylock migrate") ||
+			strings.Count(errOut, "\n") != 1 {
+			t.Errorf("paylock %q on an empty database = %d, stdout %q, stderr %q; want exit 1 and one line naming migrate", args, code, out, errOut)
+		}
+	}
+}
