@@ -59,11 +59,13 @@ printed as Go escapes (\x1b, \r, \u202e, \xff), and the JSON output
 escapes them as \uXXXX (invalid UTF-8 becomes U+FFFD), so none can act
 on the terminal.
 
-JSON (--json) fields: database, taken_at, locks[]: id, classid, objid,
-objsubid, origin (paylock|other|unknown), key, key_from (waiter|holder|argument),
-namespace, parts, fields, holders[], waiters[]; each holder or waiter: pid,
-mode, application_name, client_addr, state, xact_age_s, waiting_s,
-blocked_by, wait_event, query, and for holders waits_for[] (the chain).`,
+JSON (--json) fields: database, taken_at, citus (coordinator|worker, on a
+Citus node only), locks[]: id, classid, objid, objsubid, origin
+(paylock|other|unknown), key, key_from (waiter|holder|argument), namespace,
+parts, fields, holders[], waiters[]; each holder or waiter: pid, mode,
+application_name, client_addr, state, xact_age_s, waiting_s, blocked_by,
+wait_event, query, and for holders waits_for[] (the chain), each: pid,
+blocked_by, application_name, state, wait_event, query.`,
 	flags: func(fs *flag.FlagSet) any {
 		f := new(locksFlags)
 		fs.BoolVar(&f.json, "json", false, "print JSON (one compact document per refresh with --watch)")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	neturl "net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -565,5 +566,30 @@ func TestLocksHiddenSessions(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLocksHelpListsJSONFields: every field of `paylock locks --json` is
+// named in `paylock locks --help`, which docs/CLI.md points to for them.
+func TestLocksHelpListsJSONFields(t *testing.T) {
+	help := mustRun(t, context.Background(), "locks", "--help")
+	_, list, ok := strings.Cut(help, "JSON (--json) fields:")
+	if !ok {
+		t.Fatalf("paylock locks --help lists no JSON fields:\n%s", help)
+	}
+	words := map[string]bool{}
+	for _, w := range strings.FieldsFunc(list, func(r rune) bool {
+		return !(r == '_' || r >= 'a' && r <= 'z')
+	}) {
+		words[w] = true
+	}
+	for _, v := range []any{locksReport{}, lockInfo{}, backend{}, chainLink{}} {
+		typ := reflect.TypeOf(v)
+		for i := range typ.NumField() {
+			name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+			if name != "" && name != "-" && !words[name] {
+				t.Errorf("paylock locks --help does not name the JSON field %s (%s.%s)", name, typ.Name(), typ.Field(i).Name)
+			}
+		}
 	}
 }
