@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/payment"
@@ -75,7 +77,7 @@ func runMigrate(ctx context.Context, c *call) error {
 		return fmt.Errorf("%d duplicate groups; run 'paylock dedupe' first", dup.Groups)
 	}
 	if err != nil {
-		return err
+		return publicSchemaHint(err)
 	}
 	after, err := readSchemaState(ctx, pool)
 	if err != nil {
@@ -133,4 +135,17 @@ func (st schemaState) created(after schemaState) []string {
 		}
 	}
 	return out
+}
+
+// publicSchemaHint adds to a refusal to create in schema public what to do:
+// Migrate installs paylock_key_id there whatever search_path says, and since
+// PostgreSQL 15 only the database owner may create in public by default.
+func publicSchemaHint(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" && strings.Contains(pgErr.Message, "schema public") {
+		return fmt.Errorf("%w; migrate installs the function paylock_key_id in schema public, whatever search_path says: "+
+			"run it as a role that may CREATE there (by default, since PostgreSQL 15, the database owner) "+
+			"or GRANT CREATE ON SCHEMA public to this one", err)
+	}
+	return err
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	neturl "net/url"
 	"strings"
 	"testing"
 	"time"
@@ -63,5 +65,54 @@ func TestMigrateDuplicatesSaysWhatItCreated(t *testing.T) {
 	var rows int
 	if err := pool.QueryRow(ctx, "SELECT count(*) FROM payments").Scan(&rows); err != nil || rows != 3 {
 		t.Errorf("payments has %d rows (%v), want the 3 it had", rows, err)
+	}
+}
+
+// TestMigrateWithoutCreateOnPublic: Migrate installs paylock_key_id in
+// schema public whatever search_path says; a role that may not create there
+// (any but the database owner, by default since PostgreSQL 15) fails, and
+// migrate says why and what to do.
+func TestMigrateWithoutCreateOnPublic(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t, time.Minute)
+	url := pgtest.DB(t)
+	admin, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.Close)
+	role := fmt.Sprintf("paylock_app_%d", time.Now().UnixNano()%1e9)
+	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
+		t.Skipf("can't create a role here: %v", err)
+	}
+	t.Cleanup(func() {
+		admin.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+role+" CASCADE")
+		admin.Exec(context.Background(), "DROP ROLE "+role)
+	})
+	// The role's own schema comes first on its search_path ("$user"), and
+	// public is not its to create in.
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+role+" AUTHORIZATION "+role+"; REVOKE CREATE ON SCHEMA public FROM PUBLIC"); err != nil {
+		t.Fatal(err)
+	}
+	u, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = neturl.User(role)
+	code, out, errOut := paylock(ctx, "migrate", "--database-url", u.String())
+	if code != 1 || out != "" || strings.Count(errOut, "\n") != 1 ||
+		!strings.Contains(errOut, "permission denied for schema public") || !strings.Contains(errOut, "GRANT CREATE ON SCHEMA public") {
+		t.Fatalf("migrate as a role that may not create in public = %d, stdout %q, stderr %q; want exit 1 and one line saying what to do", code, out, errOut)
+	}
+	// Granted, it migrates: the tables in the role's schema, the function in public.
+	if _, err := admin.Exec(ctx, "GRANT CREATE ON SCHEMA public TO "+role); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun(t, ctx, "migrate", "--database-url", u.String()); !strings.Contains(out, "schema is up to date") {
+		t.Fatalf("migrate after the grant:\n%s", out)
+	}
+	var tables string
+	if err := admin.QueryRow(ctx, "SELECT to_regclass($1)::text", role+".payments").Scan(&tables); err != nil || tables == "" {
+		t.Errorf("payments is not in the role's schema %s: %q, %v", role, tables, err)
 	}
 }
