@@ -145,11 +145,22 @@ func (gs *groups[K, V]) pop(key int64) *member[K, V] {
 }
 
 // requeue puts m back at the head of key's queue: a leader popped it but
-// could not take it into its transaction.
+// could not take it into its transaction. If nobody leads the key any more
+// (the leader's idle watch ended its gathering after it popped m, and
+// nobody was queued), m leads.
 func (gs *groups[K, V]) requeue(key int64, m *member[K, V]) {
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
-	gk := gs.keys[key] // there while its leader leads
+	gk := gs.keys[key]
+	if gk == nil {
+		gk = &groupKey[K, V]{}
+		gs.keys[key] = gk
+	}
+	if !gk.leading {
+		gk.leading = true
+		m.turn <- nil // buffered: never blocks
+		return
+	}
 	gk.queue = append([]*member[K, V]{m}, gk.queue...)
 }
 

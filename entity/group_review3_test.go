@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -536,4 +537,109 @@ func TestGroupCommitReview3CutOffRace(t *testing.T) {
 		}
 	}
 	t.Logf("%d calls ended with lock.ErrIdleTimeout", cuts)
+}
+
+// TestGroupCommitReview3TinyIdleTimeout: IdleTimeout 1 ms, so that the
+// leader's idle watch fires in the middle of its gathering, members are cut
+// off, and the server ends transactions. Whatever happens, a call that
+// returned nil has its ledger row committed, one that failed has not
+// (unless its outcome is unknown), no call panics and none hangs. Before
+// the fix, the watch's stop ran after the leader popped a caller it then
+// could not take (its keep-alive failed): requeue found the key gone and
+// panicked (nil pointer), and the popped caller waited for its turn for
+// good, past its ctx.
+func TestGroupCommitReview3TinyIdleTimeout(t *testing.T) {
+	t.Parallel()
+	const idle = time.Millisecond
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
+	for round := range 30 {
+		_, _ = pool.Exec(ctx, "DELETE FROM ledger")
+		key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_r3_tiny_", round)}
+		entry := func(i int) string { return fmt.Sprint(round, "/", i) }
+		fn := func(i int) payFn {
+			return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				p.AmountCents++
+				if err := ledgerInsert(entry(i))(ctx, tx, p); err != nil {
+					return err
+				}
+				time.Sleep(time.Duration(i%3) * idle / 2)
+				if i%2 == 1 {
+					rows, err := tx.Query(ctx, "SELECT generate_series(1, 3)")
+					if err != nil {
+						return err
+					}
+					time.Sleep(idle)
+					rows.Close()
+				}
+				return nil
+			}
+		}
+		res := r3Held(t, ctx, pool, repo, key, fn(0), fn(1), fn(2), fn(3), fn(4), fn(5))
+		got := ledger(t, ctx, pool)
+		for i, r := range res {
+			committed := slices.Contains(got, entry(i))
+			switch {
+			case r.panicked != nil:
+				t.Errorf("round %d call %d panicked: %v", round, i, r.panicked)
+			case r.err == nil && !committed:
+				t.Errorf("round %d call %d returned nil, its row is not committed (ledger %q)", round, i, got)
+			case r.err != nil && committed && !errors.Is(r.err, lock.ErrCommitUnknown):
+				t.Errorf("round %d call %d failed (%v), its row is committed", round, i, r.err)
+			}
+		}
+	}
+}
+
+// r3Held runs fns through repo on key as one group: the key is held at
+// PostgreSQL by another session while the first caller waits for it and
+// the others queue behind it, then released. It returns each call's
+// outcome; a call not back within a minute fails the test.
+func r3Held(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo, key payment.Key, fns ...payFn) []result {
+	t.Helper()
+	holder, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Release()
+	id := key.LockKey().ID()
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1::bigint)", id); err != nil {
+		t.Fatal(err)
+	}
+	held := true
+	unhold := func() {
+		if held {
+			held = false
+			if _, err := holder.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1::bigint)", id); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer unhold()
+	res := make([]result, len(fns))
+	var wg sync.WaitGroup
+	for i, fn := range fns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { res[i].panicked = recover() }()
+			res[i].err = repo.With(ctx, key, fn)
+		}()
+		if i == 0 {
+			if err := pgtest.AwaitLockWaiters(ctx, pool, 1); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			waitQueued(t, repo, key, i)
+		}
+	}
+	unhold()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("a call has not returned a minute after the key was released")
+	}
+	return res
 }
