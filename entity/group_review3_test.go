@@ -643,3 +643,149 @@ func r3Held(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo,
 	}
 	return res
 }
+
+// TestGroupCommitReview3TwoStalled: two members in a row stall (no
+// statement through tx, ctx ignored) until every other call returned. One
+// by one, the server ends each one's transaction, idle for IdleTimeout,
+// and the calls after them run: each stalled call fails with
+// lock.ErrIdleTimeout, the others commit, without waiting for the stalled
+// fns to wake. Grouped: the same (the first is cut off; the second leads
+// the next transaction, where the server ends it).
+func TestGroupCommitReview3TwoStalled(t *testing.T) {
+	t.Parallel()
+	const idle = 500 * time.Millisecond
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_r3_two_stalled"}
+	wake := make(chan struct{})
+	woken := false
+	wakeUp := func() {
+		if !woken {
+			woken = true
+			close(wake)
+		}
+	}
+	defer wakeUp()
+	add := func(n int64, entry string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents += n
+			return ledgerInsert(entry)(ctx, tx, p)
+		}
+	}
+	stalled := func(entry string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents += 1000
+			if err := ledgerInsert(entry)(ctx, tx, p); err != nil {
+				return err
+			}
+			<-wake
+			return nil
+		}
+	}
+	fns := []payFn{add(1, "leader"), add(2, "m1"), stalled("s2"), stalled("s3"), add(4, "m4"), add(8, "m5")}
+	res := make([]result, len(fns))
+	dones := make([]chan struct{}, len(fns))
+	holder, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Release()
+	id := key.LockKey().ID()
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1::bigint)", id); err != nil {
+		t.Fatal(err)
+	}
+	for i, fn := range fns {
+		dones[i] = make(chan struct{})
+		go func() {
+			defer close(dones[i])
+			defer func() { res[i].panicked = recover() }()
+			res[i].err = repo.With(ctx, key, fn)
+		}()
+		if i == 0 {
+			if err := pgtest.AwaitLockWaiters(ctx, pool, 1); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			waitQueued(t, repo, key, i)
+		}
+	}
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock($1::bigint)", id); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, 1, 4, 5} {
+		select {
+		case <-dones[i]:
+			if res[i].err != nil {
+				t.Errorf("call %d: %v, want nil as one by one", i, res[i].err)
+			}
+		case <-time.After(time.Minute):
+			wakeUp()
+			t.Fatalf("call %d has not returned a minute after the key was released, while calls 2 and 3 stall", i)
+		}
+	}
+	if amount, _ := payRow(t, ctx, pool, key); amount != 15 {
+		t.Errorf("amount %d, want 1+2+4+8", amount)
+	}
+	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"leader", "m1", "m4", "m5"}) {
+		t.Errorf("ledger %q, want the four calls that did not stall", got)
+	}
+	wakeUp()
+	for _, i := range []int{2, 3} {
+		select {
+		case <-dones[i]:
+		case <-time.After(time.Minute):
+			t.Fatalf("stalled call %d has not returned a minute after its fn woke", i)
+		}
+		if !errors.Is(res[i].err, lock.ErrIdleTimeout) {
+			t.Errorf("stalled call %d: %v, want lock.ErrIdleTimeout", i, res[i].err)
+		}
+	}
+}
+
+// TestGroupCommitReview3GoroutineKeepsBusy: a member's fn sleeps for
+// 3×IdleTimeout while a goroutine of its runs a statement through tx every
+// IdleTimeout/5, and waits for it before it returns. The server never sees
+// the transaction idle for IdleTimeout: one by one the call commits; so
+// must it in a group (the leader counts the goroutine's calls).
+func TestGroupCommitReview3GoroutineKeepsBusy(t *testing.T) {
+	t.Parallel()
+	const idle = time.Second
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_r3_goroutine_busy"}
+	busy := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents += 10
+		errc := make(chan error, 1)
+		stop := make(chan struct{})
+		go func() {
+			for {
+				if _, err := tx.Exec(ctx, "SELECT $1::int", 1); err != nil {
+					errc <- err
+					return
+				}
+				select {
+				case <-stop:
+					errc <- nil
+					return
+				case <-time.After(idle / 5):
+				}
+			}
+		}()
+		time.Sleep(3 * idle)
+		close(stop)
+		if err := <-errc; err != nil {
+			return err
+		}
+		return ledgerInsert("busy")(ctx, tx, p)
+	}
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	res := groupedBounded(t, ctx, repo, key, nil, add, busy, add)
+	for i, r := range res {
+		if r.err != nil {
+			t.Errorf("call %d: %v, want nil as one by one", i, r.err)
+		}
+	}
+	if amount, _ := payRow(t, ctx, pool, key); amount != 12 {
+		t.Errorf("amount %d, want 12", amount)
+	}
+}
