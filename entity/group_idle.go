@@ -2,6 +2,7 @@ package entity
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -138,15 +139,20 @@ func (g *group[K, V]) checkIdle(ctx context.Context, tx *memberTx[K, V], idle ti
 }
 
 // cutOffErr is what the call of a member whose fn the leader cut off ends
-// with: fn's own error if it returned one, as alone (where the connection
-// would be gone), else lock.ErrIdleTimeout. Either is safe to retry. It
-// reads nothing of g that changes.
+// with: fn's own error if it returned one, as alone, else
+// lock.ErrIdleTimeout, safe to retry (alone, COMMIT would find the
+// connection ended by the server). fn's own error is marked safe to retry
+// only when it came from a call through tx after the cut-off (which failed
+// with lock.ErrIdleTimeout), as alone, where that call finds the
+// connection gone; an error fn returns without such a call is returned as
+// it is, as alone, where nobody has read the server's word yet, and
+// lock.Retry does not run fn again. It reads nothing of g that changes.
 func (g *group[K, V]) cutOffErr(fnErr error) error {
 	if fnErr == nil {
-		fnErr = fmt.Errorf("entity: with %s: %w: its fn ran no statement for %s, so its part of the group transaction was rolled back",
-			g.lk, txn.ErrIdleTimeout, g.r.settings.IdleTimeout)
+		return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w: its fn ran no statement for %s, so its part of the group transaction was rolled back",
+			g.lk, txn.ErrIdleTimeout, g.r.settings.IdleTimeout), true)
 	}
-	return txn.BeforeCommit(fnErr, true)
+	return txn.BeforeCommit(fnErr, errors.Is(fnErr, txn.ErrIdleTimeout))
 }
 
 func later(a, b time.Time) time.Time {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -787,5 +788,37 @@ func TestGroupCommitReview3GoroutineKeepsBusy(t *testing.T) {
 	}
 	if amount, _ := payRow(t, ctx, pool, key); amount != 12 {
 		t.Errorf("amount %d, want 12", amount)
+	}
+}
+
+// TestGroupCommitReview3CutOffOwnErrorNotRetried: with lock.Retry, a
+// member's fn stalls for 3×IdleTimeout and then returns its own error,
+// without a call through tx. One by one, the server ended its transaction
+// meanwhile, but nobody read that: the call fails with fn's own error after
+// one attempt. Grouped, the cut-off marked fn's own error as a lost
+// connection, safe to retry, and lock.Retry ran fn again (its side effects
+// outside the database twice).
+func TestGroupCommitReview3CutOffOwnErrorNotRetried(t *testing.T) {
+	t.Parallel()
+	const idle = 300 * time.Millisecond
+	pool, ctx := groupSetup(t)
+	opts := lock.Options{IdleTimeout: idle, Retry: lock.Retry{Attempts: 3, Backoff: time.Millisecond}}
+	own := errors.New("own")
+	var attempts atomic.Int32
+	fn := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		attempts.Add(1)
+		if _, err := tx.Exec(ctx, "SELECT $1::int", 1); err != nil {
+			return err
+		}
+		time.Sleep(3 * idle)
+		return own
+	}
+	plain := entity.New(pool, payment.Table{}, entity.WithLockOptions(opts))
+	oneErr := plain.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_r3_own_one"}, fn)
+	oneAttempts := attempts.Swap(0)
+	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
+	res := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r3_own_grp"}, nil, payNoop, fn)
+	if grpAttempts := attempts.Load(); grpAttempts != oneAttempts || !errors.Is(res[1].err, own) || !errors.Is(oneErr, own) {
+		t.Errorf("grouped: %d attempts, %v; one by one: %d attempts, %v", grpAttempts, res[1].err, oneAttempts, oneErr)
 	}
 }
