@@ -126,7 +126,7 @@ func (o Options) beginDB(ctx context.Context, db *sql.DB, key Key) (*sqlTx, erro
 		conn.Close()
 		return nil, err
 	}
-	return &sqlTx{conn: conn, tx: tx, key: key, lockSQL: txn.SetReadWrite + "; " + s.SetSQL() + "; " + literalLockSQL("pg_advisory_xact_lock", key)}, nil
+	return &sqlTx{conn: conn, tx: tx, key: key, lockSQL: s.ReadWriteSQL() + s.SetSQL() + "; " + literalLockSQL("pg_advisory_xact_lock", key)}, nil
 }
 
 // sqlTx is RunDB's transaction for txn.Run.

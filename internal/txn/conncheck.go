@@ -20,7 +20,8 @@ const (
 // that outlives it.
 const connCheckSQL = "SELECT set_config('" + connCheckSetting + "', '" + connCheckMillis + "', true)"
 
-// Probe returns s with ConnCheck set to whether conn's server accepts
+// Probe returns s with Standby set to whether conn's server is a hot
+// standby, as it last reported, and ConnCheck set to whether it accepts
 // client_connection_check_interval. PostgreSQL before 14 does not know it,
 // PostgreSQL refuses a non-zero value on a platform that can't tell that a
 // socket closed (Windows; before 15, anything but Linux), and other engines
@@ -36,6 +37,8 @@ const connCheckSQL = "SELECT set_config('" + connCheckSetting + "', '" + connChe
 func (s Settings) Probe(ctx context.Context, conn *pgx.Conn) (Settings, error) {
 	s.ConnCheck = false
 	pc := conn.PgConn()
+	// What the server last reported, at no cost (see Settings.Standby).
+	s.Standby = pc.ParameterStatus("in_hot_standby") == "on"
 	if ok, known := pc.CustomData()[connCheckKey].(bool); known {
 		s.ConnCheck = ok
 		return s, nil

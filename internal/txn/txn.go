@@ -24,6 +24,13 @@ type Settings struct {
 	// ConnCheck sets client_connection_check_interval too. Set it only for a
 	// server that accepts it: see Settings.Probe.
 	ConnCheck bool
+	// Standby: the server is a hot standby (in_hot_standby, which
+	// PostgreSQL 14 and later report), where a transaction can't be READ
+	// WRITE and BEGIN READ WRITE fails (0A000): BeginSQL leaves the access
+	// mode out there, as before paylock began READ WRITE, so that a Run
+	// whose fn only reads (the lock is the standby's own) still works. See
+	// Settings.Probe.
+	Standby bool
 }
 
 // DefaultIdleTimeout is the idle-in-transaction limit when none is given.
@@ -111,7 +118,24 @@ func EndedByFn(err error) bool {
 // applied, for the simple protocol: one message, one round trip. READ
 // COMMITTED whatever default_transaction_isolation says: each statement after
 // the lock wait then sees what the previous holder committed.
-func (s Settings) BeginSQL() string { return SQLBegin + "; " + s.SetSQL() }
+func (s Settings) BeginSQL() string {
+	if s.Standby {
+		return sqlBeginStandby + "; " + s.SetSQL()
+	}
+	return SQLBegin + "; " + s.SetSQL()
+}
+
+// sqlBeginStandby is SQLBegin for a hot standby, where READ WRITE is refused.
+const sqlBeginStandby = "BEGIN ISOLATION LEVEL READ COMMITTED"
+
+// ReadWriteSQL is what RunDB sends first in its transaction (SetReadWrite),
+// with a separator, or nothing on a hot standby (see Settings.Standby).
+func (s Settings) ReadWriteSQL() string {
+	if s.Standby {
+		return ""
+	}
+	return SetReadWrite + "; "
+}
 
 // SQLBegin begins the transaction: READ COMMITTED (see BeginSQL) and READ
 // WRITE whatever default_transaction_read_only says, so that an fn that
