@@ -8,6 +8,9 @@
 // prints "ready" once every worker has its connection, then one JSON line per
 // event; a failed event stops it with exit status 1. WORKERS (default 4)
 // must be a positive whole number: otherwise it exits with status 2.
+// Without DATABASE_URL (or with it empty) it connects as psql does: with the
+// PG* variables (PGHOST, PGPORT, PGUSER, PGDATABASE, ...) and, for the rest,
+// node-postgres's defaults, which are not all libpq's (docs/INTEROP.md).
 //
 //   DATABASE_URL=postgres://... node poller.js [WORKERS]
 //   DATABASE_URL=postgres://... node poller.js --check-keys testdata/keys.json

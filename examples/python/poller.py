@@ -110,6 +110,9 @@ def main(argv):
     prints "ready" once every worker has its connection, then one JSON line
     per event; a failed event stops it with exit status 1. WORKERS (default
     4) must be a positive whole number: otherwise it exits with status 2.
+    Without DATABASE_URL (or with it empty) it connects as psql does: with
+    the PG* variables (PGHOST, PGPORT, PGUSER, PGDATABASE, ...) and libpq's
+    defaults.
 
       DATABASE_URL=postgres://... python3 poller.py [WORKERS]
       DATABASE_URL=postgres://... python3 poller.py --check-keys testdata/keys.json
@@ -121,7 +124,7 @@ def main(argv):
     import threading
     import time
 
-    url = os.environ["DATABASE_URL"]
+    url = os.environ.get("DATABASE_URL", "")  # "": PG* and libpq's defaults
     if argv[1:2] == ["--check-keys"]:
         sys.exit(check_keys(url, argv[2]))
     arg = argv[1] if len(argv) > 1 else "4"

@@ -8,10 +8,15 @@
 # prints "ready" once every worker has its connection, then one JSON line per
 # event; a failed event stops it with exit status 1. WORKERS (default 4)
 # must be a positive whole number: otherwise it exits with status 2.
+# Without DATABASE_URL (or with it empty) it connects as psql does: with the
+# PG* variables (PGHOST, PGPORT, PGUSER, PGDATABASE, ...) and libpq's
+# defaults.
 #
 #   DATABASE_URL=postgres://... ruby poller.rb [WORKERS]
 #   DATABASE_URL=postgres://... ruby poller.rb --check-keys testdata/keys.json
 require "json"
+# ActiveRecord reads DATABASE_URL itself when loaded, and fails on an empty one
+URL = ENV.delete("DATABASE_URL").to_s
 require_relative "payment"
 
 def now_ns = Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)
@@ -69,7 +74,8 @@ unless arg.match?(/\A[0-9]+\z/) && arg.to_i >= 1
   exit 2
 end
 workers = arg.to_i
-ActiveRecord::Base.establish_connection(url: ENV.fetch("DATABASE_URL"), pool: workers)
+# no URL: ActiveRecord passes libpq no parameter, so PG* and libpq's defaults apply
+ActiveRecord::Base.establish_connection(**(URL.empty? ? { adapter: "postgresql" } : { url: URL }), pool: workers)
 exit check_keys(ARGV[1]) if ARGV[0] == "--check-keys"
 
 $stdout.sync = true
