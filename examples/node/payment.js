@@ -52,7 +52,8 @@ class ReentrantError extends Error {}
 // its own from pool (a pg.Pool) for one transaction. The bounds are Go's
 // defaults: wait for the lock without limit (lockTimeoutMs 0), let the
 // server end the transaction, and release the lock, once it sits idle for
-// idleTimeoutMs, leave statement_timeout as the server has it (null).
+// idleTimeoutMs, leave statement_timeout as the server has it (null). null
+// for any bound leaves it as the server has it; undefined is Go's default.
 async function withPayment (pool, serviceId, lineItemId, fn, { lockTimeoutMs = 0, idleTimeoutMs = 60000, statementTimeoutMs = null } = {}) {
   const sid = serviceIdText(serviceId)
   const key = keyString('payments', sid, lineItemId)
@@ -66,8 +67,10 @@ async function withPayment (pool, serviceId, lineItemId, fn, { lockTimeoutMs = 0
   client.on('error', onError)
   try {
     await client.query('BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE')
-    await client.query('SELECT ' + names.map((k, i) => `set_config('${k}', $${i + 1}, true)`).join(', '),
-      names.map(k => String(Math.trunc(bounds[k]))))
+    if (names.length > 0) { // null for all three: nothing to set
+      await client.query('SELECT ' + names.map((k, i) => `set_config('${k}', $${i + 1}, true)`).join(', '),
+        names.map(k => String(Math.trunc(bounds[k]))))
+    }
     await client.query(`SELECT pg_advisory_xact_lock(paylock_key_id('payments', $1::text, $2::text)) /*paylock_key='${key}'*/`, [sid, lineItemId])
     const created = (await client.query(ENSURE, [sid, lineItemId])).rowCount === 1
     const row = (await client.query(FIND, [sid, lineItemId])).rows[0]

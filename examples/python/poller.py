@@ -65,7 +65,8 @@ def with_payment(conn, service_id, line_item_id, fn, *,
     (autocommit mode). The bounds are Go's defaults: wait for the lock
     without limit (0), let the server end the transaction, and release the
     lock, once it sits idle for idle_timeout_ms, leave statement_timeout as
-    the server has it (None)."""
+    the server has it (None). None for any bound leaves it as the server
+    has it."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise psycopg.ProgrammingError("with_payment inside a transaction")
     service_id = service_id_text(service_id)
@@ -78,7 +79,8 @@ def with_payment(conn, service_id, line_item_id, fn, *,
     bounds = {k: str(int(v)) for k, v in bounds.items() if v is not None}
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE")
-        cur.execute("SELECT " + ", ".join(f"set_config('{k}', %s, true)" for k in bounds), list(bounds.values()))
+        if bounds:  # None for all three: nothing to set
+            cur.execute("SELECT " + ", ".join(f"set_config('{k}', %s, true)" for k in bounds), list(bounds.values()))
         cur.execute(f"SELECT pg_advisory_xact_lock(%s) /*paylock_key='{key}'*/", (lock_id,))
         created = cur.execute(ENSURE, {"s": service_id, "l": line_item_id}).rowcount == 1
         before = cur.execute("""SELECT * FROM payments WHERE service_id = %s AND line_item_id = %s

@@ -26,6 +26,7 @@ class Payment < ActiveRecord::Base
   # bounds are Go's defaults: wait for the lock without limit (0), let the
   # server end the transaction, and release the lock, once it sits idle for
   # idle_timeout_ms, leave statement_timeout as the server has it (nil).
+  # nil for any bound leaves it as the server has it.
   def self.with(line_item_id:, service_id:, lock_timeout_ms: 0, idle_timeout_ms: 60_000, statement_timeout_ms: nil)
     service_id = service_id_text(service_id)
     bounds = { "lock_timeout" => lock_timeout_ms, "idle_in_transaction_session_timeout" => idle_timeout_ms,
@@ -33,8 +34,10 @@ class Payment < ActiveRecord::Base
     transaction(isolation: :read_committed) do
       pg = connection.raw_connection # the transaction's own connection, BEGIN already sent
       pg.exec("SET TRANSACTION READ WRITE") # whatever default_transaction_read_only says, as Go
-      pg.exec_params("SELECT " + bounds.keys.each_with_index.map { |k, i| "set_config('#{k}', $#{i + 1}, true)" }.join(", "),
-                     bounds.values.map { |v| Integer(v).to_s })
+      unless bounds.empty? # nil for all three: nothing to set
+        pg.exec_params("SELECT " + bounds.keys.each_with_index.map { |k, i| "set_config('#{k}', $#{i + 1}, true)" }.join(", "),
+                       bounds.values.map { |v| Integer(v).to_s })
+      end
       pg.exec_params("SELECT pg_advisory_xact_lock(paylock_key_id('payments', $1::text, $2::text)) " \
                      "/*paylock_key='#{paylock_key("payments", service_id, line_item_id)}'*/", [service_id, line_item_id])
       created = pg.exec_params(ENSURE, [service_id, line_item_id]).cmd_tuples == 1
