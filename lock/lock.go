@@ -157,7 +157,8 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 }
 
 // Run begins a READ COMMITTED, READ WRITE transaction on db (whatever the
-// session's defaults), takes the lock for key, runs
+// session's defaults; on a hot standby, which refuses READ WRITE, without
+// the access mode), takes the lock for key, runs
 // fn and commits. If fn returns an error, Run rolls back and returns that
 // error unchanged (unless the connection was lost meanwhile: then it is
 // wrapped, so Retry can tell, and errors.Is and errors.As still find it); if

@@ -62,7 +62,8 @@ func RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context
 }
 
 // RunDB is Options.Run for a *sql.DB, with the same contract: it begins a
-// READ COMMITTED, READ WRITE transaction, applies o and takes the lock in one round
+// READ COMMITTED, READ WRITE transaction (on a hot standby, as pgx's stdlib
+// driver tells, without the access mode), applies o and takes the lock in one round
 // trip, runs fn, and commits; it rolls back if fn returns an error (returned
 // unchanged, unless the connection was lost meanwhile) or panics (raised
 // again). o.Retry runs the whole transaction again after a failure that left
