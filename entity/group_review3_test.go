@@ -423,6 +423,26 @@ func TestGroupCommitReview3CutOff(t *testing.T) {
 			t.Errorf("stalled call: %v, want lock.ErrIdleTimeout", res[2].err)
 		}
 	})
+	t.Run("abortedThenStalled", func(t *testing.T) {
+		// A statement of fn's fails, fn ignores it and stalls: the
+		// leader's keep-alive is refused in the aborted transaction
+		// (harmless), then fn is cut off and its savepoint rolled back.
+		k := key()
+		res := r3Stalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
+			func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
+				p.AmountCents += 1000
+				if err := ledgerInsert("stalled")(ctx, tx, p); err != nil {
+					return err
+				}
+				_, _ = tx.Exec(ctx, "SELECT 1/0")
+				wait()
+				return nil
+			}, add(4, "m3"))
+		wantOthers(t, res, k, 7)
+		if !errors.Is(res[2].err, lock.ErrIdleTimeout) {
+			t.Errorf("stalled call: %v, want lock.ErrIdleTimeout", res[2].err)
+		}
+	})
 	t.Run("rowDeletedBefore", func(t *testing.T) {
 		k := key()
 		var m3New bool
