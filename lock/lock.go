@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/english"
 	"github.com/paylock/paylock/internal/txn"
 )
 
@@ -145,7 +146,7 @@ func AcquireAll(ctx context.Context, tx pgx.Tx, keys ...Key) error {
 	// row is produced, so the locks are taken in ascending order.
 	sql := lockSQL("pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys...)
 	if _, err := tx.Exec(ctx, sql, pgx.QueryExecModeExec, ids); err != nil {
-		return fmt.Errorf("lock: acquire %d keys: %w", len(ids), txn.Classify(ctx, err))
+		return fmt.Errorf("lock: acquire %s: %w", english.Count(len(ids), "key", "keys"), txn.Classify(ctx, err))
 	}
 	return nil
 }

@@ -123,7 +123,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"help", "dedupe"}, 0, "payment_duplicates", ""},
 		{[]string{"locks", "--bogus"}, 2, "", "unknown flag --bogus"},
 		{[]string{"locks", "payments"}, 2, "", "did you mean --key payments"},
-		{[]string{"locks", "--watch=1ns"}, 2, "", "at least 100ms"},
+		{[]string{"locks", "--watch=1ns"}, 2, "", "the interval must be from 100ms to 24h"},
 		{[]string{"key"}, 2, "", "missing NAMESPACE"},
 		{[]string{"key", "Payments", "7"}, 2, "", "only a-z"},
 		{[]string{"key", "payments/%zz"}, 2, "", "bad escape"},

@@ -12,6 +12,7 @@ import (
 
 	"github.com/paylock/paylock/cmd/paylock/internal/dedupe"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
+	"github.com/paylock/paylock/internal/english"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -103,8 +104,8 @@ func runDedupe(ctx context.Context, c *call) error {
 			fmt.Fprintln(w, "dry run: nothing to do; the table has no duplicates and the index is valid.")
 			return nil
 		}
-		fmt.Fprintf(w, "dry run: nothing changed. 'paylock dedupe' would move %d rows of %d keys into %s in %s of up to %d keys,\n",
-			r.Extra, r.Groups, dedupe.Table, plural(batches, "batch", "batches"), batch)
+		fmt.Fprintf(w, "dry run: nothing changed. 'paylock dedupe' would move %s of %s into %s in %s of up to %s,\n",
+			plural(r.Extra, "row", "rows"), plural(r.Groups, "key", "keys"), dedupe.Table, plural(batches, "batch", "batches"), plural(batch, "key", "keys"))
 		fmt.Fprintf(w, "keeping the lowest id of each key under its advisory lock, then %s.\n", indexPlan(r))
 		return nil
 	}
@@ -117,11 +118,11 @@ func runDedupe(ctx context.Context, c *call) error {
 	bar := newProgressBar(w, term.IsTerminal(w))
 	res, err := dedupe.Run(ctx, pool, dedupe.Options{Batch: batch, LockTimeout: f.lockTimeout, Progress: bar.update})
 	bar.done()
-	fmt.Fprintf(w, "merged %d keys: %d rows moved into %s in %s (%s), %s\n",
-		res.Keys, res.RowsMoved, dedupe.Table, plural(res.Batches, "batch", "batches"), plural(res.Passes, "pass", "passes"), res.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "merged %s: %s moved into %s in %s (%s), %s\n",
+		plural(res.Keys, "key", "keys"), plural(int(res.RowsMoved), "row", "rows"), dedupe.Table, plural(res.Batches, "batch", "batches"), plural(res.Passes, "pass", "passes"), res.Elapsed.Round(time.Millisecond))
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted after %d batches; every finished batch is committed: run 'paylock dedupe' again to continue", res.Batches)
+			return fmt.Errorf("interrupted after %s; every finished batch is committed: run 'paylock dedupe' again to continue", plural(res.Batches, "batch", "batches"))
 		}
 		return err
 	}
@@ -148,14 +149,15 @@ func indexPlan(r *dedupe.Report) string {
 }
 
 func writeDedupeReport(w io.Writer, r *dedupe.Report) {
-	fmt.Fprintf(w, "payments: %d rows; %d keys have duplicates, %d rows beyond the first of their key\n", r.Rows, r.Groups, r.Extra)
+	fmt.Fprintf(w, "payments: %s; %s %s duplicates, %s beyond the first of their key\n",
+		plural(r.Rows, "row", "rows"), plural(r.Groups, "key", "keys"), english.Has(r.Groups), plural(r.Extra, "row", "rows"))
 	copies := make([]int, 0, len(r.ByCopies))
 	for c := range r.ByCopies {
 		copies = append(copies, c)
 	}
 	slices.Sort(copies)
 	for _, c := range copies {
-		fmt.Fprintf(w, "  %6d keys with %d rows\n", r.ByCopies[c], c)
+		fmt.Fprintf(w, "  %6d %s with %d rows\n", r.ByCopies[c], english.Noun(r.ByCopies[c], "key", "keys"), c)
 	}
 	for _, part := range []struct {
 		title  string
@@ -204,16 +206,16 @@ func (b *progressBar) update(p dedupe.Progress) {
 	if !b.tty {
 		if complete || time.Since(b.last) >= time.Second {
 			b.last = time.Now()
-			fmt.Fprintf(b.w, "pass %d: %d/%d keys merged, %d rows moved, %s, %s\n",
-				p.Pass, p.KeysDone, p.KeysTotal, p.RowsMoved, plural(p.Batches, "batch", "batches"), p.Elapsed.Round(time.Millisecond))
+			fmt.Fprintf(b.w, "pass %d: %d/%s merged, %s moved, %s, %s\n",
+				p.Pass, p.KeysDone, plural(p.KeysTotal, "key", "keys"), plural(int(p.RowsMoved), "row", "rows"), plural(p.Batches, "batch", "batches"), p.Elapsed.Round(time.Millisecond))
 		}
 		return
 	}
 	const width = 30
 	filled := width * p.KeysDone / max(p.KeysTotal, 1)
-	fmt.Fprintf(b.w, "\r\x1b[2Kpass %d [%s%s] %3d%%  %d/%d keys  %d rows moved  %s",
+	fmt.Fprintf(b.w, "\r\x1b[2Kpass %d [%s%s] %3d%%  %d/%s  %s moved  %s",
 		p.Pass, strings.Repeat("#", filled), strings.Repeat(".", width-filled), 100*p.KeysDone/max(p.KeysTotal, 1),
-		p.KeysDone, p.KeysTotal, p.RowsMoved, p.Elapsed.Round(100*time.Millisecond))
+		p.KeysDone, plural(p.KeysTotal, "key", "keys"), plural(int(p.RowsMoved), "row", "rows"), p.Elapsed.Round(100*time.Millisecond))
 	b.drawn = true
 	if complete {
 		fmt.Fprintln(b.w)
@@ -228,9 +230,5 @@ func (b *progressBar) done() {
 	}
 }
 
-func plural(n int, one, many string) string {
-	if n == 1 {
-		return "1 " + one
-	}
-	return fmt.Sprintf("%d %s", n, many)
-}
+// plural is n and the noun that agrees with it: "1 key", "2 keys".
+func plural(n int, one, many string) string { return english.Count(n, one, many) }

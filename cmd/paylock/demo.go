@@ -130,7 +130,7 @@ func (f *scenarioFlags) scenario() (demo.Scenario, error) {
 func demoPool(ctx context.Context, c *call, connString, schema string, conns int) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
-		return nil, usagef("database: %v", err)
+		return nil, c.configError(err)
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = "paylock " + c.cmd.name
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"regexp"
 	"slices"
 	"strconv"
@@ -46,8 +47,9 @@ literal arguments, or the lock is "unknown".
 Locks taken with two int4 keys, or waited for by statements with neither the
 comment nor the function, are marked origin "other" (not taken by paylock).
 
---watch refreshes every interval (default 2s) until Ctrl-C; --watch 5s or
---watch=500ms sets it. Seeing other sessions' queries needs the
+--watch refreshes every interval (default 2s) until Ctrl-C; --watch 5s,
+--watch=500ms or --watch 0.5 (seconds) sets it, from 100ms to 24h. Seeing
+other sessions' queries needs the
 pg_read_all_stats role (or superuser); without it PostgreSQL shows
 "<insufficient privilege>", so the key of a lock those sessions wait for
 can't be read: the lock is "unknown" (never "other"), and their client and
@@ -114,43 +116,83 @@ func (w *watchFlag) Set(s string) error {
 	return nil
 }
 
-// minWatchInterval is the shortest --watch interval: each refresh reads
-// pg_locks and pg_stat_activity, which take the server's lock manager locks.
-const minWatchInterval = 100 * time.Millisecond
+// minWatchInterval and maxWatchInterval bound --watch's interval: each
+// refresh reads pg_locks and pg_stat_activity, which take the server's lock
+// manager locks; a day between refreshes is no longer watching.
+const (
+	minWatchInterval = 100 * time.Millisecond
+	maxWatchInterval = 24 * time.Hour
+)
+
+// watchRange names the intervals --watch takes, for its errors.
+var watchRange = fmt.Sprintf("from %s to %s", minWatchInterval, strings.TrimSuffix(maxWatchInterval.String(), "0m0s"))
 
 // parseInterval reads --watch's interval: a duration (500ms, 2s) or a number
-// of seconds (0.5, 2).
+// of seconds (0.5, 2), from minWatchInterval to maxWatchInterval.
 func parseInterval(s string) (time.Duration, error) {
 	d, ok := interval(s)
-	if !ok {
-		return 0, errors.New("want a duration such as 2s or 500ms")
-	}
-	if d < minWatchInterval {
-		return 0, fmt.Errorf("the interval must be at least %s", minWatchInterval)
+	switch {
+	case !ok:
+		return 0, fmt.Errorf("not a duration: want an interval such as 2s, 500ms or 0.5 (seconds), %s", watchRange)
+	case d < minWatchInterval || d > maxWatchInterval:
+		return 0, fmt.Errorf("out of range: the interval must be %s", watchRange)
 	}
 	return d, nil
 }
 
-// interval reads s as a duration or a number of seconds, whatever its value.
+// durationSyntax is what time.ParseDuration reads, whatever the value: a
+// duration it refuses only for its size ("9999999h") is out of range, not
+// unparsable.
+var durationSyntax = regexp.MustCompile(`^[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+$`)
+
+// interval reads s as a duration or a number of seconds, whatever its value;
+// one too long for a time.Duration reads as the longest, so that it is out
+// of range rather than wrapped around (1e10 seconds was negative).
 func interval(s string) (time.Duration, bool) {
 	if d, err := time.ParseDuration(s); err == nil {
 		return d, true
 	}
+	if durationSyntax.MatchString(s) {
+		if strings.HasPrefix(s, "-") {
+			return math.MinInt64, true
+		}
+		return math.MaxInt64, true
+	}
 	f, err := strconv.ParseFloat(s, 64)
-	return time.Duration(f * float64(time.Second)), err == nil
+	if err != nil && !errors.Is(err, strconv.ErrRange) || math.IsNaN(f) {
+		return 0, false
+	}
+	switch secs := f * float64(time.Second); {
+	case secs >= math.MaxInt64:
+		return math.MaxInt64, true
+	case secs <= math.MinInt64:
+		return math.MinInt64, true
+	default:
+		return time.Duration(secs), true
+	}
 }
 
 // joinWatchInterval turns "--watch 5s" into "--watch=5s" so that the optional
 // interval is not taken for a key part. A word that reads as an interval is
 // joined even when out of range ("--watch 0s"), so that its error is about
-// the interval.
+// the interval; without --key no key part can follow, so any word that is
+// not a flag is joined ("--watch abc"), and its error too is about the
+// interval, not an argument.
 func joinWatchInterval(args []string) []string {
+	key := slices.ContainsFunc(args, func(a string) bool {
+		return a == "--key" || a == "-key" || strings.HasPrefix(a, "--key=") || strings.HasPrefix(a, "-key=")
+	})
 	out := make([]string, 0, len(args))
 	for i := 0; i < len(args); i++ {
 		a := args[i]
+		if a == "--" {
+			out = append(out, args[i:]...)
+			break
+		}
 		if (a == "--watch" || a == "-watch") && i+1 < len(args) {
-			if _, ok := interval(args[i+1]); ok {
-				out = append(out, a+"="+args[i+1])
+			next := args[i+1]
+			if _, ok := interval(next); ok || !key && next != "" && !strings.HasPrefix(next, "-") {
+				out = append(out, a+"="+next)
 				i++
 				continue
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/english"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -67,11 +68,11 @@ func runMigrate(ctx context.Context, c *call) error {
 		for _, what := range before.created(after) {
 			fmt.Fprintf(c.stdout, "created %s\n", what)
 		}
-		fmt.Fprintf(c.stdout, "payments holds duplicates: %d keys have %d extra rows; the unique index %s was not created.\n",
-			dup.Groups, dup.Extra, payment.UniqueIndex)
+		fmt.Fprintf(c.stdout, "payments holds duplicates: %s %s %s; the unique index %s was not created.\n",
+			plural(dup.Groups, "key", "keys"), english.Has(dup.Groups), plural(dup.Extra, "extra row", "extra rows"), payment.UniqueIndex)
 		fmt.Fprintln(c.stdout, "worst keys:")
 		for i, k := range dup.Worst {
-			fmt.Fprintf(c.stdout, "  service_id=%d line_item_id=%q  %d rows\n", k.ServiceID, k.LineItemID, dup.Counts[i])
+			fmt.Fprintf(c.stdout, "  service_id=%d line_item_id=%q  %s\n", k.ServiceID, k.LineItemID, plural(dup.Counts[i], "row", "rows"))
 		}
 		fmt.Fprintln(c.stdout, "run 'paylock dedupe --dry-run' to see the plan, then 'paylock dedupe' and migrate again.")
 		return fmt.Errorf("%d duplicate groups; run 'paylock dedupe' first", dup.Groups)

@@ -54,7 +54,7 @@ func TestMigrateDuplicatesSaysWhatItCreated(t *testing.T) {
 	}
 	code, out, errOut := paylock(ctx, "migrate", "--database-url", url)
 	want := "created function paylock_key_id(namespace text, VARIADIC parts text[]): a key's lock id in SQL\n" +
-		"payments holds duplicates: 1 keys have 1 extra rows;"
+		"payments holds duplicates: 1 key has 1 extra row;"
 	if code != 1 || !strings.HasPrefix(out, want) || !strings.Contains(errOut, "run 'paylock dedupe' first") {
 		t.Fatalf("migrate on an old table with duplicates = %d\nstdout:\n%s\nstderr:\n%s\nwant stdout to start with:\n%s", code, out, errOut, want)
 	}

@@ -188,12 +188,38 @@ func exitFor(err error, c *call) int {
 	case errors.As(err, &code):
 		return int(code)
 	case errors.As(err, &ue):
-		fmt.Fprintf(c.stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, term.Visible(oneLine(err.Error())), name)
+		fmt.Fprintf(c.stderr, "paylock %s: %s; run 'paylock %s --help'\n", name, term.Visible(readOnce(name, oneLine(err.Error()))), name)
 		return exitUsage
 	default:
-		fmt.Fprintf(c.stderr, "paylock %s: %s\n", name, term.Visible(oneLine(err.Error())))
+		fmt.Fprintf(c.stderr, "paylock %s: %s\n", name, term.Visible(readOnce(name, oneLine(err.Error()))))
 		return exitFailure
 	}
+}
+
+// errorPrefixes are the prefixes that paylock's packages put on their
+// errors ("lock: acquire ...", "dedupe: merge ...").
+var errorPrefixes = map[string]bool{"lock": true, "dedupe": true, "payment": true, "entity": true, "schema": true}
+
+// readOnce drops from a message the package prefixes it already has: each
+// layer of an error chain names its package, so that the command's
+// "paylock dedupe: dedupe: merge 1 key ...: lock: acquire 1 key: lock:
+// lock_timeout expired" would say dedupe and lock twice. A prefix is kept
+// where it first appears, and the command's own name (already said by
+// "paylock NAME: ") not at all.
+func readOnce(name, msg string) string {
+	seen := map[string]bool{name: true}
+	parts := strings.Split(msg, ": ")
+	out := parts[:0]
+	for i, p := range parts {
+		if i < len(parts)-1 && errorPrefixes[p] {
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+		}
+		out = append(out, p)
+	}
+	return strings.Join(out, ": ")
 }
 
 func lookup(name string) *command {
@@ -366,6 +392,9 @@ func (c *call) databaseConfigured() bool {
 // is told. stop sets *err to the error of removing the server when *err is nil.
 func (c *call) serverOrThrowaway(ctx context.Context, w io.Writer) (connString, where string, stop func(err *error), err error) {
 	if c.databaseConfigured() {
+		if _, err := pgxpool.ParseConfig(c.connString()); err != nil {
+			return "", "", nil, c.configError(err)
+		}
 		return c.connString(), "the configured database", func(*error) {}, nil
 	}
 	fmt.Fprintln(w, "starting a throwaway PostgreSQL cluster (no database configured)...")
@@ -390,12 +419,26 @@ const configureHint = "set --database-url or DATABASE_URL (postgres://user:passw
 func (c *call) poolConfig() (*pgxpool.Config, error) {
 	cfg, err := pgxpool.ParseConfig(c.connString())
 	if err != nil {
-		return nil, usagef("database: %v", err)
+		return nil, c.configError(err)
 	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "paylock " + c.cmd.name
 	}
 	return cfg, nil
+}
+
+// configError reports a connection string that does not parse: a mistake
+// in the command line when --database-url gave it (exit 2), else in the
+// environment, where DATABASE_URL or the PG* variables gave it (exit 1: the
+// command line was fine).
+func (c *call) configError(err error) error {
+	switch {
+	case c.databaseURL != "":
+		return usagef("--database-url: %v", err)
+	case os.Getenv("DATABASE_URL") != "":
+		return fmt.Errorf("configuration error: DATABASE_URL does not parse: %w", err)
+	}
+	return fmt.Errorf("configuration error: the PG* variables (PGHOST, PGPORT, ...) do not parse: %w", err)
 }
 
 // connect opens a pool and checks that the server answers and is one paylock

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/english"
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
 )
@@ -450,7 +451,8 @@ func findDuplicates(ctx context.Context, q Querier, limit int) (*DuplicatesError
 
 func (e *DuplicatesError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%v: %d keys have %d extra rows", ErrDuplicates, e.Groups, e.Extra)
+	fmt.Fprintf(&b, "%v: %s %s %s", ErrDuplicates, english.Count(e.Groups, "key", "keys"), english.Has(e.Groups),
+		english.Count(e.Extra, "extra row", "extra rows"))
 	for i, k := range e.Worst {
 		sep := ", worst: "
 		if i > 0 {

@@ -40,6 +40,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/internal/english"
 	"github.com/paylock/paylock/internal/schema"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -296,7 +297,7 @@ func mergeBatch(ctx context.Context, pool *pgxpool.Pool, keys []payment.Key, loc
 		return err
 	})
 	if err != nil {
-		return 0, fmt.Errorf("dedupe: merge %d keys from %s: %w", len(keys), keys[0], err)
+		return 0, fmt.Errorf("dedupe: merge %s from %s: %w", english.Count(len(keys), "key", "keys"), keys[0], err)
 	}
 	return moved, nil
 }
@@ -370,7 +371,7 @@ func refuseDistributed(ctx context.Context, pool *pgxpool.Pool) (distributed boo
 		return true, err
 	}
 	if len(keys) > 0 {
-		return true, fmt.Errorf("%w: %d keys have duplicates", ErrDistributed, len(keys))
+		return true, fmt.Errorf("%w: %s %s duplicates", ErrDistributed, english.Count(len(keys), "key", "keys"), english.Has(len(keys)))
 	}
 	return true, nil
 }
