@@ -71,9 +71,9 @@ func (g *group[K, V]) await(ctx context.Context, sent time.Time) (cut *memberTx[
 		tx.mu.Unlock()
 		if wait == 0 {
 			// Until fn has been idle for IdleTimeout, or the transaction
-			// for 3/4 of it, whichever comes first.
+			// for half of it, whichever comes first.
 			at := since.Add(idle)
-			if keep := later(kept, since).Add(idle - idle/4); keep.Before(at) {
+			if keep := later(kept, since).Add(idle / 2); keep.Before(at) {
 				at = keep
 			}
 			wait = max(time.Until(at), time.Millisecond)
@@ -99,7 +99,7 @@ func (g *group[K, V]) await(ctx context.Context, sent time.Time) (cut *memberTx[
 
 // checkIdle looks at tx's fn, if no call through tx is in progress: it cuts
 // fn off once fn has been idle for idle, and otherwise keeps the
-// transaction from idling out on the server when it has been idle for 3/4
+// transaction from idling out on the server when it has been idle for half
 // of idle.
 func (g *group[K, V]) checkIdle(ctx context.Context, tx *memberTx[K, V], idle time.Duration, kept *time.Time) idleCheck {
 	if !tx.gate.TryLock() {
@@ -128,7 +128,7 @@ func (g *group[K, V]) checkIdle(ctx context.Context, tx *memberTx[K, V], idle ti
 		tx.shutLocked()
 		tx.m.Close()
 		return idleCut
-	case now.Sub(later(*kept, since)) >= idle-idle/4:
+	case now.Sub(later(*kept, since)) >= idle/2:
 		// With the gate held, fn can't send anything meanwhile; and until
 		// fn returned (above), its member touches nothing of g.
 		g.keepAlive(ctx)

@@ -182,7 +182,8 @@ func TestGroupCommitReview3BusyStatementNotCutOff(t *testing.T) {
 // 2.4 s, and the server ended it: every call failed.
 func TestGroupCommitReview3ServerIdleTimeoutPerMember(t *testing.T) {
 	t.Parallel()
-	const serverIdle, fnTime = 2 * time.Second, 1200 * time.Millisecond
+	// Each fn well within the server's limit, the three together past it.
+	const serverIdle, fnTime = 5 * time.Second, 2 * time.Second
 	pool, ctx := paySetup(t, func(c *pgxpool.Config) {
 		c.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = fmt.Sprint(serverIdle.Milliseconds())
 	})
@@ -210,7 +211,7 @@ func TestGroupCommitReview3ServerIdleTimeoutPerMember(t *testing.T) {
 // while, less than IdleTimeout, then returns nil. One by one, its call
 // fails (the transaction was aborted: ErrTxAborted) and the calls before
 // and after it commit. Grouped, the leader's keep-alive (an empty SELECT,
-// sent once fn has run no statement for 3/4 of IdleTimeout) failed in the
+// sent once fn has run no statement for half of IdleTimeout) failed in the
 // aborted transaction (25P02) and broke the group: every call failed.
 func TestGroupCommitReview3KeepAliveInAbortedTx(t *testing.T) {
 	t.Parallel()
@@ -226,7 +227,7 @@ func TestGroupCommitReview3KeepAliveInAbortedTx(t *testing.T) {
 				return err
 			}
 			_, _ = tx.Exec(ctx, "SELECT 1/0") // ignored
-			// Grouped, wait for the leader's keep-alive (at 3/4 of idle);
+			// Grouped, wait for the leader's keep-alive (at half of idle);
 			// one by one there is none, and fn returns at once.
 			for waitKeepAlive {
 				var q string

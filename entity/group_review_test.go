@@ -495,7 +495,7 @@ func TestGroupCommitReentrantOtherCtx(t *testing.T) {
 	for _, leader := range []bool{true, false} {
 		t.Run(fmt.Sprint("leader=", leader), func(t *testing.T) {
 			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16),
-				entity.WithLockOptions(lock.Options{IdleTimeout: 300 * time.Millisecond}))
+				entity.WithLockOptions(lock.Options{IdleTimeout: 2 * time.Second}))
 			key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_reother_", leader)}
 			innerCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
@@ -547,7 +547,7 @@ func TestGroupCommitIdleTimeoutThenFail(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
 	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithLockOptions(lock.Options{
-		IdleTimeout: 200 * time.Millisecond}))
+		IdleTimeout: time.Second}))
 	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_idlefail"}
 	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
 		p.AmountCents++
@@ -559,7 +559,7 @@ func TestGroupCommitIdleTimeoutThenFail(t *testing.T) {
 		if err := add(ctx, tx, p); err != nil {
 			return err
 		}
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(3 * time.Second) // past IdleTimeout, by more than a busy machine's delays
 		return errB
 	})
 	if res[0].err != nil {
