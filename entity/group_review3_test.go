@@ -514,7 +514,8 @@ func TestGroupCommitReview3CutOff(t *testing.T) {
 func TestGroupCommitReview3CutOffRace(t *testing.T) {
 	t.Parallel()
 	const idle = 40 * time.Millisecond
-	pool, ctx := groupSetup(t)
+	pool, _ := groupSetup(t)
+	ctx := pgtest.Context(t, 10*time.Minute) // 40 rounds on a busy machine: a bound for a hang only
 	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
 	cuts := 0
 	for round := range 40 {
@@ -541,7 +542,10 @@ func TestGroupCommitReview3CutOffRace(t *testing.T) {
 				return nil
 			}
 		}
-		res := groupedBounded(t, ctx, repo, key, nil, add(0), racy(1), add(2), racy(3), add(4))
+		// Held at PostgreSQL while the calls queue (r3Held), not by the
+		// leader's fn: a leader idle in its fn for 40 ms would stop
+		// gathering before the others queued on a busy machine.
+		res := r3Held(t, ctx, pool, repo, key, add(0), racy(1), add(2), racy(3), add(4))
 		got := ledger(t, ctx, pool)
 		for i, r := range res {
 			committed := slices.Contains(got, entry(i))
@@ -573,7 +577,8 @@ func TestGroupCommitReview3CutOffRace(t *testing.T) {
 func TestGroupCommitReview3TinyIdleTimeout(t *testing.T) {
 	t.Parallel()
 	const idle = time.Millisecond
-	pool, ctx := groupSetup(t)
+	pool, _ := groupSetup(t)
+	ctx := pgtest.Context(t, 10*time.Minute) // 30 rounds on a busy machine: a bound for a hang only
 	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
 	for round := range 30 {
 		_, _ = pool.Exec(ctx, "DELETE FROM ledger")
@@ -801,7 +806,7 @@ func TestGroupCommitReview3GoroutineKeepsBusy(t *testing.T) {
 		return ledgerInsert("busy")(ctx, tx, p)
 	}
 	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
-	res := groupedBounded(t, ctx, repo, key, nil, add, busy, add)
+	res := r3Held(t, ctx, pool, repo, key, add, busy, add)
 	for i, r := range res {
 		if r.err != nil {
 			t.Errorf("call %d: %v, want nil as one by one", i, r.err)
@@ -838,7 +843,7 @@ func TestGroupCommitReview3CutOffOwnErrorNotRetried(t *testing.T) {
 	oneErr := plain.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_r3_own_one"}, fn)
 	oneAttempts := attempts.Swap(0)
 	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
-	res := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r3_own_grp"}, nil, payNoop, fn)
+	res := r3Held(t, ctx, pool, gc, payment.Key{ServiceID: 1, LineItemID: "li_r3_own_grp"}, payNoop, fn)
 	if grpAttempts := attempts.Load(); grpAttempts != oneAttempts || !errors.Is(res[1].err, own) || !errors.Is(oneErr, own) {
 		t.Errorf("grouped: %d attempts, %v; one by one: %d attempts, %v", grpAttempts, res[1].err, oneAttempts, oneErr)
 	}
