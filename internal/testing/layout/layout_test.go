@@ -18,7 +18,7 @@ const module = "github.com/paylock/paylock"
 
 // library lists the library's packages: lock, entity and payment, and the
 // internal packages they are built on. Any of them may import another.
-var library = []string{"lock", "entity", "payment", "internal/txn", "internal/keyqueue", "internal/schema", "internal/entityopt"}
+var library = []string{"lock", "entity", "payment", "internal/txn", "internal/keyqueue", "internal/schema", "internal/entityopt", "internal/english"}
 
 // adapters are library packages that the rest of the library does not
 // import, each with the one dependency of its own it may import too.
