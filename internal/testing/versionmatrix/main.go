@@ -245,6 +245,12 @@ func hydrate(pkg string) error {
 // and returns the version it prints ("14.23").
 func serverVersion(bin string) (string, error) {
 	cmd := exec.Command(filepath.Join(bin, "postgres"), "--version")
+	// In bin, which that user can enter, not in the working directory,
+	// which it may not (a clone in root's home): postgres then warns on
+	// stderr before it prints its version.
+	cmd.Dir = bin
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
 	as := "this user"
 	if os.Geteuid() == 0 {
 		cred, err := pgserver.Unprivileged()
@@ -254,10 +260,10 @@ func serverVersion(bin string) (string, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 		as = "the user the servers run as (uid " + strconv.Itoa(int(cred.Uid)) + ")"
 	}
-	out, err := cmd.CombinedOutput()
+	out, err := cmd.Output()
 	if err != nil {
 		return "", fmt.Errorf("%s can't run %s/postgres (every folder above it must be searchable by that user; PAYLOCK_PG_CACHE moves the cache): %w: %s",
-			as, bin, err, strings.TrimSpace(string(out)))
+			as, bin, err, strings.TrimSpace(stderr.String()))
 	}
 	// "postgres (PostgreSQL) 14.23"
 	f := strings.Fields(string(out))
