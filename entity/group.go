@@ -47,10 +47,10 @@ type Cloner[V any] interface {
 // side effect of fn — except for latency, and except that a failure of the
 // shared COMMIT (or of the connection) reaches every member whose fn
 // succeeded, with nothing committed ([ErrGroupRolledBack] when another
-// member broke the connection). No call waits past its ctx: a member whose
-// ctx ends after its fn returned, before the group's outcome, gets
-// lock.ErrCommitUnknown with ctx's error (the group may yet commit its
-// part). A member whose fn runs no statement through tx (and holds no
+// member broke the connection). No call waits past its ctx: a call, the
+// leader's included, whose ctx ends after its fn returned, before the
+// group's outcome, gets lock.ErrCommitUnknown with ctx's error (the group
+// may yet commit its part). A member whose fn runs no statement through tx (and holds no
 // result of one open) for IdleTimeout is cut off, as the server would end
 // a call of its own: it fails with
 // lock.ErrIdleTimeout and the group goes on without it. A lone caller runs

@@ -76,6 +76,8 @@ var ctDirected = []string{
 	"max=16 row add,poison,add",
 	"max=16 row add,ledger,stall,add,ledger",
 	"max=16 row setLocal,settings,setLocal,settings,add,settings",
+	"max=16 row add,readOnly,add,ledger,readOnlyP,add",
+	"max=16 row readOnly,add,ledger",
 }
 
 // ctVocabulary is what seed draws from: the fixed seeds leave poison out
@@ -125,6 +127,8 @@ const (
 	kStall              // a ledger row, change p, then sleep 8/5 of IdleTimeout: idle too long
 	kSetLocal           // SET LOCAL statement_timeout and set_config('ct.who', ..., true): settings for its transaction
 	kSettings           // a ledger row naming the settings kSetLocal changes, as fn finds them
+	kReadOnly           // a ledger row, then SET TRANSACTION READ ONLY, p unchanged: nothing left to write
+	kReadOnlyP          // change p, then SET TRANSACTION READ ONLY: the write fails (25006)
 	ctNumKinds
 )
 
@@ -134,7 +138,7 @@ var ctKindNames = [...]string{
 	kDelete: "delete", kFail: "fail", kFailIgnored: "failIgnored", kBadData: "badData", kData: "data",
 	kSlow: "slow", kCtxBefore: "ctxBefore", kCtxDuring: "ctxDuring", kCtxAtEnd: "ctxAtEnd",
 	kCtxAfter: "ctxAfter", kCtxMid: "ctxMid", kLeak: "leak", kPoison: "poison", kStall: "stall",
-	kSetLocal: "setLocal", kSettings: "settings",
+	kSetLocal: "setLocal", kSettings: "settings", kReadOnly: "readOnly", kReadOnlyP: "readOnlyP",
 }
 
 // ctWeights: how often each kind is drawn.
@@ -142,7 +146,7 @@ var ctWeights = [...]int{
 	kNoop: 3, kStatus: 3, kAdd: 4, kLedger: 5, kLedgerErr: 2, kPanic: 2, kPanicSQL: 2, kGoexit: 1,
 	kUpdate: 2, kUpdateP: 1, kDelete: 1, kFail: 2, kFailIgnored: 1, kBadData: 1, kData: 2, kSlow: 1,
 	kCtxBefore: 1, kCtxDuring: 1, kCtxAtEnd: 1, kCtxAfter: 1, kCtxMid: 1, kLeak: 1, kPoison: 1, kStall: 1,
-	kSetLocal: 2, kSettings: 2,
+	kSetLocal: 2, kSettings: 2, kReadOnly: 1, kReadOnlyP: 1,
 }
 
 func (k ctKind) String() string { return ctKindNames[k] }
@@ -418,6 +422,16 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 		case kSettings:
 			_, err := tx.Exec(ctx, "INSERT INTO contract_ledger (k, entry) VALUES ($1, $2 || ' who=' || coalesce(nullif(current_setting('ct.who', true), ''), '<none>') || ' statement_timeout=' || current_setting('statement_timeout'))",
 				c.k, fmt.Sprintf("%02d %s saw %s", i, kind, saw))
+			return err
+		case kReadOnly:
+			if err := entry(ctx); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "SET TRANSACTION READ ONLY")
+			return err
+		case kReadOnlyP:
+			p.AmountCents += 80
+			_, err := tx.Exec(ctx, "SET TRANSACTION READ ONLY")
 			return err
 		case kLeak:
 			p.AmountCents += 60

@@ -44,6 +44,17 @@ type group[K, V any] struct {
 	running    chan *memberTx[K, V] // a member's fn began, with this tx
 	txs0       [1]*txn.Managed      // txs and ok of a lone caller, without allocations
 	ok0        [1]*member[K, V]
+
+	prepared []string      // the statements lockAndLoad prepared
+	leading  func() bool   // whether the leader still gathers callers (false once watch stopped it)
+	stop     func()        // ends the gathering: the next caller queued leads the next transaction
+	budget   time.Duration // how long the group may hold the key (see lead)
+	granted  time.Time     // when the leader took the key
+	// readOnly: a member's fn made the transaction read-only (SET
+	// TRANSACTION READ ONLY) and wrote nothing: the group takes nobody
+	// after it (see settle).
+	readOnly bool
+	panicked any // what the final write panicked with, for the leader (see drive)
 }
 
 // txState is whether a group's transaction can still commit.
@@ -65,6 +76,7 @@ const (
 	endBudget                      // the group held the key max times as long as the leader's own call
 	endIdle                        // one fn ran for IdleTimeout: the server ended the transaction
 	endBroken                      // the transaction can't commit: take nobody else into it
+	endReadOnly                    // an fn made the transaction read-only: the next call's write would fail
 )
 
 // idleGap is how much of IdleTimeout a member's fn may find spent when it
@@ -185,6 +197,13 @@ func (r *Repository[K, V]) waitTurn(ctx context.Context, lk lock.Key, m *member[
 // lead runs the transaction m leads: the lock and the row, m's fn, then the
 // fns of the callers queued behind it, then one write and one COMMIT.
 //
+// While nobody is queued, the leader's goroutine does all of it, as a call
+// of its own would. Once it takes a caller from the queue, the rest (the
+// members' turns, the write, COMMIT, the outcomes) goes on a goroutine of
+// its own (drive), and the leader waits for its outcome like a member, for
+// at most as long as its ctx: no call waits past its ctx, and a group
+// whose leader's ctx ended still ends for the members it took.
+//
 //lint:ignore ST1008 the second result carries a panic of fn, raised again on its caller's goroutine; it is not a result in the usual sense
 func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member[K, V]) (err error, panicked any) {
 	gs := r.groups
@@ -195,42 +214,43 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 			gs.stopLeading(lk.ID())
 		}
 	}
-	defer stop()
-	// watch stops the gathering if an fn runs for IdleTimeout: by then the
-	// server has ended the transaction, idle that long, and the next caller,
-	// which may be a With for this key from inside that fn given another
-	// ctx, takes the lock as it would without group commit, rather than
-	// wait in the queue behind its own caller for good.
-	watch := func() (unwatch func() bool) {
-		if idle := r.settings.IdleTimeout; idle > 0 {
-			return time.AfterFunc(idle, stop).Stop
-		}
-		return func() bool { return false }
-	}
-	ev := m.ev
 	// Leaders take a place in the key queue, as callers without the option
 	// do, and give it back after their connection: the leader that
 	// committed may not have released its connection yet when the next
 	// one's successor wants one, and a key holds at most ConnsPerKey.
 	release, alone, err := r.waitInQueue(ctx, lk.ID())
 	if err != nil {
+		stop()
 		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err)), nil
 	}
-	defer release()
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
+		release()
+		stop()
 		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err))), nil
 	}
-	defer conn.Release()
 	pc := conn.Conn().PgConn()
-	defer func() {
+	// end gives back the connection (ending what is left of the
+	// transaction), the place in the key queue and the lead, in that order;
+	// err is the transaction's outcome.
+	end := func(err error) {
 		switch {
 		case stalePlan(err) || missingStatement(err): // as in with
 			pc.Close(context.WithoutCancel(ctx))
 		case pc.TxStatus() != 'I':
 			txn.Rollback(ctx, pc, nil)
 		}
+		conn.Release()
+		release()
+		stop()
+	}
+	driven := false // the group's own goroutine ends it
+	defer func() {
+		if !driven {
+			end(err)
+		}
 	}()
+	ev := m.ev
 	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, ev, alone)
 	if err != nil {
 		if missingStatement(err) {
@@ -244,14 +264,15 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	}
 	g := &group[K, V]{
 		k: k, r: r, cloner: r.table.(Cloner[V]), lk: lk, conn: conn.Conn(),
-		first: v, cur: before, written: before,
+		first: v, cur: before, written: before, prepared: prepared,
+		leading: leading.Load, stop: stop,
 	}
 	g.txs, g.ok = g.txs0[:0], g.ok0[:0]
 	g.lastSQL = time.Now() // lockAndLoad's round trip just ended
 	// The leader's fn runs as in a call of its own, without a savepoint: if
 	// it fails, the transaction rolls back and nobody else has joined it; the
 	// first queued caller then leads the next one.
-	unwatch := watch()
+	unwatch := g.watch()
 	ok, panicked, ownErr := g.step(m, true)
 	unwatch()
 	if !ok {
@@ -259,95 +280,172 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	}
 	// The budget: about what the callers would hold the key for one by one,
 	// judged by the leader's round trip and fn.
-	budget := time.Duration(gs.max) * (time.Since(ev.Granted) + ev.RoundTrip - ev.Wait)
-	end := g.gather(ctx, gs, budget, ev.Granted, leading.Load, watch)
-	if end == endBroken && ok && g.n == 1 && len(g.ok) == 0 {
-		// The leader's own write failed (settleLeader): its call fails
-		// as it would alone.
-		ok, ownErr = false, g.why
-	}
-	stop()
-	g.size = g.n
-	var commitPanic any
-	outcome := func() (err error) {
-		defer func() {
-			if commitPanic = recover(); commitPanic != nil {
-				// Table.Save panicked, or an ErrorClassifier: the members
-				// still get an outcome, the leader the panic.
-				if pc.IsClosed() || pc.TxStatus() == 'I' {
-					err = fmt.Errorf("entity: with %s: %w: the group's final write panicked: %v", lk, txn.ErrCommitUnknown, commitPanic)
-				} else {
-					err = fmt.Errorf("entity: with %s: %w (the group's final write panicked: %v)", lk, ErrGroupRolledBack, commitPanic)
-				}
-			}
-		}()
-		return g.commit(ctx, prepared)
-	}()
-	for _, m := range g.txs {
-		// Only now: ending a tx whose fn used LargeObjects rolls back the
-		// transaction unless it is over.
-		m.End(ctx)
-	}
-	for _, o := range g.ok {
-		if o != m {
-			o.done <- outcome
+	g.budget, g.granted = time.Duration(gs.max)*(time.Since(ev.Granted)+ev.RoundTrip-ev.Wait), ev.Granted
+	next, why := g.next()
+	if next != nil {
+		driven = true
+		m.done = make(chan error, 1)
+		go g.drive(ctx, m, next, end)
+		err = g.outcome(ctx, m)
+		if errors.Is(err, errLeaderPanicked) {
+			return nil, g.panicked // set before the outcome was sent
 		}
+		return err, nil
 	}
+	_ = why // nobody to take: the leader commits alone
+	outcome, commitPanic := g.finish(ctx, m)
 	if !ok || panicked != nil {
 		return ownErr, panicked
 	}
 	if commitPanic != nil {
 		return nil, commitPanic
 	}
+	if outcome == nil {
+		ev.stage, ev.GroupSize = stageDone, g.size
+	}
 	return outcome, nil
 }
 
-// gather takes the callers queued behind the leader into g, one at a time,
-// until one of the reasons of gatherEnd, which it returns. leading reports
-// whether the leader still gathers (false once the idle watch stopped it).
-func (g *group[K, V]) gather(ctx context.Context, gs *groups[K, V], budget time.Duration, granted time.Time, leading func() bool, watch func() func() bool) gatherEnd {
+// errLeaderPanicked is the outcome drive sends the leader when the group's
+// final write panicked: the leader raises that panic again (g.panicked).
+var errLeaderPanicked = errors.New("entity: the group's final write panicked")
+
+// drive ends the group on a goroutine of its own once the leader, m, took
+// its first member, next: the members' turns, the write and COMMIT, each
+// member's outcome and the leader's (see lead). ctx is the leader's: what
+// drive sends goes without its cancellation (the members' turns, their
+// writes and the keep-alives are everyone's), COMMIT as commit says.
+func (g *group[K, V]) drive(ctx context.Context, m *member[K, V], next *member[K, V], end func(error)) {
+	dctx := context.WithoutCancel(ctx)
+	g.take(dctx, next)
+	g.gather(dctx)
+	outcome, commitPanic := g.finish(ctx, m)
+	end(outcome)
+	switch {
+	case commitPanic != nil:
+		g.panicked = commitPanic
+		m.done <- errLeaderPanicked
+	case len(g.ok) == 0 || g.ok[0] != m:
+		// The leader's own write failed (settleLeader): its call fails as
+		// it would alone.
+		m.done <- g.why
+	default:
+		m.done <- outcome
+	}
+}
+
+// finish ends the gathering and the transaction: the write and COMMIT,
+// unless it broke (see commit); then it sends each member whose fn
+// succeeded, but for the leader m, the outcome, which it returns with what
+// the final write panicked with, if it did (the members then get an
+// error).
+func (g *group[K, V]) finish(ctx context.Context, m *member[K, V]) (outcome error, commitPanic any) {
+	g.stop()
+	g.size = g.n
+	outcome = func() (err error) {
+		defer func() {
+			if commitPanic = recover(); commitPanic != nil {
+				// Table.Save panicked, or an ErrorClassifier: the members
+				// still get an outcome, the leader the panic.
+				pc := g.conn.PgConn()
+				if pc.IsClosed() || pc.TxStatus() == 'I' {
+					err = fmt.Errorf("entity: with %s: %w: the group's final write panicked: %v", g.lk, txn.ErrCommitUnknown, commitPanic)
+				} else {
+					err = fmt.Errorf("entity: with %s: %w (the group's final write panicked: %v)", g.lk, ErrGroupRolledBack, commitPanic)
+				}
+			}
+		}()
+		return g.commit(ctx)
+	}()
+	for _, tx := range g.txs {
+		// Only now: ending a tx whose fn used LargeObjects rolls back the
+		// transaction unless it is over.
+		tx.End(ctx)
+	}
+	for _, o := range g.ok {
+		if o != m {
+			o.done <- outcome
+		}
+	}
+	return outcome, commitPanic
+}
+
+// watch stops the gathering if an fn runs for IdleTimeout: by then the
+// server has ended the transaction, idle that long, and the next caller,
+// which may be a With for this key from inside that fn given another ctx,
+// takes the lock as it would without group commit, rather than wait in the
+// queue behind its own caller for good.
+func (g *group[K, V]) watch() (unwatch func() bool) {
+	if idle := g.r.settings.IdleTimeout; idle > 0 {
+		return time.AfterFunc(idle, g.stop).Stop
+	}
+	return func() bool { return false }
+}
+
+// next returns the next caller to take into g, or nil and why the
+// gathering ends.
+func (g *group[K, V]) next() (*member[K, V], gatherEnd) {
+	switch {
+	case g.state != txOpen:
+		return nil, endBroken
+	case g.readOnly:
+		return nil, endReadOnly
+	case !g.leading():
+		return nil, endIdle
+	case g.n >= g.r.groups.max:
+		return nil, endMax
+	case g.withSQL >= MaxGroupSQL:
+		return nil, endMaxSQL
+	case time.Since(g.granted) >= g.budget:
+		return nil, endBudget
+	}
+	next := g.r.groups.pop(g.lk.ID())
+	if next == nil {
+		return nil, endQueueEmpty
+	}
+	return next, 0
+}
+
+// gather takes the callers queued behind the leader into g, one at a time
+// (see take), until one of the reasons of gatherEnd, which it returns.
+func (g *group[K, V]) gather(ctx context.Context) gatherEnd {
 	for {
-		switch {
-		case g.state != txOpen:
-			return endBroken
-		case !leading():
-			return endIdle
-		case g.n >= gs.max:
-			return endMax
-		case g.withSQL >= MaxGroupSQL:
-			return endMaxSQL
-		case time.Since(granted) >= budget:
-			return endBudget
-		}
-		next := gs.pop(g.lk.ID())
+		next, why := g.next()
 		if next == nil {
-			return endQueueEmpty
+			return why
 		}
-		if g.n == 1 {
-			g.settleLeader(ctx)
-		}
-		if g.state == txOpen && time.Since(g.lastSQL) > g.idleGap() {
-			g.keepAlive(ctx)
-		}
-		if g.state != txOpen {
-			// next did not join: it leads the next transaction.
-			gs.requeue(g.lk.ID(), next)
-			return endBroken
-		}
-		if g.stepped == nil { // a lone caller needs none
-			g.stepped, g.running = make(chan struct{}, 1), make(chan *memberTx[K, V], 1)
-		}
-		gone, cur, written, sent := g.gone, g.cur, g.written, g.lastSQL
-		next.turn <- g
-		unwatch := watch()
-		cut := g.await(ctx, sent)
-		unwatch()
-		if cut != nil {
-			// next's fn stalled: its part goes, and the turn is the
-			// leader's again (see await).
-			g.undo(ctx, cut, txn.ErrIdleTimeout)
-			g.gone, g.cur, g.written = gone, cur, written
-		}
+		g.take(ctx, next)
+	}
+}
+
+// take hands next its turn in g, once the transaction is ready for it,
+// and waits for the turn to end (see await); if the transaction can't take
+// it, next is put back at the head of the queue, to lead the next one.
+func (g *group[K, V]) take(ctx context.Context, next *member[K, V]) {
+	if g.n == 1 {
+		g.settleLeader(ctx)
+	}
+	if g.state == txOpen && !g.readOnly && time.Since(g.lastSQL) > g.idleGap() {
+		g.keepAlive(ctx)
+	}
+	if g.state != txOpen || g.readOnly {
+		// next did not join: it leads the next transaction.
+		g.r.groups.requeue(g.lk.ID(), next)
+		return
+	}
+	if g.stepped == nil { // a lone caller needs none
+		g.stepped, g.running = make(chan struct{}, 1), make(chan *memberTx[K, V], 1)
+	}
+	gone, cur, written, sent := g.gone, g.cur, g.written, g.lastSQL
+	next.turn <- g
+	unwatch := g.watch()
+	cut := g.await(ctx, sent)
+	unwatch()
+	if cut != nil {
+		// next's fn stalled: its part goes, and the turn is the leader's
+		// again (see await).
+		g.undo(ctx, cut, txn.ErrIdleTimeout)
+		g.gone, g.cur, g.written = gone, cur, written
 	}
 }
 
@@ -358,24 +456,28 @@ func (g *group[K, V]) gather(ctx context.Context, gs *groups[K, V], budget time.
 // write goes with COMMIT, as without the option.
 func (g *group[K, V]) settleLeader(ctx context.Context) {
 	lk := g.lk
-	var sql string
-	var args []any
 	var err error
 	if p := protect(func() {
-		if sql, args, err = g.r.table.Save(g.written, g.cur); err != nil {
-			return
+		err = func() error {
+			sql, args, err := g.r.table.Save(g.written, g.cur)
+			if err != nil {
+				return err
+			}
+			if sql == "" && !g.stale && g.leaderSnap == nil {
+				g.cur = g.written // not fields of p that Save does not write
+				return nil
+			}
+			return g.settle(ctx, &memberTx[K, V]{g: g, plain: true, done: true, snap: g.leaderSnap}, g.cur, sql, args, g.stale)
+		}()
+		if err != nil {
+			err = g.r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
 		}
-		if sql == "" && !g.stale && g.leaderSnap == nil {
-			g.cur = g.written // not fields of p that Save does not write
-			return
-		}
-		err = g.settle(ctx, &memberTx[K, V]{g: g, plain: true, done: true, snap: g.leaderSnap}, g.cur, sql, args, g.stale)
 	}); p != nil {
-		err = fmt.Errorf("entity: Table panicked: %v", p)
+		err = fmt.Errorf("entity: with %s: Table panicked: %v", lk, p)
 	}
 	if err != nil {
 		g.ok = g.ok[:0]
-		g.broke(txn.BeforeCommit(g.r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), g.conn.PgConn().IsClosed()), false)
+		g.broke(txn.BeforeCommit(err, g.conn.PgConn().IsClosed()), false)
 	}
 }
 
@@ -406,7 +508,7 @@ func isSQLState(err error, code string) bool {
 
 // commit writes the row and commits, unless no member succeeded or the
 // transaction broke; it returns what every member whose fn succeeded gets.
-func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
+func (g *group[K, V]) commit(ctx context.Context) error {
 	lk, pc := g.lk, g.conn.PgConn()
 	if len(g.ok) == 0 {
 		return nil
@@ -447,7 +549,7 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 		// before it did: then nothing commits.
 		release = "RELEASE SAVEPOINT " + g.openSP
 	}
-	if err := g.r.save(ctx, g.conn, release, sql, args, prepared); err != nil {
+	if err := g.r.save(ctx, g.conn, release, sql, args, g.prepared); err != nil {
 		if savepointGone(err) {
 			return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (a call's fn rolled back past its savepoint: %w)", lk, ErrGroupRolledBack, err), true)
 		}
@@ -459,9 +561,6 @@ func (g *group[K, V]) commit(ctx context.Context, prepared []string) error {
 		}
 		return g.r.classify(fmt.Errorf("entity: with %s: %w", lk, err))
 	}
-	// The leader's Event; each member sets its own when it gets the
-	// outcome (it may have returned already: see outcome).
-	g.ok[0].ev.stage, g.ok[0].ev.GroupSize = stageDone, g.size
 	return nil
 }
 

@@ -232,7 +232,18 @@ func protect(f func()) (panicked any) {
 // Find's, which locks a row the transaction may not hold yet (another
 // row of the key, on a table not yet deduplicated); otherwise the Table's
 // Read. A row that is gone leaves g.gone for the next member.
+//
+// When fn may have changed a setting (tx.snap), the settings are set back
+// first, in a round trip of their own that also tells whether fn made the
+// transaction read-only (SET TRANSACTION READ ONLY), which no statement
+// can undo but ROLLBACK TO SAVEPOINT. Then a write fails, as it would
+// alone, and without one nothing is read back (a locking read would fail
+// where the call alone sends none): the row stays as it is, and the group
+// takes nobody after this member (g.readOnly).
 func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql string, args []any, changed bool) error {
+	tx.mu.Lock()
+	snap := tx.snap
+	tx.mu.Unlock()
 	b := &pgx.Batch{}
 	n := 0
 	checked := false
@@ -246,9 +257,18 @@ func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql 
 		b.Queue(txn.CheckSQL)
 		checked = true
 	}
-	tx.mu.Lock()
-	restored := queueRestore(b, tx.snap)
-	tx.mu.Unlock()
+	if snap != nil {
+		queueRestore(b, snap)
+		readOnly, err := g.settleHead(ctx, b, tx, n, checked, true)
+		if err != nil {
+			return err
+		}
+		if readOnly && sql == "" {
+			g.readOnly, g.cur = true, g.written
+			return nil
+		}
+		b, n, checked = &pgx.Batch{}, 0, false
+	}
 	if sql != "" {
 		b.Queue(sql, args...)
 	}
@@ -259,32 +279,8 @@ func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql 
 	b.Queue(readSQL, readArgs...)
 	br := g.conn.SendBatch(ctx, b)
 	defer br.Close()
-	g.lastSQL = time.Now()
-	if n > 0 {
-		for range n {
-			if _, err := br.Exec(); err != nil {
-				return g.openFailed(err)
-			}
-		}
-		tx.mu.Lock()
-		tx.done = true
-		tx.mu.Unlock()
-		g.openSP = tx.name
-		g.withSQL++
-	}
-	if checked {
-		if _, err := br.Exec(); err != nil {
-			if txn.EndedByFn(err) {
-				err = fmt.Errorf("%w: %w", ErrTxEnded, err)
-				g.broke(err, true)
-			}
-			return err
-		}
-	}
-	if restored {
-		if _, err := br.Exec(); err != nil {
-			return fmt.Errorf("set back the settings fn changed for its transaction: %w", err)
-		}
+	if _, err := g.readHead(br, tx, n, checked, false); err != nil {
+		return err
 	}
 	if sql != "" {
 		if _, err := br.Exec(); err != nil {
@@ -304,6 +300,53 @@ func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql 
 	}
 	g.gone, g.cur, g.written = false, fresh, fresh
 	return nil
+}
+
+// settleHead sends b, which holds settle's first statements, alone, and
+// reads their results (see readHead).
+func (g *group[K, V]) settleHead(ctx context.Context, b *pgx.Batch, tx *memberTx[K, V], n int, checked, restored bool) (readOnly bool, err error) {
+	br := g.conn.SendBatch(ctx, b)
+	defer br.Close()
+	if readOnly, err = g.readHead(br, tx, n, checked, restored); err != nil {
+		return false, err
+	}
+	return readOnly, br.Close()
+}
+
+// readHead reads the results of settle's first statements from br: the n
+// that open the member's savepoint, the check that this is still the
+// group's transaction if checked, and the restore of the settings if
+// restored, which tells whether the transaction is read-only.
+func (g *group[K, V]) readHead(br pgx.BatchResults, tx *memberTx[K, V], n int, checked, restored bool) (readOnly bool, err error) {
+	g.lastSQL = time.Now()
+	if n > 0 {
+		for range n {
+			if _, err := br.Exec(); err != nil {
+				return false, g.openFailed(err)
+			}
+		}
+		tx.mu.Lock()
+		tx.done = true
+		tx.mu.Unlock()
+		g.openSP = tx.name
+		g.withSQL++
+	}
+	if checked {
+		if _, err := br.Exec(); err != nil {
+			if txn.EndedByFn(err) {
+				err = fmt.Errorf("%w: %w", ErrTxEnded, err)
+				g.broke(err, true)
+			}
+			return false, err
+		}
+	}
+	if restored {
+		var count int64
+		if err := br.QueryRow().Scan(&count, &readOnly); err != nil {
+			return false, fmt.Errorf("set back the settings fn changed for its transaction: %w", err)
+		}
+	}
+	return readOnly, nil
 }
 
 // recreate opens tx's savepoint and inserts the key's row again (Ensure,

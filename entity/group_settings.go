@@ -14,8 +14,9 @@ import (
 // would survive the member's RELEASE SAVEPOINT and reach every member after
 // it. So, before the first statement of fn's that may change a setting,
 // the member reads the settings as they are (one round trip, only then);
-// once fn returned, the settings it changed are set back, with the
-// member's write, before the next member's turn. A setting changed from
+// once fn returned, the settings it changed are set back, in a round trip
+// before the member's write (see settle), before the next member's turn.
+// A setting changed from
 // inside a function or a DO block, with nothing in fn's SQL text that says
 // so, is not seen.
 
@@ -43,8 +44,9 @@ const customSQL = `SELECT coalesce(array_agg(current_setting(n, true) ORDER BY i
 // restoreSQL sets back, for the rest of the transaction, the settable
 // settings that differ from the snapshot ($1 names, $2 values), and the
 // custom ones ($3 names, $4 values; one that was not defined becomes
-// empty, as a later transaction of the session finds it).
-const restoreSQL = `SELECT count(*) FROM (
+// empty, as a later transaction of the session finds it). It returns how
+// many it set, and whether the transaction is read-only.
+const restoreSQL = `SELECT count(*), current_setting('transaction_read_only')::bool FROM (
 SELECT set_config(name, v.value, true) FROM pg_settings s
 JOIN unnest($1::text[], $2::text[]) AS v(name, value) USING (name)
 WHERE s.context IN ('user', 'superuser') AND current_setting(name) IS DISTINCT FROM v.value

@@ -111,3 +111,73 @@ func TestGroupCommitCutsOffAStalledFn(t *testing.T) {
 		t.Fatalf("group sizes %v: no call ran in a group, so the test proves nothing", sizes)
 	}
 }
+
+// TestGroupCommitLeaderCtxEnds: no call waits past its ctx, the leader's
+// included. The leader's fn returns, a member's fn then runs on and on
+// (IdleTimeout left to the server, so nobody cuts it off), and the
+// leader's ctx ends: the leader's call returns at once with
+// lock.ErrCommitUnknown and ctx's error, as a member's does whose ctx ends
+// after its fn returned, while the group goes on without it and commits
+// both calls once the member's fn returns.
+func TestGroupCommitLeaderCtxEnds(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8),
+		entity.WithLockOptions(lock.Options{IdleTimeout: -1}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_leader_ctx"}
+	held, gate := make(chan struct{}), make(chan struct{})
+	running, release := make(chan struct{}), make(chan struct{})
+	lctx, lcancel := context.WithCancel(ctx)
+	defer lcancel()
+	leaderErr, memberErr := make(chan error, 1), make(chan error, 1)
+	go func() {
+		leaderErr <- repo.With(lctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			close(held)
+			<-gate
+			p.AmountCents += 1
+			return ledgerInsert("leader")(ctx, tx, p)
+		})
+	}()
+	<-held
+	go func() {
+		memberErr <- repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			close(running)
+			<-release // ignores ctx: slow I/O, say
+			p.AmountCents += 2
+			return ledgerInsert("member")(ctx, tx, p)
+		})
+	}()
+	waitQueued(t, repo, key, 1)
+	close(gate)
+	bound := time.After(time.Minute) // a hang
+	select {
+	case <-running:
+	case <-bound:
+		t.Fatal("the member's fn has not run a minute after the leader's fn returned")
+	}
+	lcancel()
+	select {
+	case err := <-leaderErr:
+		if !errors.Is(err, lock.ErrCommitUnknown) || !errors.Is(err, context.Canceled) {
+			t.Errorf("the leader, its ctx ended while the member's fn ran: %v, want lock.ErrCommitUnknown and context.Canceled", err)
+		}
+	case <-bound:
+		close(release)
+		t.Fatal("the leader's call has not returned a minute after the group began, its ctx ended, while the member's fn runs")
+	}
+	close(release)
+	select {
+	case err := <-memberErr:
+		if err != nil {
+			t.Errorf("the member: %v, want nil", err)
+		}
+	case <-bound:
+		t.Fatal("the member's call has not returned a minute after the group began")
+	}
+	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+		t.Errorf("amount %d, want 1+2: the group commits the leader's part after its ctx ended", amount)
+	}
+	if got := ledger(t, ctx, pool); len(got) != 2 {
+		t.Errorf("ledger %q, want leader and member", got)
+	}
+}
