@@ -293,7 +293,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 		return err, nil
 	}
 	_ = why // nobody to take: the leader commits alone
-	outcome, commitPanic := g.finish(ctx, m)
+	commitPanic, outcome := g.finish(ctx, m)
 	if !ok || panicked != nil {
 		return ownErr, panicked
 	}
@@ -319,7 +319,7 @@ func (g *group[K, V]) drive(ctx context.Context, m *member[K, V], next *member[K
 	dctx := context.WithoutCancel(ctx)
 	g.take(dctx, next)
 	g.gather(dctx)
-	outcome, commitPanic := g.finish(ctx, m)
+	commitPanic, outcome := g.finish(ctx, m)
 	end(outcome)
 	switch {
 	case commitPanic != nil:
@@ -336,10 +336,10 @@ func (g *group[K, V]) drive(ctx context.Context, m *member[K, V], next *member[K
 
 // finish ends the gathering and the transaction: the write and COMMIT,
 // unless it broke (see commit); then it sends each member whose fn
-// succeeded, but for the leader m, the outcome, which it returns with what
+// succeeded, but for the leader m, the outcome, which it returns after what
 // the final write panicked with, if it did (the members then get an
 // error).
-func (g *group[K, V]) finish(ctx context.Context, m *member[K, V]) (outcome error, commitPanic any) {
+func (g *group[K, V]) finish(ctx context.Context, m *member[K, V]) (commitPanic any, outcome error) {
 	g.stop()
 	g.size = g.n
 	outcome = func() (err error) {
@@ -367,7 +367,7 @@ func (g *group[K, V]) finish(ctx context.Context, m *member[K, V]) (outcome erro
 			o.done <- outcome
 		}
 	}
-	return outcome, commitPanic
+	return commitPanic, outcome
 }
 
 // watch stops the gathering if an fn runs for IdleTimeout: by then the
