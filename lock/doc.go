@@ -5,8 +5,13 @@
 // A Key names the entity: NewKey("payments", "7", "li_123"). Run begins a
 // transaction, takes the key's lock, runs your function and commits; every
 // other caller that names the same key, in any process connected to the same
-// server, waits its turn. Acquire, TryAcquire and AcquireAll take locks inside
-// a transaction you manage.
+// server, waits its turn. RunDB does the same on a *sql.DB. Acquire,
+// TryAcquire and AcquireAll take locks inside a transaction you manage.
+//
+// After the key's layout, the sections hold the contract of Run and RunDB —
+// the transaction, what fn may do, errors, cancellation, nested calls,
+// retries, round trips — which
+// [github.com/paylock/paylock/entity.Repository.With] shares.
 //
 // # Key layout
 //
@@ -40,9 +45,60 @@
 // rows are still found by their real key columns and guarded by their unique
 // index. The same holds for another program's bigint advisory locks.
 //
+// # The transaction
+//
+// Run and RunDB begin a READ COMMITTED, READ WRITE transaction whatever the
+// session's defaults (on a hot standby, which refuses READ WRITE, without the
+// access mode; RunDB tells a standby through pgx's stdlib driver only), apply
+// the Options' limits to it, take the lock, run fn and commit. READ COMMITTED
+// makes each statement after the lock wait see what the previous holder
+// committed.
+//
+// # What fn may do
+//
+// fn may run any statement on tx and begin savepoints with tx.Begin (see
+// "Savepoints" for a lock taken in one). If fn returns an error, the
+// transaction is rolled back and the error returned (see "Errors"); if fn
+// panics, it is rolled back and the panic continues. Either way the lock ends
+// with the transaction. Beyond that:
+//
+//   - fn must not commit or roll back tx: those calls return [ErrManaged].
+//   - fn must not end the transaction with COMMIT or ROLLBACK in SQL (even
+//     followed by a BEGIN): then nothing more is committed and the call
+//     returns [ErrTxEnded] (fn's own error, if it returned one, then matches
+//     ErrTxEnded too), and what fn committed stays committed.
+//   - fn must close every result it reads (Rows, Row, BatchResults): if one
+//     is still open when fn returns nil, the connection is closed, nothing is
+//     committed and the call returns [ErrRowsOpen].
+//   - tx and the savepoints from tx.Begin fail with pgx.ErrTxClosed once fn
+//     has returned (a statement that a goroutine of fn's is running through
+//     them then is waited for), large objects from tx.LargeObjects once the
+//     call has ended the transaction. tx.Conn returns nil once fn has
+//     returned; a *pgx.Conn taken from it earlier escapes all this and must
+//     not be kept.
+//
+// RunDB's fn gets a *sql.Tx instead, whose Commit and Rollback can't be
+// refused: see "database/sql".
+//
+// # Errors
+//
+// fn's own error comes back unchanged, unless the connection was lost
+// meanwhile: then it is wrapped, so that Retry can tell, and errors.Is and
+// errors.As still find it. Every other error wraps its cause and says what
+// was being done; the exported errors match with errors.Is, and the
+// server's *pgconn.PgError stays reachable with errors.As. The lock wait
+// fails with [ErrLockTimeout] or [ErrDeadlock], a holder idle too long with
+// [ErrIdleTimeout], a nested call with [ErrReentrant] ("Nested calls"), a
+// misuse of tx with [ErrManaged], [ErrTxEnded] or [ErrRowsOpen] ("What fn
+// may do"), and a connection lost after COMMIT was sent with
+// [ErrCommitUnknown] ("Retries and unknown outcomes"). Once ctx is done the
+// error matches ctx.Err().
+//
 // # Cancellation and timeouts
 //
-// Every wait honours ctx. When ctx is done while waiting, the call returns
+// ctx governs the begin, the lock wait, fn (it is passed on) and the commit:
+// once it is done, nothing more is committed and the error matches
+// ctx.Err(). Every wait honours ctx. When ctx is done while waiting, the call returns
 // promptly with an error matching ctx.Err(); pgx closes the waiting
 // connection (a pool discards it, so it is never handed out mid-wait), and the
 // transaction sets client_connection_check_interval so the server drops the
@@ -60,6 +116,21 @@
 // waiter's connection is gone either way. Setting it for a role or database
 // (ALTER ROLE ... SET) does the same job for every session.
 //
+// # Nested calls
+//
+// A Run from inside fn for the key its enclosing call holds (or an
+// [github.com/paylock/paylock/entity.Repository.With] for it), given fn's
+// ctx, fails with [ErrReentrant] instead of waiting for itself. Given
+// another ctx (context.Background(), say) it can't be told from a caller on
+// another goroutine, and it waits for the lock its own caller holds: until
+// LockTimeout, if set (it fails with ErrLockTimeout); otherwise until the
+// server ends the outer transaction, idle for IdleTimeout
+// ([DefaultIdleTimeout] unless set). Then the outer's lock is released, the
+// inner call runs and commits, and the outer commits nothing and returns
+// the server's error (a *pgconn.PgError with SQLSTATE 25P03), which Retry
+// may run again. With neither timeout it waits until its own ctx is done.
+// Pass fn's ctx on.
+//
 // # Retries and unknown outcomes
 //
 // Options.Retry runs the whole transaction again, fn included, after a
@@ -74,6 +145,54 @@
 // A statement that fails inside the transaction aborts it, and PostgreSQL
 // releases its locks at that moment, before the client rolls back: nothing
 // can commit afterwards, so the next waiter may proceed.
+//
+// # Round trips
+//
+// Run makes three round trips besides fn's: BEGIN with the settings, the
+// lock, and COMMIT, sent with the check that the transaction is still Run's
+// (see "What fn may do"). A connection's first Run makes one more, before
+// BEGIN, to ask whether the server accepts client_connection_check_interval,
+// and pgxpool pings a connection idle for over a second before handing it
+// out. RunDB makes four (see "database/sql"). Repository.With in package
+// entity makes two for more work: see that package's doc.
+//
+// # database/sql
+//
+// RunDB, AcquireTx and TryAcquireTx serve callers that hold a *sql.DB rather
+// than a pgx pool (sqlx, sqlc on database/sql, GORM underneath), with any
+// PostgreSQL driver. RunDB begins on a connection of its own, so that it can
+// ask the driver about it, and has Run's contract with these differences:
+//
+//   - Its round trips are database/sql's BEGIN, the settings with the lock,
+//     the check that fn did not end the transaction, and COMMIT:
+//     database/sql can't put the check in COMMIT's round trip, as Run does.
+//   - fn must not commit or roll back tx: database/sql offers no way to
+//     refuse it, and committing early would release the lock early. If fn
+//     ends the transaction itself (tx.Commit, or COMMIT or ROLLBACK in SQL,
+//     even followed by a BEGIN), RunDB commits nothing more and returns
+//     ErrTxEnded; a transaction fn began after ending RunDB's is rolled back,
+//     never committed.
+//   - Whether the connection was lost is asked of the driver: pgx's stdlib
+//     driver tells exactly; another driver, if it implements
+//     driver.Validator. With a driver that does neither, an error inside the
+//     transaction is never taken for a lost connection, so it is not
+//     retried. client_connection_check_interval is set through pgx's stdlib
+//     driver only.
+//   - The server's errors are classified from pgx's *pgconn.PgError (SQLSTATE
+//     and unlocalized severity). Another driver's error type is not read:
+//     then ErrLockTimeout and ErrDeadlock do not match (the driver's error,
+//     with its SQLSTATE, is returned as it is), a serialization failure or
+//     deadlock is not retried, a COMMIT the server refused (a deferred
+//     constraint) fails with ErrCommitUnknown rather than as a definite
+//     failure, and an error on BEGIN counts as a lost connection, retried
+//     under Options.Retry. Use pgx's stdlib driver for the contract of Run.
+//
+// Their statements carry the lock id as a literal, so that the key's
+// comment can name it, and take no parameters; they all go through
+// ExecContext, which drivers (pgx's stdlib, lib/pq) then run with the simple
+// protocol: nothing is prepared per key. (pgx's stdlib prepares and caches a
+// QueryContext statement even without parameters, so TryAcquireTx reads its
+// answer from the row count, not from a row.)
 //
 // # Savepoints
 //

@@ -157,41 +157,16 @@ func Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context,
 	return Options{}.Run(ctx, db, key, fn)
 }
 
-// Run begins a READ COMMITTED, READ WRITE transaction on db (whatever the
-// session's defaults; on a hot standby, which refuses READ WRITE, without
-// the access mode), takes the lock for key, runs
-// fn and commits. If fn returns an error, Run rolls back and returns that
-// error unchanged (unless the connection was lost meanwhile: then it is
-// wrapped, so Retry can tell, and errors.Is and errors.As still find it); if
-// fn panics, Run rolls back and panics again. Either way
-// the lock ends with the transaction. fn must not commit or roll back tx
-// (those calls return ErrManaged), nor end the transaction with COMMIT or
-// ROLLBACK in SQL: then Run commits nothing more and returns ErrTxEnded
-// (fn's own error, if it returned one, then matches ErrTxEnded too), and
-// what fn committed stays committed. fn must close every result it reads
-// (Rows, Row, BatchResults): if one is still open when fn returns nil, Run
-// closes the connection, commits nothing and returns ErrRowsOpen.
+// Run begins a READ COMMITTED transaction on db, takes the lock for key,
+// blocking until it is granted, runs fn and commits. If fn returns an error, Run rolls back and
+// returns it; if fn panics, Run rolls back and panics again; either way the
+// lock ends with the transaction. The package doc holds the contract: what
+// fn may do with tx, the errors, what ctx governs (the begin, the lock wait,
+// fn and the commit), nested calls, retries under o.Retry (see [Retry]) and
+// the unknown outcome of a lost COMMIT ([ErrCommitUnknown]).
 //
-// tx and the savepoints from tx.Begin fail with pgx.ErrTxClosed once fn has
-// returned (a statement that a goroutine of fn's is running through them
-// then is waited for), large objects from tx.LargeObjects once Run has ended
-// the transaction. tx.Conn returns nil once fn has returned; a *pgx.Conn
-// taken from it earlier escapes all this and must not be kept.
-//
-// ctx governs the begin, the lock wait, fn and the commit: when it is done
-// first, nothing is committed and the error matches ctx.Err(). A nested Run
-// for the same key from inside fn, given fn's ctx, fails with ErrReentrant.
-// Given another ctx it can't be told from a caller on another goroutine: it
-// waits for the lock its own caller holds, until LockTimeout (it fails with
-// ErrLockTimeout) or until the server ends the outer transaction, idle for
-// IdleTimeout: the inner Run then runs, and the outer commits nothing and
-// returns the server's error (a *pgconn.PgError with SQLSTATE 25P03).
 // Run is safe for concurrent use. Given a connection its caller has already
-// begun a transaction on, it fails with ErrInTransaction.
-//
-// When the connection fails after COMMIT was sent, the outcome is unknown and
-// the error matches ErrCommitUnknown. o.Retry may run the whole transaction,
-// fn included, again; see [Retry].
+// begun a transaction on, it fails with [ErrInTransaction].
 func (o Options) Run(ctx context.Context, db Beginner, key Key, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	if fn == nil {
 		return errors.New("lock: Run called with a nil fn")

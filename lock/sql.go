@@ -13,18 +13,8 @@ import (
 	"github.com/paylock/paylock/internal/txn"
 )
 
-// The database/sql variants serve callers that hold a *sql.DB rather than a
-// pgx pool (sqlx, sqlc on database/sql, GORM underneath), with any
-// PostgreSQL driver; but the server's errors are classified (ErrLockTimeout,
-// ErrDeadlock, what Retry retries) from pgx's error type only: see
-// Options.RunDB. Their statements carry the lock id as a literal, so
-// that the key's comment can name it, and take no parameters; they all go
-// through ExecContext, which drivers (pgx's stdlib, lib/pq) then run with
-// the simple protocol: nothing is prepared per key. (pgx's stdlib prepares
-// and caches a QueryContext statement even without parameters, so
-// TryAcquireTx reads its answer from the row count, not from a row.)
-
-// AcquireTx is Acquire for a database/sql transaction.
+// AcquireTx is Acquire for a database/sql transaction; see the package doc,
+// "database/sql", for how its statement is sent.
 func AcquireTx(ctx context.Context, tx *sql.Tx, key Key) error {
 	if err := key.Validate(); err != nil {
 		return err
@@ -61,35 +51,14 @@ func RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context
 	return Options{}.RunDB(ctx, db, key, fn)
 }
 
-// RunDB is Options.Run for a *sql.DB, with the same contract: it begins a
-// READ COMMITTED, READ WRITE transaction (on a hot standby, as pgx's stdlib
-// driver tells, without the access mode), applies o and takes the lock in one round
-// trip, runs fn, and commits; it rolls back if fn returns an error (returned
-// unchanged, unless the connection was lost meanwhile) or panics (raised
-// again). o.Retry runs the whole transaction again after a failure that left
-// nothing committed, and a connection lost after COMMIT was sent fails with
-// ErrCommitUnknown. fn must not commit or roll back tx: database/sql offers
-// no way to refuse it, and committing early would release the lock early.
-// If fn ends the transaction itself (tx.Commit, or COMMIT or ROLLBACK in
-// SQL, even followed by a BEGIN), RunDB commits nothing more and returns
-// ErrTxEnded. To tell, it checks the transaction in a round trip of its own
-// just before COMMIT (Run does it in COMMIT's).
-//
-// Whether the connection was lost is asked of the driver: pgx's stdlib
-// driver tells exactly; another driver, if it implements
-// driver.Validator. With a driver that does neither, an error inside the
-// transaction is never taken for a lost connection, so it is not retried.
-// client_connection_check_interval (see the package doc) is set through
-// pgx's stdlib driver only.
-//
-// The server's errors are classified from pgx's *pgconn.PgError (SQLSTATE
-// and unlocalized severity). Another driver's error type is not read: then
-// ErrLockTimeout and ErrDeadlock do not match (the driver's error, with its
-// SQLSTATE, is returned as it is), a serialization failure or deadlock is
-// not retried, a COMMIT the server refused (a deferred constraint) fails
-// with ErrCommitUnknown rather than as a definite failure, and an error on
-// BEGIN counts as a lost connection, retried under o.Retry. Use pgx's
-// stdlib driver for the contract of Run.
+// RunDB is [Options.Run] for a *sql.DB, with the same contract: it begins a
+// transaction, applies o and takes the lock for key (the two in one round
+// trip), runs fn and commits, rolling back if fn returns an error (returned unchanged,
+// unless the connection was lost meanwhile) or panics (raised again). What
+// differs, since database/sql can't refuse fn's tx.Commit and exposes only
+// what each driver chooses to — how fn's own commit is caught, which
+// failures are classified and retried with a driver other than pgx's
+// stdlib, the round trips — is in the package doc, "database/sql".
 func (o Options) RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context, tx *sql.Tx) error) error {
 	if fn == nil {
 		return errors.New("lock: RunDB called with a nil fn")
