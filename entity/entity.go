@@ -209,70 +209,16 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 
 // With runs fn on the entity for k, creating its row if it does not exist,
 // while no other With call for the same key — in this process or any other —
-// runs. fn gets the row as the previous caller committed it. With saves what
-// fn changed ([Table].Save) and commits; fn may use tx for its own
-// statements, which commit or roll back with the entity. This contract
-// holds for every With built on entity; payment's
-// ([github.com/paylock/paylock/payment.Repository.With]) documents only what
-// it adds.
+// runs. fn gets the row as the previous caller committed it and may use tx
+// for its own statements; With saves what fn changed ([Table].Save) and
+// commits. If fn returns an error, With rolls back and returns it; if fn
+// panics, With rolls back and panics again. With blocks until the key is
+// free, first in the Repository's queue, then at PostgreSQL; ctx governs
+// both waits, fn and the commit.
 //
-// If fn returns an error, With rolls back and returns that error unchanged;
-// if fn panics, With rolls back and panics again. Either way nothing is
-// written (unless fn ended the transaction itself, see below) and the lock
-// is released. fn must not commit or roll back tx ([lock.ErrManaged]), nor
-// end the transaction with COMMIT or ROLLBACK in SQL: then With saves
-// nothing and returns [ErrTxEnded] (fn's own error, if it returned one, then
-// matches ErrTxEnded too), and what fn committed stays committed. fn must
-// close every result it reads (Rows, Row, BatchResults): if one is still
-// open when fn returns nil, With closes the connection, commits nothing and
-// returns [ErrRowsOpen]. If a statement of fn's failed and fn returned nil,
-// With rolls back and returns [ErrTxAborted].
-//
-// tx and the savepoints from tx.Begin fail with [pgx.ErrTxClosed] once fn
-// has returned (a statement that a goroutine of fn's is running through them
-// then is waited for), large objects from tx.LargeObjects once With has
-// returned. tx.Conn returns nil once fn has returned; a *pgx.Conn taken from
-// it earlier escapes all this and must not be kept.
-//
-// With blocks until the key is free. Calls of one Repository for the same
-// key first wait their turn in process, in arrival order and without a pool
-// connection, so that one key holds at most [ConnsPerKey] of the pool's
-// connections. [lock.Options].LockTimeout, if set, bounds each of the two
-// waits ([lock.ErrLockTimeout]). ctx governs both waits, fn (it is passed
-// on) and the commit: once ctx is done nothing more is committed and the
-// error matches ctx.Err().
-//
-// A With for the same key from inside fn, given fn's ctx, fails with
-// [lock.ErrReentrant] instead of waiting for itself. Given another ctx
-// (context.Background(), say), it can't be told from a caller on another
-// goroutine, and it waits for the lock its own caller holds: until
-// LockTimeout, if set (it fails with lock.ErrLockTimeout, fn gets that
-// error); otherwise until the server ends the outer transaction, idle for
-// IdleTimeout ([lock.DefaultIdleTimeout] unless set). Then the outer's lock
-// is released, the inner call runs and commits, and the outer With commits
-// nothing and returns an error saying the server ended its transaction (a
-// *pgconn.PgError with SQLSTATE 25P03, which Retry may run again). With
-// neither timeout it waits until its own ctx is done. Pass fn's ctx on.
-//
-// With runs the transaction at READ COMMITTED, READ WRITE, whatever the
-// session's defaults,
-// and makes two round trips when fn does none: BEGIN, the lock, Ensure and
-// Find go together; Save, if anything changed, goes with COMMIT. (Three when
-// no other caller of this Repository has the key but another session does:
-// the lock is tried first, then waited for.) With pgx's
-// statement cache, a connection's first calls make more, before the lock, to
-// prepare the statements; the lock is never held across a prepare. fn's use
-// of tx.LargeObjects costs up to two more round trips.
-//
-// With [WithGroupCommit], callers of one key queued behind its transaction
-// run together in one transaction; what changes is documented there.
-//
-// When the connection fails after COMMIT was sent, the outcome is unknown and
-// the error matches [lock.ErrCommitUnknown]; it is never retried. The
-// [lock.Retry] of [WithLockOptions] may run the whole call, fn included,
-// again after a failure that left nothing committed (fn's error then comes
-// back wrapped if the connection was lost meanwhile; errors.Is and errors.As
-// still find it).
+// The package doc holds the contract, for every With built on entity: what
+// fn may do with tx, the errors, waits and ctx, nested calls, round trips,
+// retries, and group commit ([WithGroupCommit]).
 func (r *Repository[K, V]) With(ctx context.Context, k K, fn func(ctx context.Context, tx pgx.Tx, v *V) error) error {
 	if r.groups != nil {
 		return r.retry.Do(ctx, func() error { return r.withGroup(ctx, k, fn) })

@@ -39,7 +39,8 @@ type Cloner[V any] interface {
 // transaction: callers of one key in one Repository that wait behind the
 // key's transaction in progress run in the next transaction together, in
 // arrival order, and commit once. Each fn runs on its caller's goroutine
-// with its caller's ctx, in a savepoint of its own.
+// with its caller's ctx, in a savepoint of its own. A lone caller runs
+// exactly as without the option.
 //
 // The contract: a set of calls that share a transaction ends exactly as the
 // same calls run one by one in arrival order — each call's outcome (nil,
@@ -47,25 +48,11 @@ type Cloner[V any] interface {
 // side effect of fn — except for latency, and except that a failure of the
 // shared COMMIT (or of the connection) reaches every member whose fn
 // succeeded, with nothing committed ([ErrGroupRolledBack] when another
-// member broke the connection). No call waits past its ctx: a call, the
-// leader's included, whose ctx ends after its fn returned, before the
-// group's outcome, gets lock.ErrCommitUnknown with ctx's error (the group
-// may yet commit its part). A member whose fn runs no statement through tx (and holds no
-// result of one open) for IdleTimeout is cut off, as the server would end
-// a call of its own: it fails with
-// lock.ErrIdleTimeout and the group goes on without it. A lone caller runs
-// exactly as without the option.
+// member broke the connection).
 //
-// So a member's row is written, and read back, in its own savepoint once
-// its fn returned, before the next member's turn (one round trip when fn
-// changed p or its SQL changed the row; none otherwise). At most
-// [MaxGroupSQL] members with a savepoint share a transaction, and a leader
-// stops taking callers once it has held the key about max times as long
-// as its own call took. See docs/DESIGN.md, "Group commit", for the round
-// trips, the bounds and when not to use it.
-//
-// It needs a Table that implements [Cloner]; with any other Table, and with
-// max below 2, it changes nothing.
+// The package doc, "Group commit", says what follows for ctx, idle members,
+// savepoints and bounds. It needs a Table that implements [Cloner]; with any
+// other Table, and with max below 2, it changes nothing.
 func WithGroupCommit(max int) Option { return option(func(c *config) { c.group = max }) }
 
 // groups is a Repository's group commit state: for each key, whether a

@@ -46,8 +46,8 @@ func NewDistributedRepository(pool *pgxpool.Pool, opts ...entity.Option) *Reposi
 // With runs fn on the payment for key, creating it if it does not exist,
 // while no other With call for the same key — in this process or any other —
 // runs, and saves what fn changed. It is [entity.Repository.With] on [Table],
-// with that contract (errors, panics, what fn may do with tx, waits, ctx,
-// round trips, retries); what differs:
+// with that contract (package entity's doc: what fn may do with tx, errors,
+// panics, waits, ctx, round trips, retries); what differs:
 //
 //   - p.IsNew reports whether this call created the payment.
 //   - fn may change AmountCents, Currency, Status and Data; With saves them if

@@ -50,70 +50,18 @@ var ErrIndexBuildInProgress = schema.ErrIndexBuildInProgress
 // up, with an error matching ErrLockTimeout, and changes nothing.
 const MigrateLockTimeout = schema.LockTimeout
 
-// Migrate creates the schema if it is missing. It is safe to run again, from
+// Migrate creates the schema if it is missing: the services and payments
+// tables, paylock_key_id and [UniqueIndex]. It is safe to run again, from
 // several processes at once, and while pollers read and write payments: no
 // lock it requests makes them queue for longer than [MigrateLockTimeout]. It
 // blocks until done; ctx governs every step, the waits included.
 //
-// It takes a connection of its own from pool and holds the session-level
-// advisory lock lock.NewKey("paylock.migrate") on it until it returns, so
-// concurrent Migrate calls run one after another (waiting Migrates poll
-// pg_try_advisory_lock rather than sit in a transaction the running build
-// would wait for). It
-// needs a real session: behind pgbouncer in transaction pooling mode, give it
-// a direct connection (there, once its statements land in different server
-// sessions, it stops with an error matching [ErrSessionChanged]). Then, on
-// that connection:
-//
-//  1. It applies [Schema] in a transaction with lock_timeout set to
-//     [MigrateLockTimeout]; past it, Migrate fails with an error matching
-//     [ErrLockTimeout] and changes nothing. If that transaction created
-//     payments, it also creates [UniqueIndex] in it, with a plain CREATE UNIQUE
-//     INDEX (no other session can see the new table before the commit, so
-//     nobody waits), and Migrate is done.
-//  2. If UniqueIndex exists and is valid, it is done.
-//  3. While another session builds an index on payments (CREATE INDEX
-//     CONCURRENTLY, as `paylock dedupe` runs it, or REINDEX CONCURRENTLY: it
-//     shows in pg_stat_progress_create_index and holds the table's SHARE
-//     UPDATE EXCLUSIVE lock), an INVALID UniqueIndex may still be on its way
-//     to valid: Migrate waits, polling and holding no table lock, and never
-//     drops it. If ctx ends first, the error matches both
-//     [ErrIndexBuildInProgress] and ctx.Err(). Once the build is over, Migrate
-//     starts again from step 2.
-//  4. If payments holds duplicates it touches no row and no index (step 1
-//     has installed what was missing of Schema, paylock_key_id included)
-//     and returns a *[DuplicatesError] (matching [ErrDuplicates]) that names
-//     them: run `paylock dedupe` first.
-//  5. Otherwise it drops an INVALID UniqueIndex left by a failed or killed
-//     build with DROP INDEX CONCURRENTLY and builds UniqueIndex with CREATE
-//     UNIQUE INDEX CONCURRENTLY, outside any transaction, as dedupe does:
-//     readers and writers carry on meanwhile. For these two statements the
-//     session's lock_timeout is lifted (their waits block no writer, and the
-//     build must wait for every older transaction, however long it runs); a
-//     statement_timeout still applies. If a writer that doesn't take the
-//     advisory lock inserts a duplicate during the build, Migrate drops the
-//     INVALID index it leaves and returns the *DuplicatesError. If the
-//     server ends the build otherwise (statement_timeout, a cancel, a
-//     deadlock), Migrate drops the INVALID index it leaves too and returns
-//     the server's error.
-//
-// `paylock dedupe` builds the index with the same code, under the same
-// lock: a Migrate started during it waits for that lock first.
-//
-// On a Citus coordinator (the citus extension in the database, local group
-// 0) step 1 applies [CitusSchema] before Schema and, in the same
-// transaction, makes services a reference table and payments a table
-// distributed by service_id; the unique index is then on every shard, and
-// "valid" in steps 2 to 5 means valid on every shard placement. A payments
-// table that exists there as a local table fails with [ErrNotDistributed].
-// On a Citus worker Migrate changes nothing and fails with
-// [ErrCitusWorker], naming the coordinator. See the package doc, "Citus".
-//
-// If ctx ends during the build, pgx sends the server a cancel request as it
-// closes the connection: the build stops and leaves an INVALID index, which
-// the next Migrate drops and rebuilds. If the process dies instead, the server
-// usually finishes the build and the next Migrate, waiting for the lock
-// until that session ends, finds the index valid.
+// It needs a real session: behind pgbouncer in transaction pooling mode,
+// give it a direct connection ([ErrSessionChanged]). Besides ctx's and the
+// server's errors, it fails with [ErrLockTimeout], [ErrIndexBuildInProgress],
+// a *[DuplicatesError] (run `paylock dedupe` first), and on Citus with
+// [ErrCitusWorker] or [ErrNotDistributed]. The package doc, "Schema", gives
+// its steps, and "Citus" what differs there.
 func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	err := schema.Migrate(ctx, pool, Schema, CitusSchema)
 	var dup *schema.DuplicatesError
