@@ -97,7 +97,7 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 	id := rand.Int64()
 	// The first lock is taken with the function With uses, so a server that
 	// refuses it (EXECUTE revoked) fails the probe as it would fail With.
-	if _, err := first.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", id); err != nil {
+	if _, err := first.Exec(ctx, txn.AcquireSQL("$1::bigint"), id); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == "42883" || pgErr.Code == "0A000") { // undefined_function, feature_not_supported
 			return fmt.Errorf("%w (%s: %w)", ErrAdvisoryUnsupported, version, err)
@@ -106,7 +106,7 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 	}
 	try := func(tx pgx.Tx) (bool, error) {
 		var ok bool
-		err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1::bigint)", id).Scan(&ok)
+		err := tx.QueryRow(ctx, txn.TryAcquireSQL("$1::bigint"), id).Scan(&ok)
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == "42883" || pgErr.Code == "0A000") { // undefined_function, feature_not_supported
 			return false, fmt.Errorf("%w (%s: %w)", ErrAdvisoryUnsupported, version, err)

@@ -36,7 +36,7 @@ import (
 // statement (txn.TrySQL) that fails when another session holds it or waits
 // for it; only then, in a second round trip that rolls that transaction
 // back first, does it wait with the statement whose comment names the key
-// (txn.LockSQL), unnamed, parsed in every call: pg_stat_activity shows a
+// (txn.WaitSQL), unnamed, parsed in every call: pg_stat_activity shows a
 // waiter's statement, and `paylock locks` reads the key from it. A caller
 // with others of its key in r, which will likely wait, sends
 // that one at once.
@@ -119,10 +119,9 @@ func (r *Repository[K, V]) load(ctx context.Context, conn *pgx.Conn, ensureSQL s
 		if try {
 			b.add(txn.TrySQL, lk.ID())
 		} else {
-			// statement_timestamp() is when the lock statement started and
-			// clock_timestamp(), evaluated after the lock, when it was
-			// granted. Unnamed, never prepared: its comment names the key.
-			b.addLock(txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock($1::bigint)", lk.String()), lk.ID())
+			// It returns how long it waited. Unnamed, never prepared: its
+			// comment names the key.
+			b.addLock(txn.WaitSQL("$1::bigint", lk.String()), lk.ID())
 		}
 	}
 	b.add(ensureSQL, ensureArgs...)

@@ -103,7 +103,7 @@ func Acquire(ctx context.Context, tx pgx.Tx, key Key) error {
 	if err := key.Validate(); err != nil {
 		return err
 	}
-	_, err := tx.Exec(ctx, lockSQL("pg_advisory_xact_lock($1)", key), pgx.QueryExecModeExec, key.ID())
+	_, err := tx.Exec(ctx, txn.AcquireSQL("$1", key.String()), pgx.QueryExecModeExec, key.ID())
 	if err != nil {
 		return fmt.Errorf("lock: acquire %s: %w", key, txn.Classify(ctx, err))
 	}
@@ -118,7 +118,7 @@ func TryAcquire(ctx context.Context, tx pgx.Tx, key Key) (bool, error) {
 		return false, err
 	}
 	var ok bool
-	err := tx.QueryRow(ctx, lockSQL("pg_try_advisory_xact_lock($1)", key), pgx.QueryExecModeExec, key.ID()).Scan(&ok)
+	err := tx.QueryRow(ctx, txn.TryAcquireSQL("$1", key.String()), pgx.QueryExecModeExec, key.ID()).Scan(&ok)
 	if err != nil {
 		return false, fmt.Errorf("lock: try acquire %s: %w", key, txn.Classify(ctx, err))
 	}
@@ -142,10 +142,12 @@ func AcquireAll(ctx context.Context, tx pgx.Tx, keys ...Key) error {
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	// unnest yields the array in order and each row's lock is taken as the
-	// row is produced, so the locks are taken in ascending order.
-	sql := lockSQL("pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys...)
-	if _, err := tx.Exec(ctx, sql, pgx.QueryExecModeExec, ids); err != nil {
+	// AcquireAllSQL takes the locks in the array's order: ascending.
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		names[i] = k.String()
+	}
+	if _, err := tx.Exec(ctx, txn.AcquireAllSQL(names...), pgx.QueryExecModeExec, ids); err != nil {
 		return fmt.Errorf("lock: acquire %s: %w", english.Count(len(ids), "key", "keys"), txn.Classify(ctx, err))
 	}
 	return nil
@@ -280,12 +282,4 @@ func (t *pgxTx) Release() {
 	if t.release != nil {
 		t.release()
 	}
-}
-
-func lockSQL(expr string, keys ...Key) string {
-	names := make([]string, len(keys))
-	for i, k := range keys {
-		names[i] = k.String()
-	}
-	return txn.LockSQL(expr, names...)
 }

@@ -19,7 +19,7 @@ func AcquireTx(ctx context.Context, tx *sql.Tx, key Key) error {
 	if err := key.Validate(); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, literalLockSQL("pg_advisory_xact_lock", key)); err != nil {
+	if _, err := tx.ExecContext(ctx, txn.AcquireSQL(literalID(key), key.String())); err != nil {
 		return fmt.Errorf("lock: acquire %s: %w", key, txn.Classify(ctx, err))
 	}
 	return nil
@@ -31,7 +31,7 @@ func TryAcquireTx(ctx context.Context, tx *sql.Tx, key Key) (bool, error) {
 		return false, err
 	}
 	// One row if the lock was taken, none if not.
-	res, err := tx.ExecContext(ctx, lockSQL("1 WHERE "+literalCall("pg_try_advisory_xact_lock", key), key))
+	res, err := tx.ExecContext(ctx, txn.TryAcquireRowSQL(literalID(key), key.String()))
 	if err != nil {
 		return false, fmt.Errorf("lock: try acquire %s: %w", key, txn.Classify(ctx, err))
 	}
@@ -42,9 +42,9 @@ func TryAcquireTx(ctx context.Context, tx *sql.Tx, key Key) (bool, error) {
 	return n == 1, nil
 }
 
-func literalLockSQL(fn string, key Key) string { return lockSQL(literalCall(fn, key), key) }
-
-func literalCall(fn string, key Key) string { return fn + "(" + strconv.FormatInt(key.ID(), 10) + ")" }
+// literalID is key's lock id as an SQL literal: database/sql's statements
+// take no parameters (see the package doc, "database/sql").
+func literalID(key Key) string { return strconv.FormatInt(key.ID(), 10) }
 
 // RunDB is Run for a *sql.DB, with the zero Options. See [Options.RunDB].
 func RunDB(ctx context.Context, db *sql.DB, key Key, fn func(ctx context.Context, tx *sql.Tx) error) error {
@@ -96,7 +96,7 @@ func (o Options) beginDB(ctx context.Context, db *sql.DB, key Key) (*sqlTx, erro
 		conn.Close()
 		return nil, err
 	}
-	return &sqlTx{conn: conn, tx: tx, key: key, lockSQL: s.ReadWriteSQL() + s.SetSQL() + "; " + literalLockSQL("pg_advisory_xact_lock", key)}, nil
+	return &sqlTx{conn: conn, tx: tx, key: key, lockSQL: s.ReadWriteSQL() + s.SetSQL() + "; " + txn.AcquireSQL(literalID(key), key.String())}, nil
 }
 
 // sqlTx is RunDB's transaction for txn.Run.

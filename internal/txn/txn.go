@@ -1,7 +1,9 @@
 // Package txn holds the transaction machinery that lock's Run and entity's
-// Repository.With share: the BEGIN statement with its
-// per-transaction settings, the pgx.Tx handed to fn, the context marker that
-// detects a nested call for a key already held, and the cleanup rollback.
+// Repository.With share: the lock statements (locksql.go), the BEGIN
+// statement with its per-transaction settings, the pgx.Tx handed to fn, the
+// context marker that detects a nested call for a key already held, and the
+// cleanup rollback. Run drives lock's attempts; entity drives its own
+// pipelines (docs/DESIGN.md, "One engine, two orchestrations").
 package txn
 
 import (
@@ -148,21 +150,6 @@ const SQLBegin = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
 // SetReadWrite is what RunDB sends first in its transaction, which
 // database/sql begins without an access mode (see SQLBegin).
 const SetReadWrite = "SET TRANSACTION READ WRITE"
-
-// TrySQL takes the transaction-scoped advisory lock $1 if no other session
-// holds it or waits for it, and otherwise fails with a division by zero
-// (SQLSTATE 22012), so that the statements pipelined after it don't run. It
-// never waits, and it has a constant text, so it is prepared once per
-// connection, where LockSQL's, which names the key, is parsed in every call.
-const TrySQL = "SELECT 1 / pg_try_advisory_xact_lock($1::bigint)::int"
-
-// LockSQL returns "SELECT expr" followed by a sqlcommenter-style comment that
-// names keys (lock.Key.String values, which escape everything but
-// [A-Za-z0-9_.~-], so no key can end the comment or the quoted value).
-// pg_stat_activity shows it for a waiting backend; `paylock locks` reads it.
-func LockSQL(expr string, keys ...string) string {
-	return "SELECT " + expr + " /*paylock_key='" + strings.Join(keys, ",") + "'*/"
-}
 
 type heldKey struct{}
 

@@ -87,9 +87,9 @@ func pgbenchScript(workload string, target pgbenchTarget) string {
 	// its process, and waits with the statement that names the key
 	// otherwise: cold keys never collide here, warm ones may, and a failed
 	// try would end a pgbench client.
-	lock := txn.LockSQL("clock_timestamp() - statement_timestamp() FROM pg_advisory_xact_lock("+lockID+")", "pgbench")
+	lock := txn.WaitSQL(lockID, "pgbench")
 	if workload == "cold" {
-		lock = strings.Replace(txn.TrySQL, "$1", lockID, 1)
+		lock = txn.TryOrFailSQL(lockID + "::bigint")
 	}
 	insert := `INSERT INTO payments (service_id, line_item_id) SELECT 1, ` + li + ` WHERE NOT EXISTS (SELECT FROM payments WHERE ` + where + `) ON CONFLICT DO NOTHING`
 	if target.distributed {

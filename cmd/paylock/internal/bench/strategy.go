@@ -12,6 +12,7 @@ import (
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/entityopt"
+	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -72,7 +73,7 @@ func rowlock(pool *pgxpool.Pool, _ newRepository) op {
 func advisorySeq(pool *pgxpool.Pool, _ newRepository) op {
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		return 0, pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", key.LockKey().ID()); err != nil {
+			if _, err := tx.Exec(ctx, txn.AcquireSQL("$1"), key.LockKey().ID()); err != nil {
 				return err
 			}
 			if _, err := tx.Exec(ctx, sqlEnsure, key.ServiceID, key.LineItemID); err != nil {
