@@ -20,12 +20,12 @@
 // # What fn may do
 //
 // With runs fn in a READ COMMITTED, READ WRITE transaction, whatever the
-// session's defaults, as lock.Run does. fn gets the row as the previous caller committed it; With saves what fn
-// changed ([Table].Save) and commits. fn may use tx for its own statements,
-// which commit or roll back with the entity, under the rules for lock.Run's
-// fn (package [lock], "What fn may do"): no Commit or Rollback on tx
-// ([lock.ErrManaged]); no COMMIT or ROLLBACK in SQL ([ErrTxEnded]: With then
-// saves nothing, and what fn committed stays committed); every result
+// session's defaults, as lock.Run does. fn gets the row as the previous
+// caller committed it; With saves what fn changed ([Table].Save) and
+// commits. fn may use tx for its own statements, which commit or roll back
+// with the entity, under the rules for lock.Run's fn (package [lock], "What
+// fn may do"): no Commit or Rollback on tx ([lock.ErrManaged]); no COMMIT or
+// ROLLBACK in SQL ([ErrTxEnded]: With then saves nothing); every result
 // closed ([ErrRowsOpen]); and tx, its savepoints and tx.Conn are not to be
 // used once fn has returned (large objects from tx.LargeObjects fail once
 // With has returned).
