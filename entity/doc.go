@@ -101,8 +101,9 @@
 // round trip when fn changed its value or its SQL changed the row; none
 // otherwise). At most [MaxGroupSQL] members with a savepoint share a
 // transaction, and a leader stops taking callers once it has held the key
-// about max times as long as its own call took. See docs/DESIGN.md, "Group
-// commit", for the round trips, the bounds and when not to use it.
+// about max times as long as its own call took (max as given to
+// WithGroupCommit). See docs/DESIGN.md, "Group commit", for the round
+// trips, the bounds and when not to use it.
 //
 // # Strategies
 //
