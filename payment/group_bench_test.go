@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/tools/pgserver"
 	"github.com/paylock/paylock/payment"
 )
 

@@ -17,10 +17,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/testing/racetest"
+	"github.com/paylock/paylock/internal/tools/baseline"
 	"github.com/paylock/paylock/payment"
 )
 

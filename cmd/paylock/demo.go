@@ -19,8 +19,8 @@ import (
 
 	"github.com/paylock/paylock/cmd/paylock/internal/demo"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
-	"github.com/paylock/paylock/internal/pgversion"
-	"github.com/paylock/paylock/internal/worker"
+	"github.com/paylock/paylock/internal/tools/pgversion"
+	"github.com/paylock/paylock/internal/tools/worker"
 )
 
 var cmdDemo = &command{

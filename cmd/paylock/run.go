@@ -16,8 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
-	"github.com/paylock/paylock/internal/pgserver"
-	"github.com/paylock/paylock/internal/pgversion"
+	"github.com/paylock/paylock/internal/tools/pgserver"
+	"github.com/paylock/paylock/internal/tools/pgversion"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
@@ -442,7 +442,7 @@ func (c *call) configError(err error) error {
 }
 
 // connect opens a pool and checks that the server answers and is one paylock
-// supports (internal/pgversion).
+// supports (internal/tools/pgversion).
 func (c *call) connect(ctx context.Context) (*pgxpool.Pool, error) {
 	cfg, err := c.poolConfig()
 	if err != nil {

@@ -8,8 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/paylock/paylock/internal/pgversion"
 	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/tools/pgversion"
 )
 
 // TestCommandsRefuseServerOlderThan14: every command that connects, pointed

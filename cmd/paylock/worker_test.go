@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/paylock/paylock/internal/testing/pgtest"
-	"github.com/paylock/paylock/internal/worker"
+	"github.com/paylock/paylock/internal/tools/worker"
 )
 
 // TestDemoWorkerExit: a demo-worker process ends as `paylock demo-worker`

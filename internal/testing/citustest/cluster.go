@@ -1,6 +1,6 @@
 // Package citustest runs a throwaway Citus cluster for the tests: a
 // coordinator and two workers on this machine, each a PostgreSQL server
-// started through internal/pgserver with the citus library preloaded.
+// started through internal/tools/pgserver with the citus library preloaded.
 //
 // Start starts a cluster of the test's own (for tests that stop a node);
 // DB gives a test a fresh database on the cluster the test binary shares,
@@ -18,8 +18,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/paylock/paylock/internal/citusdb"
-	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/tools/citusdb"
+	"github.com/paylock/paylock/internal/tools/pgserver"
 )
 
 // ErrNoCitus is returned by Start when the server binaries lack the Citus

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/tools/pgserver"
 )
 
 // DB is a database of its own for one test on a Citus cluster.

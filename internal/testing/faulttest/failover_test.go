@@ -20,9 +20,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/testing/history"
 	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/tools/pgserver"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )

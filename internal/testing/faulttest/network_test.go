@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/tcpproxy"
 	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/tools/tcpproxy"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )

@@ -9,8 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/tools/pgserver"
 )
 
 // rounds repeats the restart and lock_timeout tests, for a soak run:

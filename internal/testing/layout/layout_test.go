@@ -165,7 +165,7 @@ func TestAllowed(t *testing.T) {
 		"golang.org/x/sync/semaphore":         true,
 		module + "/internal/txn":              true,
 		module + "/internal/testing/pgtest":   false,
-		module + "/internal/pgserver":         false,
+		module + "/internal/tools/pgserver":   false,
 		module + "/entity/otelentity":         false,
 		module + "/cmd/paylock/internal/term": false,
 		"github.com/jackc/pgx/v4":             false,

@@ -1,12 +1,12 @@
 // Package pgbouncer starts a throwaway PgBouncer in front of a PostgreSQL
 // server, for tests that check paylock behind a transaction-mode pooler. Like
-// internal/pgserver, it runs the binary installed on the machine (Debian:
+// internal/tools/pgserver, it runs the binary installed on the machine (Debian:
 // apt-get install -y pgbouncer) as an unprivileged user when the caller is
 // root, in a temporary directory removed by Stop.
 package pgbouncer
 
 import (
-	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/tools/pgserver"
 
 	"bytes"
 	"context"

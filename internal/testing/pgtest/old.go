@@ -6,11 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/tools/pgserver"
 )
 
 // EnvOldServer names the variable that gives the tests a PostgreSQL older
-// than paylock supports (internal/pgversion): the directory holding its
+// than paylock supports (internal/tools/pgversion): the directory holding its
 // initdb and postgres. make test-versions sets it, to a PostgreSQL 13.
 const EnvOldServer = "PAYLOCK_TEST_OLD_SERVER"
 

@@ -6,14 +6,14 @@
 //  1. PAYLOCK_TEST_DATABASE, a connection URL to a server where that role may
 //     CREATE DATABASE;
 //  2. a throwaway cluster started from initdb and postgres found on PATH or
-//     under /usr/lib/postgresql/N/bin (see internal/pgserver), stopped when
+//     under /usr/lib/postgresql/N/bin (see internal/tools/pgserver), stopped when
 //     the tests end;
 //  3. a postgres container started through github.com/ory/dockertest/v3 when
 //     a Docker engine answers.
 //
 // When none of these works, Main fails with one message naming all three; a
 // server older than paylock supports fails it too, saying so
-// (internal/pgversion).
+// (internal/tools/pgversion).
 // DB and Pool then create a database per test (CREATE DATABASE ... TEMPLATE),
 // so tests can run with t.Parallel without sharing rows or locks.
 package pgtest
@@ -32,9 +32,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/pgserver"
-	"github.com/paylock/paylock/internal/pgversion"
-	"github.com/paylock/paylock/internal/worker"
+	"github.com/paylock/paylock/internal/tools/pgserver"
+	"github.com/paylock/paylock/internal/tools/pgversion"
+	"github.com/paylock/paylock/internal/tools/worker"
 )
 
 // EnvDatabase names the variable that points the tests at an existing server.

@@ -44,7 +44,7 @@ func DBMessages(t testing.TB, locale string) string {
 			// The message domain was found, the backend's own was not.
 			t.Fatalf("pgtest: the server translated its message but not its severity (%s): "+
 				"it was started in a directory its user can't read, so it can't find its own "+
-				"path and so its default message domain (internal/pgserver starts it in its own directory)", pgErr.Error())
+				"path and so its default message domain (internal/tools/pgserver starts it in its own directory)", pgErr.Error())
 		}
 		unavailable(t, locale, "PostgreSQL has no translations for it (its message came as "+pgErr.Error()+")")
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/pgversion"
+	"github.com/paylock/paylock/internal/tools/pgversion"
 )
 
 // TestSetupRefusesServerOlderThan14: the harness, pointed at a server older

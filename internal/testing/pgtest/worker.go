@@ -4,7 +4,7 @@ import (
 	"context"
 	"os/exec"
 
-	"github.com/paylock/paylock/internal/worker"
+	"github.com/paylock/paylock/internal/tools/worker"
 )
 
 // Command returns a command that re-executes the test binary as the named

@@ -10,7 +10,7 @@
 // /var/cache/paylock/postgres, which the unprivileged user the servers then
 // run as can reach, and otherwise the user's cache folder), and reused from
 // there. Its bin folder goes first on PATH, where the test harness
-// (internal/pgserver) looks for initdb and postgres.
+// (internal/tools/pgserver) looks for initdb and postgres.
 //
 // These builds have no pg_basebackup, no message translations and no Citus:
 // the tests that need one skip, saying so (CI is unset for these runs, as
@@ -37,8 +37,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/paylock/paylock/internal/pgserver"
 	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/tools/pgserver"
 )
 
 // refusalTests are the tests that check, given pgtest.EnvOldServer, that the

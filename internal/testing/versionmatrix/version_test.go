@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/tools/pgserver"
 )
 
 // TestServerVersionFromAnUnreadableDirectory: run as root from a folder

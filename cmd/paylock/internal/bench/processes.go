@@ -10,7 +10,7 @@ import (
 	"os/exec"
 
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
-	"github.com/paylock/paylock/internal/worker"
+	"github.com/paylock/paylock/internal/tools/worker"
 )
 
 // runProcesses spreads spec over n worker processes (this program again, as

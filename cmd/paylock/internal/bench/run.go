@@ -15,10 +15,10 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/paylock/paylock/cmd/paylock/internal/term"
-	"github.com/paylock/paylock/internal/baseline"
-	"github.com/paylock/paylock/internal/citusdb"
-	"github.com/paylock/paylock/internal/pgversion"
-	"github.com/paylock/paylock/internal/tcpproxy"
+	"github.com/paylock/paylock/internal/tools/baseline"
+	"github.com/paylock/paylock/internal/tools/citusdb"
+	"github.com/paylock/paylock/internal/tools/pgversion"
+	"github.com/paylock/paylock/internal/tools/tcpproxy"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -209,7 +209,7 @@ func createDatabase(ctx context.Context, adminURL, db string) (string, func(), e
 	return u, drop, nil
 }
 
-// setup refuses a server older than paylock supports (internal/pgversion),
+// setup refuses a server older than paylock supports (internal/tools/pgversion),
 // applies the schema, adds service 1 and baseline.Table (payments
 // without its unique index), and reads the server's settings into rep.
 func setup(ctx context.Context, pool *pgxpool.Pool, rep *Report) error {

@@ -10,8 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/entityopt"
+	"github.com/paylock/paylock/internal/tools/baseline"
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/payment"
 )

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/paylock/paylock/internal/testing/pgtest"
-	"github.com/paylock/paylock/internal/worker"
+	"github.com/paylock/paylock/internal/tools/worker"
 )
 
 // TestWorkerProcessError: a bench worker process that fails says so as

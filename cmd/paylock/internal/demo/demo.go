@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/paylock/paylock/internal/baseline"
+	"github.com/paylock/paylock/internal/tools/baseline"
 	"github.com/paylock/paylock/payment"
 )
 

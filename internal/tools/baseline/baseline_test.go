@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/baseline"
 	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/internal/tools/baseline"
 	"github.com/paylock/paylock/payment"
 )
 

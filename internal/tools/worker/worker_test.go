@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/paylock/paylock/internal/worker"
+	"github.com/paylock/paylock/internal/tools/worker"
 )
 
 func TestMain(m *testing.M) {

@@ -48,7 +48,7 @@ type Options struct {
 	Settings []string
 	// BinDir is the directory of initdb and postgres; empty means
 	// FindBinDir's. Any version starts, older than paylock supports too: its
-	// callers refuse those once connected (internal/pgversion).
+	// callers refuse those once connected (internal/tools/pgversion).
 	BinDir string
 }
 

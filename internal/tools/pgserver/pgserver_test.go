@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/paylock/paylock/internal/pgserver"
+	"github.com/paylock/paylock/internal/tools/pgserver"
 )
 
 // TestStartFromUnreadableDirectory: a server started by root from a

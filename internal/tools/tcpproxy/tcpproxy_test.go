@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/paylock/paylock/internal/tcpproxy"
+	"github.com/paylock/paylock/internal/tools/tcpproxy"
 )
 
 // echo starts a line echo server and returns its address.
