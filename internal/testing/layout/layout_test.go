@@ -1,10 +1,13 @@
-// Package layout holds the test that keeps the library's layer apart from
-// the CLI and the test rig.
+// Package layout holds the tests that keep the library's layers apart: the
+// library imports nothing of the CLI, the tools or the test rig, and inside
+// it dependencies point one way, payment → entity → lock → internal.
 package layout
 
 import (
+	"fmt"
 	"go/parser"
 	"go/token"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,38 +19,90 @@ import (
 
 const module = "github.com/paylock/paylock"
 
-// library lists the library's packages: lock, entity and payment, and the
-// internal packages they are built on. Any of them may import another.
-var library = []string{"lock", "entity", "payment", "internal/txn", "internal/keyqueue", "internal/schema", "internal/entityopt", "internal/english"}
+// public lists the library's public packages from the bottom layer up:
+// each may import the ones before it and the internal ones, never one after
+// it.
+var public = []string{"lock", "entity", "payment"}
+
+// machinery lists the library's internal packages, the layer below lock:
+// they may import each other but no public package, save the edges in
+// upward.
+var machinery = []string{"internal/txn", "internal/keyqueue", "internal/schema", "internal/entityopt", "internal/english"}
+
+// upward lists the only edges from the library's internal packages up to a
+// public one, each with its reason.
+var upward = map[string]string{
+	"internal/schema -> lock": "payment's migration takes its advisory lock with a lock.Key (schema.MigrateKey)",
+}
 
 // adapters are library packages that the rest of the library does not
-// import, each with the one dependency of its own it may import too.
+// import. Each may import the public packages, as a user would, and one
+// dependency of its own.
 var adapters = map[string]string{
 	"entity/otelentity": "go.opentelemetry.io/otel",
 }
 
+// outside are the folders under internal/ that are not the library: the
+// CLI's and the test rig's tools, and the test rig. Every other package
+// under internal/ must be in machinery.
+var outside = []string{"internal/tools", "internal/testing"}
+
 // roots are the library's public trees: every package in them must be in
-// library or adapters, so a new one is checked, not overlooked.
+// public or adapters, so a new one is checked, not overlooked.
 var roots = []string{"./lock/...", "./entity/...", "./payment/..."}
 
-// allowed reports whether a non-test file of a library package may import
-// path: the standard library (std), pgx, xxhash, the library's own
-// packages, and golang.org/x/sync (the key queue's semaphore).
-func allowed(path string, std map[string]bool) bool {
+// external lists the modules the library may import besides the standard
+// library and itself: pgx, xxhash, and golang.org/x/sync (the key queue's
+// semaphore).
+var external = []string{"github.com/jackc/pgx/v5", "github.com/cespare/xxhash/v2", "golang.org/x/sync"}
+
+// check returns why a non-test file of library package from (a path
+// relative to the module, as "lock") may not import path, or nil if it may.
+func check(from, path string, std map[string]bool) error {
 	if std[path] {
-		return true
+		return nil
 	}
-	for _, p := range library {
-		if path == module+"/"+p {
-			return true
+	rel, ours := strings.CutPrefix(path, module+"/")
+	if !ours {
+		if slices.ContainsFunc(external, func(m string) bool { return within(path, m) }) {
+			return nil
 		}
-	}
-	for _, prefix := range []string{"github.com/jackc/pgx/v5", "github.com/cespare/xxhash/v2", "golang.org/x/sync"} {
-		if within(path, prefix) {
-			return true
+		if extra, ok := adapters[from]; ok && within(path, extra) {
+			return nil
 		}
+		return fmt.Errorf("%s is another dependency: the library may import only the standard library, %s and its own packages",
+			path, strings.Join(external, ", "))
 	}
-	return false
+	to, toPublic := slices.Index(public, rel), slices.Contains(public, rel)
+	toMachinery := slices.Contains(machinery, rel)
+	if !toPublic && !toMachinery {
+		return fmt.Errorf("%s is not the library (an adapter, a tool, the test rig or the CLI): the library imports only its own layers", rel)
+	}
+	switch {
+	case adapters[from] != "":
+		if toMachinery {
+			return fmt.Errorf("%s is the library's machinery: an adapter imports only the public packages, as a user would", rel)
+		}
+	case slices.Contains(public, from):
+		if toPublic && to >= slices.Index(public, from) {
+			return fmt.Errorf("%s is not below %s: dependencies point %s → internal", rel, from, strings.Join(reversed(public), " → "))
+		}
+	case slices.Contains(machinery, from):
+		if _, ok := upward[from+" -> "+rel]; toPublic && !ok {
+			return fmt.Errorf("%s is the library's machinery, the layer below every public package, and may not import %s "+
+				"(the only upward edges: %s)", from, rel, strings.Join(slices.Sorted(maps.Keys(upward)), ", "))
+		}
+	default:
+		return fmt.Errorf("%s is in none of the layout's lists", from)
+	}
+	return nil
+}
+
+// reversed returns a copy of s in reverse order.
+func reversed(s []string) []string {
+	r := slices.Clone(s)
+	slices.Reverse(r)
+	return r
 }
 
 // within reports whether path is prefix or a package below it.
@@ -94,42 +149,48 @@ func fileImports(dir string) (map[string][]string, error) {
 }
 
 // TestLibraryImports fails when a non-test file of the library, built with
-// any tags, imports anything else: the CLI's packages, the test rig,
-// another dependency. It also fails on a package in the library's trees
-// that the lists above don't name.
+// any tags, imports against the layers: the CLI, a tool, the test rig,
+// another dependency, or a library package not below its own (see check).
+// It also fails on a package in the library's trees, or under internal/
+// outside tools and testing, that the lists above don't name.
 func TestLibraryImports(t *testing.T) {
 	std := map[string]bool{}
 	for _, p := range goList(t, "std") {
 		std[p] = true
 	}
+	library := slices.Concat(public, machinery)
+	for a := range adapters {
+		library = append(library, a)
+	}
 	args := []string{"-f", "{{.ImportPath}} {{.Dir}}"}
 	args = append(args, roots...)
-	for _, p := range library {
-		args = append(args, module+"/"+p)
-	}
+	args = append(args, "./internal/...")
 	checked := 0
-	for _, line := range slices.Compact(goList(t, args...)) {
+	for _, line := range goList(t, args...) {
 		path, dir, _ := strings.Cut(line, " ")
 		rel := strings.TrimPrefix(path, module+"/")
-		extra, adapter := adapters[rel]
-		if !adapter && !slices.Contains(library, rel) {
-			t.Errorf("%s is in the library's trees but in neither library nor adapters: add it where it belongs", path)
+		if slices.ContainsFunc(outside, func(o string) bool { return within(rel, o) }) {
+			continue
+		}
+		if !slices.Contains(library, rel) {
+			t.Errorf("%s is in the library's trees but in none of public, machinery or adapters: "+
+				"add it where it belongs, or move a tool to internal/tools and test rig to internal/testing", path)
 			continue
 		}
 		imports, err := fileImports(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for file, paths := range imports {
-			for _, imp := range paths {
-				if !allowed(imp, std) && (!adapter || !within(imp, extra)) {
-					t.Errorf("%s (%s) imports %s: the library may import only the standard library, pgx, xxhash, x/sync and its own packages", path, file, imp)
+		for _, file := range slices.Sorted(maps.Keys(imports)) {
+			for _, imp := range imports[file] {
+				if err := check(rel, imp, std); err != nil {
+					t.Errorf("%s (%s) imports %s: %v", rel, file, imp, err)
 				}
 			}
 		}
 		checked++
 	}
-	if want := len(library) + len(adapters); checked != want {
+	if want := len(library); checked != want {
 		t.Errorf("checked %d packages, want %d", checked, want)
 	}
 }
@@ -154,29 +215,56 @@ func TestFileImports(t *testing.T) {
 	}
 }
 
-// TestAllowed: the rule refuses what the layout keeps out of the library.
-func TestAllowed(t *testing.T) {
+// TestCheck: the rule lets each layer import what is below it and refuses
+// every edge that runs up, sideways out of the library, or to another
+// dependency.
+func TestCheck(t *testing.T) {
 	std := map[string]bool{"context": true}
-	for path, want := range map[string]bool{
-		"context":                             true,
-		"github.com/jackc/pgx/v5/pgxpool":     true,
-		"github.com/jackc/pgx/v5":             true,
-		"github.com/cespare/xxhash/v2":        true,
-		"golang.org/x/sync/semaphore":         true,
-		module + "/internal/txn":              true,
-		module + "/internal/testing/pgtest":   false,
-		module + "/internal/tools/pgserver":   false,
-		module + "/entity/otelentity":         false,
-		module + "/cmd/paylock/internal/term": false,
-		"github.com/jackc/pgx/v4":             false,
-		"github.com/jackc/pgx/v5x":            false,
-		"golang.org/x/syncx":                  false,
-		"go.opentelemetry.io/otel":            false,
-		"github.com/ory/dockertest/v3":        false,
-		"cli/notstd":                          false, // a module path without a dot is not the standard library
+	for _, tt := range []struct {
+		from, path string
+		ok         bool
+	}{
+		{"lock", "context", true},
+		{"lock", "github.com/jackc/pgx/v5/pgxpool", true},
+		{"lock", "github.com/jackc/pgx/v5", true},
+		{"lock", "github.com/cespare/xxhash/v2", true},
+		{"internal/keyqueue", "golang.org/x/sync/semaphore", true},
+		{"lock", module + "/internal/txn", true},
+		{"entity", module + "/lock", true},
+		{"entity", module + "/internal/keyqueue", true},
+		{"payment", module + "/entity", true},
+		{"payment", module + "/lock", true},
+		{"payment", module + "/internal/schema", true},
+		{"internal/schema", module + "/internal/txn", true},
+		{"internal/schema", module + "/lock", true}, // listed in upward
+		{"entity/otelentity", module + "/entity", true},
+		{"entity/otelentity", "go.opentelemetry.io/otel/trace", true},
+
+		{"lock", module + "/entity", false},    // up a layer
+		{"lock", module + "/payment", false},   // up two
+		{"entity", module + "/payment", false}, // up a layer
+		{"lock", module + "/lock", false},      // not below itself
+		{"internal/txn", module + "/lock", false},
+		{"internal/keyqueue", module + "/entity", false},
+		{"internal/schema", module + "/payment", false},
+		{"entity/otelentity", module + "/internal/txn", false},
+		{"entity", module + "/entity/otelentity", false},
+		{"lock", module + "/internal/testing/pgtest", false},
+		{"payment", module + "/internal/tools/baseline", false},
+		{"internal/txn", module + "/internal/tools/pgserver", false},
+		{"entity", module + "/cmd/paylock/internal/term", false},
+		{"lock", "github.com/jackc/pgx/v4", false},
+		{"lock", "github.com/jackc/pgx/v5x", false},
+		{"internal/keyqueue", "golang.org/x/syncx", false},
+		{"entity", "go.opentelemetry.io/otel", false}, // otelentity's alone
+		{"lock", "github.com/ory/dockertest/v3", false},
+		{"lock", "cli/notstd", false}, // a module path without a dot is not the standard library
+		{"internal/newpkg", "context", true},
+		{"internal/newpkg", module + "/lock", false}, // unlisted: not in the layout
 	} {
-		if got := allowed(path, std); got != want {
-			t.Errorf("allowed(%q) = %v, want %v", path, got, want)
+		err := check(tt.from, tt.path, std)
+		if (err == nil) != tt.ok {
+			t.Errorf("check(%q, %q) = %v, want ok=%v", tt.from, tt.path, err, tt.ok)
 		}
 	}
 }
