@@ -34,7 +34,7 @@ func TestInteropPollerPGEnv(t *testing.T) {
 			env = append(env, kv)
 		}
 	}
-	k := 0
+	k, applied := 0, 0 // applied: events of the languages this machine has
 	for _, l := range languages {
 		for _, how := range []string{"unset", "empty"} {
 			t.Run(l.name+"/"+how, func(t *testing.T) {
@@ -54,11 +54,12 @@ func TestInteropPollerPGEnv(t *testing.T) {
 				if err != nil || len(lines) != 2 || lines[0] != "ready" || json.Unmarshal([]byte(lines[1]), &e) != nil || e.Event != id || !e.Created {
 					t.Fatalf("exit %v, stdout %q, stderr %q; want ready, then event %s creating its payment", err, out, stderr.String(), id)
 				}
+				applied++
 			})
 		}
 	}
 	var n int
-	if err := pool.QueryRow(ctx, "SELECT count(*) FROM payments").Scan(&n); err != nil || n != 2*len(languages) {
-		t.Errorf("%d payments (%v), want %d", n, err, 2*len(languages))
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM payments").Scan(&n); err != nil || n != applied {
+		t.Errorf("%d payments (%v), want %d, one per event a poller applied", n, err, applied)
 	}
 }

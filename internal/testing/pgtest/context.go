@@ -2,17 +2,25 @@ package pgtest
 
 import (
 	"context"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 )
 
-// Context returns a context for the body of t: it ends after d, or a little
-// before the test binary's deadline (go test -timeout) when that comes
-// first, so a hung statement fails the test with a context error instead of
-// a panic that hides which test it was. It is cancelled when t ends.
+// Context returns a context for the body of t: it ends after five times d,
+// or a little before the test binary's deadline (go test -timeout) when that
+// comes first, so a hung statement fails the test with a context error
+// instead of a panic that hides which test it was. It is cancelled when t
+// ends.
+//
+// d bounds a hang, never a verdict: a test waits for the event it checks,
+// and d is what the test takes on a quiet machine, with room to spare. A
+// machine busy with other work runs a test many times slower, so the
+// context gets five times d (PAYLOCK_TEST_SLACK=n: n times).
 func Context(t testing.TB, d time.Duration) context.Context {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
+	ctx, cancel := context.WithTimeout(context.Background(), slack*d)
 	if dt, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
 		if end, ok := dt.Deadline(); ok {
 			// Leave a margin for the test to report and clean up.
@@ -28,3 +36,12 @@ func Context(t testing.TB, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// slack is how many times its quiet-machine bound a test's Context lasts:
+// PAYLOCK_TEST_SLACK if it holds a positive integer, else 5.
+var slack = func() time.Duration {
+	if n, err := strconv.Atoi(os.Getenv("PAYLOCK_TEST_SLACK")); err == nil && n > 0 {
+		return time.Duration(n)
+	}
+	return 5
+}()
