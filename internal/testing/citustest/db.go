@@ -47,6 +47,11 @@ var (
 	counter atomic.Int64
 )
 
+// hangBound bounds starting a cluster, creating a database and dropping it:
+// a minute on a quiet machine, many times that on a busy one (three servers
+// start, each with the extension); only a hang takes longer.
+const hangBound = 10 * time.Minute
+
 // NewDB creates a fresh database for t on the cluster the test binary
 // shares (started by the first test that asks, with fsync off, and stopped
 // when the binary's tests end: the package's TestMain must be pgtest.Main),
@@ -55,7 +60,7 @@ var (
 func NewDB(t testing.TB) *DB {
 	t.Helper()
 	shared.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), hangBound)
 		defer cancel()
 		shared.cluster, shared.err = Start(ctx, pgserver.Options{Fast: true})
 		if shared.err == nil {
@@ -72,11 +77,11 @@ func NewDB(t testing.TB) *DB {
 // and drops it when t ends.
 func OnCluster(t testing.TB, c *Cluster) *DB {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), hangBound)
 	defer cancel()
 	d := &DB{Cluster: c, Name: fmt.Sprintf("citus%d_%d", os.Getpid(), counter.Add(1))}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), hangBound)
 		defer cancel()
 		if err := c.DropDatabase(ctx, d.Name); err != nil {
 			t.Errorf("citustest: %v", err)
@@ -93,7 +98,7 @@ func OnCluster(t testing.TB, c *Cluster) *DB {
 // extension t is skipped, or fails under CI=true.
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), hangBound)
 	defer cancel()
 	c, err := Start(ctx, pgserver.Options{Fast: true})
 	if err != nil {

@@ -114,7 +114,23 @@ var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection t
 
 // runPgbench runs the script with workers clients for d (rounded up to whole
 // seconds, pgbench's unit) and reads every transaction's latency from its log.
+// A run that completed no transaction and failed none (a machine so busy that
+// the clients did not get through one in d) measured nothing: it runs again
+// for twice as long, until ctx ends.
 func runPgbench(ctx context.Context, path, mode, connString, workload string, target pgbenchTarget, workers int, d time.Duration) (loadResult, error) {
+	for {
+		r, err := runPgbenchOnce(ctx, path, mode, connString, workload, target, workers, d)
+		if err != nil || r.Ops > 0 || r.Errors > 0 {
+			return r, err
+		}
+		if ctx.Err() != nil {
+			return r, fmt.Errorf("pgbench: no transaction completed in %s: %w", d, ctx.Err())
+		}
+		d *= 2
+	}
+}
+
+func runPgbenchOnce(ctx context.Context, path, mode, connString, workload string, target pgbenchTarget, workers int, d time.Duration) (loadResult, error) {
 	cfg, err := pgconn.ParseConfig(connString)
 	if err != nil {
 		return loadResult{}, err
@@ -144,6 +160,9 @@ func runPgbench(ctx context.Context, path, mode, connString, workload string, ta
 		if err := readPgbenchLog(name, &r); err != nil {
 			return loadResult{}, err
 		}
+	}
+	if r.Ops == 0 && r.Errors == 0 {
+		return r, nil // no tps line: see runPgbench
 	}
 	m := tpsLine.FindSubmatch(out)
 	if m == nil {

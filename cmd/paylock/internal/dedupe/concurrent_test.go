@@ -98,10 +98,14 @@ func TestRunDuringMigrateBuild(t *testing.T) {
 }
 
 // TestTwoMigratesAndADedupeWhilePollersWrite: two Migrate loops and a dedupe
-// run at once on a live table with duplicates, while pollers call With with
-// a one-second deadline each. Every With completes in time, every Migrate
-// either refuses with ErrDuplicates (before the merge is done) or succeeds,
-// dedupe succeeds, and the index ends valid with one row per key.
+// run at once on a live table with duplicates, while pollers call With.
+// Every With succeeds, and Withs complete while the tools run (the tools
+// start once the pollers are under way, and the pollers' count is taken
+// again once the tools are done: a tool that blocked writers for its whole
+// run would leave it unchanged); every Migrate either refuses with
+// ErrDuplicates (before the merge is done) or succeeds, dedupe succeeds, and
+// the index ends valid with one row per key. No deadline but a hang's: how
+// fast a call is depends on the machine.
 func TestTwoMigratesAndADedupeWhilePollersWrite(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, time.Minute)
@@ -124,9 +128,7 @@ func TestTwoMigratesAndADedupeWhilePollersWrite(t *testing.T) {
 					return nil
 				default:
 				}
-				wctx, cancel := context.WithTimeout(ctx, time.Second)
-				err := repo.With(wctx, keys[rng.IntN(len(keys))], func(context.Context, pgx.Tx, *payment.Payment) error { return nil })
-				cancel()
+				err := repo.With(ctx, keys[rng.IntN(len(keys))], func(context.Context, pgx.Tx, *payment.Payment) error { return nil })
 				if err != nil {
 					return fmt.Errorf("With: %w", err)
 				}
@@ -134,6 +136,13 @@ func TestTwoMigratesAndADedupeWhilePollersWrite(t *testing.T) {
 			}
 		})
 	}
+	for calls.Load() < 4 { // the pollers are under way
+		if ctx.Err() != nil {
+			t.Fatalf("the pollers completed %d calls before the hang bound", calls.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	before := calls.Load()
 	var tools errgroup.Group
 	for range 2 {
 		tools.Go(func() error {
@@ -156,6 +165,7 @@ func TestTwoMigratesAndADedupeWhilePollersWrite(t *testing.T) {
 		return nil
 	})
 	terr := tools.Wait()
+	during := calls.Load() - before
 	close(stop)
 	if err := pollers.Wait(); err != nil {
 		t.Fatal(err)
@@ -163,6 +173,9 @@ func TestTwoMigratesAndADedupeWhilePollersWrite(t *testing.T) {
 	if terr != nil {
 		t.Fatal(terr)
 	}
-	t.Logf("%d With calls meanwhile", calls.Load())
+	if during == 0 {
+		t.Error("no With completed while the Migrates and dedupe ran: they blocked the pollers")
+	}
+	t.Logf("%d With calls meanwhile", during)
 	checkMerged(t, ctx, pool, st, kept)
 }
