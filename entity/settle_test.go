@@ -58,7 +58,7 @@ func TestWithSettleWaitOnASmallPool(t *testing.T) {
 	if err := repo.With(ctx, "warm", noop); err != nil { // prepares With's statements
 		t.Fatal(err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, time.Minute) // a hang's bound: a busy machine takes seconds
 	defer cancel()
 	errs := make(chan error, 2)
 	go func() {
@@ -86,8 +86,8 @@ func TestWithSettleWaitOnASmallPoolMany(t *testing.T) {
 	t.Parallel()
 	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
 	repo := entity.New(pool, counters{})
-	for round := range 1000 {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	for round := range 500 {
+		cctx, cancel := context.WithTimeout(ctx, time.Minute) // a hang's bound: a busy machine takes seconds
 		var wg sync.WaitGroup
 		var failed atomic.Int32
 		start := make(chan struct{})
