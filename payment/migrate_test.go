@@ -144,14 +144,30 @@ func TestMigrateBuildInProgressError(t *testing.T) {
 		"CREATE UNIQUE INDEX CONCURRENTLY "+payment.UniqueIndex+" ON payments (service_id, line_item_id)")
 	oid, _ := paytest.UniqueIndex(t, pool)
 
-	// The build can't finish while the snapshot is held: Migrate reaches
-	// its wait long before the deadline, even on a loaded machine, and
-	// waits there until the deadline ends it.
-	short, cancel := context.WithTimeout(ctx, 3*time.Second)
-	err := payment.Migrate(short, pool)
+	// The build can't finish while the snapshot is held: once Migrate has
+	// looked at the index (its session, which holds MigrateKey, idle after
+	// a statement that read pg_stat_progress_create_index), it waits for the build, and ctx ends
+	// that wait, in a pause or in its next look. (A ctx that ends during
+	// its first look, before it knows of the build, is a plain ctx error.)
+	mctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	migrated := make(chan error, 1)
+	go func() { migrated <- payment.Migrate(mctx, pool) }()
+	for {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted) -- Migrate's session
+			AND state = 'idle' AND query LIKE '%pg_stat_progress_create_index%'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	cancel()
-	if !errors.Is(err, payment.ErrIndexBuildInProgress) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Migrate = %v; want ErrIndexBuildInProgress and context.DeadlineExceeded", err)
+	if err := <-migrated; !errors.Is(err, payment.ErrIndexBuildInProgress) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Migrate = %v; want ErrIndexBuildInProgress and context.Canceled", err)
 	}
 	release()
 	if err := <-built; err != nil {

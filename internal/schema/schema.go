@@ -242,6 +242,16 @@ func applySchema(ctx context.Context, conn *pgx.Conn, pid uint32, schemaSQL stri
 // ensureIndex is steps 2 to 5 of Migrate, on the connection holding
 // MigrateKey, recording what it does in b.
 func ensureIndex(ctx context.Context, conn *pgx.Conn, pid uint32, b *IndexBuild) error {
+	// waiting: Migrate found another session's build in progress and waits
+	// for it; a ctx that ends meanwhile, in a pause or in a query, ends
+	// that wait.
+	waiting := false
+	waited := func(err error) error {
+		if waiting && ctx.Err() != nil {
+			return fmt.Errorf("%w: %w", ErrIndexBuildInProgress, err)
+		}
+		return err
+	}
 	for pause, first := 5*time.Millisecond, true; ; first = false {
 		// Concurrent builds and drops don't block writers; their waits
 		// (for older transactions) must not be cut short by a
@@ -251,20 +261,21 @@ func ensureIndex(ctx context.Context, conn *pgx.Conn, pid uint32, b *IndexBuild)
 		err := conn.QueryRow(ctx, `SELECT pg_backend_pid(),
 			CASE WHEN pg_backend_pid() = $1 THEN set_config('lock_timeout', '0', false) END`, pid).Scan(&got, nil)
 		if err != nil {
-			return fmt.Errorf("payment: migrate: %w", txn.Classify(ctx, err))
+			return waited(fmt.Errorf("payment: migrate: %w", txn.Classify(ctx, err)))
 		}
 		if err := sameSession(pid, got); err != nil {
 			return err
 		}
 		st, err := indexState(ctx, conn)
 		if err != nil {
-			return err
+			return waited(err)
 		}
 		if st.Valid {
 			b.AlreadyValid = first
 			return nil
 		}
 		if st.Building {
+			waiting = true
 			if err := sleep(ctx, pause); err != nil {
 				return fmt.Errorf("%w: %w", ErrIndexBuildInProgress, err)
 			}
