@@ -123,12 +123,13 @@ func TestNetworkStall(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		opts lock.Options // the holder's
-		// inStatement: fn runs pg_sleep(30) and the stall begins while it
-		// runs; otherwise fn waits, the stall begins, then fn returns and
+		// inStatement: fn runs pg_sleep(600) (longer than within's hang
+		// bound: only StatementTimeout ends it in time) and the stall begins
+		// while it runs; otherwise fn waits, the stall begins, then fn returns and
 		// COMMIT goes into the void.
 		inStatement bool
 		what        string        // the case, as FIGURE lines name it
-		wait        time.Duration // the most the waiter may wait after the stall
+		wait        time.Duration // what the waiter waits after the stall on a quiet machine (a FIGURE, see within)
 		holderOK    func(err error) bool
 		want        string // what holderOK wants, for the failure message
 	}{
@@ -170,7 +171,7 @@ func TestNetworkStall(t *testing.T) {
 				fn = func(ctx context.Context, tx pgx.Tx) error {
 					sleepStart <- time.Now()
 					// One message, so the statement is running when the stall begins.
-					_, err := tx.Exec(ctx, "SELECT pg_sleep(30)", pgx.QueryExecModeSimpleProtocol)
+					_, err := tx.Exec(ctx, "SELECT pg_sleep(600)", pgx.QueryExecModeSimpleProtocol)
 					return err
 				}
 			}
