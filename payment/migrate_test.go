@@ -98,7 +98,7 @@ func TestMigrateDuringConcurrentBuild(t *testing.T) {
 	migrated := make(chan error, 1)
 	go func() { migrated <- payment.Migrate(ctx, pool) }()
 	for i := range 10 {
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		wctx, cancel := context.WithTimeout(ctx, time.Minute) // a hang: a With the build blocked
 		err := repo.With(wctx, payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("during_%d", i)},
 			func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
 				p.Status = "created during the build"
@@ -389,7 +389,7 @@ func TestMigrateBuildsConcurrentlyOnLiveTable(t *testing.T) {
 	go func() { migrated <- payment.Migrate(ctx, pool) }()
 	waitForBuild(t, ctx, pool)
 	for i := range 5 {
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		wctx, cancel := context.WithTimeout(ctx, time.Minute) // a hang: a With the build blocked
 		err := repo.With(wctx, payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("during_%d", i)},
 			func(context.Context, pgx.Tx, *payment.Payment) error { return nil })
 		cancel()

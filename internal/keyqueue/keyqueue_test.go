@@ -71,7 +71,7 @@ func TestAcquire(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer release()
-		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		ctx, cancel := context.WithTimeout(ctx, time.Minute) // a hang: key 2 must not wait at all
 		defer cancel()
 		r2, err := q.Acquire(ctx, 2)
 		if err != nil {
@@ -176,7 +176,7 @@ func TestAcquire(t *testing.T) {
 		if q.Len() != 0 {
 			t.Fatalf("%d keys left", q.Len())
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a hang
 		defer cancel()
 		r, err := q.Acquire(ctx, 1)
 		if err != nil {
