@@ -132,26 +132,23 @@ type Repository[K, V any] struct {
 }
 
 // Option configures a Repository: [WithLockOptions], [WithStrategy],
-// [WithHooks], [WithGroupCommit].
-type Option func(entityopt.Config)
+// [WithHooks], [WithGroupCommit]. The zero Option changes nothing.
+type Option struct{ apply func(*config) }
 
 // option makes an Option of f.
-func option(f func(*config)) Option { return func(c entityopt.Config) { f(c.(*config)) } }
+func option(f func(*config)) Option { return Option{apply: f} }
+
+func init() {
+	// The bench's switch: see entityopt.
+	entityopt.WithoutKeyQueue = option(func(c *config) { c.noQueue = true })
+}
 
 type config struct {
 	lock     lock.Options
 	strategy Strategy
 	hooks    Hooks
-	noQueue  bool
-	group    int // WithGroupCommit's max
-}
-
-// DisableKeyQueue implements entityopt.Config: only entityopt's own
-// options, with a valid token, turn the queue off.
-func (c *config) DisableKeyQueue(t entityopt.Token) {
-	if t.Valid() {
-		c.noQueue = true
-	}
+	noQueue  bool // entityopt.WithoutKeyQueue
+	group    int  // WithGroupCommit's max
 }
 
 // ConnsPerKey is how many [Repository.With] calls of one Repository may
@@ -180,7 +177,9 @@ func WithHooks(h Hooks) Option { return option(func(c *config) { c.hooks = h }) 
 func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repository[K, V] {
 	var c config
 	for _, o := range opts {
-		o(&c)
+		if o.apply != nil {
+			o.apply(&c)
+		}
 	}
 	var queue *keyqueue.Queue
 	if !c.noQueue {

@@ -133,7 +133,7 @@ func BenchmarkHotKeyStorm(b *testing.B) {
 	}{
 		{"storm=none", false, false, nil},
 		{"storm=64/queue=on", true, false, nil},
-		{"storm=64/queue=off", true, false, []entity.Option{entityopt.WithoutKeyQueue()}},
+		{"storm=64/queue=off", true, false, []entity.Option{entityopt.WithoutKeyQueue.(entity.Option)}},
 		{"storm=64/queue=on/pool=separate", true, true, nil},
 	} {
 		b.Run(c.name, func(b *testing.B) {
@@ -205,7 +205,7 @@ func BenchmarkHotKeyQueue(b *testing.B) {
 		opts []entity.Option
 	}{
 		{"queue=on", nil},
-		{"queue=off", []entity.Option{entityopt.WithoutKeyQueue()}},
+		{"queue=off", []entity.Option{entityopt.WithoutKeyQueue.(entity.Option)}},
 	} {
 		b.Run("workers=64/conns=4/"+c.name, func(b *testing.B) {
 			repo, _ := benchRepo(b, 4, c.opts...)

@@ -160,7 +160,7 @@ func TestWithHotKeyCannotStarveThePool(t *testing.T) {
 	})
 	t.Run("NoQueueStarves", func(t *testing.T) {
 		t.Parallel()
-		s := runStorm(t, entityopt.WithoutKeyQueue())
+		s := runStorm(t, entityopt.WithoutKeyQueue.(entity.Option))
 		if s.mostAcquired != 4 || s.emptyAcquires == 0 {
 			t.Errorf("without the queue the hot key took at most %d connections and %d acquires waited; "+
 				"want the whole pool and waits, or the test can't tell the queue works", s.mostAcquired, s.emptyAcquires)

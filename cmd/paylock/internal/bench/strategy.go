@@ -133,7 +133,7 @@ func paylock(pool *pgxpool.Pool, newRepo newRepository) op {
 // paylockNoQueue is the library without its per-key queue: every caller
 // waits at PostgreSQL.
 func paylockNoQueue(pool *pgxpool.Pool, newRepo newRepository) op {
-	repo := newRepo(pool, entityopt.WithoutKeyQueue())
+	repo := newRepo(pool, entityopt.WithoutKeyQueue.(entity.Option))
 	bump := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 	return func(ctx context.Context, key payment.Key) (int, error) {
 		return 0, repo.With(ctx, key, bump)
