@@ -49,8 +49,8 @@
 //
 // With blocks until the key is free. Calls of one Repository for the same
 // key first wait their turn in process, in arrival order and without a pool
-// connection, so that one key holds at most [ConnsPerKey] of the pool's
-// connections; then they wait at PostgreSQL. [lock.Options].LockTimeout
+// connection, so that one key holds at most two of the pool's connections
+// (the holder and the next in line); then they wait at PostgreSQL. [lock.Options].LockTimeout
 // ([WithLockOptions]), if set, bounds each of the two waits
 // ([lock.ErrLockTimeout]). ctx governs both waits, fn (it is passed on) and
 // the commit: once ctx is done nothing more is committed and the error
@@ -99,7 +99,7 @@
 // To keep the contract, a member's row is written, and read back, in its
 // own savepoint once its fn returned, before the next member's turn (one
 // round trip when fn changed its value or its SQL changed the row; none
-// otherwise). At most [MaxGroupSQL] members with a savepoint share a
+// otherwise). At most 64 members with a savepoint share a
 // transaction, and a leader stops taking callers once it has held the key
 // about max times as long as its own call took (max as given to
 // WithGroupCommit). See docs/DESIGN.md, "Group commit", for the round

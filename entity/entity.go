@@ -151,13 +151,13 @@ type config struct {
 	group    int  // WithGroupCommit's max
 }
 
-// ConnsPerKey is how many [Repository.With] calls of one Repository may
+// connsPerKey is how many [Repository.With] calls of one Repository may
 // hold a pool connection for the same key at once: the one holding the key's
 // lock, and the next in line, already waiting for the lock at PostgreSQL so
 // that it runs as soon as the holder commits, with no round trip in between.
 // Later callers wait in the Repository's queue, in arrival order, without a
 // connection, so a hot key leaves the rest of the pool to other keys.
-const ConnsPerKey = 2
+const connsPerKey = 2
 
 // WithLockOptions bounds how long [Repository.With] waits for and holds a
 // key, and whether it retries; see [lock.Options] for the fields and their
@@ -183,7 +183,7 @@ func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repos
 	}
 	var queue *keyqueue.Queue
 	if !c.noQueue {
-		queue = keyqueue.New(ConnsPerKey)
+		queue = keyqueue.New(connsPerKey)
 	}
 	settings := txn.NewSettings(c.lock.LockTimeout, c.lock.IdleTimeout, c.lock.StatementTimeout)
 	withCheck := settings

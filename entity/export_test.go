@@ -11,3 +11,9 @@ func Queued[K, V any](r *Repository[K, V], k lock.Key) int {
 	}
 	return 0
 }
+
+// Limits the tests check.
+const (
+	ConnsPerKey = connsPerKey
+	MaxGroupSQL = maxGroupSQL
+)

@@ -12,13 +12,13 @@ import (
 // progress run in the next one, one after another, each fn on its caller's
 // goroutine, and commit together. See WithGroupCommit.
 
-// MaxGroupSQL is the most callers with a savepoint (a subtransaction: fn
+// maxGroupSQL is the most callers with a savepoint (a subtransaction: fn
 // ran SQL, or its row was written; the savepoints fn begins on tx count
 // too) that one group transaction takes: PostgreSQL
 // keeps the ids of 64 subtransactions per backend in shared memory
 // (PGPROC_MAX_CACHED_SUBXIDS); beyond that every snapshot taken anywhere in
 // the cluster has to look further.
-const MaxGroupSQL = 64
+const maxGroupSQL = 64
 
 // ErrGroupRolledBack: fn returned nil, but another caller run in the same
 // group transaction (see [WithGroupCommit]) broke that transaction, so it was

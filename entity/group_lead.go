@@ -72,7 +72,7 @@ type gatherEnd int
 const (
 	endQueueEmpty gatherEnd = iota // nobody was queued
 	endMax                         // the group has max callers
-	endMaxSQL                      // MaxGroupSQL members ran SQL
+	endMaxSQL                      // maxGroupSQL members ran SQL
 	endBudget                      // the group held the key max times as long as the leader's own call
 	endIdle                        // one fn ran for IdleTimeout: the server ended the transaction
 	endBroken                      // the transaction can't commit: take nobody else into it
@@ -217,7 +217,7 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	// Leaders take a place in the key queue, as callers without the option
 	// do, and give it back after their connection: the leader that
 	// committed may not have released its connection yet when the next
-	// one's successor wants one, and a key holds at most ConnsPerKey.
+	// one's successor wants one, and a key holds at most connsPerKey.
 	release, alone, err := r.waitInQueue(ctx, lk.ID())
 	if err != nil {
 		stop()
@@ -394,7 +394,7 @@ func (g *group[K, V]) next() (*member[K, V], gatherEnd) {
 		return nil, endIdle
 	case g.n >= g.r.groups.max:
 		return nil, endMax
-	case g.withSQL >= MaxGroupSQL:
+	case g.withSQL >= maxGroupSQL:
 		return nil, endMaxSQL
 	case time.Since(g.granted) >= g.budget:
 		return nil, endBudget
