@@ -171,7 +171,7 @@ func TestCitusMigrate(t *testing.T) {
 	t.Run("LocalTable", func(t *testing.T) {
 		// A payments table of the single-server schema on the coordinator:
 		// in a schema of its own, first on the pool's search_path.
-		if _, err := coord.Exec(ctx, "CREATE SCHEMA old; SET search_path = old; "+payment.Schema+"; RESET search_path"); err != nil {
+		if _, err := coord.Exec(ctx, "CREATE SCHEMA old; SET search_path = old; "+payment.Schema()+"; RESET search_path"); err != nil {
 			t.Fatal(err)
 		}
 		old := citusPool(t, db.CoordinatorURL(), func(c *pgxpool.Config) {
@@ -278,7 +278,7 @@ func TestCitusMoveLocalPayments(t *testing.T) {
 			}
 		}
 	}
-	exec(payment.Schema, "CREATE UNIQUE INDEX "+payment.UniqueIndex+" ON payments (service_id, line_item_id)",
+	exec(payment.Schema(), "CREATE UNIQUE INDEX "+payment.UniqueIndex+" ON payments (service_id, line_item_id)",
 		"INSERT INTO services VALUES (1, 'api')",
 		"INSERT INTO payments (service_id, line_item_id, amount_cents) SELECT 1, 'li_' || g, g FROM generate_series(1, 100) g")
 	if err := payment.Migrate(ctx, pool); !errors.Is(err, payment.ErrNotDistributed) {

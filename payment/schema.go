@@ -11,20 +11,22 @@ import (
 	"github.com/paylock/paylock/internal/schema"
 )
 
-// Schema is the SQL that creates the services and payments tables; Migrate
-// applies it and then the unique index named UniqueIndex.
-//
 //go:embed schema.sql
-var Schema string
+var schemaSQL string
 
-// CitusSchema is the SQL that creates the services and payments tables on a
-// Citus coordinator, where Migrate applies it before [Schema] and then
+//go:embed schema_citus.sql
+var citusSchemaSQL string
+
+// Schema returns the SQL that creates the services and payments tables;
+// Migrate applies it and then the unique index named UniqueIndex.
+func Schema() string { return schemaSQL }
+
+// CitusSchema returns the SQL that creates the services and payments tables
+// on a Citus coordinator, where Migrate applies it before [Schema] and then
 // distributes the tables. It differs from Schema's tables only where Citus
 // requires it: payments' primary key is (service_id, id), and id a
 // bigserial.
-//
-//go:embed schema_citus.sql
-var CitusSchema string
+func CitusSchema() string { return citusSchemaSQL }
 
 // SchemaScript returns the whole schema Migrate creates on a single server
 // (not Citus) as one idempotent SQL script, for a team without Go: [Schema],
@@ -32,7 +34,7 @@ var CitusSchema string
 // where Migrate would stop (duplicates, an INVALID index). Run it with
 // psql -v ON_ERROR_STOP=1 -f, not in a transaction. `paylock migrate
 // --print-sql` prints it.
-func SchemaScript() string { return schema.Script(Schema) }
+func SchemaScript() string { return schema.Script(schemaSQL) }
 
 // UniqueIndex is the name of the UNIQUE index on payments (service_id,
 // line_item_id): the safety net under the advisory lock.
@@ -63,7 +65,7 @@ const MigrateLockTimeout = schema.LockTimeout
 // [ErrCitusWorker] or [ErrNotDistributed]. The package doc, "Schema", gives
 // its steps, and "Citus" what differs there.
 func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
-	err := schema.Migrate(ctx, pool, Schema, CitusSchema)
+	err := schema.Migrate(ctx, pool, schemaSQL, citusSchemaSQL)
 	var dup *schema.DuplicatesError
 	if errors.As(err, &dup) {
 		return newDuplicatesError(dup)

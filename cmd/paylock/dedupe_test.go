@@ -24,7 +24,7 @@ func liveDB(t *testing.T, ctx context.Context) (string, *pgxpool.Pool, livetable
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if _, err := pool.Exec(ctx, payment.Schema); err != nil {
+	if _, err := pool.Exec(ctx, payment.Schema()); err != nil {
 		t.Fatal(err)
 	}
 	st, err := livetable.Generate(ctx, pool, livetable.Options{Payments: 2_000, DuplicateRate: 0.05})

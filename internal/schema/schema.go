@@ -39,9 +39,9 @@ const LockTimeout = 3 * time.Second
 
 const createIndexSQL = "CREATE UNIQUE INDEX %s" + UniqueIndex + " ON payments (service_id, line_item_id)"
 
-// Migrate is payment.Migrate: it applies schemaSQL (payment.Schema) and
+// Migrate is payment.Migrate: it applies schemaSQL (payment.Schema()) and
 // then makes sure UniqueIndex exists and is valid; see payment.Migrate. On a
-// Citus coordinator it applies citusSQL (payment.CitusSchema) before
+// Citus coordinator it applies citusSQL (payment.CitusSchema()) before
 // schemaSQL and distributes the tables; on a Citus worker it refuses with an
 // error matching ErrCitusWorker.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, schemaSQL, citusSQL string) (err error) {

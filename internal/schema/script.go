@@ -2,7 +2,7 @@ package schema
 
 import "fmt"
 
-// Script returns schemaSQL (payment.Schema) followed by the statements that
+// Script returns schemaSQL (payment.Schema()) followed by the statements that
 // build UniqueIndex the way Migrate's last steps do, as one script for psql
 // (payment.SchemaScript). The build is CONCURRENTLY, so it can't run inside
 // a transaction block; the checks before and after it stop the script,

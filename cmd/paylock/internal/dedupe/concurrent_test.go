@@ -39,7 +39,7 @@ func TestRunDuringMigrateBuild(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, time.Minute)
 	pool := pgtest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 8 })
-	if _, err := pool.Exec(ctx, payment.Schema+`;
+	if _, err := pool.Exec(ctx, payment.Schema()+`;
 		INSERT INTO services VALUES (1, 'api');
 		INSERT INTO payments (service_id, line_item_id) SELECT 1, 'li_' || g FROM generate_series(1, 100) g`); err != nil {
 		t.Fatal(err)

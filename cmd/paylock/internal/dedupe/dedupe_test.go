@@ -25,7 +25,7 @@ import (
 func livePool(t *testing.T, ctx context.Context, o livetable.Options) (*pgxpool.Pool, livetable.Stats) {
 	t.Helper()
 	pool := pgtest.Pool(t, func(c *pgxpool.Config) { c.MaxConns = 16 })
-	if _, err := pool.Exec(ctx, payment.Schema); err != nil {
+	if _, err := pool.Exec(ctx, payment.Schema()); err != nil {
 		t.Fatal(err)
 	}
 	st, err := livetable.Generate(ctx, pool, o)
