@@ -14,8 +14,9 @@ import (
 )
 
 // ErrAdvisoryUnsupported is returned by CheckEngine when the server's
-// advisory locks would not serialize callers.
-var ErrAdvisoryUnsupported = errors.New("entity: advisory locks don't serialize callers on this engine; use entity.WithStrategy(entity.RowLock)")
+// advisory locks would not serialize callers: use WithStrategy(RowLock)
+// there. The error says what the probe saw.
+var ErrAdvisoryUnsupported = errors.New("entity: advisory locks don't serialize callers on this engine")
 
 // Beginner begins a transaction on a connection of its own each time: a
 // *pgxpool.Pool. CheckEngine needs two transactions open at once on two
@@ -100,7 +101,7 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 	if _, err := first.Exec(ctx, txn.AcquireSQL("$1::bigint"), id); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == "42883" || pgErr.Code == "0A000") { // undefined_function, feature_not_supported
-			return fmt.Errorf("%w (%s: %w)", ErrAdvisoryUnsupported, version, err)
+			return fmt.Errorf("%w (%s: %w; use RowLock)", ErrAdvisoryUnsupported, version, err)
 		}
 		return err
 	}
@@ -109,14 +110,14 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 		err := tx.QueryRow(ctx, txn.TryAcquireSQL("$1::bigint"), id).Scan(&ok)
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == "42883" || pgErr.Code == "0A000") { // undefined_function, feature_not_supported
-			return false, fmt.Errorf("%w (%s: %w)", ErrAdvisoryUnsupported, version, err)
+			return false, fmt.Errorf("%w (%s: %w; use RowLock)", ErrAdvisoryUnsupported, version, err)
 		}
 		return ok, err
 	}
 	if ok, err := try(second); err != nil {
 		return err
 	} else if ok {
-		return fmt.Errorf("%w (%s: a lock held by one session did not stop another from taking it)", ErrAdvisoryUnsupported, version)
+		return fmt.Errorf("%w (%s: a lock held by one session did not stop another from taking it; use RowLock)", ErrAdvisoryUnsupported, version)
 	}
 	if err := first.Rollback(ctx); err != nil {
 		return err
@@ -124,7 +125,7 @@ func CheckEngine(ctx context.Context, b Beginner, s Strategy) (err error) {
 	if ok, err := try(second); err != nil {
 		return err
 	} else if !ok {
-		return fmt.Errorf("%w (%s: a transaction's advisory lock outlived its rollback)", ErrAdvisoryUnsupported, version)
+		return fmt.Errorf("%w (%s: a transaction's advisory lock outlived its rollback; use RowLock)", ErrAdvisoryUnsupported, version)
 	}
 	return nil
 }

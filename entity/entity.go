@@ -95,7 +95,7 @@ func (s Strategy) String() string {
 var (
 	// ErrTxAborted: a statement fn ran in tx failed and fn returned nil; the
 	// transaction can't commit, so With rolled it back.
-	ErrTxAborted = errors.New("entity: a statement in fn failed, so the transaction was rolled back")
+	ErrTxAborted = errors.New("entity: a statement in fn failed: transaction rolled back")
 	// ErrNotFound: Find returned no row right after Ensure: the table's
 	// statements don't agree with each other.
 	ErrNotFound = errors.New("entity: Find returned no row after Ensure")

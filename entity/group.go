@@ -24,7 +24,7 @@ const maxGroupSQL = 64
 // group transaction (see [WithGroupCommit]) broke that transaction, so it was
 // rolled back before COMMIT: nothing of this call was committed, and
 // lock.Retry may run it again. The error also says why.
-var ErrGroupRolledBack = errors.New("entity: another call in the same group transaction broke it, so it was rolled back and nothing of this call was committed")
+var ErrGroupRolledBack = errors.New("entity: another call broke the group transaction: rolled back")
 
 // Cloner is implemented by a Table whose rows [WithGroupCommit] may hand from
 // one caller to the next within one transaction.

@@ -43,7 +43,7 @@ var (
 	// a second BEGIN, so Run's COMMIT would end the caller's transaction; it
 	// refuses instead, before running anything. Take the lock in that
 	// transaction with Acquire.
-	ErrInTransaction = errors.New("lock: Run was given a connection already in a transaction; use Acquire on that transaction")
+	ErrInTransaction = errors.New("lock: Run given a connection already in a transaction")
 	// ErrRowsOpen: fn returned while a result it started on tx was still
 	// open (Rows not closed, a Row not scanned, BatchResults not closed), so
 	// COMMIT could not be sent. Nothing was committed; the connection, which

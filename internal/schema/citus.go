@@ -11,10 +11,10 @@ import (
 )
 
 // ErrCitusWorker is payment.ErrCitusWorker.
-var ErrCitusWorker = errors.New("payment: migrate: this server is a Citus worker node, whose schema the coordinator owns; run Migrate on the coordinator")
+var ErrCitusWorker = errors.New("payment: migrate: server is a Citus worker: run Migrate on the coordinator")
 
 // ErrNotDistributed is payment.ErrNotDistributed.
-var ErrNotDistributed = errors.New("payment: migrate: payments is a local table on this Citus coordinator, not a distributed one")
+var ErrNotDistributed = errors.New("payment: migrate: payments is a local table on the Citus coordinator")
 
 // Node is the kind of server a session reaches, as Migrate sees it.
 type Node int

@@ -31,7 +31,7 @@ const UniqueIndex = "payments_service_id_line_item_id_key"
 var MigrateKey = lock.NewKey("paylock.migrate")
 
 // ErrIndexBuildInProgress is payment.ErrIndexBuildInProgress.
-var ErrIndexBuildInProgress = errors.New("payment: migrate: an index on payments is still being built by another session")
+var ErrIndexBuildInProgress = errors.New("payment: migrate: another session is building an index on payments")
 
 // LockTimeout is payment.MigrateLockTimeout: how long the schema
 // transaction waits for a table lock.
@@ -115,7 +115,7 @@ func BuildUniqueIndex(ctx context.Context, pool *pgxpool.Pool) (b IndexBuild, er
 }
 
 // ErrSessionChanged is payment.ErrSessionChanged.
-var ErrSessionChanged = errors.New("payment: migrate: the server session changed between statements (a pooler in transaction mode?); Migrate needs a direct connection")
+var ErrSessionChanged = errors.New("payment: migrate: server session changed between statements")
 
 // sameSession returns an error matching ErrSessionChanged unless got, the
 // pg_backend_pid() a statement returned, is pid, the session holding
@@ -124,7 +124,7 @@ func sameSession(pid, got uint32) error {
 	if got == pid {
 		return nil
 	}
-	return fmt.Errorf("%w: a statement ran in server process %d, and %s may stay held by process %d until its connection closes",
+	return fmt.Errorf("%w: a statement ran in server process %d, and %s may stay held by process %d until its connection closes (a pooler in transaction mode? Migrate needs a direct connection)",
 		ErrSessionChanged, got, MigrateKey, pid)
 }
 

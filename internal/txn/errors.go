@@ -9,13 +9,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// Errors the lock package exports; they live here so that payment can
-// classify errors the same way without an import cycle.
+// Errors that package lock exports, each under one name there
+// (lock.ErrLockTimeout, ...): they live here, where the engine returns them,
+// because lock imports this package. Their docs are lock's.
 var (
 	ErrLockTimeout = errors.New("lock: lock_timeout expired while waiting for the lock")
 	ErrDeadlock    = errors.New("lock: deadlock detected")
-	ErrReentrant   = errors.New("lock: key is already held by the transaction running this fn; use its tx instead of starting another")
-	ErrIdleTimeout = errors.New("lock: the transaction sat idle for longer than IdleTimeout, so it was ended and nothing of it was committed")
+	ErrReentrant   = errors.New("lock: key already held by the calling fn's transaction: use its tx")
+	ErrIdleTimeout = errors.New("lock: transaction idle longer than IdleTimeout: ended, nothing committed")
 )
 
 // idleEnded adds ErrIdleTimeout to err when it holds SQLSTATE 25P03: the

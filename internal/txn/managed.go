@@ -17,15 +17,15 @@ import (
 // entity export them.
 var (
 	// ErrManaged is what Commit and Rollback on a Managed transaction return.
-	ErrManaged = errors.New("lock: the transaction is managed by paylock: return nil from fn to commit, an error to roll back")
+	ErrManaged = errors.New("lock: transaction managed by paylock: return from fn to end it")
 	// ErrTxEnded: fn ended the transaction itself with COMMIT or ROLLBACK in
 	// SQL. The connection was idle when fn returned, or in a transaction fn
 	// began afterwards, which CheckSQL refuses to commit.
-	ErrTxEnded = errors.New("lock: fn ended the transaction itself (COMMIT or ROLLBACK in SQL): what it committed stays committed, the lock was released early, and nothing was committed after it")
+	ErrTxEnded = errors.New("lock: fn ended the transaction itself (COMMIT or ROLLBACK in SQL)")
 	// ErrRowsOpen: fn returned while a result it started on tx was still
 	// being read (Rows not closed, a Row not scanned, BatchResults not
 	// closed). COMMIT was never sent.
-	ErrRowsOpen = errors.New("lock: fn returned with a query result still open (Rows not closed, Row not scanned or BatchResults not closed): nothing was committed and the connection was closed")
+	ErrRowsOpen = errors.New("lock: fn returned with a query result still open: nothing committed")
 )
 
 // Managed is the pgx.Tx handed to fn. Its statements run on the connection

@@ -15,7 +15,7 @@ import (
 // ErrCommitUnknown is lock.ErrCommitUnknown, what lock's Run and entity's
 // With return (wrapped) when the connection failed after COMMIT was sent and
 // before its answer arrived: the transaction may or may not have committed.
-var ErrCommitUnknown = errors.New("lock: connection lost after COMMIT was sent: the transaction may or may not have committed")
+var ErrCommitUnknown = errors.New("lock: connection lost after COMMIT was sent: outcome unknown")
 
 // errConnLost marks an error after which the connection was gone before
 // COMMIT was sent: the server rolled the transaction back (it never commits
