@@ -67,7 +67,7 @@
 //
 //  1. It applies [Schema] in a transaction with lock_timeout set to
 //     [MigrateLockTimeout]; past it, Migrate fails with an error matching
-//     [ErrLockTimeout] and changes nothing. If that transaction created
+//     [lock.ErrLockTimeout] and changes nothing. If that transaction created
 //     payments, it also creates [UniqueIndex] in it, with a plain CREATE UNIQUE
 //     INDEX (no other session can see the new table before the commit, so
 //     nobody waits), and Migrate is done.

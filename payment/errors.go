@@ -1,16 +1,14 @@
 package payment
 
-import (
-	"errors"
+import "errors"
 
-	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/lock"
-)
-
-// Errors matched with errors.Is. Errors from the lock ([lock.ErrLockTimeout],
-// [lock.ErrDeadlock], [lock.ErrReentrant]) and from ctx ([context.Canceled],
-// [context.DeadlineExceeded]) pass through With wrapped, and a
-// *pgconn.PgError stays reachable with errors.As.
+// Errors matched with errors.Is: the table's own. Each sentinel has one
+// name, in the package it comes from: the lock's and the transaction's
+// ([lock.ErrLockTimeout], [lock.ErrDeadlock], [lock.ErrReentrant],
+// [lock.ErrTxEnded], [lock.ErrRowsOpen], [lock.ErrCommitUnknown]) are lock's,
+// [entity.ErrTxAborted] and [entity.ErrGroupRolledBack] entity's. They and
+// ctx's ([context.Canceled], [context.DeadlineExceeded]) pass through With
+// wrapped, and a *pgconn.PgError stays reachable with errors.As.
 var (
 	// ErrInvalidKey: the key can't name a payment; see [Key.Validate].
 	ErrInvalidKey = errors.New("payment: invalid key")
@@ -23,24 +21,4 @@ var (
 	ErrInvalidPayment = errors.New("payment: invalid payment")
 	// ErrNotFound: [Repository.Get] found no payment for the key.
 	ErrNotFound = errors.New("payment: not found")
-)
-
-// Re-exported for callers of this package alone.
-var (
-	ErrReentrant   = lock.ErrReentrant
-	ErrLockTimeout = lock.ErrLockTimeout
-	ErrDeadlock    = lock.ErrDeadlock
-	// ErrTxAborted: a statement fn ran in tx failed and fn returned nil; the
-	// transaction can't commit, so With rolled it back.
-	ErrTxAborted = entity.ErrTxAborted
-	// ErrTxEnded: fn ended the transaction itself (COMMIT or ROLLBACK in
-	// SQL); what it committed stays committed, With saved nothing. See
-	// [lock.ErrTxEnded].
-	ErrTxEnded = entity.ErrTxEnded
-	// ErrRowsOpen: fn returned nil with a result still open; nothing was
-	// committed. See [lock.ErrRowsOpen].
-	ErrRowsOpen = entity.ErrRowsOpen
-	// ErrCommitUnknown: the connection failed after COMMIT was sent; the
-	// call may or may not have committed. See [lock.ErrCommitUnknown].
-	ErrCommitUnknown = lock.ErrCommitUnknown
 )

@@ -14,6 +14,7 @@ import (
 	"github.com/paylock/paylock/internal/schema"
 	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
+	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -429,7 +430,7 @@ func TestMigrateSchemaLockTimeout(t *testing.T) {
 	}
 	start := time.Now()
 	err = payment.Migrate(ctx, pool)
-	if !errors.Is(err, payment.ErrLockTimeout) {
+	if !errors.Is(err, lock.ErrLockTimeout) {
 		t.Fatalf("Migrate = %v; want ErrLockTimeout", err)
 	}
 	if waited := time.Since(start); waited < payment.MigrateLockTimeout {

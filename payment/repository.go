@@ -56,8 +56,8 @@ func NewDistributedRepository(pool *pgxpool.Pool, opts ...entity.Option) *Reposi
 //     can't store with [ErrInvalidPayment]; either way nothing is written.
 //   - An invalid key fails with [ErrInvalidKey] before any SQL runs, a
 //     service_id with no services row with [ErrUnknownService].
-//   - This package re-exports the errors With returns ([ErrReentrant],
-//     [ErrLockTimeout], [ErrTxEnded], [ErrRowsOpen], [ErrCommitUnknown], ...).
+//   - The lock's errors are lock's ([lock.ErrLockTimeout],
+//     [lock.ErrCommitUnknown], ...), [entity.ErrTxAborted] entity's.
 func (r *Repository) With(ctx context.Context, key Key, fn func(ctx context.Context, tx pgx.Tx, p *Payment) error) error {
 	return r.r.With(ctx, key, fn)
 }

@@ -12,9 +12,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/internal/testing/racetest"
+	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -199,7 +201,7 @@ func TestWith(t *testing.T) {
 			tx.Exec(ctx, "SELECT 1/0") // error ignored
 			return nil
 		})
-		if !errors.Is(err, payment.ErrTxAborted) {
+		if !errors.Is(err, entity.ErrTxAborted) {
 			t.Fatalf("With = %v, want ErrTxAborted", err)
 		}
 		if _, err := repo.Get(ctx, key); !errors.Is(err, payment.ErrNotFound) {
@@ -304,7 +306,7 @@ func TestWithBadInput(t *testing.T) {
 		{"NilFn", ok, nil, nil},
 		{"NestedWithSameKey", ok, func(ctx context.Context, _ pgx.Tx, p *payment.Payment) error {
 			return repo.With(ctx, ok, noop)
-		}, payment.ErrReentrant},
+		}, lock.ErrReentrant},
 		{"KeyChanged", ok, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
 			p.LineItemID = "li_other"
 			return nil

@@ -54,7 +54,7 @@ func TestRetryAfterFnCommitted(t *testing.T) {
 				}
 				return err
 			})
-			if !errors.Is(err, payment.ErrTxEnded) {
+			if !errors.Is(err, lock.ErrTxEnded) {
 				t.Errorf("With = %v; want ErrTxEnded", err)
 			}
 			p, gerr := repo.Get(ctx, key)

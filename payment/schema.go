@@ -49,7 +49,7 @@ var ErrIndexBuildInProgress = schema.ErrIndexBuildInProgress
 // MigrateLockTimeout bounds how long Migrate's schema transaction waits for
 // a table lock (SET LOCAL lock_timeout): while a lock request waits, later
 // readers and writers of that table queue behind it. Past it Migrate gives
-// up, with an error matching ErrLockTimeout, and changes nothing.
+// up, with an error matching [lock.ErrLockTimeout], and changes nothing.
 const MigrateLockTimeout = schema.LockTimeout
 
 // Migrate creates the schema if it is missing: the services and payments
@@ -60,7 +60,7 @@ const MigrateLockTimeout = schema.LockTimeout
 //
 // It needs a real session: behind pgbouncer in transaction pooling mode,
 // give it a direct connection ([ErrSessionChanged]). Besides ctx's and the
-// server's errors, it fails with [ErrLockTimeout], [ErrIndexBuildInProgress],
+// server's errors, it fails with [lock.ErrLockTimeout], [ErrIndexBuildInProgress],
 // a *[DuplicatesError] (run `paylock dedupe` first), and on Citus with
 // [ErrCitusWorker] or [ErrNotDistributed]. The package doc, "Schema", gives
 // its steps, and "Citus" what differs there.
