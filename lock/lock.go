@@ -59,7 +59,7 @@ type Beginner interface {
 
 // DefaultIdleTimeout is the idle_in_transaction_session_timeout Run applies
 // when Options.IdleTimeout is zero.
-const DefaultIdleTimeout = txn.DefaultIdleTimeout
+const DefaultIdleTimeout = time.Minute
 
 // Options bound how long Run waits for and holds a lock. The zero value is
 // ready to use: wait as long as ctx allows, no statement timeout beyond the

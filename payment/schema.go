@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -38,7 +39,7 @@ func SchemaScript() string { return schema.Script(schemaSQL) }
 
 // UniqueIndex is the name of the UNIQUE index on payments (service_id,
 // line_item_id): the safety net under the advisory lock.
-const UniqueIndex = schema.UniqueIndex
+const UniqueIndex = "payments_service_id_line_item_id_key"
 
 // ErrIndexBuildInProgress: Migrate's ctx ended while another session was
 // still building an index on payments (CREATE INDEX CONCURRENTLY, such as
@@ -50,7 +51,7 @@ var ErrIndexBuildInProgress = schema.ErrIndexBuildInProgress
 // a table lock (SET LOCAL lock_timeout): while a lock request waits, later
 // readers and writers of that table queue behind it. Past it Migrate gives
 // up, with an error matching [lock.ErrLockTimeout], and changes nothing.
-const MigrateLockTimeout = schema.LockTimeout
+const MigrateLockTimeout = 3 * time.Second
 
 // Migrate creates the schema if it is missing: the services and payments
 // tables, paylock_key_id and [UniqueIndex]. It is safe to run again, from
