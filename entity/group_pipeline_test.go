@@ -8,11 +8,13 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -54,7 +56,11 @@ func TestGroupCommitMemberRoundTrips(t *testing.T) {
 			if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
 				t.Fatal(err)
 			}
-			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+			// IdleTimeout an hour: a busy machine may take seconds from one
+			// member's turn to the next, and past a twentieth of IdleTimeout
+			// the leader sends a keep-alive, a round trip more.
+			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16),
+				entity.WithLockOptions(lock.Options{IdleTimeout: time.Hour}))
 			key := payment.Key{ServiceID: 1, LineItemID: "li_gc_round_trips"}
 			const members = 6
 			type span struct{ start, end int64 }
