@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -77,6 +78,28 @@ type member[K, V any] struct {
 	ev   *Event
 	turn chan *group[K, V] // nil: lead; else run in that group
 	done chan error        // the group's outcome, for a member whose fn succeeded
+	// handoff: whether a leader that took the member from the queue may
+	// still hand it its turn (see claim and abandon).
+	handoff atomic.Int32
+}
+
+// A queued member's handoff.
+const (
+	handoffOpen    int32 = iota // queued, or taken from the queue and not handed a turn yet
+	handoffClaimed              // a leader hands it its turn (or makes it the next leader)
+	handoffGone                 // its ctx ended after a leader took it, before its turn: it left
+)
+
+// claim reports whether m is still there to be handed its turn, and keeps it
+// there: it can no longer leave but by its turn.
+func (m *member[K, V]) claim() bool {
+	return m.handoff.CompareAndSwap(handoffOpen, handoffClaimed)
+}
+
+// abandon reports whether m, taken from the queue and not claimed yet,
+// leaves: its ctx ended before its turn, and the leader skips it.
+func (m *member[K, V]) abandon() bool {
+	return m.handoff.CompareAndSwap(handoffOpen, handoffGone)
 }
 
 // arrive enqueues m for key, or makes it the leader when no leader is
@@ -131,10 +154,10 @@ func (gs *groups[K, V]) pop(key int64) *member[K, V] {
 	return m
 }
 
-// requeue puts m back at the head of key's queue: a leader popped it but
-// could not take it into its transaction. If nobody leads the key any more
-// (the leader's idle watch ended its gathering after it popped m, and
-// nobody was queued), m leads.
+// requeue puts m, which the leader claimed, back at the head of key's
+// queue: a leader popped it but could not take it into its transaction. If
+// nobody leads the key any more (the leader's idle watch ended its
+// gathering after it popped m, and nobody was queued), m leads.
 func (gs *groups[K, V]) requeue(key int64, m *member[K, V]) {
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
@@ -148,6 +171,7 @@ func (gs *groups[K, V]) requeue(key int64, m *member[K, V]) {
 		m.turn <- nil // buffered: never blocks
 		return
 	}
+	m.handoff.Store(handoffOpen) // queued again: it may leave as any queued caller
 	gk.queue = append([]*member[K, V]{m}, gk.queue...)
 }
 
@@ -159,15 +183,17 @@ func (gs *groups[K, V]) stopLeading(key int64) {
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
 	gk := gs.keys[key]
-	if len(gk.queue) == 0 {
-		gk.leading = false
-		gs.forget(key, gk)
-		return
+	for len(gk.queue) > 0 {
+		m := gk.queue[0]
+		gk.queue[0] = nil
+		gk.queue = gk.queue[1:]
+		if m.claim() { // else it left (put back, then its ctx ended)
+			m.turn <- nil // buffered: never blocks
+			return
+		}
 	}
-	m := gk.queue[0]
-	gk.queue[0] = nil
-	gk.queue = gk.queue[1:]
-	m.turn <- nil // buffered: never blocks
+	gk.leading = false
+	gs.forget(key, gk)
 }
 
 func (gs *groups[K, V]) forget(key int64, gk *groupKey[K, V]) {

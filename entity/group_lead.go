@@ -185,8 +185,11 @@ func (r *Repository[K, V]) waitTurn(ctx context.Context, lk lock.Key, m *member[
 		return g, nil
 	case <-qctx.Done():
 	}
-	if !r.groups.leave(lk.ID(), m) {
-		return <-m.turn, nil // taken meanwhile: its turn has come
+	// Taken meanwhile, m leaves all the same while the leader has not
+	// claimed it yet (it writes its own row first, say): no call waits past
+	// its ctx. Otherwise its turn has come, or comes at once.
+	if !r.groups.leave(lk.ID(), m) && !m.abandon() {
+		return <-m.turn, nil
 	}
 	if ctx.Err() == nil && errors.Is(context.Cause(qctx), txn.ErrLockTimeout) {
 		return nil, fmt.Errorf("%w (%s in the in-process queue)", txn.ErrLockTimeout, r.settings.LockTimeout)
@@ -420,13 +423,18 @@ func (g *group[K, V]) gather(ctx context.Context) gatherEnd {
 
 // take hands next its turn in g, once the transaction is ready for it,
 // and waits for the turn to end (see await); if the transaction can't take
-// it, next is put back at the head of the queue, to lead the next one.
+// it, next is put back at the head of the queue, to lead the next one. If
+// next's ctx ended meanwhile (its wait ends with its ctx, see waitTurn), it
+// left, and take skips it.
 func (g *group[K, V]) take(ctx context.Context, next *member[K, V]) {
 	if g.n == 1 {
 		g.settleLeader(ctx)
 	}
 	if g.state == txOpen && !g.readOnly && time.Since(g.lastSQL) > g.idleGap() {
 		g.keepAlive(ctx)
+	}
+	if !next.claim() {
+		return // its ctx ended while it waited for this: it left
 	}
 	if g.state != txOpen || g.readOnly {
 		// next did not join: it leads the next transaction.
