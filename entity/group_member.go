@@ -272,6 +272,9 @@ func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql 
 	if sql != "" {
 		b.Queue(sql, args...)
 	}
+	for _, q := range checkDeferred {
+		b.Queue(q)
+	}
 	readSQL, readArgs := g.read()
 	if changed {
 		readSQL, readArgs = g.r.table.Find(g.k)
@@ -283,6 +286,11 @@ func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql 
 		return err
 	}
 	if sql != "" {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+	}
+	for range checkDeferred {
 		if _, err := br.Exec(); err != nil {
 			return err
 		}
@@ -300,6 +308,21 @@ func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql 
 	}
 	g.gone, g.cur, g.written = false, fresh, fresh
 	return nil
+}
+
+// checkDeferred checks, at the end of a member's part, the constraints
+// checked at COMMIT (DEFERRABLE INITIALLY DEFERRED, or deferred by SET
+// CONSTRAINTS) that its part and those before it left to check, as the
+// member's own COMMIT would one by one: a violation fails this member (its
+// savepoint is rolled back), not the group's COMMIT, and a later member
+// can't mend it. The check runs in a savepoint rolled back at once, which
+// sets back the constraints' modes and leaves the checks pending, for the
+// COMMIT.
+var checkDeferred = [...]string{
+	"SAVEPOINT paylock_deferred",
+	"SET CONSTRAINTS ALL IMMEDIATE",
+	"ROLLBACK TO SAVEPOINT paylock_deferred",
+	"RELEASE SAVEPOINT paylock_deferred",
 }
 
 // settleHead sends b, which holds settle's first statements, alone, and

@@ -408,7 +408,10 @@ func TestGroupCommitCommitFails(t *testing.T) {
 	if _, err := pool.Exec(ctx, `
 CREATE FUNCTION refuse_big() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	IF NEW.amount_cents > 100 THEN RAISE EXCEPTION 'too big' USING ERRCODE = 'P0042'; END IF;
+	-- At COMMIT only: a group checks each member's deferred constraints at its end too.
+	IF NEW.amount_cents > 100 AND current_query() = 'COMMIT' THEN
+		RAISE EXCEPTION 'too big' USING ERRCODE = 'P0042';
+	END IF;
 	RETURN NULL;
 END $$;
 CREATE CONSTRAINT TRIGGER refuse_big AFTER UPDATE ON payments DEFERRABLE INITIALLY DEFERRED
