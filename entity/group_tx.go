@@ -367,13 +367,77 @@ func (t *memberTx[K, V]) Begin(ctx context.Context) (pgx.Tx, error) {
 	if err := t.start(ctx, true); err != nil {
 		return nil, err
 	}
-	sp, err := t.m.Begin(ctx)
-	if err == nil {
-		t.mu.Lock()
-		t.begins++
-		t.mu.Unlock()
+	return t.begin(ctx, t.m.Begin)
+}
+
+// begin begins a savepoint of fn's with begin, counts it (a subtransaction
+// too) and returns it as a spTx.
+func (t *memberTx[K, V]) begin(ctx context.Context, begin func(context.Context) (pgx.Tx, error)) (pgx.Tx, error) {
+	sp, err := begin(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return sp, err
+	t.mu.Lock()
+	t.begins++
+	t.mu.Unlock()
+	return &spTx[K, V]{Tx: sp, t: t}, nil
+}
+
+// spTx is a savepoint fn began on its member's tx (or in one of those):
+// statements that may change a setting are seen (noteSettings) as through
+// tx itself, so that the settings are set back once fn returned.
+type spTx[K, V any] struct {
+	pgx.Tx
+	t *memberTx[K, V]
+}
+
+// Begin opens a savepoint nested in s.
+func (s *spTx[K, V]) Begin(ctx context.Context) (pgx.Tx, error) {
+	return s.t.begin(ctx, s.Tx.Begin)
+}
+
+// note reads the settings before the statements sqls, if they may change
+// one (see noteSettings).
+func (s *spTx[K, V]) note(ctx context.Context, sqls []string, args []any) error {
+	if !s.t.enter() {
+		return nil // the call itself fails with pgx.ErrTxClosed
+	}
+	defer s.t.exit()
+	return s.t.noteSettings(ctx, sqls, args)
+}
+
+func (s *spTx[K, V]) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := s.note(ctx, []string{sql}, args); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return s.Tx.Exec(ctx, sql, args...)
+}
+
+func (s *spTx[K, V]) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := s.note(ctx, []string{sql}, args); err != nil {
+		return nil, err
+	}
+	return s.Tx.Query(ctx, sql, args...)
+}
+
+func (s *spTx[K, V]) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := s.note(ctx, []string{sql}, args); err != nil {
+		return errRow{err}
+	}
+	return s.Tx.QueryRow(ctx, sql, args...)
+}
+
+func (s *spTx[K, V]) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	sqls := make([]string, len(b.QueuedQueries))
+	var args []any
+	for i, q := range b.QueuedQueries {
+		sqls[i] = q.SQL
+		args = append(args, q.Arguments...)
+	}
+	if err := s.note(ctx, sqls, args); err != nil {
+		return pgx.FailedBatchResults(b, err)
+	}
+	return s.Tx.SendBatch(ctx, b)
 }
 
 // Commit refuses: the group's leader ends the transaction.
