@@ -78,6 +78,8 @@ var ctDirected = []string{
 	"max=16 row setLocal,settings,setLocal,settings,add,settings",
 	"max=16 row add,readOnly,add,ledger,readOnlyP,add",
 	"max=16 row readOnly,add,ledger",
+	"max=16 row add,orphan,add,mend,orphan,ledger",
+	"max=16 norow orphan,mend,spSetLocal,settings,add",
 }
 
 // ctVocabulary is what seed draws from: the fixed seeds leave poison out
@@ -129,6 +131,9 @@ const (
 	kSettings           // a ledger row naming the settings kSetLocal changes, as fn finds them
 	kReadOnly           // a ledger row, then SET TRANSACTION READ ONLY, p unchanged: nothing left to write
 	kReadOnlyP          // change p, then SET TRANSACTION READ ONLY: the write fails (25006)
+	kOrphan             // a ledger row, and a child row whose parent is missing (the foreign key is deferred: checked at COMMIT)
+	kMend               // a ledger row, and the parent kOrphan's child misses
+	kSpSetLocal         // kSetLocal through a savepoint fn began on tx (tx.Begin), released
 	ctNumKinds
 )
 
@@ -139,6 +144,7 @@ var ctKindNames = [...]string{
 	kSlow: "slow", kCtxBefore: "ctxBefore", kCtxDuring: "ctxDuring", kCtxAtEnd: "ctxAtEnd",
 	kCtxAfter: "ctxAfter", kCtxMid: "ctxMid", kLeak: "leak", kPoison: "poison", kStall: "stall",
 	kSetLocal: "setLocal", kSettings: "settings", kReadOnly: "readOnly", kReadOnlyP: "readOnlyP",
+	kOrphan: "orphan", kMend: "mend", kSpSetLocal: "spSetLocal",
 }
 
 // ctWeights: how often each kind is drawn.
@@ -146,7 +152,7 @@ var ctWeights = [...]int{
 	kNoop: 3, kStatus: 3, kAdd: 4, kLedger: 5, kLedgerErr: 2, kPanic: 2, kPanicSQL: 2, kGoexit: 1,
 	kUpdate: 2, kUpdateP: 1, kDelete: 1, kFail: 2, kFailIgnored: 1, kBadData: 1, kData: 2, kSlow: 1,
 	kCtxBefore: 1, kCtxDuring: 1, kCtxAtEnd: 1, kCtxAfter: 1, kCtxMid: 1, kLeak: 1, kPoison: 1, kStall: 1,
-	kSetLocal: 2, kSettings: 2, kReadOnly: 1, kReadOnlyP: 1,
+	kSetLocal: 2, kSettings: 2, kReadOnly: 1, kReadOnlyP: 1, kOrphan: 1, kMend: 1, kSpSetLocal: 1,
 }
 
 func (k ctKind) String() string { return ctKindNames[k] }
@@ -433,6 +439,32 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 			p.AmountCents += 80
 			_, err := tx.Exec(ctx, "SET TRANSACTION READ ONLY")
 			return err
+		case kOrphan:
+			p.AmountCents += 90
+			if err := entry(ctx); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO contract_child (k, id) VALUES ($1, 1)", c.k)
+			return err
+		case kMend:
+			if err := entry(ctx); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO contract_parent (k, id) VALUES ($1, 1) ON CONFLICT DO NOTHING", c.k)
+			return err
+		case kSpSetLocal:
+			p.AmountCents += 75
+			sp, err := tx.Begin(ctx)
+			if err != nil {
+				return err
+			}
+			if _, err := sp.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = '%ds'", 100+i)); err != nil {
+				return err
+			}
+			if _, err := sp.Exec(ctx, "SELECT set_config('ct.who', $1, true)", fmt.Sprint("member ", i)); err != nil {
+				return err
+			}
+			return sp.Commit(ctx)
 		case kLeak:
 			p.AmountCents += 60
 			c.leakWG.Add(1)
@@ -1065,7 +1097,9 @@ func TestGroupCommitContract(t *testing.T) {
 	})
 	setupCtx := pgtest.Context(t, time.Minute)
 	paytest.Seed(t, setupCtx, pool)
-	if _, err := pool.Exec(setupCtx, "CREATE TABLE contract_ledger (k text NOT NULL, entry text NOT NULL, PRIMARY KEY (k, entry))"); err != nil {
+	if _, err := pool.Exec(setupCtx, `CREATE TABLE contract_ledger (k text NOT NULL, entry text NOT NULL, PRIMARY KEY (k, entry));
+CREATE TABLE contract_parent (k text NOT NULL, id int NOT NULL, PRIMARY KEY (k, id));
+CREATE TABLE contract_child (k text NOT NULL, id int NOT NULL, FOREIGN KEY (k, id) REFERENCES contract_parent DEFERRABLE INITIALLY DEFERRED)`); err != nil {
 		t.Fatal(err)
 	}
 	env := &ctEnv{pool: pool, idle: *ctIdleFlag, hang: *ctHangFlag}
