@@ -238,9 +238,8 @@ func protect(f func()) (panicked any) {
 // transaction read-only (SET TRANSACTION READ ONLY), which no statement
 // can undo but ROLLBACK TO SAVEPOINT. Then a write fails, as it would
 // alone, and without one nothing is read back (a locking read would fail
-// where the call alone sends none), but the member's deferred constraints
-// are checked (see checkDeferred), as its COMMIT would: the row stays as
-// it is, and the group takes nobody after this member (g.readOnly).
+// where the call alone sends none): the row stays as it is, and the group
+// takes nobody after this member (g.readOnly).
 func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql string, args []any, changed bool) error {
 	tx.mu.Lock()
 	snap := tx.snap
@@ -265,24 +264,6 @@ func (g *group[K, V]) settle(ctx context.Context, tx *memberTx[K, V], v *V, sql 
 			return err
 		}
 		if readOnly && sql == "" {
-			// Nothing to write, nothing to read back; but what its part
-			// left to check at COMMIT is checked now, as its own COMMIT
-			// would (in a read-only transaction, a foreign key's check
-			// fails: 25006).
-			b := &pgx.Batch{}
-			for _, q := range checkDeferred {
-				b.Queue(q)
-			}
-			br := g.conn.SendBatch(ctx, b)
-			for range checkDeferred {
-				if _, err := br.Exec(); err != nil {
-					br.Close()
-					return err
-				}
-			}
-			if err := br.Close(); err != nil {
-				return err
-			}
 			g.readOnly, g.cur = true, g.written
 			return nil
 		}
