@@ -80,7 +80,6 @@ var ctDirected = []string{
 	"max=16 row readOnly,add,ledger",
 	"max=16 row add,orphan,add,mend,orphan,ledger",
 	"max=16 norow orphan,mend,spSetLocal,settings,add",
-	"max=16 row add,ledger,orphanRO,add",
 }
 
 // ctVocabulary is what seed draws from: the fixed seeds leave poison out
@@ -135,7 +134,6 @@ const (
 	kOrphan             // a ledger row, and a child row whose parent is missing (the foreign key is deferred: checked at COMMIT)
 	kMend               // a ledger row, and the parent kOrphan's child misses
 	kSpSetLocal         // kSetLocal through a savepoint fn began on tx (tx.Begin), released
-	kOrphanRO           // kOrphan, then SET TRANSACTION READ ONLY, p unchanged: its COMMIT fails
 	ctNumKinds
 )
 
@@ -146,7 +144,7 @@ var ctKindNames = [...]string{
 	kSlow: "slow", kCtxBefore: "ctxBefore", kCtxDuring: "ctxDuring", kCtxAtEnd: "ctxAtEnd",
 	kCtxAfter: "ctxAfter", kCtxMid: "ctxMid", kLeak: "leak", kPoison: "poison", kStall: "stall",
 	kSetLocal: "setLocal", kSettings: "settings", kReadOnly: "readOnly", kReadOnlyP: "readOnlyP",
-	kOrphan: "orphan", kMend: "mend", kSpSetLocal: "spSetLocal", kOrphanRO: "orphanRO",
+	kOrphan: "orphan", kMend: "mend", kSpSetLocal: "spSetLocal",
 }
 
 // ctWeights: how often each kind is drawn.
@@ -154,7 +152,7 @@ var ctWeights = [...]int{
 	kNoop: 3, kStatus: 3, kAdd: 4, kLedger: 5, kLedgerErr: 2, kPanic: 2, kPanicSQL: 2, kGoexit: 1,
 	kUpdate: 2, kUpdateP: 1, kDelete: 1, kFail: 2, kFailIgnored: 1, kBadData: 1, kData: 2, kSlow: 1,
 	kCtxBefore: 1, kCtxDuring: 1, kCtxAtEnd: 1, kCtxAfter: 1, kCtxMid: 1, kLeak: 1, kPoison: 1, kStall: 1,
-	kSetLocal: 2, kSettings: 2, kReadOnly: 1, kReadOnlyP: 1, kOrphan: 1, kMend: 1, kSpSetLocal: 1, kOrphanRO: 1,
+	kSetLocal: 2, kSettings: 2, kReadOnly: 1, kReadOnlyP: 1, kOrphan: 1, kMend: 1, kSpSetLocal: 1,
 }
 
 func (k ctKind) String() string { return ctKindNames[k] }
@@ -447,15 +445,6 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 				return err
 			}
 			_, err := tx.Exec(ctx, "INSERT INTO contract_child (k, id) VALUES ($1, 1)", c.k)
-			return err
-		case kOrphanRO:
-			if err := entry(ctx); err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, "INSERT INTO contract_child (k, id) VALUES ($1, 2)", c.k); err != nil {
-				return err
-			}
-			_, err := tx.Exec(ctx, "SET TRANSACTION READ ONLY")
 			return err
 		case kMend:
 			if err := entry(ctx); err != nil {
