@@ -979,7 +979,7 @@ func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
 		}
 	}
 	for i, c := range r.calls {
-		if c.err != nil && ctHasCode(c.err, "25P03") && rnd.kinds[i] != kStall {
+		if c.err != nil && isCode(c.err, "25P03") && rnd.kinds[i] != kStall {
 			v.inconclusive = fmt.Sprintf("call %d (%s) timed out idle one by one: this machine is too slow for -contract.idle=%s", i, rnd.kinds[i], e.idle)
 			return v
 		}
@@ -1048,11 +1048,6 @@ func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
 // before its group's outcome gets.
 func ctUnknownByCtx(err error) bool {
 	return errors.Is(err, lock.ErrCommitUnknown) && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
-}
-
-func ctHasCode(err error, code string) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == code
 }
 
 // shrink removes members from rnd while it still diverges.

@@ -273,13 +273,3 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, p.ID, p.ServiceID, p.LineItemID, p
 		t.Errorf("amount %d, want 3", amount)
 	}
 }
-
-// oneConnGroupSetup is groupSetup on a pool of one connection, so that what
-// one group prepared on it the next one finds.
-func oneConnGroupSetup(t *testing.T) (*pgxpool.Pool, context.Context) {
-	pool, ctx := paySetup(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
-	if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	return pool, ctx
-}

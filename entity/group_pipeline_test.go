@@ -204,3 +204,44 @@ func TestGroupCommitReadsWithoutRowLock(t *testing.T) {
 		t.Errorf("a group of 4: %d Finds and %d Reads, want 2 Finds (the leader's, the read back after its write) and Reads for the rest", f, r)
 	}
 }
+
+// countConn counts what a client writes to and reads from the server.
+type countConn struct {
+	net.Conn
+	writes, written *atomic.Int64
+}
+
+func (c countConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	c.written.Add(int64(len(b)))
+	return c.Conn.Write(b)
+}
+
+// TestGroupCommitManyMembersOneConn: 70 members, each inserting a ledger row,
+// behind a leader, on a pool of one connection, max 100: more than
+// MaxGroupSQL. Each must succeed, as one by one.
+func TestGroupCommitManyMembersOneConn(t *testing.T) {
+	t.Parallel()
+	pool, ctx := oneConnGroupSetup(t)
+	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(100))
+	fns := []payFn{payNoop}
+	for i := range 70 {
+		fns = append(fns, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents++
+			_, err := tx.Exec(ctx, "INSERT INTO ledger (entry) VALUES ($1)", fmt.Sprint(i))
+			return err
+		})
+	}
+	res := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_many"}, nil, fns...)
+	for i, r := range res {
+		if r.err != nil || r.panicked != nil {
+			t.Errorf("call %d: %v %v", i, r.err, r.panicked)
+		}
+	}
+	if amount, _ := payRow(t, ctx, pool, payment.Key{ServiceID: 1, LineItemID: "li_r2_many"}); amount != 70 {
+		t.Errorf("amount %d, want 70", amount)
+	}
+	if n := len(ledger(t, ctx, pool)); n != 70 {
+		t.Errorf("ledger %d rows, want 70", n)
+	}
+}

@@ -14,90 +14,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/testing/paytest"
-	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
-
-type payFn = func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error
-
-type payRepo = *entity.Repository[payment.Key, payment.Payment]
-
-// result is how one call of grouped ended.
-type result struct {
-	err      error
-	panicked any
-}
-
-// grouped runs fns[0] first and holds the key in it until fns[1:] all wait
-// behind it, queued one after another (so in that order); then it lets
-// them all go and returns how each call ended. ctxs[i], if set, is call i's
-// ctx.
-func grouped(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, ctxs []context.Context, fns ...payFn) []result {
-	t.Helper()
-	res := make([]result, len(fns))
-	held, gate := make(chan struct{}), make(chan struct{})
-	var wg sync.WaitGroup
-	call := func(i int, fn payFn) {
-		defer wg.Done()
-		defer func() { res[i].panicked = recover() }()
-		c := ctx
-		if i < len(ctxs) && ctxs[i] != nil {
-			c = ctxs[i]
-		}
-		res[i].err = repo.With(c, key, fn)
-	}
-	wg.Add(1)
-	first := fns[0]
-	var once sync.Once
-	go call(0, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		once.Do(func() { close(held) }) // once: Retry may run it again
-		<-gate
-		return first(ctx, tx, p)
-	})
-	<-held
-	for i := 1; i < len(fns); i++ {
-		wg.Add(1)
-		go call(i, fns[i])
-		waitQueued(t, repo, key, i)
-	}
-	close(gate)
-	wg.Wait()
-	return res
-}
-
-// waitQueued waits until n callers of key are queued in repo.
-func waitQueued(t *testing.T, repo payRepo, key payment.Key, n int) {
-	t.Helper()
-	for deadline := time.Now().Add(time.Minute); entity.Queued(repo, key.LockKey()) != n; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d callers queued, want %d", entity.Queued(repo, key.LockKey()), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-func groupSetup(t *testing.T) (*pgxpool.Pool, context.Context) {
-	pool, ctx := paySetup(t, nil)
-	if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	return pool, ctx
-}
-
-func ledger(t *testing.T, ctx context.Context, pool *pgxpool.Pool) []string {
-	t.Helper()
-	rows, _ := pool.Query(ctx, "SELECT entry FROM ledger ORDER BY entry")
-	entries, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return entries
-}
 
 // seen is what one fn saw.
 type seen struct {
@@ -157,50 +78,6 @@ func TestGroupCommitArrivalOrder(t *testing.T) {
 		if ev.GroupSize != 6 || ev.Outcome != entity.OutcomeOK {
 			t.Errorf("event %+v: want group size 6, ok", ev)
 		}
-	}
-}
-
-// TestGroupCommitLoneCaller: a caller alone runs in a transaction of its own,
-// as without the option.
-func TestGroupCommitLoneCaller(t *testing.T) {
-	t.Parallel()
-	pool, ctx := groupSetup(t)
-	var rec recorder
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithHooks(rec.hooks()))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lone"}
-	for range 3 {
-		err := repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-			p.AmountCents++
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
-		t.Errorf("amount %d, want 3", amount)
-	}
-	for _, ev := range rec.events {
-		if ev.GroupSize != 1 {
-			t.Errorf("lone caller's group size %d, want 1", ev.GroupSize)
-		}
-	}
-	// Its fn's error, or a failed statement, rolls back as without the
-	// option.
-	errFn := errors.New("fn failed")
-	if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { return errFn }); err != errFn {
-		t.Errorf("fn's error came back as %v", err)
-	}
-	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents = 100
-		_, _ = tx.Exec(ctx, "SELECT 1/0")
-		return nil
-	})
-	if !errors.Is(err, entity.ErrTxAborted) {
-		t.Errorf("failed statement: %v, want ErrTxAborted", err)
-	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
-		t.Errorf("amount %d, want 3", amount)
 	}
 }
 
@@ -724,30 +601,6 @@ func TestGroupCommitLeaderFails(t *testing.T) {
 	}
 }
 
-// TestGroupCommitLoneCallerCtx: a lone caller whose ctx ends during fn
-// commits nothing, as without the option.
-func TestGroupCommitLoneCallerCtx(t *testing.T) {
-	t.Parallel()
-	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lone_ctx"}
-	if err := repo.With(ctx, key, payNoop); err != nil {
-		t.Fatal(err)
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	err := repo.With(cctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-		p.AmountCents = 7
-		cancel()
-		return nil
-	})
-	if !errors.Is(err, context.Canceled) {
-		t.Errorf("With = %v, want context.Canceled", err)
-	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 0 {
-		t.Errorf("amount %d committed after ctx ended", amount)
-	}
-}
-
 // TestGroupCommitMemberBreaksTransaction: a member that leaves a result
 // open gets ErrRowsOpen and nothing of it commits, as a call of its own;
 // the result is closed, and the others go on. A member that ends the transaction with COMMIT in SQL gets
@@ -903,29 +756,6 @@ func TestGroupCommitLeakedTx(t *testing.T) {
 		t.Errorf("amount %d, want 3", amount)
 	}
 }
-
-// paySetup returns a pool with the payments schema and service 1: the group
-// commit tests run on payment.Table, whose Clone they need.
-func paySetup(t *testing.T, configure func(*pgxpool.Config)) (*pgxpool.Pool, context.Context) {
-	var cfg []func(*pgxpool.Config)
-	if configure != nil {
-		cfg = append(cfg, configure)
-	}
-	return paytest.Pool(t, cfg...), pgtest.Context(t, time.Minute)
-}
-
-// payRow reads the committed amount and status of key's payment.
-func payRow(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key payment.Key) (amount int64, status string) {
-	t.Helper()
-	err := pool.QueryRow(ctx, "SELECT amount_cents, status FROM payments WHERE service_id = $1 AND line_item_id = $2",
-		key.ServiceID, key.LineItemID).Scan(&amount, &status)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return amount, status
-}
-
-func payNoop(context.Context, pgx.Tx, *payment.Payment) error { return nil }
 
 // TestGroupCommitRowChangedThroughSQL: a member whose fn changes the row
 // itself through tx (an UPDATE, as a trigger would) hands the next member

@@ -2,9 +2,11 @@ package entity_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
 )
 
@@ -222,5 +225,97 @@ func TestWithArrivalOrderAfterFailedTry(t *testing.T) {
 	}
 	if want := []string{"A", "B"}; !slices.Equal(order, want) {
 		t.Errorf("callers got the key in order %v, want arrival order %v", order, want)
+	}
+}
+
+// cloningCounters is counters with a Cloner, for WithGroupCommit.
+type cloningCounters struct{ counters }
+
+func (cloningCounters) Clone(v *counter, created bool) *counter {
+	c := *v
+	c.Created = created
+	return &c
+}
+
+// TestWithAfterDeallocateAll: user code that runs DEALLOCATE ALL (or
+// DISCARD ALL) on a pooled connection, outside or inside fn.
+func TestWithAfterDeallocateAll(t *testing.T) {
+	t.Parallel()
+	for _, stmt := range []string{"DEALLOCATE ALL", "DISCARD ALL"} {
+		for _, group := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/group=%v", strings.ReplaceAll(stmt, " ", "_"), group), func(t *testing.T) {
+				pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
+				repo := entity.New(pool, entity.Table[string, counter](counters{}))
+				if group {
+					repo = entity.New(pool, entity.Table[string, counter](cloningCounters{}), entity.WithGroupCommit(4))
+				}
+				inc := func(_ context.Context, _ pgx.Tx, c *counter) error { c.N++; return nil }
+				if err := repo.With(ctx, "k", inc); err != nil {
+					t.Fatal(err)
+				}
+				// Inside fn: the commit check and COMMIT, prepared, are gone.
+				err := repo.With(ctx, "k", func(ctx context.Context, tx pgx.Tx, c *counter) error {
+					c.N++
+					if stmt == "DISCARD ALL" {
+						return nil // can't run in a transaction
+					}
+					_, err := tx.Exec(ctx, stmt)
+					return err
+				})
+				t.Logf("With with %s in fn: %v (commit unknown: %v)", stmt, err, errors.Is(err, lock.ErrCommitUnknown))
+				n, _ := row(t, ctx, pool, "k")
+				t.Logf("n = %d", n)
+				if err != nil && errors.Is(err, lock.ErrCommitUnknown) {
+					t.Errorf("With = %v: commit reported unknown although nothing was committed (n = %d)", err, n)
+				}
+				// Outside With, on the pooled connection.
+				if _, err := pool.Exec(ctx, stmt); err != nil {
+					t.Fatal(err)
+				}
+				// The first call's BEGIN, named, fails: nothing was run or
+				// committed; it drops the connection and Retry runs the call
+				// again on a new one.
+				opts := []entity.Option{entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 2}})}
+				retrying := entity.New(pool, entity.Table[string, counter](counters{}), opts...)
+				if group {
+					retrying = entity.New(pool, entity.Table[string, counter](cloningCounters{}), append(opts, entity.WithGroupCommit(4))...)
+				}
+				for i := range 3 {
+					if err := retrying.With(ctx, "k", inc); err != nil {
+						t.Errorf("With %d after %s on the pooled connection: %v", i, stmt, err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestWithCommitCheckAfterManyCalls: the prepared commit check still stops
+// the commit of a transaction fn began after many calls on the connection
+// (PostgreSQL switches a prepared statement to a generic plan after five
+// executions; the check must not be folded into it).
+func TestWithCommitCheckAfterManyCalls(t *testing.T) {
+	t.Parallel()
+	pool, ctx := setupPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
+	repo := entity.New(pool, counters{})
+	for range 12 {
+		if err := repo.With(ctx, "k", func(_ context.Context, _ pgx.Tx, c *counter) error { c.N++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		err := repo.With(ctx, "k", func(ctx context.Context, tx pgx.Tx, c *counter) error {
+			if _, err := tx.Exec(ctx, "COMMIT; BEGIN"); err != nil {
+				return err
+			}
+			c.N = 1000
+			return nil
+		})
+		if !errors.Is(err, entity.ErrTxEnded) {
+			t.Fatalf("With = %v, want ErrTxEnded", err)
+		}
+		if n, _ := row(t, ctx, pool, "k"); n != 12 {
+			t.Fatalf("n = %d, want 12: a transaction without the lock committed", n)
+		}
 	}
 }

@@ -19,10 +19,11 @@ import (
 	"github.com/paylock/paylock/payment"
 )
 
-// Outside review, third round: the leader's cut-off of a member's fn idle
-// for IdleTimeout (group_idle.go), against the same calls one by one.
+// The leader's cut-off of a member's fn idle for IdleTimeout
+// (group_idle.go), and the server's IdleTimeout in a group, against the same
+// calls one by one.
 
-// r3Busy runs, through repo, a leader, a member whose fn starts a
+// runBusy runs, through repo, a leader, a member whose fn starts a
 // statement that the server keeps busy (it waits for advisory lock
 // advisory, which the test holds) and, while the statement runs, does
 // something else than reading its result, and one more member. The test
@@ -30,7 +31,7 @@ import (
 // read the result. The server never sees the transaction idle: one by one
 // the call succeeds (where pgx's call blocks until the result comes, fn
 // simply waits in it).
-func r3Busy(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo, group bool, key payment.Key, idle time.Duration, advisory int64,
+func runBusy(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo, group bool, key payment.Key, idle time.Duration, advisory int64,
 	read func(ctx context.Context, tx pgx.Tx, wait func()) error,
 ) []result {
 	t.Helper()
@@ -61,7 +62,7 @@ func r3Busy(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo,
 	}
 	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
 	done := make(chan []result, 1)
-	go func() { done <- r3Calls(t, ctx, repo, group, key, add, busy, add) }()
+	go func() { done <- groupedOrOneByOne(t, ctx, repo, group, key, add, busy, add) }()
 	// Wait until fn's statement waits for the lock, then 3×idle with the
 	// statement busy on the server; then let it end, and fn read it.
 	for {
@@ -91,23 +92,14 @@ func r3Busy(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo,
 	}
 }
 
-// r3Calls runs fns as grouped does when repo has group commit, else one by
-// one, each after the previous returned.
-func r3Calls(t *testing.T, ctx context.Context, repo payRepo, group bool, key payment.Key, fns ...payFn) []result {
-	if group {
-		return grouped(t, ctx, repo, key, nil, fns...)
-	}
-	return r2OneByOne(t, ctx, repo, key, fns...)
-}
-
-// TestGroupCommitReview3BusyStatementNotCutOff: a member's fn whose
+// TestGroupCommitBusyStatementNotCutOff: a member's fn whose
 // statement runs on the server for longer than IdleTimeout while fn does
 // something else than reading its result (a QueryRow not yet scanned,
 // Rows not yet read, a batch not yet read). One by one the transaction is
 // never idle, and the call succeeds. Grouped, the leader saw no call
 // through tx in progress for IdleTimeout and cut the fn off: it failed
 // with lock.ErrIdleTimeout, though the server was busy with its statement.
-func TestGroupCommitReview3BusyStatementNotCutOff(t *testing.T) {
+func TestGroupCommitBusyStatementNotCutOff(t *testing.T) {
 	t.Parallel()
 	const idle = time.Second
 	pool, ctx := groupSetup(t)
@@ -158,8 +150,8 @@ func TestGroupCommitReview3BusyStatementNotCutOff(t *testing.T) {
 			}
 			plain := entity.New(pool, payment.Table{}, entity.WithLockOptions(opts))
 			gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
-			one := r3Busy(t, ctx, pool, plain, false, payment.Key{ServiceID: 1, LineItemID: "li_r3_busy_one_" + name}, idle, advisory[name], read)
-			grp := r3Busy(t, ctx, pool, gc, true, payment.Key{ServiceID: 1, LineItemID: "li_r3_busy_grp_" + name}, idle, advisory[name], read)
+			one := runBusy(t, ctx, pool, plain, false, payment.Key{ServiceID: 1, LineItemID: "li_r3_busy_one_" + name}, idle, advisory[name], read)
+			grp := runBusy(t, ctx, pool, gc, true, payment.Key{ServiceID: 1, LineItemID: "li_r3_busy_grp_" + name}, idle, advisory[name], read)
 			for i := range one {
 				if one[i].err != nil {
 					t.Errorf("one by one, call %d: %v", i, one[i].err)
@@ -172,7 +164,7 @@ func TestGroupCommitReview3BusyStatementNotCutOff(t *testing.T) {
 	}
 }
 
-// TestGroupCommitReview3ServerIdleTimeoutPerMember: IdleTimeout left to the
+// TestGroupCommitServerIdleTimeoutPerMember: IdleTimeout left to the
 // server (negative), whose idle_in_transaction_session_timeout is 2 s;
 // three calls whose fns each run no SQL and change nothing for 1.2 s. One
 // by one, each transaction sits idle 1.2 s and commits. Grouped, the leader
@@ -180,7 +172,7 @@ func TestGroupCommitReview3BusyStatementNotCutOff(t *testing.T) {
 // DefaultIdleTimeout (3 s) since the last statement, so the shared
 // transaction sat idle through the leader's fn and the first member's,
 // 2.4 s, and the server ended it: every call failed.
-func TestGroupCommitReview3ServerIdleTimeoutPerMember(t *testing.T) {
+func TestGroupCommitServerIdleTimeoutPerMember(t *testing.T) {
 	t.Parallel()
 	// Each fn well within the server's limit, the three together past it.
 	const serverIdle, fnTime = 5 * time.Second, 2 * time.Second
@@ -194,7 +186,7 @@ func TestGroupCommitReview3ServerIdleTimeoutPerMember(t *testing.T) {
 	}
 	plain := entity.New(pool, payment.Table{}, entity.WithLockOptions(opts))
 	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
-	one := r2OneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r3_srvidle_one"}, slow, slow, slow)
+	one := oneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r3_srvidle_one"}, slow, slow, slow)
 	grp := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r3_srvidle_grp"}, nil, slow, slow, slow)
 	for i := range one {
 		if one[i].err != nil {
@@ -206,14 +198,14 @@ func TestGroupCommitReview3ServerIdleTimeoutPerMember(t *testing.T) {
 	}
 }
 
-// TestGroupCommitReview3KeepAliveInAbortedTx: a member's fn runs a
+// TestGroupCommitKeepAliveInAbortedTx: a member's fn runs a
 // statement that fails, ignores the error, and runs no statement for a
 // while, less than IdleTimeout, then returns nil. One by one, its call
 // fails (the transaction was aborted: ErrTxAborted) and the calls before
 // and after it commit. Grouped, the leader's keep-alive (an empty SELECT,
 // sent once fn has run no statement for half of IdleTimeout) failed in the
 // aborted transaction (25P02) and broke the group: every call failed.
-func TestGroupCommitReview3KeepAliveInAbortedTx(t *testing.T) {
+func TestGroupCommitKeepAliveInAbortedTx(t *testing.T) {
 	t.Parallel()
 	const idle = 4 * time.Second
 	pool, ctx := groupSetup(t)
@@ -246,7 +238,7 @@ func TestGroupCommitReview3KeepAliveInAbortedTx(t *testing.T) {
 	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
 	oneKey := payment.Key{ServiceID: 1, LineItemID: "li_r3_aborted_one"}
 	grpKey := payment.Key{ServiceID: 1, LineItemID: "li_r3_aborted_grp"}
-	one := r2OneByOne(t, ctx, plain, oneKey, add, failed(false), add)
+	one := oneByOne(t, ctx, plain, oneKey, add, failed(false), add)
 	grp := groupedBounded(t, ctx, gc, grpKey, nil, add, failed(true), add)
 	for i := range one {
 		if (one[i].err == nil) != (grp[i].err == nil) || errors.Is(one[i].err, entity.ErrTxAborted) != errors.Is(grp[i].err, entity.ErrTxAborted) {
@@ -260,12 +252,12 @@ func TestGroupCommitReview3KeepAliveInAbortedTx(t *testing.T) {
 	}
 }
 
-// r3Stalled runs leader, m1, the stalled fn and m3 in a group through repo
+// groupedStalled runs leader, m1, the stalled fn and m3 in a group through repo
 // on key: the stalled fn stalls (no statement through tx, ctx ignored)
 // until the calls around it have returned, then wakes and runs after. It
 // returns each call's outcome; the stalled call's is waited for only once
 // it woke. A failing test wakes it before it unwinds.
-func r3Stalled(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, leader, m1 payFn,
+func groupedStalled(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, leader, m1 payFn,
 	stalled func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error, m3 payFn,
 ) []result {
 	t.Helper()
@@ -325,11 +317,11 @@ func r3Stalled(t *testing.T, ctx context.Context, repo payRepo, key payment.Key,
 	return res
 }
 
-// TestGroupCommitReview3CutOff: a member's fn stalls (no statement through
+// TestGroupCommitCutOff: a member's fn stalls (no statement through
 // tx for longer than IdleTimeout) and, once woken, ends in various ways;
 // what one by one gives is written out: the server would have ended its
 // transaction, so nothing of it commits, and the calls around it commit.
-func TestGroupCommitReview3CutOff(t *testing.T) {
+func TestGroupCommitCutOff(t *testing.T) {
 	t.Parallel()
 	const idle = 500 * time.Millisecond
 	pool, ctx := groupSetup(t)
@@ -376,7 +368,7 @@ func TestGroupCommitReview3CutOff(t *testing.T) {
 
 	t.Run("panic", func(t *testing.T) {
 		k := key()
-		res := r3Stalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
+		res := groupedStalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
 			stallThen(func(context.Context, pgx.Tx) error { panic("woke up and panicked") }), add(4, "m3"))
 		wantOthers(t, res, k, 7)
 		if res[2].panicked != "woke up and panicked" {
@@ -386,7 +378,7 @@ func TestGroupCommitReview3CutOff(t *testing.T) {
 	t.Run("ownError", func(t *testing.T) {
 		k := key()
 		own := errors.New("own")
-		res := r3Stalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
+		res := groupedStalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
 			stallThen(func(context.Context, pgx.Tx) error { return own }), add(4, "m3"))
 		wantOthers(t, res, k, 7)
 		if !errors.Is(res[2].err, own) {
@@ -396,7 +388,7 @@ func TestGroupCommitReview3CutOff(t *testing.T) {
 	t.Run("statementAfter", func(t *testing.T) {
 		k := key()
 		var lateErr error
-		res := r3Stalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
+		res := groupedStalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
 			stallThen(func(ctx context.Context, tx pgx.Tx) error {
 				rows, err := tx.Query(ctx, "SELECT 1")
 				if err == nil {
@@ -429,7 +421,7 @@ func TestGroupCommitReview3CutOff(t *testing.T) {
 		// leader's keep-alive is refused in the aborted transaction
 		// (harmless), then fn is cut off and its savepoint rolled back.
 		k := key()
-		res := r3Stalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
+		res := groupedStalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
 			func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
 				p.AmountCents += 1000
 				if err := ledgerInsert("stalled")(ctx, tx, p); err != nil {
@@ -447,7 +439,7 @@ func TestGroupCommitReview3CutOff(t *testing.T) {
 	t.Run("rowDeletedBefore", func(t *testing.T) {
 		k := key()
 		var m3New bool
-		res := r3Stalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"),
+		res := groupedStalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"),
 			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
 				if err := ledgerInsert("m1")(ctx, tx, p); err != nil {
 					return err
@@ -479,7 +471,7 @@ func TestGroupCommitReview3CutOff(t *testing.T) {
 	t.Run("retry", func(t *testing.T) {
 		k := key()
 		attempts := 0
-		res := r3Stalled(t, ctx, repo(lock.Options{Retry: lock.Retry{Attempts: 2, Backoff: time.Millisecond}}), k, add(1, "leader"), add(2, "m1"),
+		res := groupedStalled(t, ctx, repo(lock.Options{Retry: lock.Retry{Attempts: 2, Backoff: time.Millisecond}}), k, add(1, "leader"), add(2, "m1"),
 			func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
 				attempts++
 				p.AmountCents += 1000
@@ -505,13 +497,13 @@ func TestGroupCommitReview3CutOff(t *testing.T) {
 	})
 }
 
-// TestGroupCommitReview3CutOffRace: a member's fn runs a statement, then
+// TestGroupCommitCutOffRace: a member's fn runs a statement, then
 // no statement for about IdleTimeout, then returns, or runs another
 // statement: the leader's cut-off races with fn's return or its call
 // (run with -race). Whichever wins, a call that returned nil has its
 // ledger row committed and one that failed has not, unless its outcome is
 // unknown; and nobody hangs.
-func TestGroupCommitReview3CutOffRace(t *testing.T) {
+func TestGroupCommitCutOffRace(t *testing.T) {
 	t.Parallel()
 	const idle = 40 * time.Millisecond
 	pool, _ := groupSetup(t)
@@ -542,10 +534,10 @@ func TestGroupCommitReview3CutOffRace(t *testing.T) {
 				return nil
 			}
 		}
-		// Held at PostgreSQL while the calls queue (r3Held), not by the
+		// Held at PostgreSQL while the calls queue (groupedHeld), not by the
 		// leader's fn: a leader idle in its fn for 40 ms would stop
 		// gathering before the others queued on a busy machine.
-		res := r3Held(t, ctx, pool, repo, key, add(0), racy(1), add(2), racy(3), add(4))
+		res := groupedHeld(t, ctx, pool, repo, key, add(0), racy(1), add(2), racy(3), add(4))
 		got := ledger(t, ctx, pool)
 		for i, r := range res {
 			committed := slices.Contains(got, entry(i))
@@ -565,7 +557,7 @@ func TestGroupCommitReview3CutOffRace(t *testing.T) {
 	t.Logf("%d calls ended with lock.ErrIdleTimeout", cuts)
 }
 
-// TestGroupCommitReview3TinyIdleTimeout: IdleTimeout 1 ms, so that the
+// TestGroupCommitTinyIdleTimeout: IdleTimeout 1 ms, so that the
 // leader's idle watch fires in the middle of its gathering, members are cut
 // off, and the server ends transactions. Whatever happens, a call that
 // returned nil has its ledger row committed, one that failed has not
@@ -574,7 +566,7 @@ func TestGroupCommitReview3CutOffRace(t *testing.T) {
 // could not take (its keep-alive failed): requeue found the key gone and
 // panicked (nil pointer), and the popped caller waited for its turn for
 // good, past its ctx.
-func TestGroupCommitReview3TinyIdleTimeout(t *testing.T) {
+func TestGroupCommitTinyIdleTimeout(t *testing.T) {
 	t.Parallel()
 	const idle = time.Millisecond
 	pool, _ := groupSetup(t)
@@ -602,7 +594,7 @@ func TestGroupCommitReview3TinyIdleTimeout(t *testing.T) {
 				return nil
 			}
 		}
-		res := r3Held(t, ctx, pool, repo, key, fn(0), fn(1), fn(2), fn(3), fn(4), fn(5))
+		res := groupedHeld(t, ctx, pool, repo, key, fn(0), fn(1), fn(2), fn(3), fn(4), fn(5))
 		got := ledger(t, ctx, pool)
 		for i, r := range res {
 			committed := slices.Contains(got, entry(i))
@@ -618,11 +610,11 @@ func TestGroupCommitReview3TinyIdleTimeout(t *testing.T) {
 	}
 }
 
-// r3Held runs fns through repo on key as one group: the key is held at
+// groupedHeld runs fns through repo on key as one group: the key is held at
 // PostgreSQL by another session while the first caller waits for it and
 // the others queue behind it, then released. It returns each call's
 // outcome; a call not back within a minute fails the test.
-func r3Held(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo, key payment.Key, fns ...payFn) []result {
+func groupedHeld(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo, key payment.Key, fns ...payFn) []result {
 	t.Helper()
 	holder, err := pool.Acquire(ctx)
 	if err != nil {
@@ -671,14 +663,14 @@ func r3Held(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo,
 	return res
 }
 
-// TestGroupCommitReview3TwoStalled: two members in a row stall (no
+// TestGroupCommitTwoStalled: two members in a row stall (no
 // statement through tx, ctx ignored) until every other call returned. One
 // by one, the server ends each one's transaction, idle for IdleTimeout,
 // and the calls after them run: each stalled call fails with
 // lock.ErrIdleTimeout, the others commit, without waiting for the stalled
 // fns to wake. Grouped: the same (the first is cut off; the second leads
 // the next transaction, where the server ends it).
-func TestGroupCommitReview3TwoStalled(t *testing.T) {
+func TestGroupCommitTwoStalled(t *testing.T) {
 	t.Parallel()
 	const idle = 500 * time.Millisecond
 	pool, ctx := groupSetup(t)
@@ -769,12 +761,12 @@ func TestGroupCommitReview3TwoStalled(t *testing.T) {
 	}
 }
 
-// TestGroupCommitReview3GoroutineKeepsBusy: a member's fn sleeps for
+// TestGroupCommitGoroutineKeepsBusy: a member's fn sleeps for
 // 3×IdleTimeout while a goroutine of its runs a statement through tx every
 // IdleTimeout/5, and waits for it before it returns. The server never sees
 // the transaction idle for IdleTimeout: one by one the call commits; so
 // must it in a group (the leader counts the goroutine's calls).
-func TestGroupCommitReview3GoroutineKeepsBusy(t *testing.T) {
+func TestGroupCommitGoroutineKeepsBusy(t *testing.T) {
 	t.Parallel()
 	const idle = time.Second
 	pool, ctx := groupSetup(t)
@@ -806,7 +798,7 @@ func TestGroupCommitReview3GoroutineKeepsBusy(t *testing.T) {
 		return ledgerInsert("busy")(ctx, tx, p)
 	}
 	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
-	res := r3Held(t, ctx, pool, repo, key, add, busy, add)
+	res := groupedHeld(t, ctx, pool, repo, key, add, busy, add)
 	for i, r := range res {
 		if r.err != nil {
 			t.Errorf("call %d: %v, want nil as one by one", i, r.err)
@@ -817,14 +809,14 @@ func TestGroupCommitReview3GoroutineKeepsBusy(t *testing.T) {
 	}
 }
 
-// TestGroupCommitReview3CutOffOwnErrorNotRetried: with lock.Retry, a
+// TestGroupCommitCutOffOwnErrorNotRetried: with lock.Retry, a
 // member's fn stalls for 3×IdleTimeout and then returns its own error,
 // without a call through tx. One by one, the server ended its transaction
 // meanwhile, but nobody read that: the call fails with fn's own error after
 // one attempt. Grouped, the cut-off marked fn's own error as a lost
 // connection, safe to retry, and lock.Retry ran fn again (its side effects
 // outside the database twice).
-func TestGroupCommitReview3CutOffOwnErrorNotRetried(t *testing.T) {
+func TestGroupCommitCutOffOwnErrorNotRetried(t *testing.T) {
 	t.Parallel()
 	const idle = 300 * time.Millisecond
 	pool, ctx := groupSetup(t)
@@ -843,8 +835,274 @@ func TestGroupCommitReview3CutOffOwnErrorNotRetried(t *testing.T) {
 	oneErr := plain.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_r3_own_one"}, fn)
 	oneAttempts := attempts.Swap(0)
 	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
-	res := r3Held(t, ctx, pool, gc, payment.Key{ServiceID: 1, LineItemID: "li_r3_own_grp"}, payNoop, fn)
+	res := groupedHeld(t, ctx, pool, gc, payment.Key{ServiceID: 1, LineItemID: "li_r3_own_grp"}, payNoop, fn)
 	if grpAttempts := attempts.Load(); grpAttempts != oneAttempts || !errors.Is(res[1].err, own) || !errors.Is(oneErr, own) {
 		t.Errorf("grouped: %d attempts, %v; one by one: %d attempts, %v", grpAttempts, res[1].err, oneAttempts, oneErr)
+	}
+}
+
+// TestGroupCommitIdleTimeout: the server ending the group's transaction,
+// idle while a member's fn runs no SQL for longer than IdleTimeout, commits
+// nothing, and no member is told otherwise; with Retry each call is applied
+// exactly once.
+func TestGroupCommitIdleTimeout(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	for _, retry := range []int{1, 3} {
+		t.Run(fmt.Sprint("attempts=", retry), func(t *testing.T) {
+			_, _ = pool.Exec(ctx, "DELETE FROM ledger")
+			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithLockOptions(lock.Options{
+				IdleTimeout: 200 * time.Millisecond, Retry: lock.Retry{Attempts: retry, Backoff: time.Millisecond}}))
+			key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_idle_", retry)}
+			add := func(name string) payFn {
+				return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+					p.AmountCents++
+					_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
+					return err
+				}
+			}
+			var slept atomic.Bool
+			res := grouped(t, ctx, repo, key, nil, add("a"), add("b"), func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+				if !slept.Swap(true) {
+					time.Sleep(time.Second)
+				}
+				p.AmountCents++
+				return nil
+			}, add("d"))
+			got := ledger(t, ctx, pool)
+			var amount int64
+			_ = pool.QueryRow(ctx, "SELECT coalesce(sum(amount_cents), 0) FROM payments WHERE line_item_id = $1", key.LineItemID).Scan(&amount)
+			ok := 0
+			for i, r := range res {
+				name := string(rune('a' + i))
+				if r.err == nil {
+					ok++
+					if i != 2 && !slices.Contains(got, name) {
+						t.Errorf("call %s reported committed, its entry is missing (ledger %v)", name, got)
+					}
+				} else if i != 2 && slices.Contains(got, name) {
+					t.Errorf("call %s failed (%v) but its entry is committed", name, r.err)
+				}
+			}
+			if amount != int64(ok) {
+				t.Errorf("amount %d, %d calls reported committed: %v", amount, ok, res)
+			}
+		})
+	}
+}
+
+// TestGroupCommitIdleTimeoutThenFail: a member that ran SQL, then outlived
+// the idle timeout and failed. One by one, the call before it commits and
+// it fails with its own error; so in a group, where the leader cuts it off
+// before the server would end the shared transaction.
+func TestGroupCommitIdleTimeoutThenFail(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithLockOptions(lock.Options{
+		IdleTimeout: time.Second}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_idlefail"}
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+		return err
+	}
+	errB := errors.New("b failed")
+	res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		if err := add(ctx, tx, p); err != nil {
+			return err
+		}
+		time.Sleep(3 * time.Second) // past IdleTimeout, by more than a busy machine's delays
+		return errB
+	})
+	if res[0].err != nil {
+		t.Errorf("call 0: %v, want nil, as one by one", res[0].err)
+	}
+	if !errors.Is(res[1].err, errB) {
+		t.Errorf("call 1: %v, want its own error", res[1].err)
+	}
+	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"1"}) {
+		t.Errorf("ledger %q, want call 0's row only", got)
+	}
+}
+
+// TestGroupCommitReentrantOtherCtx: a With for the key from inside fn given
+// another ctx than fn's, with no LockTimeout, is freed as without group
+// commit: one by one, the server ends the outer transaction, idle for
+// IdleTimeout, the inner call runs and commits, and the outer call fails.
+// In a group the same: the nested call, when it leads, holds the group
+// until the server ends it (a leader's fn is its call's own); as a member,
+// the leader cuts it off (see TestGroupCommitCutsOffAStalledFn) and the
+// calls before it commit, as one by one.
+func TestGroupCommitReentrantOtherCtx(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	for _, leader := range []bool{true, false} {
+		t.Run(fmt.Sprint("leader=", leader), func(t *testing.T) {
+			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16),
+				entity.WithLockOptions(lock.Options{IdleTimeout: 2 * time.Second}))
+			key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_reother_", leader)}
+			innerCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			var inner error
+			nested := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+				inner = repo.With(innerCtx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+					p.AmountCents += 100
+					return nil
+				})
+				p.AmountCents++
+				return nil
+			}
+			inc := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+			fns := []payFn{inc, nested}
+			if leader {
+				fns = []payFn{nested, inc}
+			}
+			res := grouped(t, ctx, repo, key, nil, fns...)
+			if inner != nil {
+				t.Errorf("inner With: %v, want nil once the server ended the outer transaction", inner)
+			}
+			// The call that nests fails; the other commits, before it or
+			// after it.
+			outer, other := res[1:], res[0]
+			if leader {
+				outer, other = res[:1], res[1]
+			}
+			if other.err != nil {
+				t.Errorf("the call that does not nest: %v", other.err)
+			}
+			want := int64(101)
+			for i, r := range outer {
+				if r.err == nil || errors.Is(r.err, lock.ErrCommitUnknown) {
+					t.Errorf("call %d: %v, want an error saying nothing was committed", i, r.err)
+				}
+			}
+			if amount, _ := payRow(t, ctx, pool, key); amount != want {
+				t.Errorf("amount %d, want %d", amount, want)
+			}
+		})
+	}
+}
+
+// TestGroupCommitIdleTimeoutPerMember: fns that run no SQL and take a while
+// each. One by one, each transaction is idle for one fn; in a group, each
+// member's fn gets IdleTimeout too, rather than the sum of all of them.
+func TestGroupCommitIdleTimeoutPerMember(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	const idle, fnTime = 2500 * time.Millisecond, time.Second
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8),
+		entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_idle"}
+	slow := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		time.Sleep(fnTime)
+		p.AmountCents++
+		return nil
+	}
+	res := groupedBounded(t, ctx, repo, key, nil, slow, slow, slow, slow)
+	for i, r := range res {
+		if r.err != nil {
+			t.Errorf("call %d: %v", i, r.err)
+		}
+	}
+	if amount, _ := payRow(t, ctx, pool, key); amount != 4 {
+		t.Errorf("amount %d, want 4", amount)
+	}
+}
+
+// TestGroupCommitCutsOffAStalledFn: the third of four calls in a group
+// inserts a ledger row and then stalls, with no deadline on any ctx. One
+// by one, the calls before it commit and return; it holds the key until
+// the server ends its transaction, idle for IdleTimeout, and fails with
+// nothing committed; the call after it then runs. In a group: the same,
+// without waiting for the stalled fn to return — the leader cuts it off
+// once it has been idle for IdleTimeout, and the group commits without its
+// part. When the stalled fn wakes, its statements through tx and its call
+// fail with lock.ErrIdleTimeout.
+func TestGroupCommitCutsOffAStalledFn(t *testing.T) {
+	t.Parallel()
+	const idle = time.Second
+	pool, ctx := groupSetup(t)
+	var mu sync.Mutex
+	sizes := map[int]int{}
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8),
+		entity.WithLockOptions(lock.Options{IdleTimeout: idle}),
+		entity.WithHooks(entity.Hooks{Done: func(_ context.Context, ev entity.Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			sizes[ev.GroupSize]++
+		}}))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_stalled"}
+	add := func(n int64, entry string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents += n
+			return ledgerInsert(entry)(ctx, tx, p)
+		}
+	}
+	wake, woke := make(chan struct{}), make(chan struct{})
+	var lateErr error
+	stalled := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents += 1000
+		if err := ledgerInsert("stalled")(ctx, tx, p); err != nil {
+			return err
+		}
+		<-wake // ignores ctx: stuck, as far as anyone can tell
+		_, lateErr = tx.Exec(ctx, "INSERT INTO ledger (entry) VALUES ('late')")
+		close(woke)
+		return nil
+	}
+	fns := []payFn{add(1, "leader"), add(2, "second"), stalled, add(4, "fourth")}
+	errs := make([]chan error, len(fns))
+	held, gate := make(chan struct{}), make(chan struct{})
+	for i, fn := range fns {
+		errs[i] = make(chan error, 1)
+		if i == 0 {
+			inner := fn
+			fn = func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				close(held)
+				<-gate
+				return inner(ctx, tx, p)
+			}
+		}
+		go func() { errs[i] <- repo.With(ctx, key, fn) }()
+		if i == 0 {
+			<-held
+		} else {
+			waitQueued(t, repo, key, i)
+		}
+	}
+	close(gate)
+	bound := time.After(time.Minute) // a hang; the cut-off comes after idle
+	for _, i := range []int{0, 1, 3} {
+		select {
+		case err := <-errs[i]:
+			if err != nil {
+				t.Errorf("call %d: %v, want nil, as one by one", i, err)
+			}
+		case <-bound:
+			close(wake) // so that the calls unwind and the pool can close
+			t.Fatalf("call %d has not returned a minute after the group began, while call 2's fn stalls", i)
+		}
+	}
+	if amount, _ := payRow(t, ctx, pool, key); amount != 7 {
+		t.Errorf("amount %d, want 1+2+4: the stalled call's change must not commit", amount)
+	}
+	if got := ledger(t, ctx, pool); len(got) != 3 {
+		t.Errorf("ledger %q, want leader, second and fourth only", got)
+	}
+	close(wake)
+	<-woke
+	if !errors.Is(lateErr, lock.ErrIdleTimeout) || !errors.Is(lateErr, pgx.ErrTxClosed) {
+		t.Errorf("the stalled fn's statement after the cut-off: %v, want lock.ErrIdleTimeout and pgx.ErrTxClosed", lateErr)
+	}
+	if err := <-errs[2]; !errors.Is(err, lock.ErrIdleTimeout) || errors.Is(err, lock.ErrCommitUnknown) {
+		t.Errorf("the stalled call: %v, want lock.ErrIdleTimeout, known not committed", err)
+	}
+	if got := ledger(t, ctx, pool); len(got) != 3 {
+		t.Errorf("ledger %q after the stalled fn woke, want leader, second and fourth only", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sizes[1] == len(fns) {
+		t.Fatalf("group sizes %v: no call ran in a group, so the test proves nothing", sizes)
 	}
 }

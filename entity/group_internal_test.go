@@ -2,14 +2,14 @@ package entity
 
 import "testing"
 
-// TestGroupCommitReview3RequeueAfterWatchStopped: a leader popped the only
+// TestGroupCommitRequeueAfterWatchStopped: a leader popped the only
 // queued caller, and then its idle watch (time.AfterFunc, on a goroutine of
 // its own) ended its gathering: nobody leads the key, which is forgotten.
 // The leader then could not take the caller (its keep-alive failed) and
 // puts it back. It must lead the next transaction; before the fix requeue
 // found no key and panicked (nil pointer), and the caller waited for its
 // turn for good.
-func TestGroupCommitReview3RequeueAfterWatchStopped(t *testing.T) {
+func TestGroupCommitRequeueAfterWatchStopped(t *testing.T) {
 	gs := &groups[int, int]{max: 8, keys: map[int64]*groupKey[int, int]{}}
 	if !gs.arrive(1, &member[int, int]{}) {
 		t.Fatal("the first caller does not lead")

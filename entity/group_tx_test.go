@@ -1,0 +1,478 @@
+package entity_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/lock"
+	"github.com/paylock/paylock/payment"
+)
+
+// What a member's fn does to the group's shared transaction (commits it,
+// rolls back to a savepoint not its own, prepares statements, uses large
+// objects, leaves a goroutine on tx), against the same calls one by one.
+
+// TestGroupCommitLargeObjects: a fn that uses tx.LargeObjects commits under
+// group commit as it does without it, alone or in a group: the end of its
+// large objects must not end the group's transaction.
+func TestGroupCommitLargeObjects(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	lo := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		los := tx.LargeObjects()
+		if _, err := los.Create(ctx, 0); err != nil {
+			return err
+		}
+		return nil
+	}
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+		return err
+	}
+	t.Run("Alone", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lo_alone"}
+		if err := repo.With(ctx, key, lo); err != nil {
+			t.Errorf("lone caller using large objects: %v", err)
+		}
+		if amount, _ := payRow(t, ctx, pool, key); amount != 1 {
+			t.Errorf("amount %d, want 1", amount)
+		}
+	})
+	t.Run("Grouped", func(t *testing.T) {
+		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lo_group"}
+		res := grouped(t, ctx, repo, key, nil, add, lo, add)
+		for i, r := range res {
+			if r.err != nil {
+				t.Errorf("call %d: %v", i, r.err)
+			}
+		}
+		if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+			t.Errorf("amount %d, want 3", amount)
+		}
+	})
+}
+
+// TestGroupCommitCommitBegin: a member whose fn commits the group's
+// transaction with "COMMIT; BEGIN" (the connection stays in a transaction,
+// so nothing tells the client) commits what the members before it did. They
+// must never be told that nothing of theirs was committed
+// (ErrGroupRolledBack), and Retry must not run them again: the outcome, for
+// them, is unknown.
+func TestGroupCommitCommitBegin(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	add := func(name string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents++
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(name, "/", p.AmountCents))
+			return err
+		}
+	}
+	errC := errors.New("c failed")
+	cases := []struct {
+		name string
+		fns  []payFn
+	}{
+		{"ThenFail", []payFn{add("a"), add("b"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			if _, err := tx.Exec(ctx, "COMMIT; BEGIN"); err != nil {
+				return err
+			}
+			return errC
+		}}},
+		{"ThenRowsOpen", []payFn{add("a"), add("b"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			_, err := tx.Exec(ctx, "COMMIT; BEGIN")
+			return err
+		}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			_, err := tx.Query(ctx, "SELECT generate_series(1, 100000)")
+			return err
+		}}},
+	}
+	for _, retry := range []bool{false, true} {
+		for _, c := range cases {
+			t.Run(fmt.Sprint(c.name, "/retry=", retry), func(t *testing.T) {
+				var opts []entity.Option
+				if retry {
+					opts = append(opts, entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
+				}
+				repo := entity.New(pool, payment.Table{}, append(opts, entity.WithGroupCommit(16))...)
+				key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_cb_", c.name, retry)}
+				res := grouped(t, ctx, repo, key, nil, c.fns...)
+				committed := map[string]int{}
+				rows, _ := pool.Query(ctx, "SELECT entry FROM ledger WHERE entry LIKE 'a/%' OR entry LIKE 'b/%'")
+				entries, err := pgx.CollectRows(rows, pgx.RowTo[string])
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = pool.Exec(ctx, "DELETE FROM ledger")
+				for _, e := range entries {
+					committed[strings.Split(e, "/")[0]]++
+				}
+				for i, name := range []string{"a", "b"} {
+					if committed[name] > 1 {
+						t.Errorf("call %s applied %d times (ledger %v): %v", name, committed[name], entries, res[i].err)
+					}
+					if committed[name] == 1 && errors.Is(res[i].err, entity.ErrGroupRolledBack) {
+						t.Errorf("call %s committed but told ErrGroupRolledBack: %v", name, res[i].err)
+					}
+					if committed[name] == 1 && res[i].err != nil && !errors.Is(res[i].err, lock.ErrCommitUnknown) {
+						t.Errorf("call %s committed, error %v does not match ErrCommitUnknown", name, res[i].err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestGroupCommitForeignSavepoint: a member's fn that rolls back to a
+// savepoint it did not create (one an earlier member's fn left open) must
+// not undo what earlier members did while they are told it committed:
+// every call reported a success has its ledger entry and its increment.
+func TestGroupCommitForeignSavepoint(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	spThenAdd := func(name string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents++
+			if _, err := tx.Exec(ctx, "SAVEPOINT sp1"); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
+			return err
+		}
+	}
+	rollbackTo := func(name string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents++
+			if _, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name); err != nil {
+				return err
+			}
+			_, _ = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT sp1") // not its own
+			return nil
+		}
+	}
+	for _, c := range []struct {
+		name string
+		fns  []payFn
+	}{
+		{"Leader", []payFn{spThenAdd("a"), rollbackTo("b")}},
+		{"Member", []payFn{spThenAdd("a"), spThenAdd("b"), rollbackTo("c")}},
+		{"NotLast", []payFn{spThenAdd("a"), spThenAdd("b"), rollbackTo("c"), spThenAdd("d")}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			key := payment.Key{ServiceID: 1, LineItemID: "li_gc_fsp_" + c.name}
+			res := grouped(t, ctx, repo, key, nil, c.fns...)
+			got := ledger(t, ctx, pool)
+			_, _ = pool.Exec(ctx, "DELETE FROM ledger")
+			var amount int64
+			if err := pool.QueryRow(ctx, "SELECT coalesce(sum(amount_cents), 0) FROM payments WHERE service_id = $1 AND line_item_id = $2",
+				key.ServiceID, key.LineItemID).Scan(&amount); err != nil {
+				t.Fatal(err)
+			}
+			ok := 0
+			for i, r := range res {
+				name := string(rune('a' + i))
+				if r.err == nil {
+					ok++
+					if !slices.Contains(got, name) {
+						t.Errorf("call %s reported committed, its ledger entry is missing (ledger %v)", name, got)
+					}
+				}
+			}
+			if amount != int64(ok) {
+				t.Errorf("amount %d, but %d calls reported committed (%v)", amount, ok, res)
+			}
+		})
+	}
+}
+
+// TestGroupCommitExecModes: the checks a member's first statement carries
+// (the transaction is still the group's, the previous member's savepoint is
+// still there) work in every pgx query mode.
+func TestGroupCommitExecModes(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
+		t.Run(mode.String(), func(t *testing.T) {
+			pool, ctx := paySetup(t, func(c *pgxpool.Config) { c.ConnConfig.DefaultQueryExecMode = mode })
+			if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
+				t.Fatal(err)
+			}
+			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+			add := func(name string) payFn {
+				return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+					p.AmountCents++
+					_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
+					return err
+				}
+			}
+			key := payment.Key{ServiceID: 1, LineItemID: "li_gc_modes"}
+			res := grouped(t, ctx, repo, key, nil, add("a"), add("b"), add("c"))
+			for i, r := range res {
+				if r.err != nil {
+					t.Errorf("call %d: %v", i, r.err)
+				}
+			}
+			res = grouped(t, ctx, repo, key, nil, add("d"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				_, err := tx.Exec(ctx, "COMMIT; BEGIN")
+				return err
+			}, add("f"))
+			// d's work was committed by that COMMIT; the call that ended
+			// the transaction fails alone, and f leads a transaction of its
+			// own, as one by one.
+			if !errors.Is(res[0].err, lock.ErrCommitUnknown) || !errors.Is(res[1].err, entity.ErrTxEnded) || res[2].err != nil {
+				t.Errorf("COMMIT; BEGIN: %v", res)
+			}
+			_, _ = pool.Exec(ctx, "DELETE FROM ledger WHERE entry = 'd'")
+			res = grouped(t, ctx, repo, key, nil, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				_, err := tx.Exec(ctx, "SAVEPOINT sp1")
+				return err
+			}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				_, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT sp1")
+				return err
+			}, add("g"))
+			if !errors.Is(res[0].err, entity.ErrGroupRolledBack) {
+				t.Errorf("foreign savepoint: %v", res)
+			}
+			if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"a", "b", "c", "f"}) {
+				t.Errorf("ledger %v, want [a b c f]", got)
+			}
+			if amount, _ := payRow(t, ctx, pool, key); amount != 5 { // a, b, c, d (which COMMIT; BEGIN committed) and f
+				t.Errorf("amount %d, want 5", amount)
+			}
+		})
+	}
+}
+
+// TestGroupCommitReleasedOwnSavepoint: a member whose fn released its own
+// savepoint and then failed breaks the transaction, which then commits
+// nothing: the others are told so (ErrGroupRolledBack), not
+// ErrCommitUnknown.
+func TestGroupCommitReleasedOwnSavepoint(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_released"}
+	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		p.AmountCents++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+		return err
+	}
+	errB := errors.New("b failed")
+	res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT paylock_group_2"); err != nil {
+			return err
+		}
+		return errB
+	})
+	if !errors.Is(res[0].err, entity.ErrGroupRolledBack) || errors.Is(res[0].err, lock.ErrCommitUnknown) {
+		t.Errorf("call 0: %v, want ErrGroupRolledBack", res[0].err)
+	}
+	if got := ledger(t, ctx, pool); len(got) != 0 {
+		t.Errorf("ledger %v committed", got)
+	}
+}
+
+// TestGroupCommitGoexitRacesSavepointGoroutine: member 1 begins a
+// savepoint with tx.Begin, leaves a goroutine running statements on it and
+// calls runtime.Goexit. Without group commit the goroutine's statements
+// fail with pgx.ErrTxClosed once the call ends; so in a group, where the
+// rollback of the member's savepoint must not share the connection with
+// the goroutine (-race reports it if it does). -short runs the calls one
+// by one, for comparison.
+func TestGroupCommitGoexitRacesSavepointGoroutine(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
+	stopped := make(chan error, 1)
+	if testing.Short() { // -short: the same calls one by one, for comparison (no race)
+		gc = entity.New(pool, payment.Table{})
+	}
+	run := groupedBounded
+	if testing.Short() {
+		run = func(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, _ []context.Context, fns ...payFn) []result {
+			return oneByOne(t, ctx, repo, key, fns...)
+		}
+	}
+	res := run(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_goexit_sp"}, nil,
+		payNoop,
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			sp, err := tx.Begin(ctx)
+			if err != nil {
+				return err
+			}
+			running := make(chan struct{})
+			go func() {
+				once := false
+				for {
+					_, err := sp.Exec(context.Background(), "SELECT 1")
+					if !once {
+						once = true
+						close(running)
+					}
+					if errors.Is(err, pgx.ErrTxClosed) {
+						stopped <- nil
+						return
+					}
+				}
+			}()
+			<-running
+			runtime.Goexit()
+			return nil
+		},
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil },
+	)
+	<-stopped
+	for i, r := range res {
+		t.Logf("call %d: %v %v", i, r.err, r.panicked)
+	}
+}
+
+// TestGroupCommitPreparedByName: a member's fn prepares a statement by name
+// with tx.Prepare and executes it by that name: it succeeds or fails in a
+// group as it does one by one.
+func TestGroupCommitPreparedByName(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
+	plain := entity.New(pool, payment.Table{})
+	byName := func(entry string) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			if _, err := tx.Prepare(ctx, "r2stmt", "INSERT INTO ledger (entry) VALUES ($1)"); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "r2stmt", entry)
+			return err
+		}
+	}
+	one := oneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r2_pn_one"}, payNoop, byName("one"))
+	grp := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_pn_grp"}, nil, payNoop, byName("grp"))
+	if (one[1].err == nil) != (grp[1].err == nil) {
+		t.Errorf("member 1: grouped %v; one by one %v; ledger %q", grp[1].err, one[1].err, ledger(t, ctx, pool))
+	}
+}
+
+// TestGroupCommitBadPrepareBreaksGroup: member 2's fn prepares a statement
+// the server refuses to parse (tx.Prepare) and returns that error. One by
+// one only member 2 fails; so in a group: the refused Prepare must not
+// abort the shared transaction and fail the calls around it.
+func TestGroupCommitBadPrepareBreaksGroup(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
+	plain := entity.New(pool, payment.Table{})
+	fns := []payFn{
+		ledgerInsert("leader"),
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			_, err := tx.Prepare(ctx, "r2bad", "SELEC 1")
+			return err
+		},
+		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents += 10; return nil },
+	}
+	one := oneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r2_bp_one"}, fns[1:]...)
+	grp := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_bp_grp"}, nil, fns...)
+	for i := 1; i < len(fns); i++ {
+		if (one[i-1].err == nil) != (grp[i].err == nil) {
+			t.Errorf("call %d: grouped %v; one by one %v", i, grp[i].err, one[i-1].err)
+		}
+	}
+	if grp[0].err != nil {
+		t.Errorf("leader: grouped %v; one by one it commits", grp[0].err)
+	}
+}
+
+// TestGroupCommitMemberAfterCommitBeginBlamed: member 1's fn runs
+// "COMMIT; BEGIN" and member 2 then writes a ledger row: member 2
+// succeeds or fails in a group as it does one by one.
+func TestGroupCommitMemberAfterCommitBeginBlamed(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
+	plain := entity.New(pool, payment.Table{})
+	fns := func(tag string) []payFn {
+		return []payFn{
+			payNoop,
+			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				_, err := tx.Exec(ctx, "COMMIT; BEGIN")
+				return err
+			},
+			ledgerInsert(tag + "member2"),
+		}
+	}
+	one := oneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r2_cb_one"}, fns("one:")...)
+	grp := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_cb_grp"}, nil, fns("grp:")...)
+	if (one[2].err == nil) != (grp[2].err == nil) {
+		t.Errorf("member 2: grouped %v (ErrTxEnded: %t); one by one %v", grp[2].err, errors.Is(grp[2].err, entity.ErrTxEnded), one[2].err)
+	}
+	t.Logf("ledger %q", ledger(t, ctx, pool))
+}
+
+// TestGroupCommitGoroutineLeftUsingTx: fn leaves a goroutine that keeps
+// running statements through tx after fn returned, on a pool of one
+// connection. Those statements fail with pgx.ErrTxClosed and never touch
+// the connection the next members use (-race reports it if they do).
+func TestGroupCommitGoroutineLeftUsingTx(t *testing.T) {
+	t.Parallel()
+	pool, ctx := paySetup(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
+	if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_stray"}
+	var wg sync.WaitGroup
+	strayErrs := make(chan error, 4) // two strays a round, two rounds
+	stray := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		if _, err := tx.Exec(ctx, "SELECT $1::int", 1); err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				if _, err := tx.Exec(ctx, "SELECT $1::int", i); err != nil {
+					strayErrs <- err
+					return
+				}
+				if r, err := tx.Query(ctx, "SELECT $1::int", i); err == nil {
+					for r.Next() {
+					}
+					r.Close()
+				}
+			}
+		}()
+		p.AmountCents++
+		return nil
+	}
+	for range 2 {
+		res := groupedBounded(t, ctx, repo, key, nil, payNoop, stray, ledgerInsert("x"+time.Now().String()), stray, payNoop)
+		for i, r := range res {
+			if r.err != nil {
+				t.Errorf("call %d: %v", i, r.err)
+			}
+		}
+	}
+	wg.Wait()
+	close(strayErrs)
+	for err := range strayErrs {
+		if !errors.Is(err, pgx.ErrTxClosed) {
+			t.Errorf("a statement after fn returned: %v, want pgx.ErrTxClosed", err)
+		}
+	}
+	if amount, _ := payRow(t, ctx, pool, key); amount != 4 {
+		t.Errorf("amount %d, want 4", amount)
+	}
+}
