@@ -30,7 +30,7 @@ const citusBenchKeys = 10
 func BenchmarkCitus(b *testing.B) {
 	db := citustest.NewDB(b)
 	ctx := pgtest.Context(b, 10*time.Minute)
-	pool := citusPool(b, db.CoordinatorURL(), nil)
+	pool := citustest.Pool(b, db.CoordinatorURL(), nil)
 	if err := payment.Migrate(ctx, pool); err != nil {
 		b.Fatal(err)
 	}

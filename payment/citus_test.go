@@ -25,24 +25,6 @@ import (
 	"github.com/paylock/paylock/payment"
 )
 
-// citusPool returns a pool on url, closed when t ends.
-func citusPool(t testing.TB, url string, configure func(*pgxpool.Config)) *pgxpool.Pool {
-	t.Helper()
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if configure != nil {
-		configure(cfg)
-	}
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
-
 // TestCitusMigrate: on a coordinator, concurrent Migrates make services a
 // reference table and payments a table distributed by service_id, with the
 // unique index valid on every shard; Migrate again changes nothing; on a
@@ -52,7 +34,7 @@ func TestCitusMigrate(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 2*time.Minute)
 	db := citustest.NewDB(t)
-	coord := citusPool(t, db.CoordinatorURL(), nil)
+	coord := citustest.Pool(t, db.CoordinatorURL(), nil)
 
 	var g errgroup.Group
 	for range 3 {
@@ -102,7 +84,7 @@ func TestCitusMigrate(t *testing.T) {
 	}
 
 	t.Run("Worker", func(t *testing.T) {
-		worker := citusPool(t, db.WorkerURL(0), nil)
+		worker := citustest.Pool(t, db.WorkerURL(0), nil)
 		err := payment.Migrate(ctx, worker)
 		if !errors.Is(err, payment.ErrCitusWorker) {
 			t.Fatalf("Migrate on a worker = %v, want ErrCitusWorker", err)
@@ -174,7 +156,7 @@ func TestCitusMigrate(t *testing.T) {
 		if _, err := coord.Exec(ctx, "CREATE SCHEMA old; SET search_path = old; "+payment.Schema()+"; RESET search_path"); err != nil {
 			t.Fatal(err)
 		}
-		old := citusPool(t, db.CoordinatorURL(), func(c *pgxpool.Config) {
+		old := citustest.Pool(t, db.CoordinatorURL(), func(c *pgxpool.Config) {
 			c.ConnConfig.RuntimeParams["search_path"] = "old, public"
 		})
 		if err := payment.Migrate(ctx, old); !errors.Is(err, payment.ErrNotDistributed) {
@@ -193,11 +175,11 @@ func TestCitusMigrateHostileSchema(t *testing.T) {
 	ctx := pgtest.Context(t, 2*time.Minute)
 	db := citustest.NewDB(t)
 	const name = `Pay's "ments"`
-	coord := citusPool(t, db.CoordinatorURL(), nil)
+	coord := citustest.Pool(t, db.CoordinatorURL(), nil)
 	if _, err := coord.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize()); err != nil {
 		t.Fatal(err)
 	}
-	pool := citusPool(t, db.CoordinatorURL(), func(c *pgxpool.Config) {
+	pool := citustest.Pool(t, db.CoordinatorURL(), func(c *pgxpool.Config) {
 		c.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{name}.Sanitize()
 	})
 	index := func() (oid uint32) {
@@ -233,13 +215,13 @@ func TestCitusMigrateNoWorkers(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 2*time.Minute)
 	db := citustest.NewDB(t)
-	admin := citusPool(t, db.Cluster.Coordinator.ConnString("postgres"), nil)
+	admin := citustest.Pool(t, db.Cluster.Coordinator.ConnString("postgres"), nil)
 	name := db.Name + "_alone"
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { admin.Exec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)") })
-	pool := citusPool(t, db.Cluster.Coordinator.ConnString(name), nil)
+	pool := citustest.Pool(t, db.Cluster.Coordinator.ConnString(name), nil)
 	if _, err := pool.Exec(ctx, "CREATE EXTENSION citus"); err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +251,7 @@ func TestCitusMoveLocalPayments(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 2*time.Minute)
 	db := citustest.NewDB(t)
-	pool := citusPool(t, db.CoordinatorURL(), nil)
+	pool := citustest.Pool(t, db.CoordinatorURL(), nil)
 	exec := func(sqls ...string) {
 		t.Helper()
 		for _, sql := range sqls {
@@ -327,7 +309,7 @@ func TestCitusHostileKeys(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 2*time.Minute)
 	db := citustest.NewDB(t)
-	coord := citusPool(t, db.CoordinatorURL(), nil)
+	coord := citustest.Pool(t, db.CoordinatorURL(), nil)
 	if err := payment.Migrate(ctx, coord); err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +322,7 @@ func TestCitusHostileKeys(t *testing.T) {
 		if i > 0 {
 			strategy = entity.RowLock
 		}
-		repos = append(repos, payment.NewDistributedRepository(citusPool(t, url, nil), entity.WithStrategy(strategy)))
+		repos = append(repos, payment.NewDistributedRepository(citustest.Pool(t, url, nil), entity.WithStrategy(strategy)))
 	}
 	var keys []payment.Key
 	for i, li := range hostile {
@@ -378,7 +360,7 @@ func TestCitusWithOnEveryNode(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 2*time.Minute)
 	db := citustest.NewDB(t)
-	coord := citusPool(t, db.CoordinatorURL(), nil)
+	coord := citustest.Pool(t, db.CoordinatorURL(), nil)
 	if err := payment.Migrate(ctx, coord); err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +369,7 @@ func TestCitusWithOnEveryNode(t *testing.T) {
 	}
 	key := payment.Key{ServiceID: 1, LineItemID: "li_1"}
 	for i, url := range db.URLs() {
-		pool := citusPool(t, url, nil)
+		pool := citustest.Pool(t, url, nil)
 		strategy := entity.Advisory
 		if err := entity.CheckEngine(ctx, pool, entity.Advisory); err != nil {
 			if i == 0 || !errors.Is(err, entity.ErrAdvisoryUnsupported) {
@@ -430,12 +412,12 @@ func TestCitusUnknownService(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 2*time.Minute)
 	db := citustest.NewDB(t)
-	coord := citusPool(t, db.CoordinatorURL(), nil)
+	coord := citustest.Pool(t, db.CoordinatorURL(), nil)
 	if err := payment.Migrate(ctx, coord); err != nil {
 		t.Fatal(err)
 	}
 	for i, url := range db.URLs() {
-		pool := citusPool(t, url, nil)
+		pool := citustest.Pool(t, url, nil)
 		strategy := entity.Advisory
 		if i > 0 {
 			strategy = entity.RowLock
@@ -470,7 +452,7 @@ func TestCitusRaceAcrossNodes(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 3*time.Minute)
 	db := citustest.NewDB(t)
-	coord := citusPool(t, db.CoordinatorURL(), nil)
+	coord := citustest.Pool(t, db.CoordinatorURL(), nil)
 	if err := payment.Migrate(ctx, coord); err != nil {
 		t.Fatal(err)
 	}
@@ -545,10 +527,8 @@ func citusRaceWorker(ctx context.Context, args []string) error {
 	if !distributed {
 		return errors.New("payments is not distributed")
 	}
-	strategy := entity.Advisory
-	if err := entity.CheckEngine(ctx, pool, strategy); errors.Is(err, entity.ErrAdvisoryUnsupported) {
-		strategy = entity.RowLock
-	} else if err != nil {
+	strategy, err := citustest.Strategy(ctx, pool)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stdout, "strategy %v\n", strategy)

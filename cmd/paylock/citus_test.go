@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/testing/citustest"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -44,17 +44,8 @@ func TestLocksCitus(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 2*time.Minute)
 	db := citustest.NewDB(t)
-	coord, err := pgxpool.New(ctx, db.CoordinatorURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer coord.Close()
-	if err := payment.Migrate(ctx, coord); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := coord.Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
-		t.Fatal(err)
-	}
+	coord := citustest.Pool(t, db.CoordinatorURL(), nil)
+	paytest.Seed(t, ctx, coord)
 	key := payment.Key{ServiceID: 1, LineItemID: "li_1"}
 	holding, release := make(chan struct{}), make(chan struct{})
 	done := make(chan error, 2)

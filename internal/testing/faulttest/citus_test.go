@@ -18,6 +18,7 @@ import (
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/testing/citustest"
 	"github.com/paylock/paylock/internal/testing/history"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
 	"github.com/paylock/paylock/payment"
@@ -39,29 +40,12 @@ func newCitusNodes(t *testing.T, ctx context.Context, db *citustest.DB) *citusNo
 	t.Helper()
 	n := &citusNodes{db: db}
 	for _, url := range db.URLs() {
-		cfg, err := pgxpool.ParseConfig(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.MaxConns = 16
-		pool, err := pgxpool.NewWithConfig(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
-		n.pools = append(n.pools, pool)
+		n.pools = append(n.pools, citustest.Pool(t, url, func(c *pgxpool.Config) { c.MaxConns = 16 }))
 	}
-	if err := payment.Migrate(ctx, n.pools[0]); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.pools[0].Exec(ctx, "INSERT INTO services VALUES (1, 'api')"); err != nil {
-		t.Fatal(err)
-	}
+	paytest.Seed(t, ctx, n.pools[0])
 	for _, pool := range n.pools {
-		s := entity.Advisory
-		if err := entity.CheckEngine(ctx, pool, s); errors.Is(err, entity.ErrAdvisoryUnsupported) {
-			s = entity.RowLock
-		} else if err != nil {
+		s, err := citustest.Strategy(ctx, pool)
+		if err != nil {
 			t.Fatal(err)
 		}
 		n.strategies = append(n.strategies, s)
@@ -360,16 +344,9 @@ func TestCitusCommitLostOnTheWorker(t *testing.T) {
 	l := newLedger()
 	// Each transaction on a connection of its own to the worker, which
 	// reads the worker's settings as they are then.
-	cfg, err := pgxpool.ParseConfig(n.db.CoordinatorURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.RuntimeParams["citus.max_cached_conns_per_worker"] = "0"
-	coord, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(coord.Close)
+	coord := citustest.Pool(t, n.db.CoordinatorURL(), func(c *pgxpool.Config) {
+		c.ConnConfig.RuntimeParams["citus.max_cached_conns_per_worker"] = "0"
+	})
 	repo := payment.NewDistributedRepository(coord, entity.WithLockOptions(lock.Options{Retry: pollRetry}))
 	if err := l.call(ctx, repo, k, "before", nil); err != nil {
 		t.Fatal(err)
@@ -391,7 +368,7 @@ func TestCitusCommitLostOnTheWorker(t *testing.T) {
 		done <- l.call(ctx, repo, k, "lost", func(context.Context, pgx.Tx) error { fnCalls.Add(1); return nil })
 	}()
 	var pid int32
-	err = waitFor(ctx, "the shard's COMMIT waiting for the standby", func() (bool, error) {
+	err := waitFor(ctx, "the shard's COMMIT waiting for the standby", func() (bool, error) {
 		err := worker.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'
 			AND datname = current_database() AND pid <> pg_backend_pid()`).Scan(&pid)
 		if errors.Is(err, pgx.ErrNoRows) {

@@ -5,10 +5,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/paylock/paylock/cmd/paylock/internal/dedupe"
 	"github.com/paylock/paylock/internal/testing/citustest"
+	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/payment"
 )
@@ -22,16 +21,9 @@ func TestCitus(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t, 2*time.Minute)
 	db := citustest.NewDB(t)
-	pool, err := pgxpool.New(ctx, db.CoordinatorURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if err := payment.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `INSERT INTO services VALUES (1, 'api');
-		INSERT INTO payments (service_id, line_item_id) SELECT 1, 'li_' || g FROM generate_series(1, 50) g`); err != nil {
+	pool := citustest.Pool(t, db.CoordinatorURL(), nil)
+	paytest.Seed(t, ctx, pool)
+	if _, err := pool.Exec(ctx, `INSERT INTO payments (service_id, line_item_id) SELECT 1, 'li_' || g FROM generate_series(1, 50) g`); err != nil {
 		t.Fatal(err)
 	}
 	r, err := dedupe.Inspect(ctx, pool, 3)
@@ -83,11 +75,7 @@ func TestCitus(t *testing.T) {
 	})
 
 	t.Run("Worker", func(t *testing.T) {
-		worker, err := pgxpool.New(ctx, db.WorkerURL(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer worker.Close()
+		worker := citustest.Pool(t, db.WorkerURL(1), nil)
 		if _, err := dedupe.Run(ctx, worker, dedupe.Options{}); !errors.Is(err, payment.ErrCitusWorker) {
 			t.Fatalf("Run on a worker = %v, want ErrCitusWorker", err)
 		}
