@@ -424,7 +424,10 @@ func TestGroupCommitMemberAfterCommitBeginBlamed(t *testing.T) {
 // TestGroupCommitGoroutineLeftUsingTx: fn leaves a goroutine that keeps
 // running statements through tx after fn returned, on a pool of one
 // connection. Those statements fail with pgx.ErrTxClosed and never touch
-// the connection the next members use (-race reports it if they do).
+// the connection the next members use (-race reports it if they do). The
+// goroutine starts once the next member's fn does: a statement sent while
+// fn returns may run in fn's transaction, and a result it holds open then
+// fails fn's call (ErrRowsOpen), with or without group commit.
 func TestGroupCommitGoroutineLeftUsingTx(t *testing.T) {
 	t.Parallel()
 	pool, ctx := paySetup(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
@@ -435,30 +438,40 @@ func TestGroupCommitGoroutineLeftUsingTx(t *testing.T) {
 	key := payment.Key{ServiceID: 1, LineItemID: "li_stray"}
 	var wg sync.WaitGroup
 	strayErrs := make(chan error, 4) // two strays a round, two rounds
-	stray := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		if _, err := tx.Exec(ctx, "SELECT $1::int", 1); err != nil {
-			return err
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				if _, err := tx.Exec(ctx, "SELECT $1::int", i); err != nil {
-					strayErrs <- err
-					return
-				}
-				if r, err := tx.Query(ctx, "SELECT $1::int", i); err == nil {
-					for r.Next() {
-					}
-					r.Close()
-				}
+	stray := func(gate <-chan struct{}) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			if _, err := tx.Exec(ctx, "SELECT $1::int", 1); err != nil {
+				return err
 			}
-		}()
-		p.AmountCents++
-		return nil
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-gate
+				for i := 0; ; i++ {
+					if _, err := tx.Exec(ctx, "SELECT $1::int", i); err != nil {
+						strayErrs <- err
+						return
+					}
+					if r, err := tx.Query(ctx, "SELECT $1::int", i); err == nil {
+						for r.Next() {
+						}
+						r.Close()
+					}
+				}
+			}()
+			p.AmountCents++
+			return nil
+		}
+	}
+	opens := func(gate chan struct{}, fn payFn) payFn {
+		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			close(gate)
+			return fn(ctx, tx, p)
+		}
 	}
 	for range 2 {
-		res := groupedBounded(t, ctx, repo, key, nil, payNoop, stray, ledgerInsert("x"+time.Now().String()), stray, payNoop)
+		gate1, gate2 := make(chan struct{}), make(chan struct{})
+		res := groupedBounded(t, ctx, repo, key, nil, payNoop, stray(gate1), opens(gate1, ledgerInsert("x"+time.Now().String())), stray(gate2), opens(gate2, payNoop))
 		for i, r := range res {
 			if r.err != nil {
 				t.Errorf("call %d: %v", i, r.err)
