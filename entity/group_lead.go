@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/internal/txn"
 	"github.com/paylock/paylock/lock"
@@ -45,11 +47,14 @@ type group[K, V any] struct {
 	txs0       [1]*txn.Managed      // txs and ok of a lone caller, without allocations
 	ok0        [1]*member[K, V]
 
-	prepared []string      // the statements lockAndLoad prepared
-	leading  func() bool   // whether the leader still gathers callers (false once watch stopped it)
-	stop     func()        // ends the gathering: the next caller queued leads the next transaction
-	budget   time.Duration // how long the group may hold the key (see lead)
-	granted  time.Time     // when the leader took the key
+	prepared []string        // the statements lockAndLoad prepared
+	ctx      context.Context // the leader's
+	pconn    *pgxpool.Conn   // conn's, given back by end
+	release  func()          // gives back the leader's place in the key queue
+	leading  atomic.Bool     // whether the leader still gathers callers (false once stop ran)
+	stopFn   func()          // stop, made once: watch's timer calls it
+	budget   time.Duration   // how long the group may hold the key (see lead)
+	granted  time.Time       // when the leader took the key
 	// readOnly: a member's fn made the transaction read-only (SET
 	// TRANSACTION READ ONLY) and wrote nothing: the group takes nobody
 	// after it (see settle).
@@ -209,52 +214,37 @@ func (r *Repository[K, V]) waitTurn(ctx context.Context, lk lock.Key, m *member[
 //
 //lint:ignore ST1008 the second result carries a panic of fn, raised again on its caller's goroutine; it is not a result in the usual sense
 func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member[K, V]) (err error, panicked any) {
-	gs := r.groups
-	var leading atomic.Bool
-	leading.Store(true)
-	stop := func() {
-		if leading.Swap(false) {
-			gs.stopLeading(lk.ID())
-		}
-	}
+	// g is made first, so that its fields, not closures, carry what ending
+	// the lead needs: a lone caller allocates no more than it must.
+	g := &group[K, V]{k: k, r: r, lk: lk, ctx: ctx}
+	g.leading.Store(true)
+	g.stopFn = g.stop
 	// Leaders take a place in the key queue, as callers without the option
 	// do, and give it back after their connection: the leader that
 	// committed may not have released its connection yet when the next
 	// one's successor wants one, and a key holds at most connsPerKey.
 	release, alone, err := r.waitInQueue(ctx, lk.ID())
 	if err != nil {
-		stop()
+		g.stop()
 		return fmt.Errorf("entity: with %s: wait in queue: %w", lk, txn.Classify(ctx, err)), nil
 	}
-	conn, err := r.pool.Acquire(ctx)
+	g.release = release
+	pconn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		release()
-		stop()
+		g.stop()
 		return txn.BeginFailed(fmt.Errorf("entity: with %s: acquire connection: %w", lk, txn.Classify(ctx, err))), nil
 	}
-	pc := conn.Conn().PgConn()
-	// end gives back the connection (ending what is left of the
-	// transaction), the place in the key queue and the lead, in that order;
-	// err is the transaction's outcome.
-	end := func(err error) {
-		switch {
-		case stalePlan(err) || missingStatement(err): // as in with
-			pc.Close(context.WithoutCancel(ctx))
-		case pc.TxStatus() != 'I':
-			txn.Rollback(ctx, pc, nil)
-		}
-		conn.Release()
-		release()
-		stop()
-	}
+	g.pconn, g.conn = pconn, pconn.Conn()
+	pc := g.conn.PgConn()
 	driven := false // the group's own goroutine ends it
 	defer func() {
 		if !driven {
-			end(err)
+			g.end(err)
 		}
 	}()
 	ev := m.ev
-	before, v, prepared, err := r.lockAndLoad(ctx, conn.Conn(), k, lk, ev, alone)
+	before, v, prepared, err := r.lockAndLoad(ctx, g.conn, k, lk, ev, alone)
 	if err != nil {
 		if missingStatement(err) {
 			// Gone from the server (user code ran DEALLOCATE ALL or DISCARD
@@ -265,37 +255,36 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 		}
 		return txn.BeforeCommit(r.classify(fmt.Errorf("entity: with %s: %w", lk, err)), pc.IsClosed()), nil
 	}
-	g := &group[K, V]{
-		k: k, r: r, cloner: r.table.(Cloner[V]), lk: lk, conn: conn.Conn(),
-		first: v, cur: before, written: before, prepared: prepared,
-		leading: leading.Load, stop: stop,
-	}
+	g.cloner, g.first, g.cur, g.written, g.prepared = r.table.(Cloner[V]), v, before, before, prepared
 	g.txs, g.ok = g.txs0[:0], g.ok0[:0]
 	g.lastSQL = time.Now() // lockAndLoad's round trip just ended
 	// The leader's fn runs as in a call of its own, without a savepoint: if
 	// it fails, the transaction rolls back and nobody else has joined it; the
 	// first queued caller then leads the next one.
-	unwatch := g.watch()
+	timer := g.watch()
 	ok, panicked, ownErr := g.step(m, true)
-	unwatch()
+	unwatch(timer)
 	if !ok {
 		g.broke(errors.New("the leader's fn failed"), false) // ownErr is nil after a panic
 	}
 	// The budget: about what the callers would hold the key for one by one,
 	// judged by the leader's round trip and fn.
-	g.budget, g.granted = time.Duration(gs.max)*(time.Since(ev.Granted)+ev.RoundTrip-ev.Wait), ev.Granted
-	next, why := g.next()
+	g.budget, g.granted = time.Duration(r.groups.max)*(time.Since(ev.Granted)+ev.RoundTrip-ev.Wait), ev.Granted
+	next, _ := g.next()
 	if next != nil {
 		driven = true
 		m.done = make(chan error, 1)
-		go g.drive(ctx, m, next, end)
+		go g.drive(m, next)
 		err = g.outcome(ctx, m)
-		if errors.Is(err, errLeaderPanicked) {
+		switch {
+		case errors.Is(err, errLeaderPanicked):
 			return nil, g.panicked // set before the outcome was sent
+		case errors.Is(err, errGoexit):
+			runtime.Goexit() // as the Table method did on drive's goroutine
 		}
 		return err, nil
 	}
-	_ = why // nobody to take: the leader commits alone
+	// Nobody to take: the leader commits alone.
 	commitPanic, outcome := g.finish(ctx, m)
 	if !ok || panicked != nil {
 		return ownErr, panicked
@@ -309,21 +298,73 @@ func (r *Repository[K, V]) lead(ctx context.Context, k K, lk lock.Key, m *member
 	return outcome, nil
 }
 
+// stop ends the leader's gathering, once: the first queued caller, if any,
+// leads the next transaction.
+func (g *group[K, V]) stop() {
+	if g.leading.Swap(false) {
+		g.r.groups.stopLeading(g.lk.ID())
+	}
+}
+
+// end gives back the connection (ending what is left of the transaction),
+// the place in the key queue and the lead, in that order; err is the
+// transaction's outcome.
+func (g *group[K, V]) end(err error) {
+	pc := g.conn.PgConn()
+	switch {
+	case stalePlan(err) || missingStatement(err): // as in with
+		pc.Close(context.WithoutCancel(g.ctx))
+	case pc.TxStatus() != 'I':
+		txn.Rollback(g.ctx, pc, nil)
+	}
+	g.pconn.Release()
+	g.release()
+	g.stop()
+}
+
 // errLeaderPanicked is the outcome drive sends the leader when the group's
 // final write panicked: the leader raises that panic again (g.panicked).
 var errLeaderPanicked = errors.New("entity: the group's final write panicked")
 
 // drive ends the group on a goroutine of its own once the leader, m, took
 // its first member, next: the members' turns, the write and COMMIT, each
-// member's outcome and the leader's (see lead). ctx is the leader's: what
-// drive sends goes without its cancellation (the members' turns, their
-// writes and the keep-alives are everyone's), COMMIT as commit says.
-func (g *group[K, V]) drive(ctx context.Context, m *member[K, V], next *member[K, V], end func(error)) {
-	dctx := context.WithoutCancel(ctx)
+// member's outcome and the leader's (see lead). What drive sends goes
+// without the leader's cancellation (the members' turns, their writes and
+// the keep-alives are everyone's), COMMIT as commit says.
+//
+// A Table method that calls runtime.Goexit here (t.FailNow in Save, say)
+// ends drive's goroutine: then nothing commits, the connection, the key and
+// the caller next in line are given back, the members whose fn succeeded
+// get ErrGroupRolledBack, and the leader's goroutine calls runtime.Goexit,
+// as the method did.
+func (g *group[K, V]) drive(m *member[K, V], next *member[K, V]) {
+	dctx := context.WithoutCancel(g.ctx)
+	over := false
+	defer func() {
+		if over {
+			return
+		}
+		g.broke(errGoexit, false)
+		if g.n == 1 && next.claim() {
+			g.r.groups.requeue(g.lk.ID(), next) // settleLeader's Save: next had no turn
+		}
+		for _, tx := range g.txs {
+			tx.End(dctx)
+		}
+		g.end(errGoexit)
+		err := fmt.Errorf("entity: with %s: %w (%w in a Table method)", g.lk, ErrGroupRolledBack, errGoexit)
+		for _, o := range g.ok {
+			if o != m {
+				o.done <- txn.BeforeCommit(err, true)
+			}
+		}
+		m.done <- errGoexit
+	}()
 	g.take(dctx, next)
 	g.gather(dctx)
-	commitPanic, outcome := g.finish(ctx, m)
-	end(outcome)
+	commitPanic, outcome := g.finish(g.ctx, m)
+	over = true
+	g.end(outcome)
 	switch {
 	case commitPanic != nil:
 		g.panicked = commitPanic
@@ -377,12 +418,18 @@ func (g *group[K, V]) finish(ctx context.Context, m *member[K, V]) (commitPanic 
 // server has ended the transaction, idle that long, and the next caller,
 // which may be a With for this key from inside that fn given another ctx,
 // takes the lock as it would without group commit, rather than wait in the
-// queue behind its own caller for good.
-func (g *group[K, V]) watch() (unwatch func() bool) {
+// queue behind its own caller for good. unwatch stops the watch.
+func (g *group[K, V]) watch() *time.Timer {
 	if idle := g.r.settings.IdleTimeout; idle > 0 {
-		return time.AfterFunc(idle, g.stop).Stop
+		return time.AfterFunc(idle, g.stopFn)
 	}
-	return func() bool { return false }
+	return nil
+}
+
+func unwatch(t *time.Timer) {
+	if t != nil {
+		t.Stop()
+	}
 }
 
 // next returns the next caller to take into g, or nil and why the
@@ -393,7 +440,7 @@ func (g *group[K, V]) next() (*member[K, V], gatherEnd) {
 		return nil, endBroken
 	case g.readOnly:
 		return nil, endReadOnly
-	case !g.leading():
+	case !g.leading.Load():
 		return nil, endIdle
 	case g.n >= g.r.groups.max:
 		return nil, endMax
@@ -446,9 +493,9 @@ func (g *group[K, V]) take(ctx context.Context, next *member[K, V]) {
 	}
 	gone, cur, written, sent := g.gone, g.cur, g.written, g.lastSQL
 	next.turn <- g
-	unwatch := g.watch()
+	timer := g.watch()
 	cut := g.await(ctx, sent)
-	unwatch()
+	unwatch(timer)
 	if cut != nil {
 		// next's fn stalled: its part goes, and the turn is the leader's
 		// again (see await).

@@ -219,3 +219,79 @@ func TestGroupCommitLeaderCtxEnds(t *testing.T) {
 		t.Errorf("ledger %q, want leader and member", got)
 	}
 }
+
+// goexitSave is payment.Table whose Save calls runtime.Goexit on its call
+// number at (t.FailNow in a Table method does).
+type goexitSave struct {
+	payment.Table
+	calls *atomic.Int32
+	at    int32
+}
+
+func (t goexitSave) Save(old, p *payment.Payment) (string, []any, error) {
+	if t.calls.Add(1) == t.at {
+		runtime.Goexit()
+	}
+	return t.Table.Save(old, p)
+}
+
+// TestGroupCommitTableGoexitOnTheGroupsGoroutine: the Table's Save calls
+// runtime.Goexit while the leader's row is written before its member's turn,
+// on the group's own goroutine. As one by one, where the leader's call would
+// never return and commit nothing: the leader's goroutine ends with
+// runtime.Goexit, nothing of it commits, and the member, which had no turn
+// yet, leads the next transaction and succeeds; the key is free afterwards.
+func TestGroupCommitTableGoexitOnTheGroupsGoroutine(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	var calls atomic.Int32
+	// Save's calls: the leader's step (1), then the leader's row written
+	// before the member's turn (2), on the group's goroutine.
+	repo := entity.New(pool, goexitSave{calls: &calls, at: 2}, entity.WithGroupCommit(8))
+	key := payment.Key{ServiceID: 1, LineItemID: "li_table_goexit"}
+	held, gate := make(chan struct{}), make(chan struct{})
+	leaderExited, memberErr := make(chan bool, 1), make(chan error, 1)
+	go func() {
+		returned := false
+		defer func() { leaderExited <- !returned }()
+		_ = repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			close(held)
+			<-gate
+			p.AmountCents += 1
+			return nil
+		})
+		returned = true
+	}()
+	<-held
+	go func() {
+		memberErr <- repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			p.AmountCents += 2
+			return nil
+		})
+	}()
+	waitQueued(t, repo, key, 1)
+	close(gate)
+	bound := time.After(time.Minute) // a hang
+	select {
+	case exited := <-leaderExited:
+		if !exited {
+			t.Error("the leader's call returned; want its goroutine ended by runtime.Goexit, as the Table's Save did")
+		}
+	case <-bound:
+		t.Fatal("the leader's call has not ended a minute after the group began")
+	}
+	select {
+	case err := <-memberErr:
+		if err != nil {
+			t.Errorf("the member: %v, want nil (it leads the next transaction)", err)
+		}
+	case <-bound:
+		t.Fatal("the member's call has not returned a minute after the group began")
+	}
+	if amount, _ := payRow(t, ctx, pool, key); amount != 2 {
+		t.Errorf("amount %d, want 2: nothing of the leader's call commits", amount)
+	}
+	if err := repo.With(ctx, key, payNoop); err != nil {
+		t.Errorf("a call after: %v", err)
+	}
+}
