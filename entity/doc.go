@@ -25,8 +25,8 @@
 // commits. fn may use tx for its own statements, which commit or roll back
 // with the entity, under the rules for lock.Run's fn (package [lock], "What
 // fn may do"): no Commit or Rollback on tx ([lock.ErrManaged]); no COMMIT or
-// ROLLBACK in SQL ([ErrTxEnded]: With then saves nothing); every result
-// closed ([ErrRowsOpen]); and tx, its savepoints and tx.Conn are not to be
+// ROLLBACK in SQL ([lock.ErrTxEnded]: With then saves nothing); every result
+// closed ([lock.ErrRowsOpen]); and tx, its savepoints and tx.Conn are not to be
 // used once fn has returned (large objects from tx.LargeObjects fail once
 // With has returned).
 //

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
+	"github.com/paylock/paylock/lock"
 )
 
 // TestWithFnEndsAndBeginsInOneMessage: fn ends the transaction and begins
@@ -48,7 +49,7 @@ func TestWithFnEndsAndBeginsInOneMessage(t *testing.T) {
 					_, err := tx.Exec(ctx, "UPDATE counters SET label = 'by_fn' WHERE id = $1", p.ID)
 					return err
 				})
-				if !errors.Is(err, entity.ErrTxEnded) {
+				if !errors.Is(err, lock.ErrTxEnded) {
 					t.Errorf("With = %v, want ErrTxEnded", err)
 				}
 				amount, status := row(t, ctx, pool, key)

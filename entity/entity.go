@@ -99,16 +99,6 @@ var (
 	// ErrNotFound: Find returned no row right after Ensure: the table's
 	// statements don't agree with each other.
 	ErrNotFound = errors.New("entity: Find returned no row after Ensure")
-	// ErrTxEnded: fn ended the transaction itself, with COMMIT or ROLLBACK
-	// in SQL. What it committed stays committed (the row Ensure created
-	// too); the lock was released when it did; With saved nothing. It is
-	// lock.ErrTxEnded.
-	ErrTxEnded = lock.ErrTxEnded
-	// ErrRowsOpen: fn returned nil while a result it started on tx was still
-	// open (Rows not closed, a Row not scanned, BatchResults not closed), so
-	// COMMIT could not be sent. Nothing was committed; the connection, left
-	// mid-result, was closed. It is lock.ErrRowsOpen.
-	ErrRowsOpen = lock.ErrRowsOpen
 )
 
 // Repository finds, creates and updates the entities of one Table, one

@@ -863,7 +863,7 @@ func ctClass(err error, panicked any, goexit bool, own *ctOwnErr) string {
 	}{
 		{context.Canceled, "Canceled"}, {context.DeadlineExceeded, "DeadlineExceeded"},
 		{entity.ErrGroupRolledBack, "ErrGroupRolledBack"}, {lock.ErrCommitUnknown, "ErrCommitUnknown"},
-		{entity.ErrTxAborted, "ErrTxAborted"}, {entity.ErrTxEnded, "ErrTxEnded"}, {entity.ErrRowsOpen, "ErrRowsOpen"},
+		{entity.ErrTxAborted, "ErrTxAborted"}, {lock.ErrTxEnded, "ErrTxEnded"}, {lock.ErrRowsOpen, "ErrRowsOpen"},
 		{lock.ErrLockTimeout, "ErrLockTimeout"}, {lock.ErrIdleTimeout, "ErrIdleTimeout"}, {payment.ErrInvalidPayment, "ErrInvalidPayment"},
 		{payment.ErrKeyChanged, "ErrKeyChanged"}, {pgx.ErrTxClosed, "ErrTxClosed"}, {pgx.ErrNoRows, "ErrNoRows"},
 	} {

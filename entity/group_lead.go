@@ -608,7 +608,7 @@ func (g *group[K, V]) commit(ctx context.Context) error {
 		if savepointGone(err) {
 			return txn.BeforeCommit(fmt.Errorf("entity: with %s: %w (a call's fn rolled back past its savepoint: %w)", lk, ErrGroupRolledBack, err), true)
 		}
-		if errors.Is(err, ErrTxEnded) && g.size > 1 {
+		if errors.Is(err, txn.ErrTxEnded) && g.size > 1 {
 			// A member's fn ended the transaction and began another: what
 			// ran before it is committed, what ran after it is not.
 			return fmt.Errorf("entity: with %s: %w: a call in the same group transaction ended it with SQL, committing what ran before it: %w",

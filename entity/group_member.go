@@ -131,7 +131,7 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 			fnErr = fmt.Errorf("fn panicked: %v", panicked)
 		}
 		fnErr = tx.m.FnError(fnErr)
-		if errors.Is(fnErr, ErrTxEnded) {
+		if errors.Is(fnErr, txn.ErrTxEnded) {
 			g.broke(fnErr, true)
 		} else {
 			g.undo(m.ctx, tx, fnErr)
@@ -147,7 +147,7 @@ func (g *group[K, V]) step(m *member[K, V], leader bool) (ok bool, panicked any,
 			err = txn.ErrRowsOpen // closed by shut: the connection is the group's again
 		}
 		err = fmt.Errorf("entity: with %s: %w", g.lk, err)
-		if errors.Is(err, ErrTxEnded) {
+		if errors.Is(err, txn.ErrTxEnded) {
 			g.broke(err, true)
 		} else {
 			g.undo(m.ctx, tx, err)
@@ -357,7 +357,7 @@ func (g *group[K, V]) readHead(br pgx.BatchResults, tx *memberTx[K, V], n int, c
 	if checked {
 		if _, err := br.Exec(); err != nil {
 			if txn.EndedByFn(err) {
-				err = fmt.Errorf("%w: %w", ErrTxEnded, err)
+				err = fmt.Errorf("%w: %w", txn.ErrTxEnded, err)
 				g.broke(err, true)
 			}
 			return false, err
@@ -540,7 +540,7 @@ func (g *group[K, V]) openFailed(err error) error {
 	ended := txn.EndedByFn(err)
 	err = fmt.Errorf("entity: with %s: write the row and open a savepoint for the next call in the group: %w", g.lk, err)
 	if ended {
-		err = fmt.Errorf("%w: %w", ErrTxEnded, err)
+		err = fmt.Errorf("%w: %w", txn.ErrTxEnded, err)
 	}
 	g.broke(err, ended)
 	return err

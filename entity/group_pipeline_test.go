@@ -153,7 +153,7 @@ func TestGroupCommitPipelinedRow(t *testing.T) {
 		}, insert)
 		// As one by one: the call that left its Row unscanned fails with
 		// ErrRowsOpen, alone.
-		for i, want := range []error{nil, nil, entity.ErrRowsOpen, nil} {
+		for i, want := range []error{nil, nil, lock.ErrRowsOpen, nil} {
 			if !errors.Is(res[i].err, want) || (want == nil && res[i].err != nil) {
 				t.Errorf("call %d: %v, want %v", i, res[i].err, want)
 			}

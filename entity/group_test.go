@@ -621,7 +621,7 @@ func TestGroupCommitMemberBreaksTransaction(t *testing.T) {
 			_, err := tx.Query(ctx, "SELECT generate_series(1, 100000)")
 			return err
 		}, add)
-		for i, want := range []error{nil, nil, entity.ErrRowsOpen, nil} {
+		for i, want := range []error{nil, nil, lock.ErrRowsOpen, nil} {
 			if !errors.Is(res[i].err, want) || (want == nil && res[i].err != nil) {
 				t.Errorf("call %d: %v, want %v", i, res[i].err, want)
 			}
@@ -639,7 +639,7 @@ func TestGroupCommitMemberBreaksTransaction(t *testing.T) {
 			_, err := tx.Exec(ctx, "COMMIT")
 			return err
 		})
-		for i, want := range []error{lock.ErrCommitUnknown, lock.ErrCommitUnknown, entity.ErrTxEnded} {
+		for i, want := range []error{lock.ErrCommitUnknown, lock.ErrCommitUnknown, lock.ErrTxEnded} {
 			if !errors.Is(res[i].err, want) {
 				t.Errorf("call %d: %v, want %v", i, res[i].err, want)
 			}

@@ -23,7 +23,7 @@ import (
 // connection, and for writing by shut, once fn returned: a goroutine fn
 // left behind then gets pgx.ErrTxClosed and never touches the connection
 // the group goes on using. Results fn left open (Rows, a Row, a batch)
-// are closed by shut, and the member fails with ErrRowsOpen, as a call of
+// are closed by shut, and the member fails with lock.ErrRowsOpen, as a call of
 // its own would.
 type memberTx[K, V any] struct {
 	g     *group[K, V]

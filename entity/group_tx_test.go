@@ -233,7 +233,7 @@ func TestGroupCommitExecModes(t *testing.T) {
 			// d's work was committed by that COMMIT; the call that ended
 			// the transaction fails alone, and f leads a transaction of its
 			// own, as one by one.
-			if !errors.Is(res[0].err, lock.ErrCommitUnknown) || !errors.Is(res[1].err, entity.ErrTxEnded) || res[2].err != nil {
+			if !errors.Is(res[0].err, lock.ErrCommitUnknown) || !errors.Is(res[1].err, lock.ErrTxEnded) || res[2].err != nil {
 				t.Errorf("COMMIT; BEGIN: %v", res)
 			}
 			_, _ = pool.Exec(ctx, "DELETE FROM ledger WHERE entry = 'd'")
@@ -416,7 +416,7 @@ func TestGroupCommitMemberAfterCommitBeginBlamed(t *testing.T) {
 	one := oneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r2_cb_one"}, fns("one:")...)
 	grp := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_cb_grp"}, nil, fns("grp:")...)
 	if (one[2].err == nil) != (grp[2].err == nil) {
-		t.Errorf("member 2: grouped %v (ErrTxEnded: %t); one by one %v", grp[2].err, errors.Is(grp[2].err, entity.ErrTxEnded), one[2].err)
+		t.Errorf("member 2: grouped %v (ErrTxEnded: %t); one by one %v", grp[2].err, errors.Is(grp[2].err, lock.ErrTxEnded), one[2].err)
 	}
 	t.Logf("ledger %q", ledger(t, ctx, pool))
 }

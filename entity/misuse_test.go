@@ -180,7 +180,7 @@ func TestWithFnEndsTheTransaction(t *testing.T) {
 				}
 				return tt.fnErr
 			})
-			if !errors.Is(err, entity.ErrTxEnded) || !errors.Is(err, lock.ErrTxEnded) || errors.Is(err, entity.ErrTxAborted) {
+			if !errors.Is(err, lock.ErrTxEnded) || errors.Is(err, entity.ErrTxAborted) {
 				t.Fatalf("With = %v, want ErrTxEnded and not ErrTxAborted", err)
 			}
 			if tt.fnErr != nil && !errors.Is(err, tt.fnErr) {
@@ -232,7 +232,7 @@ func TestWithRowsLeftOpen(t *testing.T) {
 				p.N = 55
 				return leave(ctx, tx)
 			})
-			if !errors.Is(err, entity.ErrRowsOpen) || errors.Is(err, lock.ErrCommitUnknown) {
+			if !errors.Is(err, lock.ErrRowsOpen) || errors.Is(err, lock.ErrCommitUnknown) {
 				t.Fatalf("With = %v, want ErrRowsOpen and not ErrCommitUnknown", err)
 			}
 			if amount, status := row(t, ctx, pool, key); amount == 55 || status == "by_fn" {

@@ -256,7 +256,7 @@ func (r *Repository[K, V]) save(ctx context.Context, conn *pgx.Conn, release, sq
 	}
 	err := mrr.Close()
 	if txn.EndedByFn(err) {
-		return ErrTxEnded // nothing after fn's COMMIT ran: the batch stopped at the check
+		return txn.ErrTxEnded // nothing after fn's COMMIT ran: the batch stopped at the check
 	}
 	if err != nil && !committed(n, last, lerr) {
 		failed := n // the statement whose error ended the reading, counted from 0

@@ -311,7 +311,7 @@ func TestWithCommitCheckAfterManyCalls(t *testing.T) {
 			c.N = 1000
 			return nil
 		})
-		if !errors.Is(err, entity.ErrTxEnded) {
+		if !errors.Is(err, lock.ErrTxEnded) {
 			t.Fatalf("With = %v, want ErrTxEnded", err)
 		}
 		if n, _ := row(t, ctx, pool, "k"); n != 12 {

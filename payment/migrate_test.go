@@ -146,23 +146,30 @@ func TestMigrateBuildInProgressError(t *testing.T) {
 	oid, _ := paytest.UniqueIndex(t, pool)
 
 	// The build can't finish while the snapshot is held: once Migrate has
-	// looked at the index (its session, which holds MigrateKey, idle after
-	// a statement that read pg_stat_progress_create_index), it waits for the build, and ctx ends
-	// that wait, in a pause or in its next look. (A ctx that ends during
-	// its first look, before it knows of the build, is a plain ctx error.)
+	// looked at the index and found the build, it waits for it, and ctx
+	// ends that wait, in a pause or in its next look. Its session (the one
+	// holding MigrateKey) seen idle after a second look is past the first
+	// one for sure (after the first, Migrate may still be reading its
+	// answer: a ctx that ends then, before it knows of the build, is a
+	// plain ctx error).
 	mctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	migrated := make(chan error, 1)
 	go func() { migrated <- payment.Migrate(mctx, pool) }()
-	for {
-		var n int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+	looks := map[time.Time]bool{}
+	for len(looks) < 2 {
+		var changed []time.Time
+		rows, err := pool.Query(ctx, `SELECT state_change FROM pg_stat_activity WHERE datname = current_database()
 			AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted) -- Migrate's session
-			AND state = 'idle' AND query LIKE '%pg_stat_progress_create_index%'`).Scan(&n); err != nil {
+			AND state = 'idle' AND query LIKE '%pg_stat_progress_create_index%'`)
+		if err == nil {
+			changed, err = pgx.CollectRows(rows, pgx.RowTo[time.Time])
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
-		if n > 0 {
-			break
+		for _, c := range changed {
+			looks[c] = true
 		}
 		time.Sleep(time.Millisecond)
 	}
