@@ -14,8 +14,9 @@ import (
 	"github.com/paylock/paylock/lock"
 )
 
-// counters is entity's own table for its tests, so that they test entity's
-// contract and nothing of payments: a counter n and a label per text key.
+// counters is one of entity's own tables for its tests, so that they test
+// entity's contract and nothing of the packages built on it (items, in
+// items_test.go, is the other): a counter n and a label per text key.
 // A key starting with "refused" breaks a CHECK, so its Ensure fails at the
 // server.
 const countersSchema = `CREATE TABLE counters (

@@ -11,7 +11,6 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/testing/pgtest"
-	"github.com/paylock/paylock/payment"
 )
 
 // TestGroupCommitTimeBudget: a leader stops taking callers once its group
@@ -30,15 +29,15 @@ func TestGroupCommitTimeBudget(t *testing.T) {
 	type leaderKey struct{}
 	var leaderGroup atomic.Int64 // the size of the quick leader's group
 	const max = 32
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(max), entity.WithHooks(entity.Hooks{
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(max), entity.WithHooks(entity.Hooks{
 		Done: func(ctx context.Context, ev entity.Event) {
 			if ctx.Value(leaderKey{}) != nil {
 				leaderGroup.Store(int64(ev.GroupSize))
 			}
 		},
 	}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_budget"}
-	if err := repo.With(ctx, key, payNoop); err != nil { // the row exists
+	key := itemKey{OwnerID: 1, Name: "li_gc_budget"}
+	if err := repo.With(ctx, key, itemNoop); err != nil { // the row exists
 		t.Fatal(err)
 	}
 	other, err := pool.Acquire(ctx)
@@ -52,7 +51,7 @@ func TestGroupCommitTimeBudget(t *testing.T) {
 	const queued = 10
 	var wg sync.WaitGroup
 	errs := make(chan error, queued+1)
-	call := func(ctx context.Context, fn payFn) {
+	call := func(ctx context.Context, fn itemFn) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -68,7 +67,7 @@ func TestGroupCommitTimeBudget(t *testing.T) {
 	// the budget from above, and a next fn that sleeps that long ends the
 	// group.
 	sent := time.Now()
-	call(context.WithValue(ctx, leaderKey{}, true), func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil })
+	call(context.WithValue(ctx, leaderKey{}, true), func(_ context.Context, _ pgx.Tx, p *item) error { p.Amount++; return nil })
 	if err := pgtest.AwaitLockWaiters(ctx, pool, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -76,11 +75,11 @@ func TestGroupCommitTimeBudget(t *testing.T) {
 	var unlocked atomic.Int64 // UnixNano
 	var slept atomic.Bool
 	for i := range queued {
-		call(ctx, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+		call(ctx, func(_ context.Context, _ pgx.Tx, p *item) error {
 			if !slept.Swap(true) {
 				time.Sleep(max * (waiting + 2*time.Since(time.Unix(0, unlocked.Load()))))
 			}
-			p.AmountCents++
+			p.Amount++
 			return nil
 		})
 		waitQueued(t, repo, key, i+1)
@@ -96,7 +95,7 @@ func TestGroupCommitTimeBudget(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != queued+1 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != queued+1 {
 		t.Errorf("amount %d, want %d", amount, queued+1)
 	}
 	if size := leaderGroup.Load(); size != 2 {

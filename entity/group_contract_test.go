@@ -23,10 +23,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/testing/paytest"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // The group-commit contract, checked differentially:
@@ -106,15 +104,15 @@ type ctKind int
 const (
 	kNoop        ctKind = iota
 	kStatus             // change p.Status
-	kAdd                // add to p.AmountCents
+	kAdd                // add to p.Amount
 	kLedger             // add, and a ledger row through tx
 	kLedgerErr          // a ledger row, then fn's own error
 	kPanic              // change p, then panic
 	kPanicSQL           // a ledger row, change p, then panic
 	kGoexit             // a ledger row, change p, then runtime.Goexit
-	kUpdate             // UPDATE the payments row through tx
+	kUpdate             // UPDATE the items row through tx
 	kUpdateP            // change p.Status and UPDATE the amount through tx
-	kDelete             // DELETE the payments row through tx
+	kDelete             // DELETE the items row through tx
 	kFail               // a failing statement, its error returned
 	kFailIgnored        // change p, a failing statement, return nil
 	kBadData            // p.Data the server refuses (jsonb and \u0000: 22P05)
@@ -139,7 +137,7 @@ const (
 )
 
 var ctKindNames = [...]string{
-	kNoop: "noop", kStatus: "status", kAdd: "add", kLedger: "ledger", kLedgerErr: "ledgerErr",
+	kNoop: "itemNoop", kStatus: "status", kAdd: "add", kLedger: "ledger", kLedgerErr: "ledgerErr",
 	kPanic: "panic", kPanicSQL: "panicSQL", kGoexit: "goexit", kUpdate: "update", kUpdateP: "updateP",
 	kDelete: "delete", kFail: "fail", kFailIgnored: "failIgnored", kBadData: "badData", kData: "data",
 	kSlow: "slow", kCtxBefore: "ctxBefore", kCtxDuring: "ctxDuring", kCtxAtEnd: "ctxAtEnd",
@@ -287,7 +285,7 @@ type ctEnv struct {
 type ctRun struct {
 	env     *ctEnv
 	rnd     ctRound
-	k       string // the ledger's k: the payment key's line item id
+	k       string // the ledger's k: the item key's name
 	own     []*ctOwnErr
 	cancels []context.CancelFunc
 
@@ -313,10 +311,10 @@ func (c *ctRun) hooks() entity.Hooks {
 	}}
 }
 
-func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *item) error {
 	kind := c.rnd.kinds[i]
-	return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		saw := fmt.Sprintf("amount=%d status=%q data=%s new=%t", p.AmountCents, p.Status, ctCompact(p.Data), p.IsNew())
+	return func(ctx context.Context, tx pgx.Tx, p *item) error {
+		saw := fmt.Sprintf("amount=%d status=%q data=%s new=%t", p.Amount, p.Status, ctCompact(p.Data), p.IsNew())
 		c.mu.Lock()
 		c.order = append(c.order, i)
 		c.calls[i].ran = true
@@ -336,61 +334,61 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 		case kStatus:
 			p.Status = fmt.Sprint("s", i)
 		case kAdd:
-			p.AmountCents += int64(i + 1)
+			p.Amount += int64(i + 1)
 		case kLedger:
-			p.AmountCents += 10
+			p.Amount += 10
 			return entry(ctx)
 		case kLedgerErr:
-			p.AmountCents += 100
+			p.Amount += 100
 			if err := entry(ctx); err != nil {
 				return err
 			}
 			return c.own[i]
 		case kPanic:
-			p.AmountCents += 1000
+			p.Amount += 1000
 			p.Status = "panicked"
 			panic(ctPanic{i})
 		case kPanicSQL:
 			if err := entry(ctx); err != nil {
 				return err
 			}
-			p.AmountCents += 2000
+			p.Amount += 2000
 			panic(ctPanic{i})
 		case kGoexit:
 			if err := entry(ctx); err != nil {
 				return err
 			}
-			p.AmountCents += 10000
+			p.Amount += 10000
 			runtime.Goexit()
 		case kUpdate:
-			_, err := tx.Exec(ctx, "UPDATE payments SET amount_cents = amount_cents + 7, status = $2 WHERE id = $1", p.ID, fmt.Sprint("u", i))
+			_, err := tx.Exec(ctx, "UPDATE items SET amount = amount + 7, status = $2 WHERE id = $1", p.ID, fmt.Sprint("u", i))
 			return err
 		case kUpdateP:
 			p.Status = fmt.Sprint("p", i)
-			_, err := tx.Exec(ctx, "UPDATE payments SET amount_cents = amount_cents + 7 WHERE id = $1", p.ID)
+			_, err := tx.Exec(ctx, "UPDATE items SET amount = amount + 7 WHERE id = $1", p.ID)
 			return err
 		case kDelete:
-			_, err := tx.Exec(ctx, "DELETE FROM payments WHERE id = $1", p.ID)
+			_, err := tx.Exec(ctx, "DELETE FROM items WHERE id = $1", p.ID)
 			return err
 		case kFail:
 			_, err := tx.Exec(ctx, "SELECT 1 / $1::int", 0)
 			return err
 		case kFailIgnored:
-			p.AmountCents += 20000
+			p.Amount += 20000
 			_, _ = tx.Exec(ctx, "SELECT 1 / $1::int", 0)
 		case kBadData:
-			p.AmountCents += 3
+			p.Amount += 3
 			p.Data = json.RawMessage(`{"note":"\u0000"}`)
 		case kData:
 			p.Data = json.RawMessage(fmt.Sprintf(`{"m":%d}`, i))
 		case kSlow:
 			time.Sleep(c.env.idle * 3 / 5)
-			p.AmountCents += 5
+			p.Amount += 5
 		case kStall:
 			if err := entry(ctx); err != nil {
 				return err
 			}
-			p.AmountCents += 7
+			p.Amount += 7
 			time.Sleep(c.env.idle * 8 / 5)
 		case kCtxBefore:
 			return fmt.Errorf("member %d: fn ran though its ctx ended before", i)
@@ -398,13 +396,13 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 			c.cancels[i]()
 			return entry(ctx)
 		case kCtxAtEnd:
-			p.AmountCents += 30
+			p.Amount += 30
 			if err := entry(ctx); err != nil {
 				return err
 			}
 			c.cancels[i]()
 		case kCtxAfter:
-			p.AmountCents += 40
+			p.Amount += 40
 			if err := entry(ctx); err != nil {
 				return err
 			}
@@ -412,15 +410,15 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 			c.pending = append(c.pending, c.cancels[i])
 			c.mu.Unlock()
 		case kCtxMid:
-			p.AmountCents += 50
+			p.Amount += 50
 			go c.cancelInSleep(i)
 			_, err := tx.Exec(ctx, "SELECT pg_sleep($1::float8) /*contract_mid*/", 60.0)
 			return err
 		case kPoison:
-			_, err := tx.Exec(ctx, "UPDATE payments SET status = 'poison' WHERE id = $1", p.ID)
+			_, err := tx.Exec(ctx, "UPDATE items SET status = 'poison' WHERE id = $1", p.ID)
 			return err
 		case kSetLocal:
-			p.AmountCents += 70
+			p.Amount += 70
 			if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = '%ds'", 100+i)); err != nil {
 				return err
 			}
@@ -437,11 +435,11 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 			_, err := tx.Exec(ctx, "SET TRANSACTION READ ONLY")
 			return err
 		case kReadOnlyP:
-			p.AmountCents += 80
+			p.Amount += 80
 			_, err := tx.Exec(ctx, "SET TRANSACTION READ ONLY")
 			return err
 		case kOrphan:
-			p.AmountCents += 90
+			p.Amount += 90
 			if err := entry(ctx); err != nil {
 				return err
 			}
@@ -454,7 +452,7 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 			_, err := tx.Exec(ctx, "INSERT INTO contract_parent (k, id) VALUES ($1, 1) ON CONFLICT DO NOTHING", c.k)
 			return err
 		case kSpSetLocal:
-			p.AmountCents += 75
+			p.Amount += 75
 			sp, err := tx.Begin(ctx)
 			if err != nil {
 				return err
@@ -467,7 +465,7 @@ func (c *ctRun) fn(i int) func(ctx context.Context, tx pgx.Tx, p *payment.Paymen
 			}
 			return sp.Commit(ctx)
 		case kLeak:
-			p.AmountCents += 60
+			p.Amount += 60
 			c.leakWG.Add(1)
 			gate := make(chan struct{})
 			c.mu.Lock()
@@ -565,7 +563,7 @@ type ctOutcome struct {
 
 // start runs call i on a goroutine of its own; its outcome arrives on out.
 // ended: its ctx ends before the call.
-func (c *ctRun) start(repo *entity.Repository[payment.Key, payment.Payment], key payment.Key, i int, out chan<- ctOutcome, ended bool) {
+func (c *ctRun) start(repo *entity.Repository[itemKey, item], key itemKey, i int, out chan<- ctOutcome, ended bool) {
 	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), ctMemberKey{}, i), c.env.hang)
 	c.cancels[i] = cancel
 	if ended {
@@ -655,10 +653,10 @@ func (c *ctRun) finish(ctx context.Context) ctSide {
 func ctRead(ctx context.Context, pool *pgxpool.Pool, k string) (string, []string) {
 	var n int
 	var amount int64
-	var currency, status, data string
-	err := pool.QueryRow(ctx, `SELECT count(*) OVER (), amount_cents, currency, status, coalesce(data::text, 'NULL')
-		FROM payments WHERE service_id = 1 AND line_item_id = $1 ORDER BY id LIMIT 1`, k).Scan(&n, &amount, &currency, &status, &data)
-	row := fmt.Sprintf("rows=%d amount=%d currency=%q status=%q data=%s", n, amount, currency, status, data)
+	var status, data string
+	err := pool.QueryRow(ctx, `SELECT count(*) OVER (), amount, status, coalesce(data::text, 'NULL')
+		FROM items WHERE owner_id = 1 AND name = $1 ORDER BY id LIMIT 1`, k).Scan(&n, &amount, &status, &data)
+	row := fmt.Sprintf("rows=%d amount=%d status=%q data=%s", n, amount, status, data)
 	if errors.Is(err, pgx.ErrNoRows) {
 		row = "no row"
 	} else if err != nil {
@@ -672,22 +670,22 @@ func ctRead(ctx context.Context, pool *pgxpool.Pool, k string) (string, []string
 	return row, entries
 }
 
-func (e *ctEnv) repo(c *ctRun, group int) *entity.Repository[payment.Key, payment.Payment] {
+func (e *ctEnv) repo(c *ctRun, group int) *entity.Repository[itemKey, item] {
 	opts := []entity.Option{entity.WithLockOptions(lock.Options{IdleTimeout: e.idle}), entity.WithHooks(c.hooks())}
 	if group > 0 {
 		opts = append(opts, entity.WithGroupCommit(group))
 	}
-	return entity.New[payment.Key, payment.Payment](e.pool, ctTable{}, opts...)
+	return entity.New[itemKey, item](e.pool, ctTable{}, opts...)
 }
 
-// ctTable is payment.Table whose Scan panics on a row whose status is
+// ctTable is itemTable whose Scan panics on a row whose status is
 // "poison" (a Table method that panics on some data).
-type ctTable struct{ payment.Table }
+type ctTable struct{ itemTable }
 
 type ctScanPanic struct{}
 
-func (t ctTable) Scan(row pgx.Row, created bool) (*payment.Payment, error) {
-	p, err := t.Table.Scan(row, created)
+func (t ctTable) Scan(row pgx.Row, created bool) (*item, error) {
+	p, err := t.itemTable.Scan(row, created)
 	if err == nil && p.Status == "poison" {
 		panic(ctScanPanic{})
 	}
@@ -695,12 +693,12 @@ func (t ctTable) Scan(row pgx.Row, created bool) (*payment.Payment, error) {
 }
 
 // prepare creates the row of key when the round starts with one.
-func (e *ctEnv) prepare(ctx context.Context, rnd ctRound, key payment.Key) error {
+func (e *ctEnv) prepare(ctx context.Context, rnd ctRound, key itemKey) error {
 	if !rnd.exists {
 		return nil
 	}
-	return entity.New(e.pool, payment.Table{}).With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-		p.AmountCents, p.Status, p.Data = 500, "init", json.RawMessage(`{"init":true}`)
+	return entity.New(e.pool, itemTable{}).With(ctx, key, func(_ context.Context, _ pgx.Tx, p *item) error {
+		p.Amount, p.Status, p.Data = 500, "init", json.RawMessage(`{"init":true}`)
 		return nil
 	})
 }
@@ -710,7 +708,7 @@ func (e *ctEnv) prepare(ctx context.Context, rnd ctRound, key payment.Key) error
 // arrival order; callers whose ctx ends before are dropped; then the key is
 // released.
 func (e *ctEnv) grouped(ctx context.Context, rnd ctRound, k string) ctSide {
-	key := payment.Key{ServiceID: 1, LineItemID: k}
+	key := itemKey{OwnerID: 1, Name: k}
 	c := e.newRun(rnd, k)
 	var notes []string
 	note := func(format string, args ...any) { notes = append(notes, fmt.Sprintf(format, args...)) }
@@ -800,7 +798,7 @@ func (c *ctRun) collectSome(out <-chan ctOutcome, pending, want map[int]bool) {
 // oneByOne runs rnd's calls one after another, each once the previous one
 // returned, through a Repository without group commit. skip: calls not made.
 func (e *ctEnv) oneByOne(ctx context.Context, rnd ctRound, k string, skip map[int]bool) ctSide {
-	key := payment.Key{ServiceID: 1, LineItemID: k}
+	key := itemKey{OwnerID: 1, Name: k}
 	c := e.newRun(rnd, k)
 	var notes []string
 	if err := e.prepare(ctx, rnd, key); err != nil {
@@ -820,7 +818,7 @@ func (e *ctEnv) oneByOne(ctx context.Context, rnd ctRound, k string, skip map[in
 	return s
 }
 
-func ctWaitQueued(ctx context.Context, repo *entity.Repository[payment.Key, payment.Payment], key payment.Key, n int) error {
+func ctWaitQueued(ctx context.Context, repo *entity.Repository[itemKey, item], key itemKey, n int) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for entity.Queued(repo, key.LockKey()) != n {
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -864,8 +862,8 @@ func ctClass(err error, panicked any, goexit bool, own *ctOwnErr) string {
 		{context.Canceled, "Canceled"}, {context.DeadlineExceeded, "DeadlineExceeded"},
 		{entity.ErrGroupRolledBack, "ErrGroupRolledBack"}, {lock.ErrCommitUnknown, "ErrCommitUnknown"},
 		{entity.ErrTxAborted, "ErrTxAborted"}, {lock.ErrTxEnded, "ErrTxEnded"}, {lock.ErrRowsOpen, "ErrRowsOpen"},
-		{lock.ErrLockTimeout, "ErrLockTimeout"}, {lock.ErrIdleTimeout, "ErrIdleTimeout"}, {payment.ErrInvalidPayment, "ErrInvalidPayment"},
-		{payment.ErrKeyChanged, "ErrKeyChanged"}, {pgx.ErrTxClosed, "ErrTxClosed"}, {pgx.ErrNoRows, "ErrNoRows"},
+		{lock.ErrLockTimeout, "ErrLockTimeout"}, {lock.ErrIdleTimeout, "ErrIdleTimeout"}, {errInvalidItem, "ErrInvalidItem"},
+		{errItemKeyChanged, "ErrKeyChanged"}, {pgx.ErrTxClosed, "ErrTxClosed"}, {pgx.ErrNoRows, "ErrNoRows"},
 	} {
 		if errors.Is(err, s.err) {
 			tags = append(tags, s.name)
@@ -1114,7 +1112,7 @@ func TestGroupCommitContract(t *testing.T) {
 		}
 	})
 	setupCtx := pgtest.Context(t, time.Minute)
-	paytest.Seed(t, setupCtx, pool)
+	createItems(t, setupCtx, pool)
 	if _, err := pool.Exec(setupCtx, `CREATE TABLE contract_ledger (k text NOT NULL, entry text NOT NULL, PRIMARY KEY (k, entry));
 CREATE TABLE contract_parent (k text NOT NULL, id int NOT NULL, PRIMARY KEY (k, id));
 CREATE TABLE contract_child (k text NOT NULL, id int NOT NULL, FOREIGN KEY (k, id) REFERENCES contract_parent DEFERRABLE INITIALLY DEFERRED)`); err != nil {

@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/payment"
 )
 
 // Deferred constraints: one by one, a call's COMMIT checks what its fn left
@@ -19,7 +18,7 @@ import (
 // not at the group's COMMIT, where a later member may have mended it (or a
 // violation of one member's fail them all).
 
-func deferredSetup(t *testing.T) (payRepo, payRepo, context.Context, func(string) int) {
+func deferredSetup(t *testing.T) (itemRepo, itemRepo, context.Context, func(string) int) {
 	t.Helper()
 	pool, ctx := groupSetup(t)
 	if _, err := pool.Exec(ctx, `CREATE TABLE parent (id int PRIMARY KEY);
@@ -33,7 +32,7 @@ CREATE TABLE child (k text, pid int REFERENCES parent DEFERRABLE INITIALLY DEFER
 		}
 		return n
 	}
-	return entity.New(pool, payment.Table{}, entity.WithGroupCommit(16)), entity.New(pool, payment.Table{}), ctx, count
+	return entity.New(pool, itemTable{}, entity.WithGroupCommit(16)), entity.New(pool, itemTable{}), ctx, count
 }
 
 func sqlState(err error) string {
@@ -51,16 +50,16 @@ func sqlState(err error) string {
 func TestGroupCommitDeferredViolationMendedLater(t *testing.T) {
 	t.Parallel()
 	repo, plain, ctx, count := deferredSetup(t)
-	fns := func(side string) []payFn {
-		return []payFn{
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil },
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				p.AmountCents += 10
+	fns := func(side string) []itemFn {
+		return []itemFn{
+			func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil },
+			func(ctx context.Context, tx pgx.Tx, p *item) error {
+				p.Amount += 10
 				_, err := tx.Exec(ctx, "INSERT INTO child VALUES ($1, $2)", side, side+"1")
 				return err
 			},
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				p.AmountCents += 100
+			func(ctx context.Context, tx pgx.Tx, p *item) error {
+				p.Amount += 100
 				_, err := tx.Exec(ctx, "INSERT INTO parent VALUES ($1)", side+"1")
 				return err
 			},
@@ -69,11 +68,11 @@ func TestGroupCommitDeferredViolationMendedLater(t *testing.T) {
 	// Parents 11 (one by one) and 21 (grouped).
 	var want []string
 	for i, fn := range fns("1") {
-		err := plain.With(ctx, payment.Key{ServiceID: 1, LineItemID: "deferred_one"}, fn)
+		err := plain.With(ctx, itemKey{OwnerID: 1, Name: "deferred_one"}, fn)
 		want = append(want, fmt.Sprintf("call %d: %s %t", i, sqlState(err), err == nil))
 	}
 	var got []string
-	for i, r := range grouped(t, ctx, repo, payment.Key{ServiceID: 1, LineItemID: "deferred_group"}, nil, fns("2")...) {
+	for i, r := range grouped(t, ctx, repo, itemKey{OwnerID: 1, Name: "deferred_group"}, nil, fns("2")...) {
 		got = append(got, fmt.Sprintf("call %d: %s %t", i, sqlState(r.err), r.err == nil && r.panicked == nil))
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
@@ -85,8 +84,8 @@ func TestGroupCommitDeferredViolationMendedLater(t *testing.T) {
 	if n, m := count("SELECT count(*) FROM parent WHERE id = 21"), count("SELECT count(*) FROM parent WHERE id = 11"); n != m {
 		t.Errorf("parents: grouped %d, one by one %d", n, m)
 	}
-	if n, m := count("SELECT amount_cents FROM payments WHERE line_item_id = 'deferred_group'"),
-		count("SELECT amount_cents FROM payments WHERE line_item_id = 'deferred_one'"); n != m {
+	if n, m := count("SELECT amount FROM items WHERE name = 'deferred_group'"),
+		count("SELECT amount FROM items WHERE name = 'deferred_one'"); n != m {
 		t.Errorf("amount: grouped %d, one by one %d", n, m)
 	}
 }
@@ -97,14 +96,14 @@ func TestGroupCommitDeferredViolationMendedLater(t *testing.T) {
 func TestGroupCommitDeferredViolationAlone(t *testing.T) {
 	t.Parallel()
 	repo, _, ctx, count := deferredSetup(t)
-	res := grouped(t, ctx, repo, payment.Key{ServiceID: 1, LineItemID: "deferred_alone"}, nil,
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil },
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents += 10
+	res := grouped(t, ctx, repo, itemKey{OwnerID: 1, Name: "deferred_alone"}, nil,
+		func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount += 10
 			_, err := tx.Exec(ctx, "INSERT INTO child VALUES ('alone', 99)")
 			return err
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents += 100; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount += 100; return nil },
 	)
 	for i, want := range []string{"", "23503", ""} {
 		if got := sqlState(res[i].err); got != want || (want == "" && res[i].err != nil) || res[i].panicked != nil {
@@ -114,7 +113,7 @@ func TestGroupCommitDeferredViolationAlone(t *testing.T) {
 	if n := count("SELECT count(*) FROM child"); n != 0 {
 		t.Errorf("%d children, want 0", n)
 	}
-	if n := count("SELECT amount_cents FROM payments WHERE line_item_id = 'deferred_alone'"); n != 101 {
+	if n := count("SELECT amount FROM items WHERE name = 'deferred_alone'"); n != 101 {
 		t.Errorf("amount %d, want 101", n)
 	}
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/testing/pgtest"
-	"github.com/paylock/paylock/payment"
 )
 
 // TestGroupCommitMemberCtxEndsWhileTaken: the leader took a member from
@@ -29,7 +28,7 @@ BEGIN
 	IF NEW.status = 'block' THEN PERFORM pg_advisory_xact_lock(7341); END IF;
 	RETURN NEW;
 END $$;
-CREATE TRIGGER block_write BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION block_write()`); err != nil {
+CREATE TRIGGER block_write BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION block_write()`); err != nil {
 		t.Fatal(err)
 	}
 	blocker, err := pool.Acquire(ctx)
@@ -51,12 +50,12 @@ CREATE TRIGGER block_write BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTI
 	}
 	defer unlock()
 
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "handoff_ctx"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "handoff_ctx"}
 	held, gate := make(chan struct{}), make(chan struct{})
 	leaderDone := make(chan error, 1)
 	go func() {
-		leaderDone <- repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		leaderDone <- repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *item) error {
 			close(held)
 			<-gate
 			p.Status = "block"
@@ -69,9 +68,9 @@ CREATE TRIGGER block_write BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTI
 	var ran atomic.Bool
 	memberDone := make(chan error, 1)
 	go func() {
-		memberDone <- repo.With(mctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		memberDone <- repo.With(mctx, key, func(ctx context.Context, tx pgx.Tx, p *item) error {
 			ran.Store(true)
-			p.AmountCents++
+			p.Amount++
 			return nil
 		})
 	}()
@@ -105,7 +104,7 @@ CREATE TRIGGER block_write BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTI
 	if ran.Load() {
 		t.Error("the member's fn ran though its ctx ended before its turn")
 	}
-	if _, status := payRow(t, ctx, pool, key); status != "block" {
+	if _, status := itemRow(t, ctx, pool, key); status != "block" {
 		t.Errorf("status %q, want block", status)
 	}
 }

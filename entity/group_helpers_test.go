@@ -12,19 +12,16 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/internal/testing/paytest"
-	"github.com/paylock/paylock/internal/testing/pgtest"
-	"github.com/paylock/paylock/payment"
 )
 
-// The group commit tests' scaffolding: a pool with the payments schema
+// The group commit tests' scaffolding: a pool with the items table
 // and a ledger table, calls run as one group or one by one, and the rows
 // they leave.
 
-type payFn = func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error
+type itemFn = func(ctx context.Context, tx pgx.Tx, p *item) error
 
-// payRepo is a Repository of payments.
-type payRepo = *entity.Repository[payment.Key, payment.Payment]
+// itemRepo is a Repository of items.
+type itemRepo = *entity.Repository[itemKey, item]
 
 // result is how one call of grouped ended.
 type result struct {
@@ -36,12 +33,12 @@ type result struct {
 // behind it, queued one after another (so in that order); then it lets
 // them all go and returns how each call ended. ctxs[i], if set, is call i's
 // ctx.
-func grouped(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, ctxs []context.Context, fns ...payFn) []result {
+func grouped(t *testing.T, ctx context.Context, repo itemRepo, key itemKey, ctxs []context.Context, fns ...itemFn) []result {
 	t.Helper()
 	res := make([]result, len(fns))
 	held, gate := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
-	call := func(i int, fn payFn) {
+	call := func(i int, fn itemFn) {
 		defer wg.Done()
 		defer func() { res[i].panicked = recover() }()
 		c := ctx
@@ -53,7 +50,7 @@ func grouped(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, c
 	wg.Add(1)
 	first := fns[0]
 	var once sync.Once
-	go call(0, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	go call(0, func(ctx context.Context, tx pgx.Tx, p *item) error {
 		once.Do(func() { close(held) }) // once: Retry may run it again
 		<-gate
 		return first(ctx, tx, p)
@@ -71,7 +68,7 @@ func grouped(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, c
 
 // groupedBounded is grouped, failing the test if a call has not returned
 // within a minute (a hang) rather than hanging it.
-func groupedBounded(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, ctxs []context.Context, fns ...payFn) []result {
+func groupedBounded(t *testing.T, ctx context.Context, repo itemRepo, key itemKey, ctxs []context.Context, fns ...itemFn) []result {
 	t.Helper()
 	done := make(chan []result, 1)
 	go func() { done <- grouped(t, ctx, repo, key, ctxs, fns...) }()
@@ -88,7 +85,7 @@ func groupedBounded(t *testing.T, ctx context.Context, repo payRepo, key payment
 // commit, for comparison with grouped) on key, each on a goroutine of its
 // own (so a fn may call runtime.Goexit) after the previous returned, and
 // returns how each call ended.
-func oneByOne(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, fns ...payFn) []result {
+func oneByOne(t *testing.T, ctx context.Context, repo itemRepo, key itemKey, fns ...itemFn) []result {
 	t.Helper()
 	res := make([]result, len(fns))
 	for i, fn := range fns {
@@ -105,7 +102,7 @@ func oneByOne(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, 
 
 // groupedOrOneByOne runs fns as grouped does when group is set, else one by
 // one, each after the previous returned.
-func groupedOrOneByOne(t *testing.T, ctx context.Context, repo payRepo, group bool, key payment.Key, fns ...payFn) []result {
+func groupedOrOneByOne(t *testing.T, ctx context.Context, repo itemRepo, group bool, key itemKey, fns ...itemFn) []result {
 	if group {
 		return grouped(t, ctx, repo, key, nil, fns...)
 	}
@@ -113,7 +110,7 @@ func groupedOrOneByOne(t *testing.T, ctx context.Context, repo payRepo, group bo
 }
 
 // waitQueued waits until n callers of key are queued in repo.
-func waitQueued(t *testing.T, repo payRepo, key payment.Key, n int) {
+func waitQueued(t *testing.T, repo itemRepo, key itemKey, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(time.Minute); entity.Queued(repo, key.LockKey()) != n; {
 		if time.Now().After(deadline) {
@@ -123,30 +120,20 @@ func waitQueued(t *testing.T, repo payRepo, key payment.Key, n int) {
 	}
 }
 
-// paySetup returns a pool with the payments schema and service 1: the group
-// commit tests run on payment.Table, whose Clone they need.
-func paySetup(t *testing.T, configure func(*pgxpool.Config)) (*pgxpool.Pool, context.Context) {
-	var cfg []func(*pgxpool.Config)
-	if configure != nil {
-		cfg = append(cfg, configure)
-	}
-	return paytest.Pool(t, cfg...), pgtest.Context(t, time.Minute)
-}
-
-// groupSetup returns a pool with the payments schema, service 1 and a
-// ledger table (entry text PRIMARY KEY) that fns write to.
-func groupSetup(t *testing.T) (*pgxpool.Pool, context.Context) {
-	pool, ctx := paySetup(t, nil)
-	if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	return pool, ctx
-}
+// groupSetup returns a pool with the items table and a ledger table
+// (entry text PRIMARY KEY) that fns write to.
+func groupSetup(t *testing.T) (*pgxpool.Pool, context.Context) { return ledgerPool(t, nil) }
 
 // oneConnGroupSetup is groupSetup on a pool of one connection, so that what
 // one group prepared on it the next one finds.
 func oneConnGroupSetup(t *testing.T) (*pgxpool.Pool, context.Context) {
-	pool, ctx := paySetup(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
+	return ledgerPool(t, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
+}
+
+// ledgerPool is itemsPool with the ledger table.
+func ledgerPool(t *testing.T, configure func(*pgxpool.Config)) (*pgxpool.Pool, context.Context) {
+	t.Helper()
+	pool, ctx := itemsPool(t, configure)
 	if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
@@ -165,39 +152,39 @@ func ledger(t *testing.T, ctx context.Context, pool *pgxpool.Pool) []string {
 }
 
 // ledgerInsert returns a fn that writes entry to the ledger.
-func ledgerInsert(entry string) payFn {
-	return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+func ledgerInsert(entry string) itemFn {
+	return func(ctx context.Context, tx pgx.Tx, p *item) error {
 		_, err := tx.Exec(ctx, "INSERT INTO ledger (entry) VALUES ($1)", entry)
 		return err
 	}
 }
 
-// payRow reads the committed amount and status of key's payment.
-func payRow(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key payment.Key) (amount int64, status string) {
+// itemRow reads the committed amount and status of key's item.
+func itemRow(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key itemKey) (amount int64, status string) {
 	t.Helper()
-	err := pool.QueryRow(ctx, "SELECT amount_cents, status FROM payments WHERE service_id = $1 AND line_item_id = $2",
-		key.ServiceID, key.LineItemID).Scan(&amount, &status)
+	err := pool.QueryRow(ctx, "SELECT amount, status FROM items WHERE owner_id = $1 AND name = $2",
+		key.OwnerID, key.Name).Scan(&amount, &status)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return amount, status
 }
 
-// payExists reports whether key's payment exists, and its amount (0 if
+// itemExists reports whether key's item exists, and its amount (0 if
 // not).
-func payExists(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key payment.Key) (bool, int64) {
+func itemExists(t *testing.T, ctx context.Context, pool *pgxpool.Pool, key itemKey) (bool, int64) {
 	t.Helper()
 	var n, amount int64
-	err := pool.QueryRow(ctx, "SELECT count(*), coalesce(sum(amount_cents), 0) FROM payments WHERE service_id = $1 AND line_item_id = $2",
-		key.ServiceID, key.LineItemID).Scan(&n, &amount)
+	err := pool.QueryRow(ctx, "SELECT count(*), coalesce(sum(amount), 0) FROM items WHERE owner_id = $1 AND name = $2",
+		key.OwnerID, key.Name).Scan(&n, &amount)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return n > 0, amount
 }
 
-// payNoop is a fn that does nothing.
-func payNoop(context.Context, pgx.Tx, *payment.Payment) error { return nil }
+// itemNoop is a fn that does nothing.
+func itemNoop(context.Context, pgx.Tx, *item) error { return nil }
 
 // isCode reports whether err is a server error of SQLSTATE code.
 func isCode(err error, code string) bool {

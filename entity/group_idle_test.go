@@ -16,7 +16,6 @@ import (
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/testing/pgtest"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // The leader's cut-off of a member's fn idle for IdleTimeout
@@ -31,7 +30,7 @@ import (
 // read the result. The server never sees the transaction idle: one by one
 // the call succeeds (where pgx's call blocks until the result comes, fn
 // simply waits in it).
-func runBusy(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo, group bool, key payment.Key, idle time.Duration, advisory int64,
+func runBusy(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo itemRepo, group bool, key itemKey, idle time.Duration, advisory int64,
 	read func(ctx context.Context, tx pgx.Tx, wait func()) error,
 ) []result {
 	t.Helper()
@@ -54,13 +53,13 @@ func runBusy(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo
 	}
 	defer unlock()
 	resume := make(chan struct{})
-	busy := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents += 10
+	busy := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount += 10
 		return read(ctx, tx, func() {
 			<-resume // not reading the statement's result meanwhile
 		})
 	}
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil }
 	done := make(chan []result, 1)
 	go func() { done <- groupedOrOneByOne(t, ctx, repo, group, key, add, busy, add) }()
 	// Wait until fn's statement waits for the lock, then 3×idle with the
@@ -103,7 +102,7 @@ func TestGroupCommitBusyStatementNotCutOff(t *testing.T) {
 	t.Parallel()
 	const idle = time.Second
 	pool, ctx := groupSetup(t)
-	execPool, _ := paySetup(t, func(c *pgxpool.Config) { c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec })
+	execPool, _ := itemsPool(t, func(c *pgxpool.Config) { c.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec })
 	// A statement whose first row (100 kB: the server flushes it) comes
 	// at once, and whose second waits for the lock.
 	const twoRows = "SELECT CASE WHEN i = 1 THEN repeat('x', 100000) ELSE pg_advisory_xact_lock_shared($1)::text END FROM generate_series(1, 2) i"
@@ -148,10 +147,10 @@ func TestGroupCommitBusyStatementNotCutOff(t *testing.T) {
 			if name == "QueryRow" {
 				pool = execPool
 			}
-			plain := entity.New(pool, payment.Table{}, entity.WithLockOptions(opts))
-			gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
-			one := runBusy(t, ctx, pool, plain, false, payment.Key{ServiceID: 1, LineItemID: "li_r3_busy_one_" + name}, idle, advisory[name], read)
-			grp := runBusy(t, ctx, pool, gc, true, payment.Key{ServiceID: 1, LineItemID: "li_r3_busy_grp_" + name}, idle, advisory[name], read)
+			plain := entity.New(pool, itemTable{}, entity.WithLockOptions(opts))
+			gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
+			one := runBusy(t, ctx, pool, plain, false, itemKey{OwnerID: 1, Name: "li_r3_busy_one_" + name}, idle, advisory[name], read)
+			grp := runBusy(t, ctx, pool, gc, true, itemKey{OwnerID: 1, Name: "li_r3_busy_grp_" + name}, idle, advisory[name], read)
 			for i := range one {
 				if one[i].err != nil {
 					t.Errorf("one by one, call %d: %v", i, one[i].err)
@@ -176,18 +175,18 @@ func TestGroupCommitServerIdleTimeoutPerMember(t *testing.T) {
 	t.Parallel()
 	// Each fn well within the server's limit, the three together past it.
 	const serverIdle, fnTime = 5 * time.Second, 2 * time.Second
-	pool, ctx := paySetup(t, func(c *pgxpool.Config) {
+	pool, ctx := itemsPool(t, func(c *pgxpool.Config) {
 		c.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = fmt.Sprint(serverIdle.Milliseconds())
 	})
 	opts := lock.Options{IdleTimeout: -1}
-	slow := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	slow := func(ctx context.Context, tx pgx.Tx, p *item) error {
 		time.Sleep(fnTime)
 		return nil
 	}
-	plain := entity.New(pool, payment.Table{}, entity.WithLockOptions(opts))
-	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
-	one := oneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r3_srvidle_one"}, slow, slow, slow)
-	grp := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r3_srvidle_grp"}, nil, slow, slow, slow)
+	plain := entity.New(pool, itemTable{}, entity.WithLockOptions(opts))
+	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
+	one := oneByOne(t, ctx, plain, itemKey{OwnerID: 1, Name: "li_r3_srvidle_one"}, slow, slow, slow)
+	grp := groupedBounded(t, ctx, gc, itemKey{OwnerID: 1, Name: "li_r3_srvidle_grp"}, nil, slow, slow, slow)
 	for i := range one {
 		if one[i].err != nil {
 			t.Errorf("one by one, call %d: %v", i, one[i].err)
@@ -210,10 +209,10 @@ func TestGroupCommitKeepAliveInAbortedTx(t *testing.T) {
 	const idle = 4 * time.Second
 	pool, ctx := groupSetup(t)
 	opts := lock.Options{IdleTimeout: idle}
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
-	failed := func(waitKeepAlive bool) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents += 10
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil }
+	failed := func(waitKeepAlive bool) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount += 10
 			var pid int32
 			if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
 				return err
@@ -234,10 +233,10 @@ func TestGroupCommitKeepAliveInAbortedTx(t *testing.T) {
 			return nil
 		}
 	}
-	plain := entity.New(pool, payment.Table{}, entity.WithLockOptions(opts))
-	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
-	oneKey := payment.Key{ServiceID: 1, LineItemID: "li_r3_aborted_one"}
-	grpKey := payment.Key{ServiceID: 1, LineItemID: "li_r3_aborted_grp"}
+	plain := entity.New(pool, itemTable{}, entity.WithLockOptions(opts))
+	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
+	oneKey := itemKey{OwnerID: 1, Name: "li_r3_aborted_one"}
+	grpKey := itemKey{OwnerID: 1, Name: "li_r3_aborted_grp"}
 	one := oneByOne(t, ctx, plain, oneKey, add, failed(false), add)
 	grp := groupedBounded(t, ctx, gc, grpKey, nil, add, failed(true), add)
 	for i := range one {
@@ -245,8 +244,8 @@ func TestGroupCommitKeepAliveInAbortedTx(t *testing.T) {
 			t.Errorf("call %d: grouped %v; one by one %v", i, grp[i].err, one[i].err)
 		}
 	}
-	oneAmt, _ := payRow(t, ctx, pool, oneKey)
-	grpAmt, _ := payRow(t, ctx, pool, grpKey)
+	oneAmt, _ := itemRow(t, ctx, pool, oneKey)
+	grpAmt, _ := itemRow(t, ctx, pool, grpKey)
 	if oneAmt != grpAmt {
 		t.Errorf("amount: grouped %d, one by one %d", grpAmt, oneAmt)
 	}
@@ -257,8 +256,8 @@ func TestGroupCommitKeepAliveInAbortedTx(t *testing.T) {
 // until the calls around it have returned, then wakes and runs after. It
 // returns each call's outcome; the stalled call's is waited for only once
 // it woke. A failing test wakes it before it unwinds.
-func groupedStalled(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, leader, m1 payFn,
-	stalled func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error, m3 payFn,
+func groupedStalled(t *testing.T, ctx context.Context, repo itemRepo, key itemKey, leader, m1 itemFn,
+	stalled func(ctx context.Context, tx pgx.Tx, p *item, wait func()) error, m3 itemFn,
 ) []result {
 	t.Helper()
 	wake := make(chan struct{})
@@ -270,10 +269,10 @@ func groupedStalled(t *testing.T, ctx context.Context, repo payRepo, key payment
 		}
 	}
 	defer wakeUp()
-	stalledFn := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	stalledFn := func(ctx context.Context, tx pgx.Tx, p *item) error {
 		return stalled(ctx, tx, p, func() { <-wake })
 	}
-	fns := []payFn{leader, m1, stalledFn, m3}
+	fns := []itemFn{leader, m1, stalledFn, m3}
 	res := make([]result, len(fns))
 	dones := make([]chan struct{}, len(fns))
 	held, gate := make(chan struct{}), make(chan struct{})
@@ -282,7 +281,7 @@ func groupedStalled(t *testing.T, ctx context.Context, repo payRepo, key payment
 		dones[i] = make(chan struct{})
 		if i == 0 {
 			inner := fn
-			fn = func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			fn = func(ctx context.Context, tx pgx.Tx, p *item) error {
 				once.Do(func() { close(held) })
 				<-gate
 				return inner(ctx, tx, p)
@@ -325,15 +324,15 @@ func TestGroupCommitCutOff(t *testing.T) {
 	t.Parallel()
 	const idle = 500 * time.Millisecond
 	pool, ctx := groupSetup(t)
-	add := func(n int64, entry string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents += n
+	add := func(n int64, entry string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount += n
 			return ledgerInsert(entry)(ctx, tx, p)
 		}
 	}
-	stallThen := func(then func(ctx context.Context, tx pgx.Tx) error) func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
-			p.AmountCents += 1000
+	stallThen := func(then func(ctx context.Context, tx pgx.Tx) error) func(ctx context.Context, tx pgx.Tx, p *item, wait func()) error {
+		return func(ctx context.Context, tx pgx.Tx, p *item, wait func()) error {
+			p.Amount += 1000
 			if err := ledgerInsert("stalled")(ctx, tx, p); err != nil {
 				return err
 			}
@@ -341,24 +340,24 @@ func TestGroupCommitCutOff(t *testing.T) {
 			return then(ctx, tx)
 		}
 	}
-	repo := func(opts lock.Options) payRepo {
+	repo := func(opts lock.Options) itemRepo {
 		opts.IdleTimeout = idle
-		return entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
+		return entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
 	}
 	n := 0
-	key := func() payment.Key {
+	key := func() itemKey {
 		n++
 		_, _ = pool.Exec(ctx, "DELETE FROM ledger")
-		return payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_r3_cut_", n)}
+		return itemKey{OwnerID: 1, Name: fmt.Sprint("li_r3_cut_", n)}
 	}
-	wantOthers := func(t *testing.T, res []result, k payment.Key, amount int64) {
+	wantOthers := func(t *testing.T, res []result, k itemKey, amount int64) {
 		t.Helper()
 		for _, i := range []int{0, 1, 3} {
 			if res[i].err != nil || res[i].panicked != nil {
 				t.Errorf("call %d: %v (panic %v), want nil as one by one", i, res[i].err, res[i].panicked)
 			}
 		}
-		if got, _ := payRow(t, ctx, pool, k); got != amount {
+		if got, _ := itemRow(t, ctx, pool, k); got != amount {
 			t.Errorf("amount %d, want %d", got, amount)
 		}
 		if got := ledger(t, ctx, pool); len(got) != 3 {
@@ -422,8 +421,8 @@ func TestGroupCommitCutOff(t *testing.T) {
 		// (harmless), then fn is cut off and its savepoint rolled back.
 		k := key()
 		res := groupedStalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"), add(2, "m1"),
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
-				p.AmountCents += 1000
+			func(ctx context.Context, tx pgx.Tx, p *item, wait func()) error {
+				p.Amount += 1000
 				if err := ledgerInsert("stalled")(ctx, tx, p); err != nil {
 					return err
 				}
@@ -440,24 +439,24 @@ func TestGroupCommitCutOff(t *testing.T) {
 		k := key()
 		var m3New bool
 		res := groupedStalled(t, ctx, repo(lock.Options{}), k, add(1, "leader"),
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			func(ctx context.Context, tx pgx.Tx, p *item) error {
 				if err := ledgerInsert("m1")(ctx, tx, p); err != nil {
 					return err
 				}
-				_, err := tx.Exec(ctx, "DELETE FROM payments WHERE id = $1", p.ID)
+				_, err := tx.Exec(ctx, "DELETE FROM items WHERE id = $1", p.ID)
 				return err
 			},
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
+			func(ctx context.Context, tx pgx.Tx, p *item, wait func()) error {
 				if !p.IsNew() {
 					return errors.New("stalled fn: the row deleted before it is not new")
 				}
-				p.AmountCents += 1000
+				p.Amount += 1000
 				wait()
 				return nil
 			},
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			func(ctx context.Context, tx pgx.Tx, p *item) error {
 				m3New = p.IsNew()
-				p.AmountCents += 4
+				p.Amount += 4
 				return ledgerInsert("m3")(ctx, tx, p)
 			})
 		wantOthers(t, res, k, 4)
@@ -472,9 +471,9 @@ func TestGroupCommitCutOff(t *testing.T) {
 		k := key()
 		attempts := 0
 		res := groupedStalled(t, ctx, repo(lock.Options{Retry: lock.Retry{Attempts: 2, Backoff: time.Millisecond}}), k, add(1, "leader"), add(2, "m1"),
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment, wait func()) error {
+			func(ctx context.Context, tx pgx.Tx, p *item, wait func()) error {
 				attempts++
-				p.AmountCents += 1000
+				p.Amount += 1000
 				if attempts == 1 {
 					if err := ledgerInsert("stalled")(ctx, tx, p); err != nil {
 						return err
@@ -488,7 +487,7 @@ func TestGroupCommitCutOff(t *testing.T) {
 				t.Errorf("call %d: %v, want nil (the stalled call retried once)", i, res[i].err)
 			}
 		}
-		if got, _ := payRow(t, ctx, pool, k); got != 1007 {
+		if got, _ := itemRow(t, ctx, pool, k); got != 1007 {
 			t.Errorf("amount %d, want 1007: the retried call once", got)
 		}
 		if got := ledger(t, ctx, pool); len(got) != 3 || attempts != 2 {
@@ -508,21 +507,21 @@ func TestGroupCommitCutOffRace(t *testing.T) {
 	const idle = 40 * time.Millisecond
 	pool, _ := groupSetup(t)
 	ctx := pgtest.Context(t, 10*time.Minute) // 40 rounds on a busy machine: a bound for a hang only
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
 	cuts := 0
 	for round := range 40 {
 		_, _ = pool.Exec(ctx, "DELETE FROM ledger")
-		key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_r3_race_", round)}
+		key := itemKey{OwnerID: 1, Name: fmt.Sprint("li_r3_race_", round)}
 		entry := func(i int) string { return fmt.Sprint(round, "/", i) }
-		add := func(i int) payFn {
-			return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				p.AmountCents++
+		add := func(i int) itemFn {
+			return func(ctx context.Context, tx pgx.Tx, p *item) error {
+				p.Amount++
 				return ledgerInsert(entry(i))(ctx, tx, p)
 			}
 		}
-		racy := func(i int) payFn {
-			return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				p.AmountCents++
+		racy := func(i int) itemFn {
+			return func(ctx context.Context, tx pgx.Tx, p *item) error {
+				p.Amount++
 				if err := ledgerInsert(entry(i))(ctx, tx, p); err != nil {
 					return err
 				}
@@ -571,14 +570,14 @@ func TestGroupCommitTinyIdleTimeout(t *testing.T) {
 	const idle = time.Millisecond
 	pool, _ := groupSetup(t)
 	ctx := pgtest.Context(t, 10*time.Minute) // 30 rounds on a busy machine: a bound for a hang only
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
 	for round := range 30 {
 		_, _ = pool.Exec(ctx, "DELETE FROM ledger")
-		key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_r3_tiny_", round)}
+		key := itemKey{OwnerID: 1, Name: fmt.Sprint("li_r3_tiny_", round)}
 		entry := func(i int) string { return fmt.Sprint(round, "/", i) }
-		fn := func(i int) payFn {
-			return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				p.AmountCents++
+		fn := func(i int) itemFn {
+			return func(ctx context.Context, tx pgx.Tx, p *item) error {
+				p.Amount++
 				if err := ledgerInsert(entry(i))(ctx, tx, p); err != nil {
 					return err
 				}
@@ -614,7 +613,7 @@ func TestGroupCommitTinyIdleTimeout(t *testing.T) {
 // PostgreSQL by another session while the first caller waits for it and
 // the others queue behind it, then released. It returns each call's
 // outcome; a call not back within a minute fails the test.
-func groupedHeld(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo payRepo, key payment.Key, fns ...payFn) []result {
+func groupedHeld(t *testing.T, ctx context.Context, pool *pgxpool.Pool, repo itemRepo, key itemKey, fns ...itemFn) []result {
 	t.Helper()
 	holder, err := pool.Acquire(ctx)
 	if err != nil {
@@ -674,8 +673,8 @@ func TestGroupCommitTwoStalled(t *testing.T) {
 	t.Parallel()
 	const idle = 500 * time.Millisecond
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_r3_two_stalled"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
+	key := itemKey{OwnerID: 1, Name: "li_r3_two_stalled"}
 	wake := make(chan struct{})
 	woken := false
 	wakeUp := func() {
@@ -685,15 +684,15 @@ func TestGroupCommitTwoStalled(t *testing.T) {
 		}
 	}
 	defer wakeUp()
-	add := func(n int64, entry string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents += n
+	add := func(n int64, entry string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount += n
 			return ledgerInsert(entry)(ctx, tx, p)
 		}
 	}
-	stalled := func(entry string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents += 1000
+	stalled := func(entry string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount += 1000
 			if err := ledgerInsert(entry)(ctx, tx, p); err != nil {
 				return err
 			}
@@ -701,7 +700,7 @@ func TestGroupCommitTwoStalled(t *testing.T) {
 			return nil
 		}
 	}
-	fns := []payFn{add(1, "leader"), add(2, "m1"), stalled("s2"), stalled("s3"), add(4, "m4"), add(8, "m5")}
+	fns := []itemFn{add(1, "leader"), add(2, "m1"), stalled("s2"), stalled("s3"), add(4, "m4"), add(8, "m5")}
 	res := make([]result, len(fns))
 	dones := make([]chan struct{}, len(fns))
 	holder, err := pool.Acquire(ctx)
@@ -742,7 +741,7 @@ func TestGroupCommitTwoStalled(t *testing.T) {
 			t.Fatalf("call %d has not returned a minute after the key was released, while calls 2 and 3 stall", i)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 15 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 15 {
 		t.Errorf("amount %d, want 1+2+4+8", amount)
 	}
 	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"leader", "m1", "m4", "m5"}) {
@@ -770,10 +769,10 @@ func TestGroupCommitGoroutineKeepsBusy(t *testing.T) {
 	t.Parallel()
 	const idle = time.Second
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_r3_goroutine_busy"}
-	busy := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents += 10
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
+	key := itemKey{OwnerID: 1, Name: "li_r3_goroutine_busy"}
+	busy := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount += 10
 		errc := make(chan error, 1)
 		stop := make(chan struct{})
 		go func() {
@@ -797,14 +796,14 @@ func TestGroupCommitGoroutineKeepsBusy(t *testing.T) {
 		}
 		return ledgerInsert("busy")(ctx, tx, p)
 	}
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil }
 	res := groupedHeld(t, ctx, pool, repo, key, add, busy, add)
 	for i, r := range res {
 		if r.err != nil {
 			t.Errorf("call %d: %v, want nil as one by one", i, r.err)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 12 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 12 {
 		t.Errorf("amount %d, want 12", amount)
 	}
 }
@@ -823,7 +822,7 @@ func TestGroupCommitCutOffOwnErrorNotRetried(t *testing.T) {
 	opts := lock.Options{IdleTimeout: idle, Retry: lock.Retry{Attempts: 3, Backoff: time.Millisecond}}
 	own := errors.New("own")
 	var attempts atomic.Int32
-	fn := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	fn := func(ctx context.Context, tx pgx.Tx, p *item) error {
 		attempts.Add(1)
 		if _, err := tx.Exec(ctx, "SELECT $1::int", 1); err != nil {
 			return err
@@ -831,11 +830,11 @@ func TestGroupCommitCutOffOwnErrorNotRetried(t *testing.T) {
 		time.Sleep(3 * idle)
 		return own
 	}
-	plain := entity.New(pool, payment.Table{}, entity.WithLockOptions(opts))
-	oneErr := plain.With(ctx, payment.Key{ServiceID: 1, LineItemID: "li_r3_own_one"}, fn)
+	plain := entity.New(pool, itemTable{}, entity.WithLockOptions(opts))
+	oneErr := plain.With(ctx, itemKey{OwnerID: 1, Name: "li_r3_own_one"}, fn)
 	oneAttempts := attempts.Swap(0)
-	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
-	res := groupedHeld(t, ctx, pool, gc, payment.Key{ServiceID: 1, LineItemID: "li_r3_own_grp"}, payNoop, fn)
+	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
+	res := groupedHeld(t, ctx, pool, gc, itemKey{OwnerID: 1, Name: "li_r3_own_grp"}, itemNoop, fn)
 	if grpAttempts := attempts.Load(); grpAttempts != oneAttempts || !errors.Is(res[1].err, own) || !errors.Is(oneErr, own) {
 		t.Errorf("grouped: %d attempts, %v; one by one: %d attempts, %v", grpAttempts, res[1].err, oneAttempts, oneErr)
 	}
@@ -851,27 +850,27 @@ func TestGroupCommitIdleTimeout(t *testing.T) {
 	for _, retry := range []int{1, 3} {
 		t.Run(fmt.Sprint("attempts=", retry), func(t *testing.T) {
 			_, _ = pool.Exec(ctx, "DELETE FROM ledger")
-			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithLockOptions(lock.Options{
+			repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16), entity.WithLockOptions(lock.Options{
 				IdleTimeout: 200 * time.Millisecond, Retry: lock.Retry{Attempts: retry, Backoff: time.Millisecond}}))
-			key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_idle_", retry)}
-			add := func(name string) payFn {
-				return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-					p.AmountCents++
+			key := itemKey{OwnerID: 1, Name: fmt.Sprint("li_gc_idle_", retry)}
+			add := func(name string) itemFn {
+				return func(ctx context.Context, tx pgx.Tx, p *item) error {
+					p.Amount++
 					_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
 					return err
 				}
 			}
 			var slept atomic.Bool
-			res := grouped(t, ctx, repo, key, nil, add("a"), add("b"), func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			res := grouped(t, ctx, repo, key, nil, add("a"), add("b"), func(_ context.Context, _ pgx.Tx, p *item) error {
 				if !slept.Swap(true) {
 					time.Sleep(time.Second)
 				}
-				p.AmountCents++
+				p.Amount++
 				return nil
 			}, add("d"))
 			got := ledger(t, ctx, pool)
 			var amount int64
-			_ = pool.QueryRow(ctx, "SELECT coalesce(sum(amount_cents), 0) FROM payments WHERE line_item_id = $1", key.LineItemID).Scan(&amount)
+			_ = pool.QueryRow(ctx, "SELECT coalesce(sum(amount), 0) FROM items WHERE name = $1", key.Name).Scan(&amount)
 			ok := 0
 			for i, r := range res {
 				name := string(rune('a' + i))
@@ -898,16 +897,16 @@ func TestGroupCommitIdleTimeout(t *testing.T) {
 func TestGroupCommitIdleTimeoutThenFail(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithLockOptions(lock.Options{
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16), entity.WithLockOptions(lock.Options{
 		IdleTimeout: time.Second}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_idlefail"}
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents++
-		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+	key := itemKey{OwnerID: 1, Name: "li_gc_idlefail"}
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.Amount))
 		return err
 	}
 	errB := errors.New("b failed")
-	res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *item) error {
 		if err := add(ctx, tx, p); err != nil {
 			return err
 		}
@@ -938,24 +937,24 @@ func TestGroupCommitReentrantOtherCtx(t *testing.T) {
 	pool, ctx := groupSetup(t)
 	for _, leader := range []bool{true, false} {
 		t.Run(fmt.Sprint("leader=", leader), func(t *testing.T) {
-			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16),
+			repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16),
 				entity.WithLockOptions(lock.Options{IdleTimeout: 2 * time.Second}))
-			key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_reother_", leader)}
+			key := itemKey{OwnerID: 1, Name: fmt.Sprint("li_gc_reother_", leader)}
 			innerCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			var inner error
-			nested := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-				inner = repo.With(innerCtx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-					p.AmountCents += 100
+			nested := func(_ context.Context, _ pgx.Tx, p *item) error {
+				inner = repo.With(innerCtx, key, func(_ context.Context, _ pgx.Tx, p *item) error {
+					p.Amount += 100
 					return nil
 				})
-				p.AmountCents++
+				p.Amount++
 				return nil
 			}
-			inc := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
-			fns := []payFn{inc, nested}
+			inc := func(_ context.Context, _ pgx.Tx, p *item) error { p.Amount++; return nil }
+			fns := []itemFn{inc, nested}
 			if leader {
-				fns = []payFn{nested, inc}
+				fns = []itemFn{nested, inc}
 			}
 			res := grouped(t, ctx, repo, key, nil, fns...)
 			if inner != nil {
@@ -976,7 +975,7 @@ func TestGroupCommitReentrantOtherCtx(t *testing.T) {
 					t.Errorf("call %d: %v, want an error saying nothing was committed", i, r.err)
 				}
 			}
-			if amount, _ := payRow(t, ctx, pool, key); amount != want {
+			if amount, _ := itemRow(t, ctx, pool, key); amount != want {
 				t.Errorf("amount %d, want %d", amount, want)
 			}
 		})
@@ -990,12 +989,12 @@ func TestGroupCommitIdleTimeoutPerMember(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
 	const idle, fnTime = 2500 * time.Millisecond, time.Second
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8),
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8),
 		entity.WithLockOptions(lock.Options{IdleTimeout: idle}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_idle"}
-	slow := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	key := itemKey{OwnerID: 1, Name: "li_idle"}
+	slow := func(ctx context.Context, tx pgx.Tx, p *item) error {
 		time.Sleep(fnTime)
-		p.AmountCents++
+		p.Amount++
 		return nil
 	}
 	res := groupedBounded(t, ctx, repo, key, nil, slow, slow, slow, slow)
@@ -1004,7 +1003,7 @@ func TestGroupCommitIdleTimeoutPerMember(t *testing.T) {
 			t.Errorf("call %d: %v", i, r.err)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 4 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 4 {
 		t.Errorf("amount %d, want 4", amount)
 	}
 }
@@ -1024,24 +1023,24 @@ func TestGroupCommitCutsOffAStalledFn(t *testing.T) {
 	pool, ctx := groupSetup(t)
 	var mu sync.Mutex
 	sizes := map[int]int{}
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8),
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8),
 		entity.WithLockOptions(lock.Options{IdleTimeout: idle}),
 		entity.WithHooks(entity.Hooks{Done: func(_ context.Context, ev entity.Event) {
 			mu.Lock()
 			defer mu.Unlock()
 			sizes[ev.GroupSize]++
 		}}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_stalled"}
-	add := func(n int64, entry string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents += n
+	key := itemKey{OwnerID: 1, Name: "li_stalled"}
+	add := func(n int64, entry string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount += n
 			return ledgerInsert(entry)(ctx, tx, p)
 		}
 	}
 	wake, woke := make(chan struct{}), make(chan struct{})
 	var lateErr error
-	stalled := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents += 1000
+	stalled := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount += 1000
 		if err := ledgerInsert("stalled")(ctx, tx, p); err != nil {
 			return err
 		}
@@ -1050,14 +1049,14 @@ func TestGroupCommitCutsOffAStalledFn(t *testing.T) {
 		close(woke)
 		return nil
 	}
-	fns := []payFn{add(1, "leader"), add(2, "second"), stalled, add(4, "fourth")}
+	fns := []itemFn{add(1, "leader"), add(2, "second"), stalled, add(4, "fourth")}
 	errs := make([]chan error, len(fns))
 	held, gate := make(chan struct{}), make(chan struct{})
 	for i, fn := range fns {
 		errs[i] = make(chan error, 1)
 		if i == 0 {
 			inner := fn
-			fn = func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			fn = func(ctx context.Context, tx pgx.Tx, p *item) error {
 				close(held)
 				<-gate
 				return inner(ctx, tx, p)
@@ -1083,7 +1082,7 @@ func TestGroupCommitCutsOffAStalledFn(t *testing.T) {
 			t.Fatalf("call %d has not returned a minute after the group began, while call 2's fn stalls", i)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 7 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 7 {
 		t.Errorf("amount %d, want 1+2+4: the stalled call's change must not commit", amount)
 	}
 	if got := ledger(t, ctx, pool); len(got) != 3 {

@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/payment"
 )
 
 // A lone caller under group commit runs exactly as without the option.
@@ -25,7 +24,7 @@ func TestGroupCommitLoneCallerWire(t *testing.T) {
 	type wire struct{ writes, written atomic.Int64 }
 	run := func(opts ...entity.Option) (writes, written int64) {
 		var w wire
-		pool, ctx := paySetup(t, func(c *pgxpool.Config) {
+		pool, ctx := itemsPool(t, func(c *pgxpool.Config) {
 			c.MaxConns = 1
 			// No ping of a connection idle for a second: a busy machine's
 			// pauses would add writes to one run and not the other.
@@ -42,11 +41,11 @@ func TestGroupCommitLoneCallerWire(t *testing.T) {
 		if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
 			t.Fatal(err)
 		}
-		repo := entity.New(pool, payment.Table{}, opts...)
-		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_wire"}
+		repo := entity.New(pool, itemTable{}, opts...)
+		key := itemKey{OwnerID: 1, Name: "li_gc_wire"}
 		call := func(i int) {
-			err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				p.AmountCents++
+			err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *item) error {
+				p.Amount++
 				_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprintf("%04d", i))
 				return err
 			})
@@ -78,18 +77,18 @@ func TestGroupCommitLoneCaller(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
 	var rec recorder
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithHooks(rec.hooks()))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lone"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16), entity.WithHooks(rec.hooks()))
+	key := itemKey{OwnerID: 1, Name: "li_gc_lone"}
 	for range 3 {
-		err := repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-			p.AmountCents++
+		err := repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *item) error {
+			p.Amount++
 			return nil
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 3 {
 		t.Errorf("amount %d, want 3", amount)
 	}
 	for _, ev := range rec.events {
@@ -100,18 +99,18 @@ func TestGroupCommitLoneCaller(t *testing.T) {
 	// Its fn's error, or a failed statement, rolls back as without the
 	// option.
 	errFn := errors.New("fn failed")
-	if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error { return errFn }); err != errFn {
+	if err := repo.With(ctx, key, func(context.Context, pgx.Tx, *item) error { return errFn }); err != errFn {
 		t.Errorf("fn's error came back as %v", err)
 	}
-	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents = 100
+	err := repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount = 100
 		_, _ = tx.Exec(ctx, "SELECT 1/0")
 		return nil
 	})
 	if !errors.Is(err, entity.ErrTxAborted) {
 		t.Errorf("failed statement: %v, want ErrTxAborted", err)
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 3 {
 		t.Errorf("amount %d, want 3", amount)
 	}
 }
@@ -121,21 +120,21 @@ func TestGroupCommitLoneCaller(t *testing.T) {
 func TestGroupCommitLoneCallerCtx(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lone_ctx"}
-	if err := repo.With(ctx, key, payNoop); err != nil {
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "li_gc_lone_ctx"}
+	if err := repo.With(ctx, key, itemNoop); err != nil {
 		t.Fatal(err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	err := repo.With(cctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
-		p.AmountCents = 7
+	err := repo.With(cctx, key, func(_ context.Context, _ pgx.Tx, p *item) error {
+		p.Amount = 7
 		cancel()
 		return nil
 	})
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("With = %v, want context.Canceled", err)
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 0 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 0 {
 		t.Errorf("amount %d committed after ctx ended", amount)
 	}
 }
@@ -146,8 +145,8 @@ func TestGroupCommitLoneCallerCtx(t *testing.T) {
 func TestGroupCommitLoneCallerRowsConn(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	check := func(repo payRepo, key payment.Key) error {
-		return repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	check := func(repo itemRepo, key itemKey) error {
+		return repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *item) error {
 			rows, err := tx.Query(ctx, "SELECT 1")
 			if err != nil {
 				return err
@@ -159,8 +158,8 @@ func TestGroupCommitLoneCallerRowsConn(t *testing.T) {
 			return nil
 		})
 	}
-	oneErr := check(entity.New(pool, payment.Table{}), payment.Key{ServiceID: 1, LineItemID: "li_r2_rc_one"})
-	grpErr := check(entity.New(pool, payment.Table{}, entity.WithGroupCommit(8)), payment.Key{ServiceID: 1, LineItemID: "li_r2_rc_grp"})
+	oneErr := check(entity.New(pool, itemTable{}), itemKey{OwnerID: 1, Name: "li_r2_rc_one"})
+	grpErr := check(entity.New(pool, itemTable{}, entity.WithGroupCommit(8)), itemKey{OwnerID: 1, Name: "li_r2_rc_grp"})
 	if (oneErr == nil) != (grpErr == nil) {
 		t.Errorf("lone caller: with group commit %v; without %v", grpErr, oneErr)
 	}

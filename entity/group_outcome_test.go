@@ -12,7 +12,6 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // What each call of a group is told, and when: the commit killed, a fn
@@ -34,13 +33,13 @@ BEGIN
 	END IF;
 	RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON payments DEFERRABLE INITIALLY DEFERRED
+CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON items DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION slow_commit()`); err != nil {
 		t.Fatal(err)
 	}
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16),
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16),
 		entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_killcommit"}
+	key := itemKey{OwnerID: 1, Name: "li_gc_killcommit"}
 	go func() {
 		for ctx.Err() == nil {
 			var n int
@@ -53,10 +52,10 @@ CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON payments DEFERRABLE INITIA
 		}
 	}()
 	var runs atomic.Int32
-	add := func(name string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	add := func(name string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
 			runs.Add(1)
-			p.AmountCents++
+			p.Amount++
 			p.Status = "slow"
 			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
 			return err
@@ -80,19 +79,19 @@ CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON payments DEFERRABLE INITIA
 func TestGroupCommitGoexitCommitsNothing(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_goexit"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8))
+	key := itemKey{OwnerID: 1, Name: "li_goexit"}
 	res := groupedBounded(t, ctx, repo, key, nil,
 		ledgerInsert("leader"),
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents += 100
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount += 100
 			if _, err := tx.Exec(ctx, "INSERT INTO ledger (entry) VALUES ($1)", "goexit"); err != nil {
 				return err
 			}
 			runtime.Goexit()
 			return nil
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents += 5; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount += 5; return nil },
 	)
 	if res[0].err != nil || res[2].err != nil {
 		t.Fatalf("leader %v, third %v", res[0].err, res[2].err)
@@ -100,7 +99,7 @@ func TestGroupCommitGoexitCommitsNothing(t *testing.T) {
 	if got := ledger(t, ctx, pool); len(got) != 1 || got[0] != "leader" {
 		t.Errorf("ledger %q, want only the leader's", got)
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 5 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 5 {
 		t.Errorf("amount %d, want 5: the Goexit call's change was committed", amount)
 	}
 }
@@ -115,7 +114,7 @@ func TestGroupCommitMemberReturnsAtItsCtx(t *testing.T) {
 	pool, ctx := groupSetup(t)
 	type member1 struct{}
 	returned := make(chan struct{}) // member 1's call ended (its Done hook ran)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8), entity.WithHooks(entity.Hooks{
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithHooks(entity.Hooks{
 		Done: func(ctx context.Context, _ entity.Event) {
 			if ctx.Value(member1{}) != nil {
 				close(returned)
@@ -125,17 +124,17 @@ func TestGroupCommitMemberReturnsAtItsCtx(t *testing.T) {
 	ctx1, cancel1 := context.WithCancel(context.WithValue(ctx, member1{}, true))
 	defer cancel1()
 	var waited bool
-	res := groupedBounded(t, ctx, repo, payment.Key{ServiceID: 1, LineItemID: "li_ctx_return"}, []context.Context{nil, ctx1},
-		payNoop,
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil },
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	res := groupedBounded(t, ctx, repo, itemKey{OwnerID: 1, Name: "li_ctx_return"}, []context.Context{nil, ctx1},
+		itemNoop,
+		func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
 			cancel1() // member 1's ctx ends while this fn runs
 			select {
 			case <-returned:
 				waited = true
 			case <-time.After(30 * time.Second): // only a member 1 that waits for this fn gets here
 			}
-			p.AmountCents += 10
+			p.Amount += 10
 			return nil
 		},
 	)
@@ -145,7 +144,7 @@ func TestGroupCommitMemberReturnsAtItsCtx(t *testing.T) {
 	if !errors.Is(res[1].err, lock.ErrCommitUnknown) || !errors.Is(res[1].err, context.Canceled) {
 		t.Errorf("member 1: %v, want ErrCommitUnknown and context.Canceled", res[1].err)
 	}
-	if amount, _ := payRow(t, ctx, pool, payment.Key{ServiceID: 1, LineItemID: "li_ctx_return"}); amount != 11 {
+	if amount, _ := itemRow(t, ctx, pool, itemKey{OwnerID: 1, Name: "li_ctx_return"}); amount != 11 {
 		t.Errorf("amount %d, want 11: member 1's part was committed with the group", amount)
 	}
 }
@@ -160,28 +159,28 @@ func TestGroupCommitMemberReturnsAtItsCtx(t *testing.T) {
 func TestGroupCommitLeaderCtxEnds(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8),
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8),
 		entity.WithLockOptions(lock.Options{IdleTimeout: -1}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_leader_ctx"}
+	key := itemKey{OwnerID: 1, Name: "li_leader_ctx"}
 	held, gate := make(chan struct{}), make(chan struct{})
 	running, release := make(chan struct{}), make(chan struct{})
 	lctx, lcancel := context.WithCancel(ctx)
 	defer lcancel()
 	leaderErr, memberErr := make(chan error, 1), make(chan error, 1)
 	go func() {
-		leaderErr <- repo.With(lctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		leaderErr <- repo.With(lctx, key, func(ctx context.Context, tx pgx.Tx, p *item) error {
 			close(held)
 			<-gate
-			p.AmountCents += 1
+			p.Amount += 1
 			return ledgerInsert("leader")(ctx, tx, p)
 		})
 	}()
 	<-held
 	go func() {
-		memberErr <- repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		memberErr <- repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *item) error {
 			close(running)
 			<-release // ignores ctx: slow I/O, say
-			p.AmountCents += 2
+			p.Amount += 2
 			return ledgerInsert("member")(ctx, tx, p)
 		})
 	}()
@@ -212,7 +211,7 @@ func TestGroupCommitLeaderCtxEnds(t *testing.T) {
 	case <-bound:
 		t.Fatal("the member's call has not returned a minute after the group began")
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 3 {
 		t.Errorf("amount %d, want 1+2: the group commits the leader's part after its ctx ended", amount)
 	}
 	if got := ledger(t, ctx, pool); len(got) != 2 {
@@ -220,19 +219,19 @@ func TestGroupCommitLeaderCtxEnds(t *testing.T) {
 	}
 }
 
-// goexitSave is payment.Table whose Save calls runtime.Goexit on its call
+// goexitSave is itemTable whose Save calls runtime.Goexit on its call
 // number at (t.FailNow in a Table method does).
 type goexitSave struct {
-	payment.Table
+	itemTable
 	calls *atomic.Int32
 	at    int32
 }
 
-func (t goexitSave) Save(old, p *payment.Payment) (string, []any, error) {
+func (t goexitSave) Save(old, p *item) (string, []any, error) {
 	if t.calls.Add(1) == t.at {
 		runtime.Goexit()
 	}
-	return t.Table.Save(old, p)
+	return t.itemTable.Save(old, p)
 }
 
 // TestGroupCommitTableGoexitOnTheGroupsGoroutine: the Table's Save calls
@@ -248,24 +247,24 @@ func TestGroupCommitTableGoexitOnTheGroupsGoroutine(t *testing.T) {
 	// Save's calls: the leader's step (1), then the leader's row written
 	// before the member's turn (2), on the group's goroutine.
 	repo := entity.New(pool, goexitSave{calls: &calls, at: 2}, entity.WithGroupCommit(8))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_table_goexit"}
+	key := itemKey{OwnerID: 1, Name: "li_table_goexit"}
 	held, gate := make(chan struct{}), make(chan struct{})
 	leaderExited, memberErr := make(chan bool, 1), make(chan error, 1)
 	go func() {
 		returned := false
 		defer func() { leaderExited <- !returned }()
-		_ = repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		_ = repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *item) error {
 			close(held)
 			<-gate
-			p.AmountCents += 1
+			p.Amount += 1
 			return nil
 		})
 		returned = true
 	}()
 	<-held
 	go func() {
-		memberErr <- repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents += 2
+		memberErr <- repo.With(ctx, key, func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount += 2
 			return nil
 		})
 	}()
@@ -288,10 +287,10 @@ func TestGroupCommitTableGoexitOnTheGroupsGoroutine(t *testing.T) {
 	case <-bound:
 		t.Fatal("the member's call has not returned a minute after the group began")
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 2 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 2 {
 		t.Errorf("amount %d, want 2: nothing of the leader's call commits", amount)
 	}
-	if err := repo.With(ctx, key, payNoop); err != nil {
+	if err := repo.With(ctx, key, itemNoop); err != nil {
 		t.Errorf("a call after: %v", err)
 	}
 }

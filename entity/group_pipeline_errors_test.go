@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/payment"
 )
 
 // TestGroupCommitStatementErrorIsolated: a member whose first statement
@@ -34,20 +33,20 @@ func TestGroupCommitStatementErrorIsolated(t *testing.T) {
 	} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			pool, ctx := paySetup(t, func(cfg *pgxpool.Config) { cfg.ConnConfig.DefaultQueryExecMode = mode })
+			pool, ctx := itemsPool(t, func(cfg *pgxpool.Config) { cfg.ConnConfig.DefaultQueryExecMode = mode })
 			if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
 				t.Fatal(err)
 			}
-			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-			add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				p.AmountCents++
-				_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.LineItemID, "/", p.AmountCents))
+			repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+			add := func(ctx context.Context, tx pgx.Tx, p *item) error {
+				p.Amount++
+				_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.Name, "/", p.Amount))
 				return err
 			}
 			t.Run("Parse", func(t *testing.T) {
-				key := payment.Key{ServiceID: 1, LineItemID: "parse"}
-				res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-					p.AmountCents += 100
+				key := itemKey{OwnerID: 1, Name: "parse"}
+				res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *item) error {
+					p.Amount += 100
 					_, err := tx.Exec(ctx, "INSERT INTO no_such_table VALUES ($1)", 1)
 					return err
 				}, add)
@@ -64,8 +63,8 @@ func TestGroupCommitStatementErrorIsolated(t *testing.T) {
 			t.Run("Encode", func(t *testing.T) {
 				// fn goes on after a statement pgx refused to send, as it may:
 				// nothing reached the server, the transaction is intact.
-				key := payment.Key{ServiceID: 1, LineItemID: "encode"}
-				res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				key := itemKey{OwnerID: 1, Name: "encode"}
+				res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *item) error {
 					if _, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", make(chan int)); err == nil {
 						return errors.New("a chan encoded")
 					}
@@ -76,7 +75,7 @@ func TestGroupCommitStatementErrorIsolated(t *testing.T) {
 						t.Errorf("call %d: %v, want nil", i, r.err)
 					}
 				}
-				if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+				if amount, _ := itemRow(t, ctx, pool, key); amount != 3 {
 					t.Errorf("amount %d, want 3", amount)
 				}
 			})
@@ -97,13 +96,13 @@ BEGIN
 	IF NEW.status = 'slow' AND OLD.status <> 'slow' THEN PERFORM pg_sleep(2); END IF;
 	RETURN NEW;
 END $$;
-CREATE TRIGGER slow_paid BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION slow_paid()`); err != nil {
+CREATE TRIGGER slow_paid BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION slow_paid()`); err != nil {
 		t.Fatal(err)
 	}
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
 	// A first group prepares the member's statement on the connection.
-	for i, r := range grouped(t, ctx, repo, payment.Key{ServiceID: 1, LineItemID: "ctx_warm"}, nil, payNoop,
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	for i, r := range grouped(t, ctx, repo, itemKey{OwnerID: 1, Name: "ctx_warm"}, nil, itemNoop,
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
 			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", "warm")
 			return err
 		}) {
@@ -111,11 +110,11 @@ CREATE TRIGGER slow_paid BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION
 			t.Fatalf("warm-up call %d: %v", i, r.err)
 		}
 	}
-	key := payment.Key{ServiceID: 1, LineItemID: "ctx_prefix"}
-	res := grouped(t, ctx, repo, key, nil, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	key := itemKey{OwnerID: 1, Name: "ctx_prefix"}
+	res := grouped(t, ctx, repo, key, nil, func(ctx context.Context, tx pgx.Tx, p *item) error {
 		p.Status = "slow"
 		return nil
-	}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	}, func(ctx context.Context, tx pgx.Tx, p *item) error {
 		sctx, cancel := context.WithTimeout(ctx, time.Second) // half the write: room for a busy machine
 		defer cancel()
 		_, err := tx.Exec(sctx, "INSERT INTO ledger VALUES ($1)", "member")
@@ -127,7 +126,7 @@ CREATE TRIGGER slow_paid BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION
 		}
 	}
 	var n int
-	if err := pool.QueryRow(ctx, "SELECT count(*) FROM payments WHERE line_item_id = $1 AND status = 'slow'", key.LineItemID).Scan(&n); err != nil {
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM items WHERE name = $1 AND status = 'slow'", key.Name).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	if n != 1 {
@@ -139,7 +138,7 @@ CREATE TRIGGER slow_paid BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION
 }
 
 // TestGroupCommitTriggerOnGroupWrite: a trigger fills data when a
-// payment becomes paid. The leader marks it paid (in p), the next member
+// row becomes paid. The leader marks it paid (in p), the next member
 // runs a statement that leaves the row alone, the last one changes the
 // amount. One by one, the trigger's data stays; in a group, the write of
 // the leader's row (before the second member's statement) fires it, and the
@@ -154,21 +153,21 @@ BEGIN
 	IF NEW.status = 'paid' AND OLD.status <> 'paid' THEN NEW.data := '{"paid": true}'; END IF;
 	RETURN NEW;
 END $$;
-CREATE TRIGGER paid_data BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION paid_data()`); err != nil {
+CREATE TRIGGER paid_data BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION paid_data()`); err != nil {
 		t.Fatal(err)
 	}
-	fns := []payFn{
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.Status = "paid"; return nil },
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", p.LineItemID)
+	fns := []itemFn{
+		func(ctx context.Context, tx pgx.Tx, p *item) error { p.Status = "paid"; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", p.Name)
 			return err
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil },
 	}
-	data := func(key payment.Key) string {
+	data := func(key itemKey) string {
 		var d *string
-		if err := pool.QueryRow(ctx, "SELECT data::text FROM payments WHERE service_id = $1 AND line_item_id = $2",
-			key.ServiceID, key.LineItemID).Scan(&d); err != nil {
+		if err := pool.QueryRow(ctx, "SELECT data::text FROM items WHERE owner_id = $1 AND name = $2",
+			key.OwnerID, key.Name).Scan(&d); err != nil {
 			t.Fatal(err)
 		}
 		if d == nil {
@@ -176,22 +175,22 @@ CREATE TRIGGER paid_data BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION
 		}
 		return *d
 	}
-	plain := entity.New(pool, payment.Table{})
-	one := payment.Key{ServiceID: 1, LineItemID: "trigger_one_by_one"}
+	plain := entity.New(pool, itemTable{})
+	one := itemKey{OwnerID: 1, Name: "trigger_one_by_one"}
 	for i, fn := range fns {
 		if err := plain.With(ctx, one, fn); err != nil {
 			t.Fatalf("one by one, call %d: %v", i, err)
 		}
 	}
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
 	// A first group prepares the member's statement on the connection, so
 	// that in the second it goes in one pipeline with the write.
-	for i, r := range grouped(t, ctx, repo, payment.Key{ServiceID: 1, LineItemID: "trigger_warm"}, nil, fns...) {
+	for i, r := range grouped(t, ctx, repo, itemKey{OwnerID: 1, Name: "trigger_warm"}, nil, fns...) {
 		if r.err != nil {
 			t.Fatalf("warm-up call %d: %v", i, r.err)
 		}
 	}
-	key := payment.Key{ServiceID: 1, LineItemID: "trigger_group"}
+	key := itemKey{OwnerID: 1, Name: "trigger_group"}
 	for i, r := range grouped(t, ctx, repo, key, nil, fns...) {
 		if r.err != nil {
 			t.Fatalf("call %d: %v", i, r.err)
@@ -207,12 +206,12 @@ CREATE TRIGGER paid_data BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION
 func TestGroupCommitRowScannedTwice(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
 	var errs [2]error
-	twice := func(i int) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	twice := func(i int) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
 			var n int64
-			row := tx.QueryRow(ctx, "SELECT amount_cents FROM payments WHERE id = $1", p.ID)
+			row := tx.QueryRow(ctx, "SELECT amount FROM items WHERE id = $1", p.ID)
 			if err := row.Scan(&n); err != nil {
 				return err
 			}
@@ -220,7 +219,7 @@ func TestGroupCommitRowScannedTwice(t *testing.T) {
 			return nil
 		}
 	}
-	key := payment.Key{ServiceID: 1, LineItemID: "scanned_twice"}
+	key := itemKey{OwnerID: 1, Name: "scanned_twice"}
 	for i, r := range grouped(t, ctx, repo, key, nil, twice(0), twice(1)) {
 		if r.err != nil {
 			t.Fatalf("call %d: %v", i, r.err)
@@ -242,34 +241,34 @@ func TestGroupCommitRowScannedTwice(t *testing.T) {
 func TestGroupCommitRowGoneBetweenStatements(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	recreate := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		if _, err := tx.Exec(ctx, "DELETE FROM payments WHERE id = $1", p.ID); err != nil {
+	recreate := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		if _, err := tx.Exec(ctx, "DELETE FROM items WHERE id = $1", p.ID); err != nil {
 			return fmt.Errorf("delete: %w", err)
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO payments (id, service_id, line_item_id, amount_cents, currency, status, data, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, p.ID, p.ServiceID, p.LineItemID, p.AmountCents, p.Currency, p.Status, p.Data, p.CreatedAt, p.UpdatedAt)
+		_, err := tx.Exec(ctx, `INSERT INTO items (id, owner_id, name, amount, status, data, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, p.ID, p.OwnerID, p.Name, p.Amount, p.Status, p.Data, p.CreatedAt, p.UpdatedAt)
 		if err != nil {
 			return fmt.Errorf("insert: %w", err)
 		}
-		p.AmountCents++
+		p.Amount++
 		return nil
 	}
-	bump := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
-	plain := entity.New(pool, payment.Table{})
-	one := payment.Key{ServiceID: 1, LineItemID: "recreate_one_by_one"}
-	for i, fn := range []payFn{bump, recreate, bump} {
+	bump := func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil }
+	plain := entity.New(pool, itemTable{})
+	one := itemKey{OwnerID: 1, Name: "recreate_one_by_one"}
+	for i, fn := range []itemFn{bump, recreate, bump} {
 		if err := plain.With(ctx, one, fn); err != nil {
 			t.Fatalf("one by one, call %d: %v", i, err)
 		}
 	}
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "recreate_group"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "recreate_group"}
 	for i, r := range grouped(t, ctx, repo, key, nil, bump, recreate, bump) {
 		if r.err != nil {
 			t.Errorf("call %d: %v, want nil as one by one", i, r.err)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 3 {
 		t.Errorf("amount %d, want 3", amount)
 	}
 }

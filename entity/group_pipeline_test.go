@@ -15,7 +15,6 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // TestGroupCommitMemberRoundTrips: a member whose fn changes p and runs one
@@ -42,7 +41,7 @@ func TestGroupCommitMemberRoundTrips(t *testing.T) {
 		t.Run(c.mode.String(), func(t *testing.T) {
 			t.Parallel()
 			var writes, written atomic.Int64
-			pool, ctx := paySetup(t, func(cfg *pgxpool.Config) {
+			pool, ctx := itemsPool(t, func(cfg *pgxpool.Config) {
 				cfg.ConnConfig.DefaultQueryExecMode = c.mode
 				dial := cfg.ConnConfig.DialFunc
 				cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -59,24 +58,24 @@ func TestGroupCommitMemberRoundTrips(t *testing.T) {
 			// IdleTimeout an hour: a busy machine may take seconds from one
 			// member's turn to the next, and past a twentieth of IdleTimeout
 			// the leader sends a keep-alive, a round trip more.
-			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16),
+			repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16),
 				entity.WithLockOptions(lock.Options{IdleTimeout: time.Hour}))
-			key := payment.Key{ServiceID: 1, LineItemID: "li_gc_round_trips"}
+			key := itemKey{OwnerID: 1, Name: "li_gc_round_trips"}
 			const members = 6
 			type span struct{ start, end int64 }
 			var spans [members]span
 			run := func(round int, changeRow int) {
-				fns := make([]payFn, members)
+				fns := make([]itemFn, members)
 				for i := range fns {
-					fns[i] = func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+					fns[i] = func(ctx context.Context, tx pgx.Tx, p *item) error {
 						spans[i].start = writes.Load()
 						sql := "INSERT INTO ledger VALUES ($1)"
 						arg := any(fmt.Sprintf("%d-%02d", round, i))
 						if i == changeRow {
 							// p unchanged: Save would write p's status over this
-							sql, arg = "UPDATE payments SET amount_cents = amount_cents + 1000 WHERE id = $1", p.ID
+							sql, arg = "UPDATE items SET amount = amount + 1000 WHERE id = $1", p.ID
 						} else {
-							p.AmountCents++
+							p.Amount++
 						}
 						_, err := tx.Exec(ctx, sql, arg)
 						spans[i].end = writes.Load()
@@ -101,7 +100,7 @@ func TestGroupCommitMemberRoundTrips(t *testing.T) {
 					t.Errorf("member %d: %d round trips between it and the member before, want %d", i, got, want)
 				}
 			}
-			if amount, _ := payRow(t, ctx, pool, key); amount != 2*(members-1+1000) {
+			if amount, _ := itemRow(t, ctx, pool, key); amount != 2*(members-1+1000) {
 				t.Errorf("row: amount %d, want %d", amount, 2*(members-1+1000))
 			}
 		})
@@ -117,38 +116,38 @@ func TestGroupCommitMemberRoundTrips(t *testing.T) {
 func TestGroupCommitPipelinedRow(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	insert := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents++
-		want := fmt.Sprint(p.LineItemID, "/", p.AmountCents)
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	insert := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount++
+		want := fmt.Sprint(p.Name, "/", p.Amount)
 		var got string
 		if err := tx.QueryRow(ctx, "INSERT INTO ledger VALUES ($1) RETURNING entry", want).Scan(&got); err != nil {
 			return err
 		}
 		var inTx int64
-		if err := tx.QueryRow(ctx, "SELECT amount_cents FROM payments WHERE id = $1", p.ID).Scan(&inTx); err != nil {
+		if err := tx.QueryRow(ctx, "SELECT amount FROM items WHERE id = $1", p.ID).Scan(&inTx); err != nil {
 			return err
 		}
-		if got != want || inTx != p.AmountCents-1 {
-			return fmt.Errorf("RETURNING %q, want %q; amount in tx %d, want %d", got, want, inTx, p.AmountCents-1)
+		if got != want || inTx != p.Amount-1 {
+			return fmt.Errorf("RETURNING %q, want %q; amount in tx %d, want %d", got, want, inTx, p.Amount-1)
 		}
 		return nil
 	}
 	t.Run("Scanned", func(t *testing.T) {
-		key := payment.Key{ServiceID: 1, LineItemID: "scanned"}
+		key := itemKey{OwnerID: 1, Name: "scanned"}
 		for i, r := range grouped(t, ctx, repo, key, nil, insert, insert, insert, insert) {
 			if r.err != nil || r.panicked != nil {
 				t.Fatalf("call %d: %v, %v", i, r.err, r.panicked)
 			}
 		}
-		if amount, _ := payRow(t, ctx, pool, key); amount != 4 {
+		if amount, _ := itemRow(t, ctx, pool, key); amount != 4 {
 			t.Errorf("amount %d, want 4", amount)
 		}
 	})
 	t.Run("Unscanned", func(t *testing.T) {
-		key := payment.Key{ServiceID: 1, LineItemID: "unscanned"}
-		res := grouped(t, ctx, repo, key, nil, insert, insert, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			_ = tx.QueryRow(ctx, "SELECT amount_cents FROM payments WHERE id = $1", p.ID)
+		key := itemKey{OwnerID: 1, Name: "unscanned"}
+		res := grouped(t, ctx, repo, key, nil, insert, insert, func(ctx context.Context, tx pgx.Tx, p *item) error {
+			_ = tx.QueryRow(ctx, "SELECT amount FROM items WHERE id = $1", p.ID)
 			return nil
 		}, insert)
 		// As one by one: the call that left its Row unscanned fails with
@@ -164,15 +163,15 @@ func TestGroupCommitPipelinedRow(t *testing.T) {
 	})
 }
 
-// readCounter is payment.Table counting its reads: Find (which locks the
+// readCounter is itemTable counting its reads: Find (which locks the
 // row) and Read (which doesn't).
 type readCounter struct {
-	payment.Table
+	itemTable
 	finds, reads *atomic.Int64
 }
 
-func (c readCounter) Find(k payment.Key) (string, []any) { c.finds.Add(1); return c.Table.Find(k) }
-func (c readCounter) Read(k payment.Key) (string, []any) { c.reads.Add(1); return c.Table.Read(k) }
+func (c readCounter) Find(k itemKey) (string, []any) { c.finds.Add(1); return c.itemTable.Find(k) }
+func (c readCounter) Read(k itemKey) (string, []any) { c.reads.Add(1); return c.itemTable.Read(k) }
 
 // TestGroupCommitReadsWithoutRowLock: the reads of the row a group member's
 // statements go with use the Table's Read (entity.Reader), not Find, whose
@@ -184,17 +183,17 @@ func TestGroupCommitReadsWithoutRowLock(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
 	var finds, reads atomic.Int64
-	var _ entity.Reader[payment.Key] = readCounter{}
-	repo := entity.New[payment.Key, payment.Payment](pool, readCounter{finds: &finds, reads: &reads}, entity.WithGroupCommit(16))
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents++
-		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.LineItemID, "/", p.AmountCents))
+	var _ entity.Reader[itemKey] = readCounter{}
+	repo := entity.New[itemKey, item](pool, readCounter{finds: &finds, reads: &reads}, entity.WithGroupCommit(16))
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.Name, "/", p.Amount))
 		return err
 	}
 	for round, key := range []string{"reads_warm", "reads"} {
 		finds.Store(0)
 		reads.Store(0)
-		for i, r := range grouped(t, ctx, repo, payment.Key{ServiceID: 1, LineItemID: key}, nil, add, add, add, add) {
+		for i, r := range grouped(t, ctx, repo, itemKey{OwnerID: 1, Name: key}, nil, add, add, add, add) {
 			if r.err != nil {
 				t.Fatalf("round %d, call %d: %v", round, i, r.err)
 			}
@@ -223,22 +222,22 @@ func (c countConn) Write(b []byte) (int, error) {
 func TestGroupCommitManyMembersOneConn(t *testing.T) {
 	t.Parallel()
 	pool, ctx := oneConnGroupSetup(t)
-	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(100))
-	fns := []payFn{payNoop}
+	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(100))
+	fns := []itemFn{itemNoop}
 	for i := range 70 {
-		fns = append(fns, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents++
+		fns = append(fns, func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount++
 			_, err := tx.Exec(ctx, "INSERT INTO ledger (entry) VALUES ($1)", fmt.Sprint(i))
 			return err
 		})
 	}
-	res := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_many"}, nil, fns...)
+	res := groupedBounded(t, ctx, gc, itemKey{OwnerID: 1, Name: "li_r2_many"}, nil, fns...)
 	for i, r := range res {
 		if r.err != nil || r.panicked != nil {
 			t.Errorf("call %d: %v %v", i, r.err, r.panicked)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, payment.Key{ServiceID: 1, LineItemID: "li_r2_many"}); amount != 70 {
+	if amount, _ := itemRow(t, ctx, pool, itemKey{OwnerID: 1, Name: "li_r2_many"}); amount != 70 {
 		t.Errorf("amount %d, want 70", amount)
 	}
 	if n := len(ledger(t, ctx, pool)); n != 70 {

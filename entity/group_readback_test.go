@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/payment"
 )
 
 // TestGroupCommitReadBackLocksADuplicate: on a table not yet
@@ -23,33 +22,33 @@ import (
 func TestGroupCommitReadBackLocksADuplicate(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	if _, err := pool.Exec(ctx, "DROP INDEX "+payment.UniqueIndex); err != nil {
+	if _, err := pool.Exec(ctx, "DROP INDEX "+itemsKeyIndex); err != nil {
 		t.Fatal(err)
 	}
-	key := payment.Key{ServiceID: 1, LineItemID: "li_reader_dup"}
+	key := itemKey{OwnerID: 1, Name: "li_reader_dup"}
 	var first, dup int64
-	if err := pool.QueryRow(ctx, "INSERT INTO payments (service_id, line_item_id) VALUES (1, $1) RETURNING id", key.LineItemID).Scan(&first); err != nil {
+	if err := pool.QueryRow(ctx, "INSERT INTO items (owner_id, name) VALUES (1, $1) RETURNING id", key.Name).Scan(&first); err != nil {
 		t.Fatal(err)
 	}
-	if err := pool.QueryRow(ctx, "INSERT INTO payments (service_id, line_item_id) VALUES (1, $1) RETURNING id", key.LineItemID).Scan(&dup); err != nil {
+	if err := pool.QueryRow(ctx, "INSERT INTO items (owner_id, name) VALUES (1, $1) RETURNING id", key.Name).Scan(&dup); err != nil {
 		t.Fatal(err)
 	}
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	del := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		_, err := tx.Exec(ctx, "DELETE FROM payments WHERE id = $1", p.ID)
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	del := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		_, err := tx.Exec(ctx, "DELETE FROM items WHERE id = $1", p.ID)
 		return err
 	}
 	writer := make(chan error, 1)
 	var blocked bool
-	bump := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	bump := func(ctx context.Context, tx pgx.Tx, p *item) error {
 		if p.ID != dup {
 			t.Errorf("the member after the delete got row %d, want the duplicate %d", p.ID, dup)
 		}
-		p.AmountCents++
+		p.Amount++
 		// Old code, no advisory lock: a call of its own holds dup locked
 		// (Find), so this waits for the commit.
 		go func() {
-			_, err := pool.Exec(context.WithoutCancel(ctx), "UPDATE payments SET amount_cents = amount_cents + 100 WHERE id = $1", dup)
+			_, err := pool.Exec(context.WithoutCancel(ctx), "UPDATE items SET amount = amount + 100 WHERE id = $1", dup)
 			writer <- err
 		}()
 		select {
@@ -60,7 +59,7 @@ func TestGroupCommitReadBackLocksADuplicate(t *testing.T) {
 		}
 		return nil
 	}
-	for i, r := range grouped(t, ctx, repo, key, nil, payNoop, del, bump) {
+	for i, r := range grouped(t, ctx, repo, key, nil, itemNoop, del, bump) {
 		if r.err != nil || r.panicked != nil {
 			t.Fatalf("call %d: %v, %v", i, r.err, r.panicked)
 		}
@@ -72,7 +71,7 @@ func TestGroupCommitReadBackLocksADuplicate(t *testing.T) {
 		t.Errorf("the concurrent writer updated row %d while the group held the key's row: not locked", dup)
 	}
 	var amount int64
-	if err := pool.QueryRow(ctx, "SELECT amount_cents FROM payments WHERE id = $1", dup).Scan(&amount); err != nil {
+	if err := pool.QueryRow(ctx, "SELECT amount FROM items WHERE id = $1", dup).Scan(&amount); err != nil {
 		t.Fatal(err)
 	}
 	if amount != 101 {
@@ -81,7 +80,7 @@ func TestGroupCommitReadBackLocksADuplicate(t *testing.T) {
 }
 
 // TestGroupCommitReadBackUnderRowLevelSecurity: with row-level security whose UPDATE
-// policy hides a row its SELECT policy shows (a closed payment), Find
+// policy hides a row its SELECT policy shows (a closed item), Find
 // (FOR NO KEY UPDATE, which applies the UPDATE policy too) no longer finds
 // the row once a member's fn has closed it, and a call of its own after it
 // fails. The group's read-back must not hand the next member a row its
@@ -92,7 +91,7 @@ func TestGroupCommitReadBackUnderRowLevelSecurity(t *testing.T) {
 	admin, ctx := groupSetup(t)
 	role := fmt.Sprintf("paylock_rls_%d", time.Now().UnixNano())
 	var schema string
-	if err := admin.QueryRow(ctx, "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = 'payments'::regclass").Scan(&schema); err != nil {
+	if err := admin.QueryRow(ctx, "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = 'items'::regclass").Scan(&schema); err != nil {
 		t.Fatal(err)
 	}
 	for _, sql := range []string{
@@ -101,10 +100,10 @@ func TestGroupCommitReadBackUnderRowLevelSecurity(t *testing.T) {
 		fmt.Sprintf("GRANT ALL ON ALL TABLES IN SCHEMA %s TO %s", schema, role),
 		fmt.Sprintf("GRANT ALL ON ALL SEQUENCES IN SCHEMA %s TO %s", schema, role),
 		fmt.Sprintf("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA %s TO %s", schema, role),
-		"ALTER TABLE payments ENABLE ROW LEVEL SECURITY",
-		"CREATE POLICY see ON payments FOR SELECT USING (true)",
-		"CREATE POLICY add ON payments FOR INSERT WITH CHECK (true)",
-		"CREATE POLICY open_only ON payments FOR UPDATE USING (status <> 'closed') WITH CHECK (true)",
+		"ALTER TABLE items ENABLE ROW LEVEL SECURITY",
+		"CREATE POLICY see ON items FOR SELECT USING (true)",
+		"CREATE POLICY add ON items FOR INSERT WITH CHECK (true)",
+		"CREATE POLICY open_only ON items FOR UPDATE USING (status <> 'closed') WITH CHECK (true)",
 	} {
 		if _, err := admin.Exec(ctx, sql); err != nil {
 			t.Fatalf("%s: %v", sql, err)
@@ -124,18 +123,18 @@ func TestGroupCommitReadBackUnderRowLevelSecurity(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_reader_rls"}
-	if err := repo.With(ctx, key, payNoop); err != nil {
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "li_reader_rls"}
+	if err := repo.With(ctx, key, itemNoop); err != nil {
 		t.Fatal(err)
 	}
-	closeIt := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		_, err := tx.Exec(ctx, "UPDATE payments SET status = 'closed' WHERE id = $1", p.ID)
+	closeIt := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		_, err := tx.Exec(ctx, "UPDATE items SET status = 'closed' WHERE id = $1", p.ID)
 		return err
 	}
-	bump := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
-	res := grouped(t, ctx, repo, key, nil, payNoop, closeIt, bump)
-	amount, _ := payRow(t, ctx, admin, key)
+	bump := func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil }
+	res := grouped(t, ctx, repo, key, nil, itemNoop, closeIt, bump)
+	amount, _ := itemRow(t, ctx, admin, key)
 	if res[2].err == nil && res[2].panicked == nil && amount != 1 {
 		t.Errorf("the member after the row was closed: With returned nil, but the row's amount is %d, want 1 (or an error, as a call of its own gets)", amount)
 	}

@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/payment"
 )
 
 // The row handed from member to member (deleted, re-created, refused by the
@@ -25,16 +24,16 @@ import (
 func TestGroupCommitRefusedRowChargedToItsMember(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_refused"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8))
+	key := itemKey{OwnerID: 1, Name: "li_refused"}
 	res := groupedBounded(t, ctx, repo, key, nil,
-		payNoop,
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		itemNoop,
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
 			p.Data = json.RawMessage(`{"note":"\u0000"}`)
 			return nil
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents += 5
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount += 5
 			return ledgerInsert("second")(ctx, tx, p)
 		},
 	)
@@ -44,7 +43,7 @@ func TestGroupCommitRefusedRowChargedToItsMember(t *testing.T) {
 	if res[0].err != nil || res[2].err != nil {
 		t.Errorf("leader %v, member 2 %v; want nil for both", res[0].err, res[2].err)
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 5 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 5 {
 		t.Errorf("amount %d, want 5", amount)
 	}
 	if got := ledger(t, ctx, pool); len(got) != 1 {
@@ -57,18 +56,18 @@ func TestGroupCommitRefusedRowChargedToItsMember(t *testing.T) {
 func TestGroupCommitMemberDeletesTheRow(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_deleted"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8))
+	key := itemKey{OwnerID: 1, Name: "li_deleted"}
 	var created bool
 	res := groupedBounded(t, ctx, repo, key, nil,
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents += 3; return nil },
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			_, err := tx.Exec(ctx, "DELETE FROM payments WHERE id = $1", p.ID)
+		func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount += 3; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
+			_, err := tx.Exec(ctx, "DELETE FROM items WHERE id = $1", p.ID)
 			return err
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
 			created = p.IsNew()
-			p.AmountCents += 5
+			p.Amount += 5
 			return nil
 		},
 	)
@@ -77,7 +76,7 @@ func TestGroupCommitMemberDeletesTheRow(t *testing.T) {
 			t.Errorf("call %d: %v %v", i, r.err, r.panicked)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 5 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 5 {
 		t.Errorf("amount %d, want 5 (the row created again)", amount)
 	}
 	if !created {
@@ -85,12 +84,12 @@ func TestGroupCommitMemberDeletesTheRow(t *testing.T) {
 	}
 }
 
-// scanPanics13 is payment.Table whose Scan panics on a row of amount 13.
-type scanPanics13 struct{ payment.Table }
+// scanPanics13 is itemTable whose Scan panics on a row of amount 13.
+type scanPanics13 struct{ itemTable }
 
-func (t scanPanics13) Scan(row pgx.Row, created bool) (*payment.Payment, error) {
-	p, err := t.Table.Scan(row, created)
-	if err == nil && p.AmountCents == 13 {
+func (t scanPanics13) Scan(row pgx.Row, created bool) (*item, error) {
+	p, err := t.itemTable.Scan(row, created)
+	if err == nil && p.Amount == 13 {
 		panic("scan: amount 13")
 	}
 	return p, err
@@ -102,16 +101,16 @@ func (t scanPanics13) Scan(row pgx.Row, created bool) (*payment.Payment, error) 
 func TestGroupCommitTablePanicEveryoneReturns(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New[payment.Key, payment.Payment](pool, scanPanics13{}, entity.WithGroupCommit(8))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_panic_scan"}
+	repo := entity.New[itemKey, item](pool, scanPanics13{}, entity.WithGroupCommit(8))
+	key := itemKey{OwnerID: 1, Name: "li_panic_scan"}
 	res := groupedBounded(t, ctx, repo, key, nil,
-		payNoop,
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			_, err := tx.Exec(ctx, "UPDATE payments SET amount_cents = 13 WHERE id = $1", p.ID)
+		itemNoop,
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
+			_, err := tx.Exec(ctx, "UPDATE items SET amount = 13 WHERE id = $1", p.ID)
 			return err
 		},
-		payNoop,
-		payNoop,
+		itemNoop,
+		itemNoop,
 	)
 	panics := 0
 	for _, r := range res {
@@ -124,15 +123,15 @@ func TestGroupCommitTablePanicEveryoneReturns(t *testing.T) {
 	}
 }
 
-// boomTable is payment.Table whose Save panics on a row whose status is
+// boomTable is itemTable whose Save panics on a row whose status is
 // "boom", or when the amount went from 0 to 2 or more in one write.
-type boomTable struct{ payment.Table }
+type boomTable struct{ itemTable }
 
-func (b boomTable) Save(before, after *payment.Payment) (string, []any, error) {
-	if after.Status == "boom" || (before.AmountCents == 0 && after.AmountCents >= 2) {
+func (b boomTable) Save(before, after *item) (string, []any, error) {
+	if after.Status == "boom" || (before.Amount == 0 && after.Amount >= 2) {
 		panic("boom")
 	}
-	return b.Table.Save(before, after)
+	return b.itemTable.Save(before, after)
 }
 
 // TestGroupCommitSavePanics: a Table whose Save panics fails only the call
@@ -143,17 +142,17 @@ func (b boomTable) Save(before, after *payment.Payment) (string, []any, error) {
 func TestGroupCommitSavePanics(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, entity.Table[payment.Key, payment.Payment](boomTable{}), entity.WithGroupCommit(16))
-	add := func(name string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents = 1
+	repo := entity.New(pool, entity.Table[itemKey, item](boomTable{}), entity.WithGroupCommit(16))
+	add := func(name string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount = 1
 			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
 			return err
 		}
 	}
 	t.Run("Member", func(t *testing.T) {
-		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_boom_member"}
-		res := grouped(t, ctx, repo, key, nil, add("a"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		key := itemKey{OwnerID: 1, Name: "li_gc_boom_member"}
+		res := grouped(t, ctx, repo, key, nil, add("a"), func(ctx context.Context, tx pgx.Tx, p *item) error {
 			p.Status = "boom"
 			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ('b')")
 			return err
@@ -167,8 +166,8 @@ func TestGroupCommitSavePanics(t *testing.T) {
 		_, _ = pool.Exec(ctx, "DELETE FROM ledger")
 	})
 	t.Run("Commit", func(t *testing.T) {
-		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_boom_commit"}
-		inc := func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
+		key := itemKey{OwnerID: 1, Name: "li_gc_boom_commit"}
+		inc := func(_ context.Context, _ pgx.Tx, p *item) error { p.Amount++; return nil }
 		done := make(chan []result, 1)
 		go func() { done <- grouped(t, ctx, repo, key, nil, inc, inc) }()
 		select {
@@ -178,7 +177,7 @@ func TestGroupCommitSavePanics(t *testing.T) {
 			if res[0].err != nil || res[0].panicked != nil || res[1].err != nil || res[1].panicked != nil {
 				t.Errorf("results %v, want both nil, as one by one", res)
 			}
-			if amount, _ := payRow(t, ctx, pool, key); amount != 2 {
+			if amount, _ := itemRow(t, ctx, pool, key); amount != 2 {
 				t.Errorf("amount %d, want 2", amount)
 			}
 		case <-time.After(10 * time.Second):
@@ -195,36 +194,36 @@ func TestGroupCommitSavePanics(t *testing.T) {
 func TestGroupCommitDeletedRowRecreatedByFailingMember(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
-	plain := entity.New(pool, payment.Table{})
+	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8))
+	plain := entity.New(pool, itemTable{})
 	own := errors.New("member 2 fails")
 	var sawNew [2]bool
-	fns := func(side int) []payFn {
-		return []payFn{
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents = 1; return nil },
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				_, err := tx.Exec(ctx, "DELETE FROM payments WHERE id = $1", p.ID)
+	fns := func(side int) []itemFn {
+		return []itemFn{
+			func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount = 1; return nil },
+			func(ctx context.Context, tx pgx.Tx, p *item) error {
+				_, err := tx.Exec(ctx, "DELETE FROM items WHERE id = $1", p.ID)
 				return err
 			},
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { return own },
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			func(ctx context.Context, tx pgx.Tx, p *item) error { return own },
+			func(ctx context.Context, tx pgx.Tx, p *item) error {
 				sawNew[side] = p.IsNew()
-				p.AmountCents += 4
+				p.Amount += 4
 				return nil
 			},
 		}
 	}
-	one := payment.Key{ServiceID: 1, LineItemID: "li_r2_del_one"}
+	one := itemKey{OwnerID: 1, Name: "li_r2_del_one"}
 	oneRes := oneByOne(t, ctx, plain, one, fns(0)...)
-	key := payment.Key{ServiceID: 1, LineItemID: "li_r2_del_grp"}
+	key := itemKey{OwnerID: 1, Name: "li_r2_del_grp"}
 	grpRes := groupedBounded(t, ctx, gc, key, nil, fns(1)...)
 	for i := range oneRes {
 		if (oneRes[i].err == nil) != (grpRes[i].err == nil) {
 			t.Errorf("call %d: grouped %v; one by one %v", i, grpRes[i].err, oneRes[i].err)
 		}
 	}
-	oneOK, oneAmt := payExists(t, ctx, pool, one)
-	grpOK, grpAmt := payExists(t, ctx, pool, key)
+	oneOK, oneAmt := itemExists(t, ctx, pool, one)
+	grpOK, grpAmt := itemExists(t, ctx, pool, key)
 	if oneOK != grpOK || oneAmt != grpAmt || sawNew[0] != sawNew[1] {
 		t.Errorf("final row: grouped exists=%t amount=%d (member 3 saw IsNew %t); one by one exists=%t amount=%d (IsNew %t); member 3 returned %v",
 			grpOK, grpAmt, sawNew[1], oneOK, oneAmt, sawNew[0], grpRes[3].err)
@@ -237,23 +236,23 @@ func TestGroupCommitDeletedRowRecreatedByFailingMember(t *testing.T) {
 func TestGroupCommitUnsavedFieldHandedOn(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
-	plain := entity.New(pool, payment.Table{})
-	fns := func(tag string) []payFn {
-		return []payFn{
-			payNoop,
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8))
+	plain := entity.New(pool, itemTable{})
+	fns := func(tag string) []itemFn {
+		return []itemFn{
+			itemNoop,
+			func(ctx context.Context, tx pgx.Tx, p *item) error {
 				p.UpdatedAt = time.Date(1999, 1, 1, 0, 0, 0, 0, time.UTC)
 				return nil
 			},
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			func(ctx context.Context, tx pgx.Tx, p *item) error {
 				_, err := tx.Exec(ctx, "INSERT INTO ledger (entry) VALUES ($1)", tag+p.UpdatedAt.Format("2006"))
 				return err
 			},
 		}
 	}
-	oneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r2_upd_one"}, fns("one:")...)
-	groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_upd_grp"}, nil, fns("grp:")...)
+	oneByOne(t, ctx, plain, itemKey{OwnerID: 1, Name: "li_r2_upd_one"}, fns("one:")...)
+	groupedBounded(t, ctx, gc, itemKey{OwnerID: 1, Name: "li_r2_upd_grp"}, nil, fns("grp:")...)
 	got := ledger(t, ctx, pool)
 	if len(got) != 2 || got[0][4:] != got[1][4:] {
 		t.Errorf("ledger %q: member 2 saw a different p.UpdatedAt grouped", got)

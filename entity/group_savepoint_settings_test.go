@@ -7,7 +7,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/paylock/paylock/entity"
-	"github.com/paylock/paylock/payment"
 )
 
 // TestGroupCommitSettingsInFnSavepoint: a member's fn changes settings for
@@ -18,18 +17,18 @@ import (
 func TestGroupCommitSettingsInFnSavepoint(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	plain := entity.New(pool, payment.Table{})
-	read := func(side string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	plain := entity.New(pool, itemTable{})
+	read := func(side string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
 			_, err := tx.Exec(ctx, `INSERT INTO ledger VALUES ($1 || current_setting('statement_timeout') || ' ' ||
 				coalesce(nullif(current_setting('paylock_test.who', true), ''), '<none>'))`, side+" ")
 			return err
 		}
 	}
-	set := func(how string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents++
+	set := func(how string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount++
 			sp, err := tx.Begin(ctx)
 			if err != nil {
 				return err
@@ -70,14 +69,14 @@ func TestGroupCommitSettingsInFnSavepoint(t *testing.T) {
 	}
 	for _, how := range []string{"exec", "nested", "batch"} {
 		t.Run(how, func(t *testing.T) {
-			one := payment.Key{ServiceID: 1, LineItemID: "sp_settings_one_" + how}
-			for i, fn := range []payFn{set(how), read("one " + how)} {
+			one := itemKey{OwnerID: 1, Name: "sp_settings_one_" + how}
+			for i, fn := range []itemFn{set(how), read("one " + how)} {
 				if err := plain.With(ctx, one, fn); err != nil {
 					t.Fatalf("one by one, call %d: %v", i, err)
 				}
 			}
-			key := payment.Key{ServiceID: 1, LineItemID: "sp_settings_" + how}
-			for i, r := range grouped(t, ctx, repo, key, nil, payNoop, set(how), read("grouped "+how)) {
+			key := itemKey{OwnerID: 1, Name: "sp_settings_" + how}
+			for i, r := range grouped(t, ctx, repo, key, nil, itemNoop, set(how), read("grouped "+how)) {
 				if r.err != nil || r.panicked != nil {
 					t.Fatalf("grouped, call %d: %v %v", i, r.err, r.panicked)
 				}

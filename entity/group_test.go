@@ -17,14 +17,13 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // seen is what one fn saw.
 type seen struct {
 	i       int
-	amount  int64 // p.AmountCents
-	inTx    int64 // amount_cents read through tx
+	amount  int64 // p.Amount
+	inTx    int64 // amount read through tx
 	txid    int64
 	created bool
 }
@@ -37,24 +36,24 @@ func TestGroupCommitArrivalOrder(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
 	var rec recorder
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16), entity.WithHooks(rec.hooks()))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_order"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16), entity.WithHooks(rec.hooks()))
+	key := itemKey{OwnerID: 1, Name: "li_gc_order"}
 	var mu sync.Mutex
 	var log []seen
-	fn := func(i int) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			s := seen{i: i, amount: p.AmountCents, created: p.IsNew()}
-			if err := tx.QueryRow(ctx, "SELECT amount_cents, txid_current() FROM payments WHERE id = $1", p.ID).Scan(&s.inTx, &s.txid); err != nil {
+	fn := func(i int) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			s := seen{i: i, amount: p.Amount, created: p.IsNew()}
+			if err := tx.QueryRow(ctx, "SELECT amount, txid_current() FROM items WHERE id = $1", p.ID).Scan(&s.inTx, &s.txid); err != nil {
 				return err
 			}
 			mu.Lock()
 			log = append(log, s)
 			mu.Unlock()
-			p.AmountCents++
+			p.Amount++
 			return nil
 		}
 	}
-	var fns []payFn
+	var fns []itemFn
 	for i := range 6 {
 		fns = append(fns, fn(i))
 	}
@@ -68,7 +67,7 @@ func TestGroupCommitArrivalOrder(t *testing.T) {
 			t.Errorf("call %d saw %+v; want call %d, amount %d in p and through tx, txid %d, created only for the first", i, s, i, i, log[0].txid)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 6 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 6 {
 		t.Errorf("amount %d, want 6", amount)
 	}
 	if len(rec.events) != 6 {
@@ -85,14 +84,14 @@ func TestGroupCommitArrivalOrder(t *testing.T) {
 func TestGroupCommitMax(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(3))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_max"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(3))
+	key := itemKey{OwnerID: 1, Name: "li_gc_max"}
 	var mu sync.Mutex
 	var order []int
 	txids := map[int64]int{}
-	var fns []payFn
+	var fns []itemFn
 	for i := range 8 {
-		fns = append(fns, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		fns = append(fns, func(ctx context.Context, tx pgx.Tx, p *item) error {
 			var txid int64
 			if err := tx.QueryRow(ctx, "SELECT txid_current()").Scan(&txid); err != nil {
 				return err
@@ -101,7 +100,7 @@ func TestGroupCommitMax(t *testing.T) {
 			order = append(order, i)
 			txids[txid]++
 			mu.Unlock()
-			p.AmountCents++
+			p.Amount++
 			return nil
 		})
 	}
@@ -121,7 +120,7 @@ func TestGroupCommitMax(t *testing.T) {
 	if len(txids) < 3 {
 		t.Errorf("%d transactions for 8 callers, max 3 each", len(txids))
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 8 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 8 {
 		t.Errorf("amount %d, want 8", amount)
 	}
 }
@@ -132,77 +131,77 @@ func TestGroupCommitMax(t *testing.T) {
 func TestGroupCommitFailureIsolation(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_isolation"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "li_gc_isolation"}
 	errB, errF := errors.New("b failed"), errors.New("f failed")
 	entry := func(ctx context.Context, tx pgx.Tx, e string) error {
 		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", e)
 		return err
 	}
 	res := grouped(t, ctx, repo, key, nil,
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // a: ok
-			p.AmountCents++
+		func(ctx context.Context, tx pgx.Tx, p *item) error { // a: ok
+			p.Amount++
 			return entry(ctx, tx, "a")
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // b: error after SQL
-			p.AmountCents += 100
+		func(ctx context.Context, tx pgx.Tx, p *item) error { // b: error after SQL
+			p.Amount += 100
 			if err := entry(ctx, tx, "b"); err != nil {
 				return err
 			}
 			return errB
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // c: panic after SQL
-			p.AmountCents += 1000
+		func(ctx context.Context, tx pgx.Tx, p *item) error { // c: panic after SQL
+			p.Amount += 1000
 			if err := entry(ctx, tx, "c"); err != nil {
 				return err
 			}
 			panic("c")
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // d: ok, sees a's amount
-			if p.AmountCents != 1 {
-				return fmt.Errorf("d saw amount %d, want 1", p.AmountCents)
+		func(ctx context.Context, tx pgx.Tx, p *item) error { // d: ok, sees a's amount
+			if p.Amount != 1 {
+				return fmt.Errorf("d saw amount %d, want 1", p.Amount)
 			}
-			p.AmountCents++
+			p.Amount++
 			return entry(ctx, tx, "d")
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // e: failed statement, nil
-			p.AmountCents += 10000
+		func(ctx context.Context, tx pgx.Tx, p *item) error { // e: failed statement, nil
+			p.Amount += 10000
 			_ = entry(ctx, tx, "e")
 			_, _ = tx.Exec(ctx, "SELECT 1/0")
 			return nil
 		},
-		func(_ context.Context, _ pgx.Tx, p *payment.Payment) error { // f: error, no SQL
-			p.AmountCents += 5
+		func(_ context.Context, _ pgx.Tx, p *item) error { // f: error, no SQL
+			p.Amount += 5
 			p.Status = "f"
 			return errF
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // g: ok, no SQL
-			if p.AmountCents != 2 || p.Status == "f" {
-				return fmt.Errorf("g saw amount %d, status %q; want 2 and f's change undone", p.AmountCents, p.Status)
+		func(ctx context.Context, tx pgx.Tx, p *item) error { // g: ok, no SQL
+			if p.Amount != 2 || p.Status == "f" {
+				return fmt.Errorf("g saw amount %d, status %q; want 2 and f's change undone", p.Amount, p.Status)
 			}
-			p.AmountCents++
+			p.Amount++
 			return nil
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // h: fn changes the key: Save refuses
+		func(ctx context.Context, tx pgx.Tx, p *item) error { // h: fn changes the key: Save refuses
 			p.ID = -1
 			return entry(ctx, tx, "h")
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { // i: ok, reads what g left
+		func(ctx context.Context, tx pgx.Tx, p *item) error { // i: ok, reads what g left
 			var inTx int64
-			if err := tx.QueryRow(ctx, "SELECT amount_cents FROM payments WHERE id = $1", p.ID).Scan(&inTx); err != nil {
+			if err := tx.QueryRow(ctx, "SELECT amount FROM items WHERE id = $1", p.ID).Scan(&inTx); err != nil {
 				return err
 			}
-			if inTx != 3 || p.AmountCents != 3 {
-				return fmt.Errorf("i saw %d in tx and %d in p, want 3", inTx, p.AmountCents)
+			if inTx != 3 || p.Amount != 3 {
+				return fmt.Errorf("i saw %d in tx and %d in p, want 3", inTx, p.Amount)
 			}
-			p.AmountCents++
+			p.Amount++
 			return entry(ctx, tx, "i")
 		},
 	)
 	want := []struct {
 		err   error
 		panic any
-	}{{nil, nil}, {errB, nil}, {nil, "c"}, {nil, nil}, {entity.ErrTxAborted, nil}, {errF, nil}, {nil, nil}, {payment.ErrKeyChanged, nil}, {nil, nil}}
+	}{{nil, nil}, {errB, nil}, {nil, "c"}, {nil, nil}, {entity.ErrTxAborted, nil}, {errF, nil}, {nil, nil}, {errItemKeyChanged, nil}, {nil, nil}}
 	for i, r := range res {
 		w := want[i]
 		switch {
@@ -218,7 +217,7 @@ func TestGroupCommitFailureIsolation(t *testing.T) {
 			t.Errorf("call %c: %v, %v; want %v", 'a'+i, r.err, r.panicked, w.err)
 		}
 	}
-	if amount, status := payRow(t, ctx, pool, key); amount != 4 || status == "f" {
+	if amount, status := itemRow(t, ctx, pool, key); amount != 4 || status == "f" {
 		t.Errorf("amount %d, status %q; want 4 (a, d, g, i)", amount, status)
 	}
 	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"a", "d", "i"}) {
@@ -237,13 +236,13 @@ func TestGroupCommitNoSavepointWithoutSQL(t *testing.T) {
 	for _, withSQL := range []bool{false, true} {
 		t.Run(fmt.Sprint("SQL=", withSQL), func(t *testing.T) {
 			var rec recorder
-			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(200), entity.WithHooks(rec.hooks()))
-			key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_nosp_", withSQL)}
-			var fns []payFn
+			repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(200), entity.WithHooks(rec.hooks()))
+			key := itemKey{OwnerID: 1, Name: fmt.Sprint("li_gc_nosp_", withSQL)}
+			var fns []itemFn
 			for range n + 1 {
-				fns = append(fns, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+				fns = append(fns, func(ctx context.Context, tx pgx.Tx, p *item) error {
 					if withSQL {
-						p.AmountCents++
+						p.Amount++
 						_, err := tx.Exec(ctx, "SELECT 1")
 						return err
 					}
@@ -269,7 +268,7 @@ func TestGroupCommitNoSavepointWithoutSQL(t *testing.T) {
 			if withSQL {
 				want = n + 1
 			}
-			if amount, _ := payRow(t, ctx, pool, key); amount != want {
+			if amount, _ := itemRow(t, ctx, pool, key); amount != want {
 				t.Errorf("amount %d, want %d", amount, want)
 			}
 		})
@@ -286,28 +285,28 @@ func TestGroupCommitCommitFails(t *testing.T) {
 CREATE FUNCTION refuse_big() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
 	-- At COMMIT only: a group checks each member's deferred constraints at its end too.
-	IF NEW.amount_cents > 100 AND current_query() = 'COMMIT' THEN
+	IF NEW.amount > 100 AND current_query() = 'COMMIT' THEN
 		RAISE EXCEPTION 'too big' USING ERRCODE = 'P0042';
 	END IF;
 	RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER refuse_big AFTER UPDATE ON payments DEFERRABLE INITIALLY DEFERRED
+CREATE CONSTRAINT TRIGGER refuse_big AFTER UPDATE ON items DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION refuse_big()`); err != nil {
 		t.Fatal(err)
 	}
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_commitfail"}
-	if err := repo.With(ctx, key, payNoop); err != nil {
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "li_gc_commitfail"}
+	if err := repo.With(ctx, key, itemNoop); err != nil {
 		t.Fatal(err)
 	}
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents += 40
-		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount += 40
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.Amount))
 		return err
 	}
 	errOwn := errors.New("own")
 	res := grouped(t, ctx, repo, key, nil, add, add,
-		func(context.Context, pgx.Tx, *payment.Payment) error { return errOwn }, add)
+		func(context.Context, pgx.Tx, *item) error { return errOwn }, add)
 	for i, r := range res {
 		var pgErr *pgconn.PgError
 		switch {
@@ -319,7 +318,7 @@ CREATE CONSTRAINT TRIGGER refuse_big AFTER UPDATE ON payments DEFERRABLE INITIAL
 			t.Errorf("call %d: %v; want the commit's error", i, r.err)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 0 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 0 {
 		t.Errorf("amount %d committed, want 0", amount)
 	}
 	if got := ledger(t, ctx, pool); len(got) != 0 {
@@ -333,17 +332,17 @@ CREATE CONSTRAINT TRIGGER refuse_big AFTER UPDATE ON payments DEFERRABLE INITIAL
 func TestGroupCommitRetry(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16),
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16),
 		entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3, Backoff: time.Millisecond}}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_retry"}
+	key := itemKey{OwnerID: 1, Name: "li_gc_retry"}
 	var killed atomic.Bool
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents++
-		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.Amount))
 		return err
 	}
 	res := grouped(t, ctx, repo, key, nil, add, add,
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
 			if !killed.Swap(true) {
 				_, _ = tx.Exec(ctx, "SELECT pg_terminate_backend(pg_backend_pid())")
 				return nil
@@ -355,7 +354,7 @@ func TestGroupCommitRetry(t *testing.T) {
 			t.Errorf("call %d: %v", i, r.err)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 4 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 4 {
 		t.Errorf("amount %d, want 4", amount)
 	}
 	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"1", "2", "3", "4"}) {
@@ -369,15 +368,15 @@ func TestGroupCommitRetry(t *testing.T) {
 func TestGroupCommitCtx(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_ctx"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "li_gc_ctx"}
 	held, gate := make(chan struct{}), make(chan struct{})
 	leader := make(chan error, 1)
 	go func() {
-		leader <- repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+		leader <- repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *item) error {
 			close(held)
 			<-gate
-			p.AmountCents++
+			p.Amount++
 			return nil
 		})
 	}()
@@ -386,7 +385,7 @@ func TestGroupCommitCtx(t *testing.T) {
 	dropped := make(chan error, 1)
 	var ran atomic.Bool
 	go func() {
-		dropped <- repo.With(dropCtx, key, func(context.Context, pgx.Tx, *payment.Payment) error {
+		dropped <- repo.With(dropCtx, key, func(context.Context, pgx.Tx, *item) error {
 			ran.Store(true)
 			return nil
 		})
@@ -395,9 +394,9 @@ func TestGroupCommitCtx(t *testing.T) {
 	lateCtx, late := context.WithCancel(ctx)
 	lateErr := make(chan error, 1)
 	go func() {
-		lateErr <- repo.With(lateCtx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+		lateErr <- repo.With(lateCtx, key, func(_ context.Context, _ pgx.Tx, p *item) error {
 			late() // its own ctx ends before fn returns: a call of its own would not commit
-			p.AmountCents += 10
+			p.Amount += 10
 			return nil
 		})
 	}()
@@ -417,7 +416,7 @@ func TestGroupCommitCtx(t *testing.T) {
 	if ran.Load() {
 		t.Error("the dropped caller's fn ran")
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 1 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 1 {
 		t.Errorf("amount %d, want 1 (the leader's)", amount)
 	}
 }
@@ -427,13 +426,13 @@ func TestGroupCommitCtx(t *testing.T) {
 func TestGroupCommitReentrant(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_reentrant"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "li_gc_reentrant"}
 	var inner [2]error
-	nested := func(i int) payFn {
-		return func(ctx context.Context, _ pgx.Tx, p *payment.Payment) error {
-			inner[i] = repo.With(ctx, key, payNoop)
-			p.AmountCents++
+	nested := func(i int) itemFn {
+		return func(ctx context.Context, _ pgx.Tx, p *item) error {
+			inner[i] = repo.With(ctx, key, itemNoop)
+			p.Amount++
 			return nil
 		}
 	}
@@ -457,13 +456,13 @@ func TestGroupCommitProperty(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
 	rng := rand.New(rand.NewPCG(11, uint64(time.Now().UnixNano())))
-	plain := entity.New(pool, payment.Table{})
+	plain := entity.New(pool, itemTable{})
 	errFn := errors.New("fn failed")
 	// op returns call j's fn of kind kind on key; seen gets the amount fn saw.
-	op := func(kind, j int, seen *int64) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			*seen = p.AmountCents
-			p.AmountCents += int64(j + 1)
+	op := func(kind, j int, seen *int64) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			*seen = p.Amount
+			p.Amount += int64(j + 1)
 			var ops []int
 			if err := json.Unmarshal(p.Data, &ops); err != nil {
 				return fmt.Errorf("data %q: %w", p.Data, err)
@@ -474,7 +473,7 @@ func TestGroupCommitProperty(t *testing.T) {
 			}
 			p.Data = data
 			if kind%2 == 1 { // SQL
-				if _, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprintf("%s/%d", p.LineItemID, j)); err != nil {
+				if _, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprintf("%s/%d", p.Name, j)); err != nil {
 					return err
 				}
 			}
@@ -491,27 +490,27 @@ func TestGroupCommitProperty(t *testing.T) {
 	}
 	for round := range 12 {
 		n := 2 + rng.IntN(12)
-		repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(2+rng.IntN(n)))
+		repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(2+rng.IntN(n)))
 		kinds := make([]int, n)
 		for j := range kinds {
 			kinds[j] = rng.IntN(8) // 0, 1, 6: ok; 2, 3: error; 4, 5: panic; 7: a failed statement
 		}
-		grp := payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("g%d", round)}
-		ref := payment.Key{ServiceID: 1, LineItemID: fmt.Sprintf("r%d", round)}
-		if err := repo.With(ctx, grp, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+		grp := itemKey{OwnerID: 1, Name: fmt.Sprintf("g%d", round)}
+		ref := itemKey{OwnerID: 1, Name: fmt.Sprintf("r%d", round)}
+		if err := repo.With(ctx, grp, func(_ context.Context, _ pgx.Tx, p *item) error {
 			p.Data = json.RawMessage(`[]`)
 			return nil
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if err := plain.With(ctx, ref, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+		if err := plain.With(ctx, ref, func(_ context.Context, _ pgx.Tx, p *item) error {
 			p.Data = json.RawMessage(`[]`)
 			return nil
 		}); err != nil {
 			t.Fatal(err)
 		}
 		saw := make([]int64, n)
-		var fns []payFn
+		var fns []itemFn
 		for j, kind := range kinds {
 			fns = append(fns, op(kind, j, &saw[j]))
 		}
@@ -525,8 +524,8 @@ func TestGroupCommitProperty(t *testing.T) {
 				continue
 			}
 			var want int64
-			if err := plain.With(ctx, ref, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-				want = p.AmountCents
+			if err := plain.With(ctx, ref, func(ctx context.Context, tx pgx.Tx, p *item) error {
+				want = p.Amount
 				return op(kinds[j], j, new(int64))(ctx, tx, p)
 			}); err != nil {
 				t.Fatal(err)
@@ -537,11 +536,11 @@ func TestGroupCommitProperty(t *testing.T) {
 		}
 		var gAmount, rAmount int64
 		var gData, rData string
-		q := "SELECT amount_cents, data::text FROM payments WHERE line_item_id = $1"
-		if err := pool.QueryRow(ctx, q, grp.LineItemID).Scan(&gAmount, &gData); err != nil {
+		q := "SELECT amount, data::text FROM items WHERE name = $1"
+		if err := pool.QueryRow(ctx, q, grp.Name).Scan(&gAmount, &gData); err != nil {
 			t.Fatal(err)
 		}
-		if err := pool.QueryRow(ctx, q, ref.LineItemID).Scan(&rAmount, &rData); err != nil {
+		if err := pool.QueryRow(ctx, q, ref.Name).Scan(&rAmount, &rData); err != nil {
 			t.Fatal(err)
 		}
 		if gAmount != rAmount || gData != rData {
@@ -568,17 +567,17 @@ func TestGroupCommitProperty(t *testing.T) {
 func TestGroupCommitLeaderFails(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
 	errLeader := errors.New("leader failed")
 	for i, fail := range []func() error{func() error { return errLeader }, func() error { panic(errLeader) }} {
-		key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_leader_", i)}
-		add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents++
-			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(i, "/", p.AmountCents))
+		key := itemKey{OwnerID: 1, Name: fmt.Sprint("li_gc_leader_", i)}
+		add := func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount++
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(i, "/", p.Amount))
 			return err
 		}
-		res := grouped(t, ctx, repo, key, nil, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents += 100
+		res := grouped(t, ctx, repo, key, nil, func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount += 100
 			if _, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(i, "/leader")); err != nil {
 				return err
 			}
@@ -592,7 +591,7 @@ func TestGroupCommitLeaderFails(t *testing.T) {
 				t.Errorf("call %d after leader %d: %v, %v", j+1, i, r.err, r.panicked)
 			}
 		}
-		if amount, _ := payRow(t, ctx, pool, key); amount != 2 {
+		if amount, _ := itemRow(t, ctx, pool, key); amount != 2 {
 			t.Errorf("amount %d, want 2", amount)
 		}
 	}
@@ -609,15 +608,15 @@ func TestGroupCommitLeaderFails(t *testing.T) {
 func TestGroupCommitMemberBreaksTransaction(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents++
-		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.LineItemID, "/", p.AmountCents))
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.Name, "/", p.Amount))
 		return err
 	}
 	t.Run("RowsOpen", func(t *testing.T) {
-		key := payment.Key{ServiceID: 1, LineItemID: "rows"}
-		res := grouped(t, ctx, repo, key, nil, add, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		key := itemKey{OwnerID: 1, Name: "rows"}
+		res := grouped(t, ctx, repo, key, nil, add, add, func(ctx context.Context, tx pgx.Tx, p *item) error {
 			_, err := tx.Query(ctx, "SELECT generate_series(1, 100000)")
 			return err
 		}, add)
@@ -634,8 +633,8 @@ func TestGroupCommitMemberBreaksTransaction(t *testing.T) {
 		}
 	})
 	t.Run("TxEnded", func(t *testing.T) {
-		key := payment.Key{ServiceID: 1, LineItemID: "ended"}
-		res := grouped(t, ctx, repo, key, nil, add, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		key := itemKey{OwnerID: 1, Name: "ended"}
+		res := grouped(t, ctx, repo, key, nil, add, add, func(ctx context.Context, tx pgx.Tx, p *item) error {
 			_, err := tx.Exec(ctx, "COMMIT")
 			return err
 		})
@@ -652,18 +651,18 @@ func TestGroupCommitMemberBreaksTransaction(t *testing.T) {
 func TestGroupCommitConnsPerKey(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(4))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_conns"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(4))
+	key := itemKey{OwnerID: 1, Name: "li_gc_conns"}
 	var most atomic.Int32
 	var wg sync.WaitGroup
 	for range 24 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *payment.Payment) error {
+			err := repo.With(ctx, key, func(_ context.Context, _ pgx.Tx, p *item) error {
 				for n := pool.Stat().AcquiredConns(); n > most.Load() && !most.CompareAndSwap(most.Load(), n); {
 				}
-				p.AmountCents++
+				p.Amount++
 				return nil
 			})
 			if err != nil {
@@ -675,7 +674,7 @@ func TestGroupCommitConnsPerKey(t *testing.T) {
 	if most.Load() > entity.ConnsPerKey {
 		t.Errorf("%d connections acquired at once, want at most %d", most.Load(), entity.ConnsPerKey)
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 24 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 24 {
 		t.Errorf("amount %d, want 24", amount)
 	}
 }
@@ -685,20 +684,20 @@ func TestGroupCommitConnsPerKey(t *testing.T) {
 func TestGroupCommitLockTimeout(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(4),
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(4),
 		entity.WithLockOptions(lock.Options{LockTimeout: 50 * time.Millisecond}))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_timeout"}
+	key := itemKey{OwnerID: 1, Name: "li_gc_timeout"}
 	held, gate := make(chan struct{}), make(chan struct{})
 	leader := make(chan error, 1)
 	go func() {
-		leader <- repo.With(ctx, key, func(context.Context, pgx.Tx, *payment.Payment) error {
+		leader <- repo.With(ctx, key, func(context.Context, pgx.Tx, *item) error {
 			close(held)
 			<-gate
 			return nil
 		})
 	}()
 	<-held
-	err := repo.With(ctx, key, payNoop)
+	err := repo.With(ctx, key, itemNoop)
 	close(gate)
 	if !errors.Is(err, lock.ErrLockTimeout) {
 		t.Errorf("queued caller: %v, want ErrLockTimeout", err)
@@ -717,22 +716,22 @@ func TestGroupCommitLockTimeout(t *testing.T) {
 func TestGroupCommitLeakedTx(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_leak"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "li_gc_leak"}
 	var leaked [2]pgx.Tx
 	var inGroup [2]error
-	keep := func(i int) payFn {
-		return func(_ context.Context, tx pgx.Tx, p *payment.Payment) error {
+	keep := func(i int) itemFn {
+		return func(_ context.Context, tx pgx.Tx, p *item) error {
 			leaked[i] = tx
-			p.AmountCents++
+			p.Amount++
 			return nil
 		}
 	}
-	res := grouped(t, ctx, repo, key, nil, keep(0), keep(1), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	res := grouped(t, ctx, repo, key, nil, keep(0), keep(1), func(ctx context.Context, tx pgx.Tx, p *item) error {
 		for i, l := range leaked {
 			_, inGroup[i] = l.Exec(ctx, "INSERT INTO ledger VALUES ('leaked')")
 		}
-		p.AmountCents++
+		p.Amount++
 		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ('own')")
 		return err
 	})
@@ -752,7 +751,7 @@ func TestGroupCommitLeakedTx(t *testing.T) {
 	if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"own"}) {
 		t.Errorf("ledger %v, want [own]", got)
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 3 {
 		t.Errorf("amount %d, want 3", amount)
 	}
 }
@@ -764,37 +763,37 @@ func TestGroupCommitLeakedTx(t *testing.T) {
 func TestGroupCommitRowChangedThroughSQL(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	plain := entity.New(pool, payment.Table{})
-	bumpInSQL := func(n int) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			_, err := tx.Exec(ctx, "UPDATE payments SET amount_cents = amount_cents + $1 WHERE id = $2", n, p.ID)
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	plain := entity.New(pool, itemTable{})
+	bumpInSQL := func(n int) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			_, err := tx.Exec(ctx, "UPDATE items SET amount = amount + $1 WHERE id = $2", n, p.ID)
 			return err
 		}
 	}
-	inP := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil }
-	both := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	inP := func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil }
+	both := func(ctx context.Context, tx pgx.Tx, p *item) error {
 		if err := bumpInSQL(100)(ctx, tx, p); err != nil {
 			return err
 		}
 		p.Status = "both" // Save writes p whole, as it does for a call of its own
 		return nil
 	}
-	fns := []payFn{bumpInSQL(1000), inP, bumpInSQL(5), inP, both, inP, bumpInSQL(7)}
-	one := payment.Key{ServiceID: 1, LineItemID: "li_sql_row_one_by_one"}
+	fns := []itemFn{bumpInSQL(1000), inP, bumpInSQL(5), inP, both, inP, bumpInSQL(7)}
+	one := itemKey{OwnerID: 1, Name: "li_sql_row_one_by_one"}
 	for i, fn := range fns {
 		if err := plain.With(ctx, one, fn); err != nil {
 			t.Fatalf("one by one, call %d: %v", i, err)
 		}
 	}
-	key := payment.Key{ServiceID: 1, LineItemID: "li_sql_row"}
+	key := itemKey{OwnerID: 1, Name: "li_sql_row"}
 	for i, r := range grouped(t, ctx, repo, key, nil, fns...) {
 		if r.err != nil || r.panicked != nil {
 			t.Fatalf("call %d: %v, %v", i, r.err, r.panicked)
 		}
 	}
-	wantAmount, wantStatus := payRow(t, ctx, pool, one)
-	if amount, status := payRow(t, ctx, pool, key); amount != wantAmount || status != wantStatus {
+	wantAmount, wantStatus := itemRow(t, ctx, pool, one)
+	if amount, status := itemRow(t, ctx, pool, key); amount != wantAmount || status != wantStatus {
 		t.Errorf("grouped: amount %d, status %q; one by one: %d, %q", amount, status, wantAmount, wantStatus)
 	}
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // What a member's fn does to the group's shared transaction (commits it,
@@ -29,38 +28,38 @@ import (
 func TestGroupCommitLargeObjects(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	lo := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents++
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	lo := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount++
 		los := tx.LargeObjects()
 		if _, err := los.Create(ctx, 0); err != nil {
 			return err
 		}
 		return nil
 	}
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents++
-		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.Amount))
 		return err
 	}
 	t.Run("Alone", func(t *testing.T) {
-		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lo_alone"}
+		key := itemKey{OwnerID: 1, Name: "li_gc_lo_alone"}
 		if err := repo.With(ctx, key, lo); err != nil {
 			t.Errorf("lone caller using large objects: %v", err)
 		}
-		if amount, _ := payRow(t, ctx, pool, key); amount != 1 {
+		if amount, _ := itemRow(t, ctx, pool, key); amount != 1 {
 			t.Errorf("amount %d, want 1", amount)
 		}
 	})
 	t.Run("Grouped", func(t *testing.T) {
-		key := payment.Key{ServiceID: 1, LineItemID: "li_gc_lo_group"}
+		key := itemKey{OwnerID: 1, Name: "li_gc_lo_group"}
 		res := grouped(t, ctx, repo, key, nil, add, lo, add)
 		for i, r := range res {
 			if r.err != nil {
 				t.Errorf("call %d: %v", i, r.err)
 			}
 		}
-		if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+		if amount, _ := itemRow(t, ctx, pool, key); amount != 3 {
 			t.Errorf("amount %d, want 3", amount)
 		}
 	})
@@ -75,28 +74,28 @@ func TestGroupCommitLargeObjects(t *testing.T) {
 func TestGroupCommitCommitBegin(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	add := func(name string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents++
-			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(name, "/", p.AmountCents))
+	add := func(name string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount++
+			_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(name, "/", p.Amount))
 			return err
 		}
 	}
 	errC := errors.New("c failed")
 	cases := []struct {
 		name string
-		fns  []payFn
+		fns  []itemFn
 	}{
-		{"ThenFail", []payFn{add("a"), add("b"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		{"ThenFail", []itemFn{add("a"), add("b"), func(ctx context.Context, tx pgx.Tx, p *item) error {
 			if _, err := tx.Exec(ctx, "COMMIT; BEGIN"); err != nil {
 				return err
 			}
 			return errC
 		}}},
-		{"ThenRowsOpen", []payFn{add("a"), add("b"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		{"ThenRowsOpen", []itemFn{add("a"), add("b"), func(ctx context.Context, tx pgx.Tx, p *item) error {
 			_, err := tx.Exec(ctx, "COMMIT; BEGIN")
 			return err
-		}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		}, func(ctx context.Context, tx pgx.Tx, p *item) error {
 			_, err := tx.Query(ctx, "SELECT generate_series(1, 100000)")
 			return err
 		}}},
@@ -108,8 +107,8 @@ func TestGroupCommitCommitBegin(t *testing.T) {
 				if retry {
 					opts = append(opts, entity.WithLockOptions(lock.Options{Retry: lock.Retry{Attempts: 3}}))
 				}
-				repo := entity.New(pool, payment.Table{}, append(opts, entity.WithGroupCommit(16))...)
-				key := payment.Key{ServiceID: 1, LineItemID: fmt.Sprint("li_gc_cb_", c.name, retry)}
+				repo := entity.New(pool, itemTable{}, append(opts, entity.WithGroupCommit(16))...)
+				key := itemKey{OwnerID: 1, Name: fmt.Sprint("li_gc_cb_", c.name, retry)}
 				res := grouped(t, ctx, repo, key, nil, c.fns...)
 				committed := map[string]int{}
 				rows, _ := pool.Query(ctx, "SELECT entry FROM ledger WHERE entry LIKE 'a/%' OR entry LIKE 'b/%'")
@@ -144,10 +143,10 @@ func TestGroupCommitCommitBegin(t *testing.T) {
 func TestGroupCommitForeignSavepoint(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	spThenAdd := func(name string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents++
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	spThenAdd := func(name string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount++
 			if _, err := tx.Exec(ctx, "SAVEPOINT sp1"); err != nil {
 				return err
 			}
@@ -155,9 +154,9 @@ func TestGroupCommitForeignSavepoint(t *testing.T) {
 			return err
 		}
 	}
-	rollbackTo := func(name string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-			p.AmountCents++
+	rollbackTo := func(name string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			p.Amount++
 			if _, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name); err != nil {
 				return err
 			}
@@ -167,20 +166,20 @@ func TestGroupCommitForeignSavepoint(t *testing.T) {
 	}
 	for _, c := range []struct {
 		name string
-		fns  []payFn
+		fns  []itemFn
 	}{
-		{"Leader", []payFn{spThenAdd("a"), rollbackTo("b")}},
-		{"Member", []payFn{spThenAdd("a"), spThenAdd("b"), rollbackTo("c")}},
-		{"NotLast", []payFn{spThenAdd("a"), spThenAdd("b"), rollbackTo("c"), spThenAdd("d")}},
+		{"Leader", []itemFn{spThenAdd("a"), rollbackTo("b")}},
+		{"Member", []itemFn{spThenAdd("a"), spThenAdd("b"), rollbackTo("c")}},
+		{"NotLast", []itemFn{spThenAdd("a"), spThenAdd("b"), rollbackTo("c"), spThenAdd("d")}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			key := payment.Key{ServiceID: 1, LineItemID: "li_gc_fsp_" + c.name}
+			key := itemKey{OwnerID: 1, Name: "li_gc_fsp_" + c.name}
 			res := grouped(t, ctx, repo, key, nil, c.fns...)
 			got := ledger(t, ctx, pool)
 			_, _ = pool.Exec(ctx, "DELETE FROM ledger")
 			var amount int64
-			if err := pool.QueryRow(ctx, "SELECT coalesce(sum(amount_cents), 0) FROM payments WHERE service_id = $1 AND line_item_id = $2",
-				key.ServiceID, key.LineItemID).Scan(&amount); err != nil {
+			if err := pool.QueryRow(ctx, "SELECT coalesce(sum(amount), 0) FROM items WHERE owner_id = $1 AND name = $2",
+				key.OwnerID, key.Name).Scan(&amount); err != nil {
 				t.Fatal(err)
 			}
 			ok := 0
@@ -207,26 +206,26 @@ func TestGroupCommitExecModes(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
 		t.Run(mode.String(), func(t *testing.T) {
-			pool, ctx := paySetup(t, func(c *pgxpool.Config) { c.ConnConfig.DefaultQueryExecMode = mode })
+			pool, ctx := itemsPool(t, func(c *pgxpool.Config) { c.ConnConfig.DefaultQueryExecMode = mode })
 			if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
 				t.Fatal(err)
 			}
-			repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-			add := func(name string) payFn {
-				return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-					p.AmountCents++
+			repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+			add := func(name string) itemFn {
+				return func(ctx context.Context, tx pgx.Tx, p *item) error {
+					p.Amount++
 					_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", name)
 					return err
 				}
 			}
-			key := payment.Key{ServiceID: 1, LineItemID: "li_gc_modes"}
+			key := itemKey{OwnerID: 1, Name: "li_gc_modes"}
 			res := grouped(t, ctx, repo, key, nil, add("a"), add("b"), add("c"))
 			for i, r := range res {
 				if r.err != nil {
 					t.Errorf("call %d: %v", i, r.err)
 				}
 			}
-			res = grouped(t, ctx, repo, key, nil, add("d"), func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			res = grouped(t, ctx, repo, key, nil, add("d"), func(ctx context.Context, tx pgx.Tx, p *item) error {
 				_, err := tx.Exec(ctx, "COMMIT; BEGIN")
 				return err
 			}, add("f"))
@@ -237,10 +236,10 @@ func TestGroupCommitExecModes(t *testing.T) {
 				t.Errorf("COMMIT; BEGIN: %v", res)
 			}
 			_, _ = pool.Exec(ctx, "DELETE FROM ledger WHERE entry = 'd'")
-			res = grouped(t, ctx, repo, key, nil, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			res = grouped(t, ctx, repo, key, nil, func(ctx context.Context, tx pgx.Tx, p *item) error {
 				_, err := tx.Exec(ctx, "SAVEPOINT sp1")
 				return err
-			}, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+			}, func(ctx context.Context, tx pgx.Tx, p *item) error {
 				_, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT sp1")
 				return err
 			}, add("g"))
@@ -250,7 +249,7 @@ func TestGroupCommitExecModes(t *testing.T) {
 			if got := ledger(t, ctx, pool); !slices.Equal(got, []string{"a", "b", "c", "f"}) {
 				t.Errorf("ledger %v, want [a b c f]", got)
 			}
-			if amount, _ := payRow(t, ctx, pool, key); amount != 5 { // a, b, c, d (which COMMIT; BEGIN committed) and f
+			if amount, _ := itemRow(t, ctx, pool, key); amount != 5 { // a, b, c, d (which COMMIT; BEGIN committed) and f
 				t.Errorf("amount %d, want 5", amount)
 			}
 		})
@@ -264,15 +263,15 @@ func TestGroupCommitExecModes(t *testing.T) {
 func TestGroupCommitReleasedOwnSavepoint(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_gc_released"}
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents++
-		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.AmountCents))
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "li_gc_released"}
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount++
+		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint(p.Amount))
 		return err
 	}
 	errB := errors.New("b failed")
-	res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	res := grouped(t, ctx, repo, key, nil, add, func(ctx context.Context, tx pgx.Tx, p *item) error {
 		if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT paylock_group_2"); err != nil {
 			return err
 		}
@@ -296,20 +295,20 @@ func TestGroupCommitReleasedOwnSavepoint(t *testing.T) {
 func TestGroupCommitGoexitRacesSavepointGoroutine(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
+	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8))
 	stopped := make(chan error, 1)
 	if testing.Short() { // -short: the same calls one by one, for comparison (no race)
-		gc = entity.New(pool, payment.Table{})
+		gc = entity.New(pool, itemTable{})
 	}
 	run := groupedBounded
 	if testing.Short() {
-		run = func(t *testing.T, ctx context.Context, repo payRepo, key payment.Key, _ []context.Context, fns ...payFn) []result {
+		run = func(t *testing.T, ctx context.Context, repo itemRepo, key itemKey, _ []context.Context, fns ...itemFn) []result {
 			return oneByOne(t, ctx, repo, key, fns...)
 		}
 	}
-	res := run(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_goexit_sp"}, nil,
-		payNoop,
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	res := run(t, ctx, gc, itemKey{OwnerID: 1, Name: "li_r2_goexit_sp"}, nil,
+		itemNoop,
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
 			sp, err := tx.Begin(ctx)
 			if err != nil {
 				return err
@@ -333,7 +332,7 @@ func TestGroupCommitGoexitRacesSavepointGoroutine(t *testing.T) {
 			runtime.Goexit()
 			return nil
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil },
 	)
 	<-stopped
 	for i, r := range res {
@@ -347,10 +346,10 @@ func TestGroupCommitGoexitRacesSavepointGoroutine(t *testing.T) {
 func TestGroupCommitPreparedByName(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
-	plain := entity.New(pool, payment.Table{})
-	byName := func(entry string) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8))
+	plain := entity.New(pool, itemTable{})
+	byName := func(entry string) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
 			if _, err := tx.Prepare(ctx, "r2stmt", "INSERT INTO ledger (entry) VALUES ($1)"); err != nil {
 				return err
 			}
@@ -358,8 +357,8 @@ func TestGroupCommitPreparedByName(t *testing.T) {
 			return err
 		}
 	}
-	one := oneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r2_pn_one"}, payNoop, byName("one"))
-	grp := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_pn_grp"}, nil, payNoop, byName("grp"))
+	one := oneByOne(t, ctx, plain, itemKey{OwnerID: 1, Name: "li_r2_pn_one"}, itemNoop, byName("one"))
+	grp := groupedBounded(t, ctx, gc, itemKey{OwnerID: 1, Name: "li_r2_pn_grp"}, nil, itemNoop, byName("grp"))
 	if (one[1].err == nil) != (grp[1].err == nil) {
 		t.Errorf("member 1: grouped %v; one by one %v; ledger %q", grp[1].err, one[1].err, ledger(t, ctx, pool))
 	}
@@ -372,19 +371,19 @@ func TestGroupCommitPreparedByName(t *testing.T) {
 func TestGroupCommitBadPrepareBreaksGroup(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
-	plain := entity.New(pool, payment.Table{})
-	fns := []payFn{
+	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8))
+	plain := entity.New(pool, itemTable{})
+	fns := []itemFn{
 		ledgerInsert("leader"),
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents++; return nil },
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+		func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *item) error {
 			_, err := tx.Prepare(ctx, "r2bad", "SELEC 1")
 			return err
 		},
-		func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error { p.AmountCents += 10; return nil },
+		func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount += 10; return nil },
 	}
-	one := oneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r2_bp_one"}, fns[1:]...)
-	grp := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_bp_grp"}, nil, fns...)
+	one := oneByOne(t, ctx, plain, itemKey{OwnerID: 1, Name: "li_r2_bp_one"}, fns[1:]...)
+	grp := groupedBounded(t, ctx, gc, itemKey{OwnerID: 1, Name: "li_r2_bp_grp"}, nil, fns...)
 	for i := 1; i < len(fns); i++ {
 		if (one[i-1].err == nil) != (grp[i].err == nil) {
 			t.Errorf("call %d: grouped %v; one by one %v", i, grp[i].err, one[i-1].err)
@@ -401,20 +400,20 @@ func TestGroupCommitBadPrepareBreaksGroup(t *testing.T) {
 func TestGroupCommitMemberAfterCommitBeginBlamed(t *testing.T) {
 	t.Parallel()
 	pool, ctx := groupSetup(t)
-	gc := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
-	plain := entity.New(pool, payment.Table{})
-	fns := func(tag string) []payFn {
-		return []payFn{
-			payNoop,
-			func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8))
+	plain := entity.New(pool, itemTable{})
+	fns := func(tag string) []itemFn {
+		return []itemFn{
+			itemNoop,
+			func(ctx context.Context, tx pgx.Tx, p *item) error {
 				_, err := tx.Exec(ctx, "COMMIT; BEGIN")
 				return err
 			},
 			ledgerInsert(tag + "member2"),
 		}
 	}
-	one := oneByOne(t, ctx, plain, payment.Key{ServiceID: 1, LineItemID: "li_r2_cb_one"}, fns("one:")...)
-	grp := groupedBounded(t, ctx, gc, payment.Key{ServiceID: 1, LineItemID: "li_r2_cb_grp"}, nil, fns("grp:")...)
+	one := oneByOne(t, ctx, plain, itemKey{OwnerID: 1, Name: "li_r2_cb_one"}, fns("one:")...)
+	grp := groupedBounded(t, ctx, gc, itemKey{OwnerID: 1, Name: "li_r2_cb_grp"}, nil, fns("grp:")...)
 	if (one[2].err == nil) != (grp[2].err == nil) {
 		t.Errorf("member 2: grouped %v (ErrTxEnded: %t); one by one %v", grp[2].err, errors.Is(grp[2].err, lock.ErrTxEnded), one[2].err)
 	}
@@ -430,16 +429,16 @@ func TestGroupCommitMemberAfterCommitBeginBlamed(t *testing.T) {
 // fails fn's call (ErrRowsOpen), with or without group commit.
 func TestGroupCommitGoroutineLeftUsingTx(t *testing.T) {
 	t.Parallel()
-	pool, ctx := paySetup(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
+	pool, ctx := itemsPool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
 	if _, err := pool.Exec(ctx, "CREATE TABLE ledger (entry text PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(8))
-	key := payment.Key{ServiceID: 1, LineItemID: "li_stray"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(8))
+	key := itemKey{OwnerID: 1, Name: "li_stray"}
 	var wg sync.WaitGroup
 	strayErrs := make(chan error, 4) // two strays a round, two rounds
-	stray := func(gate <-chan struct{}) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	stray := func(gate <-chan struct{}) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
 			if _, err := tx.Exec(ctx, "SELECT $1::int", 1); err != nil {
 				return err
 			}
@@ -459,19 +458,19 @@ func TestGroupCommitGoroutineLeftUsingTx(t *testing.T) {
 					}
 				}
 			}()
-			p.AmountCents++
+			p.Amount++
 			return nil
 		}
 	}
-	opens := func(gate chan struct{}, fn payFn) payFn {
-		return func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	opens := func(gate chan struct{}, fn itemFn) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
 			close(gate)
 			return fn(ctx, tx, p)
 		}
 	}
 	for range 2 {
 		gate1, gate2 := make(chan struct{}), make(chan struct{})
-		res := groupedBounded(t, ctx, repo, key, nil, payNoop, stray(gate1), opens(gate1, ledgerInsert("x"+time.Now().String())), stray(gate2), opens(gate2, payNoop))
+		res := groupedBounded(t, ctx, repo, key, nil, itemNoop, stray(gate1), opens(gate1, ledgerInsert("x"+time.Now().String())), stray(gate2), opens(gate2, itemNoop))
 		for i, r := range res {
 			if r.err != nil {
 				t.Errorf("call %d: %v", i, r.err)
@@ -485,7 +484,7 @@ func TestGroupCommitGoroutineLeftUsingTx(t *testing.T) {
 			t.Errorf("a statement after fn returned: %v, want pgx.ErrTxClosed", err)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 4 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 4 {
 		t.Errorf("amount %d, want 4", amount)
 	}
 }

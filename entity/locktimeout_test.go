@@ -9,7 +9,6 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/internal/testing/pgtest"
-	"github.com/paylock/paylock/payment"
 )
 
 // TestWithZeroLockTimeoutOverridesTheServers: a zero LockTimeout means no
@@ -29,8 +28,8 @@ func TestWithZeroLockTimeoutOverridesTheServers(t *testing.T) {
 		opts []entity.Option
 	}{{"Default", nil}, {"GroupCommit", []entity.Option{entity.WithGroupCommit(8)}}} {
 		t.Run(tc.name, func(t *testing.T) {
-			repo := entity.New(pool, payment.Table{}, tc.opts...)
-			key := payment.Key{ServiceID: 1, LineItemID: "li_zero_lock_timeout_" + tc.name}
+			repo := entity.New(pool, itemTable{}, tc.opts...)
+			key := itemKey{OwnerID: 1, Name: "li_zero_lock_timeout_" + tc.name}
 			holder, err := pool.Begin(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -43,7 +42,7 @@ func TestWithZeroLockTimeoutOverridesTheServers(t *testing.T) {
 			var withErr error
 			go func() {
 				defer close(done)
-				withErr = repo.With(ctx, key, payNoop)
+				withErr = repo.With(ctx, key, itemNoop)
 			}()
 			if err := pgtest.AwaitLockWaitedFor(ctx, pool, 10*serverLockTimeout, done); err != nil {
 				<-done

@@ -17,7 +17,6 @@ import (
 
 	"github.com/paylock/paylock/entity"
 	"github.com/paylock/paylock/lock"
-	"github.com/paylock/paylock/payment"
 )
 
 // TestGroupCommitStalePlanHeals: a member's statement prepared on the
@@ -33,18 +32,18 @@ func TestGroupCommitStalePlanHeals(t *testing.T) {
 	if _, err := pool.Exec(ctx, "CREATE TABLE side (id int PRIMARY KEY, v int NOT NULL); INSERT INTO side VALUES (1, 5)"); err != nil {
 		t.Fatal(err)
 	}
-	read := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	read := func(ctx context.Context, tx pgx.Tx, p *item) error {
 		var v int64
 		if err := tx.QueryRow(ctx, "SELECT v FROM side WHERE id = $1", 1).Scan(&v); err != nil {
 			return err
 		}
-		p.AmountCents += v
+		p.Amount += v
 		return nil
 	}
 	// Control: without the option, one call fails after the ALTER, the
 	// next works.
-	plain := entity.New(pool, payment.Table{})
-	pk := payment.Key{ServiceID: 1, LineItemID: "stale_plain"}
+	plain := entity.New(pool, itemTable{})
+	pk := itemKey{OwnerID: 1, Name: "stale_plain"}
 	if err := plain.With(ctx, pk, read); err != nil {
 		t.Fatal(err)
 	}
@@ -56,10 +55,10 @@ func TestGroupCommitStalePlanHeals(t *testing.T) {
 		t.Fatalf("without the option, the second call after the ALTER: %v", err)
 	}
 
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "stale_group"}
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "stale_group"}
 	for g := range 2 { // prepares the member's statement, then pipelines it
-		for i, r := range grouped(t, ctx, repo, key, nil, payNoop, read) {
+		for i, r := range grouped(t, ctx, repo, key, nil, itemNoop, read) {
 			if r.err != nil {
 				t.Fatalf("group %d before the ALTER, call %d: %v", g, i, r.err)
 			}
@@ -68,9 +67,9 @@ func TestGroupCommitStalePlanHeals(t *testing.T) {
 	if _, err := pool.Exec(ctx, "ALTER TABLE side ALTER COLUMN v TYPE int"); err != nil {
 		t.Fatal(err)
 	}
-	grouped(t, ctx, repo, key, nil, payNoop, read) // the member may fail once, as without the option
+	grouped(t, ctx, repo, key, nil, itemNoop, read) // the member may fail once, as without the option
 	for g := range 3 {
-		for i, r := range grouped(t, ctx, repo, key, nil, payNoop, read) {
+		for i, r := range grouped(t, ctx, repo, key, nil, itemNoop, read) {
 			if r.err != nil {
 				t.Errorf("group %d after the ALTER (and after one failure), call %d: %v", g, i, r.err)
 			}
@@ -89,38 +88,38 @@ func TestGroupCommitDeallocateAll(t *testing.T) {
 	t.Parallel()
 	pool, ctx := oneConnGroupSetup(t)
 	n := 0
-	add := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
+	add := func(ctx context.Context, tx pgx.Tx, p *item) error {
 		n++
-		p.AmountCents++
+		p.Amount++
 		_, err := tx.Exec(ctx, "INSERT INTO ledger VALUES ($1)", fmt.Sprint("e", n))
 		return err
 	}
-	dealloc := func(ctx context.Context, tx pgx.Tx, p *payment.Payment) error {
-		p.AmountCents++
+	dealloc := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		p.Amount++
 		return tx.Conn().DeallocateAll(ctx)
 	}
 	// Control: without the option.
-	plain := entity.New(pool, payment.Table{})
-	pk := payment.Key{ServiceID: 1, LineItemID: "dealloc_plain"}
-	for i, fn := range []payFn{add, dealloc, add, add} {
+	plain := entity.New(pool, itemTable{})
+	pk := itemKey{OwnerID: 1, Name: "dealloc_plain"}
+	for i, fn := range []itemFn{add, dealloc, add, add} {
 		if err := plain.With(ctx, pk, fn); err != nil {
 			t.Fatalf("without the option, call %d: %v", i, err)
 		}
 	}
 
-	repo := entity.New(pool, payment.Table{}, entity.WithGroupCommit(16))
-	key := payment.Key{ServiceID: 1, LineItemID: "dealloc_group"}
-	for i, r := range grouped(t, ctx, repo, key, nil, payNoop, add) { // prepares the member's statement
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	key := itemKey{OwnerID: 1, Name: "dealloc_group"}
+	for i, r := range grouped(t, ctx, repo, key, nil, itemNoop, add) { // prepares the member's statement
 		if r.err != nil {
 			t.Fatalf("warm-up call %d: %v", i, r.err)
 		}
 	}
-	for i, r := range grouped(t, ctx, repo, key, nil, payNoop, dealloc, add) {
+	for i, r := range grouped(t, ctx, repo, key, nil, itemNoop, dealloc, add) {
 		if r.err != nil {
 			t.Errorf("call %d: %v", i, r.err)
 		}
 	}
-	if amount, _ := payRow(t, ctx, pool, key); amount != 3 {
+	if amount, _ := itemRow(t, ctx, pool, key); amount != 3 {
 		t.Errorf("amount %d, want 3", amount)
 	}
 }
