@@ -120,17 +120,19 @@ func goList(t *testing.T, args ...string) []string {
 	return strings.Split(strings.TrimSpace(string(out)), "\n")
 }
 
-// fileImports returns what the non-test Go files of dir import, file by
-// file, whatever their build constraints: a file built only with a tag or
-// on another system is part of the library too.
-func fileImports(dir string) (map[string][]string, error) {
+// fileImports returns what the Go files of dir import, file by file,
+// whatever their build constraints (a file built only with a tag or on
+// another system is part of the library too): the non-test files, or with
+// tests the _test.go files (of both the package and its external test
+// package).
+func fileImports(dir string, tests bool) (map[string][]string, error) {
 	names, err := filepath.Glob(filepath.Join(dir, "*.go"))
 	if err != nil {
 		return nil, err
 	}
 	imports := map[string][]string{}
 	for _, name := range names {
-		if strings.HasSuffix(name, "_test.go") {
+		if strings.HasSuffix(name, "_test.go") != tests {
 			continue
 		}
 		f, err := parser.ParseFile(token.NewFileSet(), name, nil, parser.ImportsOnly)
@@ -177,7 +179,7 @@ func TestLibraryImports(t *testing.T) {
 				"add it where it belongs, or move a tool to internal/tools and test rig to internal/testing", path)
 			continue
 		}
-		imports, err := fileImports(dir)
+		imports, err := fileImports(dir, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -206,12 +208,83 @@ func TestFileImports(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "debug_test.go"), []byte("package lock\n\nimport _ \"os/exec\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got, err := fileImports(dir)
+	got, err := fileImports(dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := []string{module + "/internal/testing/pgtest"}; len(got) != 1 || !slices.Equal(got["debug.go"], want) {
 		t.Errorf("fileImports = %q; want debug.go importing %q, and no test file", got, want)
+	}
+	got, err = fileImports(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"os/exec"}; len(got) != 1 || !slices.Equal(got["debug_test.go"], want) {
+		t.Errorf("fileImports(tests) = %q; want debug_test.go importing %q alone", got, want)
+	}
+}
+
+// TestTestsStayInTheirLayer fails when the tests of a public package (its
+// _test.go files, in package x and x_test) import a public package above
+// it, or a package that depends on one (internal/testing/paytest runs
+// payment.Migrate): a lower layer's tests bring a fixture of their own
+// (entity's items_test.go), so they test that layer alone.
+func TestTestsStayInTheirLayer(t *testing.T) {
+	deps := map[string][]string{}
+	for _, line := range goList(t, "-f", "{{.ImportPath}} {{join .Deps \" \"}}", "./...") {
+		path, rest, _ := strings.Cut(line, " ")
+		deps[path] = strings.Fields(rest)
+	}
+	for i, pkg := range public {
+		above := public[i+1:]
+		imports, err := fileImports(filepath.Join("../../..", pkg), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, file := range slices.Sorted(maps.Keys(imports)) {
+			for _, imp := range imports[file] {
+				if err := checkTest(pkg, imp, above, deps[imp]); err != nil {
+					t.Errorf("%s (%s) imports %s: %v", pkg, file, imp, err)
+				}
+			}
+		}
+	}
+}
+
+// checkTest returns why a _test.go file of public package from may not
+// import path, which depends on deps, given the public packages above
+// from, or nil if it may.
+func checkTest(from, path string, above, deps []string) error {
+	for _, up := range above {
+		switch {
+		case path == module+"/"+up:
+			return fmt.Errorf("%s is a layer above %s: %s's tests use a fixture of their own, not the packages built on it", up, from, from)
+		case slices.Contains(deps, module+"/"+up):
+			return fmt.Errorf("it depends on %s, a layer above %s: %s's tests use a fixture of their own, not the packages built on it", up, from, from)
+		}
+	}
+	return nil
+}
+
+// TestCheckTest: the tests of a layer may import what is below it and its
+// own test rig, never a layer above nor what depends on one.
+func TestCheckTest(t *testing.T) {
+	above := []string{"payment"}
+	for _, tt := range []struct {
+		path string
+		deps []string
+		ok   bool
+	}{
+		{module + "/internal/testing/pgtest", nil, true},
+		{module + "/lock", []string{module + "/internal/txn"}, true},
+		{module + "/examples/invoices", []string{module + "/entity", module + "/lock"}, true},
+		{module + "/payment", []string{module + "/entity"}, false},
+		{module + "/internal/testing/paytest", []string{module + "/entity", module + "/payment"}, false},
+	} {
+		err := checkTest("entity", tt.path, above, tt.deps)
+		if (err == nil) != tt.ok {
+			t.Errorf("checkTest(entity, %q) = %v, want ok=%v", tt.path, err, tt.ok)
+		}
 	}
 }
 
