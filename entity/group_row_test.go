@@ -258,3 +258,45 @@ func TestGroupCommitUnsavedFieldHandedOn(t *testing.T) {
 		t.Errorf("ledger %q: member 2 saw a different p.UpdatedAt grouped", got)
 	}
 }
+
+// TestGroupCommitRowChangedThroughSQL: a member whose fn changes the row
+// itself through tx (an UPDATE, as a trigger would) hands the next member
+// the row with that change, and the final write keeps it: the group ends
+// where the same calls one by one end. Leader and member alike.
+func TestGroupCommitRowChangedThroughSQL(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(16))
+	plain := entity.New(pool, itemTable{})
+	bumpInSQL := func(n int) itemFn {
+		return func(ctx context.Context, tx pgx.Tx, p *item) error {
+			_, err := tx.Exec(ctx, "UPDATE items SET amount = amount + $1 WHERE id = $2", n, p.ID)
+			return err
+		}
+	}
+	inP := func(ctx context.Context, tx pgx.Tx, p *item) error { p.Amount++; return nil }
+	both := func(ctx context.Context, tx pgx.Tx, p *item) error {
+		if err := bumpInSQL(100)(ctx, tx, p); err != nil {
+			return err
+		}
+		p.Status = "both" // Save writes p whole, as it does for a call of its own
+		return nil
+	}
+	fns := []itemFn{bumpInSQL(1000), inP, bumpInSQL(5), inP, both, inP, bumpInSQL(7)}
+	one := itemKey{OwnerID: 1, Name: "li_sql_row_one_by_one"}
+	for i, fn := range fns {
+		if err := plain.With(ctx, one, fn); err != nil {
+			t.Fatalf("one by one, call %d: %v", i, err)
+		}
+	}
+	key := itemKey{OwnerID: 1, Name: "li_sql_row"}
+	for i, r := range grouped(t, ctx, repo, key, nil, fns...) {
+		if r.err != nil || r.panicked != nil {
+			t.Fatalf("call %d: %v, %v", i, r.err, r.panicked)
+		}
+	}
+	wantAmount, wantStatus := itemRow(t, ctx, pool, one)
+	if amount, status := itemRow(t, ctx, pool, key); amount != wantAmount || status != wantStatus {
+		t.Errorf("grouped: amount %d, status %q; one by one: %d, %q", amount, status, wantAmount, wantStatus)
+	}
+}

@@ -488,3 +488,53 @@ func TestGroupCommitGoroutineLeftUsingTx(t *testing.T) {
 		t.Errorf("amount %d, want 4", amount)
 	}
 }
+
+// TestGroupCommitNoSavepointWithoutSQL: an fn that runs no SQL and leaves
+// the row alone takes no savepoint, so more than MaxGroupSQL such callers
+// share a transaction; callers with SQL, or whose row is written, are at
+// most MaxGroupSQL per transaction.
+func TestGroupCommitNoSavepointWithoutSQL(t *testing.T) {
+	t.Parallel()
+	pool, ctx := groupSetup(t)
+	const n = entity.MaxGroupSQL + 6
+	for _, withSQL := range []bool{false, true} {
+		t.Run(fmt.Sprint("SQL=", withSQL), func(t *testing.T) {
+			var rec recorder
+			repo := entity.New(pool, itemTable{}, entity.WithGroupCommit(200), entity.WithHooks(rec.hooks()))
+			key := itemKey{OwnerID: 1, Name: fmt.Sprint("li_gc_nosp_", withSQL)}
+			var fns []itemFn
+			for range n + 1 {
+				fns = append(fns, func(ctx context.Context, tx pgx.Tx, p *item) error {
+					if withSQL {
+						p.Amount++
+						_, err := tx.Exec(ctx, "SELECT 1")
+						return err
+					}
+					return nil
+				})
+			}
+			for i, r := range grouped(t, ctx, repo, key, nil, fns...) {
+				if r.err != nil {
+					t.Fatalf("call %d: %v", i, r.err)
+				}
+			}
+			largest := 0
+			for _, ev := range rec.events {
+				largest = max(largest, ev.GroupSize)
+			}
+			switch {
+			case !withSQL && largest != n+1:
+				t.Errorf("largest group %d, want all %d callers in one", largest, n+1)
+			case withSQL && largest != entity.MaxGroupSQL+1: // the leader takes no savepoint
+				t.Errorf("largest group %d, want %d", largest, entity.MaxGroupSQL+1)
+			}
+			want := int64(0)
+			if withSQL {
+				want = n + 1
+			}
+			if amount, _ := itemRow(t, ctx, pool, key); amount != want {
+				t.Errorf("amount %d, want %d", amount, want)
+			}
+		})
+	}
+}
