@@ -887,7 +887,8 @@ type ctVerdict struct {
 	inconclusive string
 	maxGroup     int
 	ran          int
-	exception    []int // members given the commit/connection exception
+	exception    []int         // members given the commit/connection exception
+	idle         time.Duration // the IdleTimeout of the run the verdict is on
 }
 
 // compare compares the grouped side g with the one-by-one side r of rnd.
@@ -962,13 +963,33 @@ func ctOwnClass(c ctCall, i int) string {
 	return ctClass(c.err, c.panicked, c.goexit, &ctOwnErr{i})
 }
 
-// check runs rnd on both sides and returns its verdict.
+// check runs rnd on both sides and returns its verdict. A call whose fn
+// does not stall but that timed out idle (a slow member sleeps 3/5 of
+// IdleTimeout; on a busy machine the time around it may take the rest)
+// says how fast the machine was, not how the sides differ: when it leaves
+// the one-by-one side without a reference or the sides differ, the round
+// runs again with IdleTimeout doubled, up to 8 times -contract.idle. A
+// defect diverges at every IdleTimeout.
 func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
+	base := e.idle
+	defer func() { e.idle = base }()
+	for {
+		v, timedOut := e.checkAt(ctx, rnd)
+		v.idle = e.idle
+		if timedOut == "" || e.idle >= 8*base {
+			return v
+		}
+		e.idle *= 2
+	}
+}
+
+// checkAt runs rnd on both sides at e.idle. timedOut names a call that
+// timed out idle without stalling, when the verdict rests on it.
+func (e *ctEnv) checkAt(ctx context.Context, rnd ctRound) (v ctVerdict, timedOut string) {
 	e.n++
 	base := fmt.Sprintf("c%d", e.n)
 	g := e.grouped(ctx, rnd, base+"_g")
 	r := e.oneByOne(ctx, rnd, base+"_r", nil)
-	var v ctVerdict
 	for _, c := range g.calls {
 		if c.ran {
 			v.ran++
@@ -977,13 +998,23 @@ func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
 			v.maxGroup = max(v.maxGroup, c.ev.GroupSize)
 		}
 	}
+	idled := func(c ctCall, i int) bool {
+		return rnd.kinds[i] != kStall && c.err != nil && (errors.Is(c.err, lock.ErrIdleTimeout) || isCode(c.err, "25P03"))
+	}
 	for i, c := range r.calls {
-		if c.err != nil && isCode(c.err, "25P03") && rnd.kinds[i] != kStall {
-			v.inconclusive = fmt.Sprintf("call %d (%s) timed out idle one by one: this machine is too slow for -contract.idle=%s", i, rnd.kinds[i], e.idle)
-			return v
+		if idled(c, i) {
+			v.inconclusive = fmt.Sprintf("call %d (%s) timed out idle one by one: this machine is too slow for IdleTimeout %s", i, rnd.kinds[i], e.idle)
+			return v, v.inconclusive
 		}
 	}
 	v.diffs = ctCompare(rnd, g, r, nil)
+	if len(v.diffs) > 0 {
+		for i, c := range g.calls {
+			if idled(c, i) {
+				timedOut = fmt.Sprintf("call %d (%s) timed out idle grouped at IdleTimeout %s", i, rnd.kinds[i], e.idle)
+			}
+		}
+	}
 	if slices.Contains(rnd.kinds, kPoison) {
 		// Group commit calls the Table at other times than a call of its
 		// own does, so a Scan that panics ends other calls than one by
@@ -994,10 +1025,10 @@ func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
 				v.diffs = append(v.diffs, fmt.Sprintf("call %d (%s): grouped %s; one by one %s", i, rnd.kinds[i], ctOwnClass(c, i), ctOwnClass(r.calls[i], i)))
 			}
 		}
-		return v
+		return v, ""
 	}
 	if len(v.diffs) == 0 {
-		return v
+		return v, ""
 	}
 	// The exception: a member whose ctx ended in the middle of a round trip
 	// (ctxMid) breaks the shared connection. Then the members before it in
@@ -1053,7 +1084,10 @@ func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
 			break
 		}
 	}
-	return v
+	if len(v.diffs) == 0 {
+		return v, ""
+	}
+	return v, timedOut
 }
 
 // ctUnknownByCtx reports whether err is what a member whose ctx ended
@@ -1192,6 +1226,9 @@ CREATE TABLE contract_child (k text NOT NULL, id int NOT NULL, FOREIGN KEY (k, i
 		t.Run(name, func(t *testing.T) {
 			ctx := pgtest.Context(t, 10*time.Minute)
 			v := env.check(ctx, rnd)
+			if v.idle != env.idle {
+				t.Logf("%s: ran again with IdleTimeout %s: a call that does not stall timed out idle at a shorter one", rnd.spec(), v.idle)
+			}
 			if v.inconclusive != "" {
 				t.Logf("%s: inconclusive: %s", rnd.spec(), v.inconclusive)
 				return
