@@ -29,11 +29,16 @@ var ErrNoCitus = errors.New("citustest: the Citus extension is not installed in 
 // Workers is the number of worker nodes Start starts.
 const Workers = 2
 
-// settings are every node's: the library preloaded, and connections
-// between nodes without TLS (the throwaway servers have no certificate).
+// settings are every node's: the library preloaded, connections between
+// nodes without TLS (the throwaway servers have no certificate), and 4
+// shards per distributed table instead of 32: two per worker is all a test
+// needs to spread keys over both, and every DDL statement, index build and
+// Migrate runs on each shard (32 made the Citus tests most of the suite's
+// CPU time).
 var settings = []string{
 	"shared_preload_libraries=citus",
 	"citus.node_conninfo=sslmode=disable",
+	"citus.shard_count=4",
 }
 
 // Cluster is a running coordinator and its workers. Its methods are safe
