@@ -968,18 +968,20 @@ func ctOwnClass(c ctCall, i int) string {
 // IdleTimeout; on a busy machine the time around it may take the rest)
 // says how fast the machine was, not how the sides differ: when it leaves
 // the one-by-one side without a reference or the sides differ, the round
-// runs again with IdleTimeout doubled, up to 8 times -contract.idle. A
-// defect diverges at every IdleTimeout.
+// runs again with IdleTimeout and each call's deadline doubled, up to 8
+// times -contract.idle. A defect diverges at every IdleTimeout.
 func (e *ctEnv) check(ctx context.Context, rnd ctRound) ctVerdict {
-	base := e.idle
-	defer func() { e.idle = base }()
+	base, hang := e.idle, e.hang
+	defer func() { e.idle, e.hang = base, hang }()
 	for {
 		v, timedOut := e.checkAt(ctx, rnd)
 		v.idle = e.idle
 		if timedOut == "" || e.idle >= 8*base {
 			return v
 		}
+		// Each call's deadline grows with the sleeps it may wait behind.
 		e.idle *= 2
+		e.hang *= 2
 	}
 }
 

@@ -197,7 +197,13 @@ func TestWithArrivalOrderAfterFailedTry(t *testing.T) {
 	slow.Store(true)
 	errs := make(chan error, 2)
 	go func() { errs <- repo.With(ctx, "fair", record("A")) }()
-	time.Sleep(10 * time.Millisecond) // A is through the in-process queue, first
+	// A is through the in-process queue, first, once it holds a connection
+	// (it takes one only after the queue let it through).
+	for deadline := time.Now().Add(time.Minute); pool.Stat().AcquiredConns() != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("A did not take a connection within a minute")
+		}
+	}
 	go func() { errs <- repo.With(ctx, "fair", record("B")) }()
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		var n int

@@ -9,7 +9,8 @@
 // Latency delays each chunk of bytes from the moment it arrives, and chunks
 // in flight overlap, as packets on a wire do: bandwidth is not limited.
 // Faults apply to every connection the proxy holds at the time; give each
-// client that should be treated differently its own Proxy.
+// client that should be treated differently its own Proxy. ClientBytes lets
+// a test wait for a client's message to reach the proxy before it acts.
 package tcpproxy
 
 import (
@@ -25,6 +26,7 @@ type Proxy struct {
 	ln      net.Listener
 	target  string
 	latency atomic.Int64 // nanoseconds added to each chunk, each way
+	fromCli atomic.Int64 // bytes read from clients
 
 	mu      sync.Mutex
 	links   map[*link]struct{}
@@ -35,10 +37,15 @@ type Proxy struct {
 
 type link struct {
 	client, server *net.TCPConn
-	stalled        atomic.Pointer[chan struct{}] // while set, wait for it to close before writing
+	// stalled[toServer] and stalled[toClient]: while set, the direction
+	// waits for the channel to close before writing.
+	stalled [2]atomic.Pointer[chan struct{}]
 }
 
-func (l *link) stall(ch chan struct{}) { l.stalled.Store(&ch) }
+const (
+	toServer = 0
+	toClient = 1
+)
 
 // Start listens on a free port of 127.0.0.1 and forwards to target
 // ("host:port").
@@ -79,16 +86,32 @@ func (p *Proxy) Reset() {
 // Stall stops moving bytes on every connection open now, in both
 // directions, without closing anything: each side sees silence, no FIN and
 // no RST. Connections opened later are not stalled. Resume ends the stall.
-func (p *Proxy) Stall() {
+// Bytes a client sends meanwhile still reach the proxy (ClientBytes counts
+// them) and wait there.
+func (p *Proxy) Stall() { p.stall(toServer, toClient) }
+
+// StallReplies is Stall for the server-to-client direction only: what
+// clients send still reaches the server, and its answers wait in the proxy
+// until Resume (or are lost with Reset).
+func (p *Proxy) StallReplies() { p.stall(toClient) }
+
+func (p *Proxy) stall(dirs ...int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stalled == nil {
 		p.stalled = make(chan struct{})
 	}
+	ch := p.stalled
 	for l := range p.links {
-		l.stall(p.stalled)
+		for _, d := range dirs {
+			l.stalled[d].Store(&ch)
+		}
 	}
 }
+
+// ClientBytes returns how many bytes clients have sent to the proxy so far,
+// delivered or not.
+func (p *Proxy) ClientBytes() int64 { return p.fromCli.Load() }
 
 // Resume lets stalled connections move bytes again.
 func (p *Proxy) Resume() {
@@ -140,15 +163,19 @@ func (p *Proxy) accept() {
 		}
 		p.links[l] = struct{}{}
 		p.mu.Unlock()
-		p.wg.Go(func() { p.pipe(l, l.server, l.client) })
-		p.wg.Go(func() { p.pipe(l, l.client, l.server) })
+		p.wg.Go(func() { p.pipe(l, toServer) })
+		p.wg.Go(func() { p.pipe(l, toClient) })
 	}
 }
 
 // pipe copies from src to dst until either side ends; then it closes both,
 // which passes the end on. Each chunk leaves the latency after it arrived,
 // and not while the link is stalled.
-func (p *Proxy) pipe(l *link, dst, src *net.TCPConn) {
+func (p *Proxy) pipe(l *link, dir int) {
+	dst, src := l.server, l.client
+	if dir == toClient {
+		dst, src = l.client, l.server
+	}
 	defer func() {
 		p.mu.Lock()
 		delete(p.links, l)
@@ -168,7 +195,7 @@ func (p *Proxy) pipe(l *link, dst, src *net.TCPConn) {
 			if d := time.Until(c.at); d > 0 {
 				time.Sleep(d)
 			}
-			if s := l.stalled.Load(); s != nil {
+			if s := l.stalled[dir].Load(); s != nil {
 				<-*s
 			}
 			if _, err := dst.Write(c.b); err != nil {
@@ -183,6 +210,9 @@ func (p *Proxy) pipe(l *link, dst, src *net.TCPConn) {
 		b := make([]byte, 32<<10)
 		n, err := src.Read(b)
 		if n > 0 {
+			if dir == toServer {
+				p.fromCli.Add(int64(n))
+			}
 			ch <- chunk{b[:n], time.Now().Add(time.Duration(p.latency.Load()))}
 		}
 		if err != nil {

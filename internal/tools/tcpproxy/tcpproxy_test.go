@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -81,9 +82,9 @@ func TestProxy(t *testing.T) {
 		// Chunks in flight overlap, as packets on a wire do: ten pings sent
 		// at once come back after about one round trip, not ten.
 		c, r := dial(t, p)
-		// A round trip of 400 ms: ten in a row would take 4 s, and the
-		// bound below leaves the overlap 1.6 s of scheduling slack.
-		p.SetLatency(200 * time.Millisecond)
+		// A round trip of 1 s: ten in a row would take 10 s, and the bound
+		// below leaves the overlap 4 s of scheduling slack.
+		p.SetLatency(500 * time.Millisecond)
 		defer p.SetLatency(0)
 		c.SetDeadline(time.Now().Add(time.Minute))
 		start := time.Now()
@@ -98,8 +99,8 @@ func TestProxy(t *testing.T) {
 				t.Fatalf("%q, %v", line, err)
 			}
 		}
-		if d := time.Since(start); d < 400*time.Millisecond || d >= 2*time.Second {
-			t.Fatalf("ten pipelined pings took %v; want one round trip of 400ms, not ten", d)
+		if d := time.Since(start); d < time.Second || d >= 5*time.Second {
+			t.Fatalf("ten pipelined pings took %v; want one round trip of 1s, not ten", d)
 		}
 	})
 	t.Run("ResetIsAnRST", func(t *testing.T) {
@@ -108,7 +109,7 @@ func TestProxy(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.Reset()
-		_, err := roundTrip(c, r, time.Second)
+		_, err := roundTrip(c, r, time.Minute)
 		if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
 			t.Fatalf("after Reset: %v, want a connection reset", err)
 		}
@@ -124,13 +125,76 @@ func TestProxy(t *testing.T) {
 		if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
 			t.Fatalf("stalled round trip: %v, want a timeout (no FIN, no RST)", err)
 		}
-		if _, err := roundTrip(fresh, freshR, time.Second); err != nil {
+		if _, err := roundTrip(fresh, freshR, time.Minute); err != nil {
 			t.Fatalf("a connection opened after Stall: %v", err)
 		}
 		p.Resume()
-		c.SetDeadline(time.Now().Add(time.Second))
+		c.SetDeadline(time.Now().Add(time.Minute))
 		if line, err := r.ReadString('\n'); err != nil || line != "ping\n" {
 			t.Fatalf("after Resume: %q, %v", line, err)
 		}
 	})
+}
+
+// TestStallReplies: what a client sends still reaches the server (and
+// ClientBytes counts it); the answer waits in the proxy until Resume.
+func TestStallReplies(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 4)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			got <- line
+			c.Write([]byte(line))
+		}
+	}()
+	p, err := tcpproxy.Start(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, r := dial(t, p)
+	if _, err := roundTrip(c, r, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	<-got
+	before := p.ClientBytes()
+	p.StallReplies()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	if _, err := c.Write([]byte("held\n")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case line := <-got:
+		if line != "held\n" {
+			t.Fatalf("server got %q", line)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the server got nothing while replies were stalled")
+	}
+	if n := p.ClientBytes() - before; n != int64(len("held\n")) {
+		t.Errorf("ClientBytes grew by %d, want %d", n, len("held\n"))
+	}
+	c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := r.ReadString('\n'); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read while replies are stalled: %v, want a timeout", err)
+	}
+	p.Resume()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	if line, err := r.ReadString('\n'); err != nil || line != "held\n" {
+		t.Fatalf("after Resume: %q, %v", line, err)
+	}
 }
