@@ -84,6 +84,7 @@ const (
 	RowLock
 )
 
+// String returns "advisory" or "rowlock".
 func (s Strategy) String() string {
 	if s == RowLock {
 		return "rowlock"
@@ -161,7 +162,7 @@ func WithStrategy(s Strategy) Option { return option(func(c *config) { c.strateg
 func WithHooks(h Hooks) Option { return option(func(c *config) { c.hooks = h }) }
 
 // New returns a Repository for table on pool, configured by opts
-// ([WithLockOptions], [WithStrategy], [WithHooks]). Make one per pool and
+// ([WithLockOptions], [WithStrategy], [WithHooks], [WithGroupCommit]). Make one per pool and
 // table and share it: its per-key queue works among the calls of one
 // Repository.
 func New[K, V any](pool *pgxpool.Pool, table Table[K, V], opts ...Option) *Repository[K, V] {

@@ -49,7 +49,12 @@ type Cloner[V any] interface {
 // side effect of fn — except for latency, and except that a failure of the
 // shared COMMIT (or of the connection) reaches every member whose fn
 // succeeded, with nothing committed ([ErrGroupRolledBack] when another
-// member broke the connection).
+// member broke the connection). Two more exceptions: a member whose ctx
+// ends after its fn returned, before its group's outcome, gets
+// [lock.ErrCommitUnknown] with ctx's error and its part may commit (alone,
+// nothing would); and when the Table's Scan panics, other calls fail than
+// one by one. docs/DESIGN.md, "Where a group still differs", lists the
+// rest.
 //
 // The package doc, "Group commit", says what follows for ctx, idle members,
 // savepoints and bounds. It needs a Table that implements [Cloner]; with any

@@ -29,7 +29,8 @@ type Event struct {
 	// safe as a metric label.
 	Namespace string
 	// Key is the lock key. It names the entity; don't use it as a label.
-	Key      lock.Key
+	Key lock.Key
+	// Strategy is the Repository's (WithStrategy).
 	Strategy Strategy
 	// Start is when With was called.
 	Start time.Time
@@ -58,7 +59,8 @@ type Event struct {
 	// place in that transaction); 0 for a call whose fn never ran, and
 	// without group commit.
 	GroupSize int
-	Outcome   Outcome
+	// Outcome classifies Err: what became of the call.
+	Outcome Outcome
 	// Err is what With returned (nil when Outcome is OutcomeOK).
 	Err error
 

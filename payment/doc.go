@@ -108,22 +108,18 @@
 //
 // # Citus
 //
-// On a Citus coordinator Migrate creates services as a reference table and
-// payments distributed by service_id ([CitusSchema]: the primary key is
-// (service_id, id)); the unique index is on every shard. On a worker it
-// refuses with [ErrCitusWorker]. Every node can then run With: use
-// [NewDistributedRepository] ([Distributed] tells), the advisory strategy
-// on the coordinator and RowLock on a worker (entity.CheckEngine says
-// which), since a worker's advisory locks are its own. Callers on
-// different nodes still serialize on the shard's row lock. docs/SCALING.md
-// has the figures.
-//
 // On a Citus coordinator (the citus extension in the database, local group
-// 0) Migrate's step 1 (see "Schema") applies [CitusSchema] before Schema and, in the same
-// transaction, makes services a reference table and payments a table
-// distributed by service_id; the unique index is then on every shard, and
-// "valid" in steps 2 to 5 means valid on every shard placement. A payments
-// table that exists there as a local table fails with [ErrNotDistributed].
-// On a Citus worker Migrate changes nothing and fails with
-// [ErrCitusWorker], naming the coordinator.
+// 0) Migrate's step 1 (see "Schema") applies [CitusSchema] before Schema and,
+// in the same transaction, makes services a reference table and payments a
+// table distributed by service_id (the primary key is (service_id, id)); the
+// unique index is then on every shard, and "valid" in steps 2 to 5 means
+// valid on every shard placement. A payments table that exists there as a
+// local table fails with [ErrNotDistributed]. On a worker Migrate changes
+// nothing and fails with [ErrCitusWorker], naming the coordinator.
+//
+// Every node can then run With: use [NewDistributedRepository] ([Distributed]
+// tells), the advisory strategy on the coordinator and RowLock on a worker
+// (entity.CheckEngine says which), since a worker's advisory locks are its
+// own. Callers on different nodes still serialize on the shard's row lock.
+// docs/SCALING.md has the figures.
 package payment

@@ -4,8 +4,9 @@ import "errors"
 
 // Errors matched with errors.Is: the table's own. Each sentinel has one
 // name, in the package it comes from: the lock's and the transaction's
-// ([lock.ErrLockTimeout], [lock.ErrDeadlock], [lock.ErrReentrant],
-// [lock.ErrTxEnded], [lock.ErrRowsOpen], [lock.ErrCommitUnknown]) are lock's,
+// ([lock.ErrLockTimeout], [lock.ErrDeadlock], [lock.ErrIdleTimeout],
+// [lock.ErrReentrant], [lock.ErrManaged], [lock.ErrTxEnded],
+// [lock.ErrRowsOpen], [lock.ErrCommitUnknown]) are lock's,
 // [entity.ErrTxAborted] and [entity.ErrGroupRolledBack] entity's. They and
 // ctx's ([context.Canceled], [context.DeadlineExceeded]) pass through With
 // wrapped, and a *pgconn.PgError stays reachable with errors.As.

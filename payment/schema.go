@@ -124,6 +124,7 @@ func newDuplicatesError(d *schema.DuplicatesError) *DuplicatesError {
 	return e
 }
 
+// Error names the groups of duplicates, the extra rows and the worst keys.
 func (e *DuplicatesError) Error() string {
 	d := &schema.DuplicatesError{Groups: e.Groups, Extra: e.Extra, Counts: e.Counts}
 	for _, k := range e.Worst {

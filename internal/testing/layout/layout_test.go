@@ -36,10 +36,10 @@ var upward = map[string]string{
 }
 
 // adapters are library packages that the rest of the library does not
-// import. Each may import the public packages, as a user would, and one
-// dependency of its own.
-var adapters = map[string]string{
-	"entity/otelentity": "go.opentelemetry.io/otel",
+// import. Each may import the public packages, as a user would, and the
+// modules of one dependency of its own (OpenTelemetry's API, not its SDK).
+var adapters = map[string][]string{
+	"entity/otelentity": {"go.opentelemetry.io/otel", "go.opentelemetry.io/otel/metric", "go.opentelemetry.io/otel/trace"},
 }
 
 // outside are the folders under internal/ that are not the library: the
@@ -58,20 +58,24 @@ var external = []string{"github.com/jackc/pgx/v5", "github.com/cespare/xxhash/v2
 
 // check returns why a non-test file of library package from (a path
 // relative to the module, as "lock") may not import path, or nil if it may.
-func check(from, path string, std map[string]bool) error {
+// moduleOf returns the module an imported package belongs to: a module is
+// allowed, not a path prefix (go.opentelemetry.io/otel/sdk is a module of
+// its own, not part of go.opentelemetry.io/otel).
+func check(from, path string, std map[string]bool, moduleOf func(string) string) error {
 	if std[path] {
 		return nil
 	}
 	rel, ours := strings.CutPrefix(path, module+"/")
 	if !ours {
-		if slices.ContainsFunc(external, func(m string) bool { return within(path, m) }) {
+		m := moduleOf(path)
+		if slices.Contains(external, m) {
 			return nil
 		}
-		if extra, ok := adapters[from]; ok && within(path, extra) {
+		if slices.Contains(adapters[from], m) {
 			return nil
 		}
-		return fmt.Errorf("%s is another dependency: the library may import only the standard library, %s and its own packages",
-			path, strings.Join(external, ", "))
+		return fmt.Errorf("%s (module %q) is another dependency: the library may import only the standard library, %s and its own packages",
+			path, m, strings.Join(external, ", "))
 	}
 	to, toPublic := slices.Index(public, rel), slices.Contains(public, rel)
 	toMachinery := slices.Contains(machinery, rel)
@@ -79,7 +83,7 @@ func check(from, path string, std map[string]bool) error {
 		return fmt.Errorf("%s is not the library (an adapter, a tool, the test rig or the CLI): the library imports only its own layers", rel)
 	}
 	switch {
-	case adapters[from] != "":
+	case adapters[from] != nil:
 		if toMachinery {
 			return fmt.Errorf("%s is the library's machinery: an adapter imports only the public packages, as a user would", rel)
 		}
@@ -107,6 +111,28 @@ func reversed(s []string) []string {
 
 // within reports whether path is prefix or a package below it.
 func within(path, prefix string) bool { return path == prefix || strings.HasPrefix(path, prefix+"/") }
+
+// modules returns a moduleOf for check: the module of each package the
+// library's builds depend on, and, for a path only a file left out of them
+// imports, what go list says (empty when the path is no dependency).
+func modules(t *testing.T) func(string) string {
+	mods := map[string]string{}
+	args := append([]string{"-deps", "-f", "{{.ImportPath}} {{with .Module}}{{.Path}}{{end}}"}, roots...)
+	for _, line := range goList(t, append(args, "./internal/...")...) {
+		path, mod, _ := strings.Cut(line, " ")
+		mods[path] = mod
+	}
+	return func(path string) string {
+		if m, ok := mods[path]; ok {
+			return m
+		}
+		cmd := exec.Command("go", "list", "-f", "{{with .Module}}{{.Path}}{{end}}", path)
+		cmd.Dir = "../../.."
+		out, _ := cmd.Output()
+		mods[path] = strings.TrimSpace(string(out))
+		return mods[path]
+	}
+}
 
 // goList runs go list with args in the module's root and returns its lines.
 func goList(t *testing.T, args ...string) []string {
@@ -164,6 +190,7 @@ func TestLibraryImports(t *testing.T) {
 	for a := range adapters {
 		library = append(library, a)
 	}
+	moduleOf := modules(t)
 	args := []string{"-f", "{{.ImportPath}} {{.Dir}}"}
 	args = append(args, roots...)
 	args = append(args, "./internal/...")
@@ -185,7 +212,7 @@ func TestLibraryImports(t *testing.T) {
 		}
 		for _, file := range slices.Sorted(maps.Keys(imports)) {
 			for _, imp := range imports[file] {
-				if err := check(rel, imp, std); err != nil {
+				if err := check(rel, imp, std, moduleOf); err != nil {
 					t.Errorf("%s (%s) imports %s: %v", rel, file, imp, err)
 				}
 			}
@@ -293,6 +320,17 @@ func TestCheckTest(t *testing.T) {
 // dependency.
 func TestCheck(t *testing.T) {
 	std := map[string]bool{"context": true}
+	// The modules as go list would name them.
+	moduleOf := func(path string) string {
+		for _, m := range []string{"github.com/jackc/pgx/v5", "github.com/jackc/pgx/v4", "github.com/cespare/xxhash/v2",
+			"golang.org/x/sync", "go.opentelemetry.io/otel/sdk", "go.opentelemetry.io/otel/trace", "go.opentelemetry.io/otel",
+			"github.com/ory/dockertest/v3"} {
+			if within(path, m) {
+				return m
+			}
+		}
+		return ""
+	}
 	for _, tt := range []struct {
 		from, path string
 		ok         bool
@@ -332,10 +370,11 @@ func TestCheck(t *testing.T) {
 		{"entity", "go.opentelemetry.io/otel", false}, // otelentity's alone
 		{"lock", "github.com/ory/dockertest/v3", false},
 		{"lock", "cli/notstd", false}, // a module path without a dot is not the standard library
+		{"entity/otelentity", "go.opentelemetry.io/otel/sdk/trace", false}, // a module of its own below otel's path
 		{"internal/newpkg", "context", true},
 		{"internal/newpkg", module + "/lock", false}, // unlisted: not in the layout
 	} {
-		err := check(tt.from, tt.path, std)
+		err := check(tt.from, tt.path, std, moduleOf)
 		if (err == nil) != tt.ok {
 			t.Errorf("check(%q, %q) = %v, want ok=%v", tt.from, tt.path, err, tt.ok)
 		}
