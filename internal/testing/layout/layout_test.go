@@ -369,7 +369,7 @@ func TestCheck(t *testing.T) {
 		{"internal/keyqueue", "golang.org/x/syncx", false},
 		{"entity", "go.opentelemetry.io/otel", false}, // otelentity's alone
 		{"lock", "github.com/ory/dockertest/v3", false},
-		{"lock", "cli/notstd", false}, // a module path without a dot is not the standard library
+		{"lock", "cli/notstd", false},                                      // a module path without a dot is not the standard library
 		{"entity/otelentity", "go.opentelemetry.io/otel/sdk/trace", false}, // a module of its own below otel's path
 		{"internal/newpkg", "context", true},
 		{"internal/newpkg", module + "/lock", false}, // unlisted: not in the layout
