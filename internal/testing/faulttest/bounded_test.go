@@ -32,7 +32,7 @@ func TestLockTimeoutAsTheLockIsGranted(t *testing.T) {
 	impatient := payment.NewRepository(pool, entity.WithLockOptions(lock.Options{LockTimeout: timeout}))
 	l := newLedger()
 	k := key(1)
-	var ok, timedOut int
+	var ok, timedOut, inQueue int
 	trials := 30 * *rounds
 	for i := range trials {
 		locked, release := make(chan struct{}), make(chan struct{})
@@ -59,11 +59,17 @@ func TestLockTimeoutAsTheLockIsGranted(t *testing.T) {
 			ok++
 		case errors.Is(err, lock.ErrLockTimeout) && errors.As(err, &pgErr) && pgErr.Code == "55P03" && !ran:
 			timedOut++
+		case errors.Is(err, lock.ErrLockTimeout) && !ran:
+			// LockTimeout also bounds the in-process queue; on a busy
+			// machine a goroutine held off the CPU for 50 ms times out
+			// there, before PostgreSQL.
+			inQueue++
 		default:
 			t.Fatalf("waiter %d: %v (fn ran: %v); want success or ErrLockTimeout before fn", i, err, ran)
 		}
 	}
-	t.Logf("FIGURE lock_timeout race: %d waiters released within ±15ms of a 50ms lock_timeout: %d succeeded, %d timed out", trials, ok, timedOut)
+	t.Logf("FIGURE lock_timeout race: %d waiters released within ±15ms of a 50ms lock_timeout: %d succeeded, %d timed out (and %d in the in-process queue)",
+		trials, ok, timedOut, inQueue)
 	if err := l.call(ctx, impatient, k, "after", nil); err != nil {
 		t.Fatalf("the next caller: %v", err)
 	}
