@@ -151,26 +151,19 @@ func TestGroupCommitBusyStatementNotCutOff(t *testing.T) {
 			gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
 			one := runBusy(t, ctx, pool, plain, false, itemKey{OwnerID: 1, Name: "li_r3_busy_one_" + name}, idle, advisory[name], read)
 			grp := runBusy(t, ctx, pool, gc, true, itemKey{OwnerID: 1, Name: "li_r3_busy_grp_" + name}, idle, advisory[name], read)
-			for i := range one {
-				if one[i].err != nil {
-					t.Errorf("one by one, call %d: %v", i, one[i].err)
-				}
-				if (one[i].err == nil) != (grp[i].err == nil) {
-					t.Errorf("call %d: grouped %v; one by one %v", i, grp[i].err, one[i].err)
-				}
-			}
+			allSucceedAsOneByOne(t, one, grp)
 		})
 	}
 }
 
 // TestGroupCommitServerIdleTimeoutPerMember: IdleTimeout left to the
-// server (negative), whose idle_in_transaction_session_timeout is 2 s;
-// three calls whose fns each run no SQL and change nothing for 1.2 s. One
-// by one, each transaction sits idle 1.2 s and commits. Grouped, the leader
+// server (negative), whose idle_in_transaction_session_timeout is 5 s;
+// three calls whose fns each run no SQL and change nothing for 2 s. One
+// by one, each transaction sits idle 2 s and commits. Grouped, the leader
 // sent its keep-alive before a member's turn only past a twentieth of
 // DefaultIdleTimeout (3 s) since the last statement, so the shared
-// transaction sat idle through the leader's fn and the first member's,
-// 2.4 s, and the server ended it: every call failed.
+// transaction sat idle through the three fns, 6 s, and the server ended
+// it: every call failed.
 func TestGroupCommitServerIdleTimeoutPerMember(t *testing.T) {
 	t.Parallel()
 	// Each fn well within the server's limit, the three together past it.
@@ -187,14 +180,7 @@ func TestGroupCommitServerIdleTimeoutPerMember(t *testing.T) {
 	gc := entity.New(pool, itemTable{}, entity.WithGroupCommit(8), entity.WithLockOptions(opts))
 	one := oneByOne(t, ctx, plain, itemKey{OwnerID: 1, Name: "li_r3_srvidle_one"}, slow, slow, slow)
 	grp := groupedBounded(t, ctx, gc, itemKey{OwnerID: 1, Name: "li_r3_srvidle_grp"}, nil, slow, slow, slow)
-	for i := range one {
-		if one[i].err != nil {
-			t.Errorf("one by one, call %d: %v", i, one[i].err)
-		}
-		if (one[i].err == nil) != (grp[i].err == nil) {
-			t.Errorf("call %d: grouped %v; one by one %v", i, grp[i].err, one[i].err)
-		}
-	}
+	allSucceedAsOneByOne(t, one, grp)
 }
 
 // TestGroupCommitKeepAliveInAbortedTx: a member's fn runs a
@@ -1103,5 +1089,19 @@ func TestGroupCommitCutsOffAStalledFn(t *testing.T) {
 	defer mu.Unlock()
 	if sizes[1] == len(fns) {
 		t.Fatalf("group sizes %v: no call ran in a group, so the test proves nothing", sizes)
+	}
+}
+
+// allSucceedAsOneByOne fails t unless every call one by one succeeded and
+// each grouped call succeeded too.
+func allSucceedAsOneByOne(t *testing.T, one, grp []result) {
+	t.Helper()
+	for i := range one {
+		if one[i].err != nil {
+			t.Errorf("one by one, call %d: %v", i, one[i].err)
+		}
+		if (one[i].err == nil) != (grp[i].err == nil) {
+			t.Errorf("call %d: grouped %v; one by one %v", i, grp[i].err, one[i].err)
+		}
 	}
 }
